@@ -1,0 +1,299 @@
+//! Authentication: `Authorization: Bearer <token>` → [`Principal`].
+//!
+//! An API key is hashed (SHA-256, ring) on arrival and looked up by digest in
+//! the [`KeyTable`], a live view of `<prefix>apikey:<sha256 hex>` kept by the
+//! replica; the plain key is never stored or logged. A bearer token shaped like
+//! a JWT (three base64url parts) is told apart by shape. Everything here is
+//! synchronous and allocation-free on success: the digest lives on the stack
+//! and the principal's ids are reference-counted.
+
+use dashmap::DashMap;
+use http::{HeaderMap, header::AUTHORIZATION};
+use ring::digest;
+use serde::Deserialize;
+
+use crate::{
+    error::Reject,
+    id::Id,
+    replica::{Fetched, KeyKind, View},
+};
+
+/// Who sent a request, as far as the control plane says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's user.
+    pub user_id: Id,
+    /// The key's organisation: triggers are matched in this org only.
+    pub org_id: Id,
+    /// Requests per second allowed for this key, if the record sets one.
+    pub rate_limit_per_sec: Option<u32>,
+}
+
+/// What a bearer token turned out to be.
+#[derive(Debug)]
+pub enum Credential {
+    /// A known, active API key.
+    ApiKey(Principal),
+    /// A token shaped like a JWT; the caller decides what to do with it.
+    Jwt,
+}
+
+/// A SHA-256 digest of an API key.
+pub type KeyDigest = [u8; 32];
+
+/// SHA-256 of `key`, on the stack.
+pub fn digest_key(key: &[u8]) -> KeyDigest {
+    let d = digest::digest(&digest::SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Extracts the bearer token. Scheme is case-insensitive (RFC 7235);
+/// surrounding spaces are ignored.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Reject> {
+    let value = headers.get(AUTHORIZATION).ok_or(Reject::NoCredentials)?;
+    let raw = trim(value.as_bytes());
+    if raw.is_empty() {
+        return Err(Reject::NoCredentials);
+    }
+    let (scheme, rest) = match raw.iter().position(|&b| b == b' ') {
+        Some(i) => (&raw[..i], &raw[i + 1..]),
+        None => (raw, &raw[raw.len()..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(Reject::BadScheme);
+    }
+    let token = trim(rest);
+    if token.is_empty() {
+        return Err(Reject::NoCredentials);
+    }
+    Ok(token)
+}
+
+fn trim(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// True when `token` has the shape of a JWT: three non-empty base64url parts.
+pub fn looks_like_jwt(token: &[u8]) -> bool {
+    let mut parts = 0;
+    for part in token.split(|&b| b == b'.') {
+        if part.is_empty()
+            || !part
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        {
+            return false;
+        }
+        parts += 1;
+    }
+    parts == 3
+}
+
+// === impl KeyTable ===
+
+/// Live view of the API keys: SHA-256 digest → principal. Inactive keys are
+/// not held, so they fail exactly like unknown ones.
+pub struct KeyTable {
+    prefix: String,
+    entries: DashMap<KeyDigest, (Principal, u64)>,
+}
+
+/// The JSON record stored under an API key's digest.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyRecord {
+    user_id: String,
+    org_id: String,
+    #[serde(default = "default_true")]
+    active: bool,
+    #[serde(default)]
+    rate_limit_per_sec: Option<u32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl KeyTable {
+    /// An empty table for keys under `<key_prefix>apikey:`.
+    pub fn new(key_prefix: &str) -> Self {
+        Self {
+            prefix: format!("{key_prefix}apikey:"),
+            entries: DashMap::new(),
+        }
+    }
+
+    /// The principal of an active key with this digest.
+    pub fn lookup(&self, digest: &KeyDigest) -> Option<Principal> {
+        self.entries.get(digest).map(|e| e.0.clone())
+    }
+}
+
+fn parse_hex_digest(s: &str) -> Option<KeyDigest> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+fn parse_principal(raw: &[u8]) -> Option<Principal> {
+    let rec: KeyRecord = serde_json::from_slice(raw).ok()?;
+    if !rec.active || rec.user_id.is_empty() || rec.org_id.is_empty() {
+        return None;
+    }
+    Some(Principal {
+        user_id: Id::from_str_copy(&rec.user_id),
+        org_id: Id::from_str_copy(&rec.org_id),
+        rate_limit_per_sec: rec.rate_limit_per_sec,
+    })
+}
+
+impl View for KeyTable {
+    fn name(&self) -> &'static str {
+        "api_keys"
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn kind(&self) -> KeyKind {
+        KeyKind::String
+    }
+
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
+        // The contract says lowercase hex; upper case is accepted too.
+        let Some(digest) = parse_hex_digest(suffix) else {
+            return;
+        };
+        let principal = match value {
+            Fetched::String(raw) => parse_principal(&raw),
+            _ => None,
+        };
+        match principal {
+            Some(p) => {
+                self.entries.insert(digest, (p, generation));
+            }
+            None => {
+                self.entries.remove(&digest);
+            }
+        }
+    }
+
+    fn sweep(&self, generation: u64) {
+        self.entries.retain(|_, e| e.1 >= generation);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+// === impl Authenticator ===
+
+/// Turns request headers into a [`Credential`].
+pub struct Authenticator {
+    keys: std::sync::Arc<KeyTable>,
+}
+
+impl Authenticator {
+    /// Authenticates against `keys`.
+    pub fn new(keys: std::sync::Arc<KeyTable>) -> Self {
+        Self { keys }
+    }
+
+    /// Bearer → JWT shape or SHA-256 → key table.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Credential, Reject> {
+        let token = bearer_token(headers)?;
+        if looks_like_jwt(token) {
+            return Ok(Credential::Jwt);
+        }
+        self.keys
+            .lookup(&digest_key(token))
+            .map(Credential::ApiKey)
+            .ok_or(Reject::InvalidKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::HeaderValue;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    fn hex(d: &KeyDigest) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn table_with(key: &str, record: &str) -> std::sync::Arc<KeyTable> {
+        let t = KeyTable::new("tether:");
+        t.apply(
+            &hex(&digest_key(key.as_bytes())),
+            Fetched::String(Bytes::copy_from_slice(record.as_bytes())),
+            1,
+        );
+        std::sync::Arc::new(t)
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert!(matches!(bearer_token(&HeaderMap::new()), Err(Reject::NoCredentials)));
+        assert!(matches!(bearer_token(&headers("Basic abc")), Err(Reject::BadScheme)));
+        assert!(matches!(bearer_token(&headers("Bearer")), Err(Reject::NoCredentials)));
+        assert!(matches!(bearer_token(&headers("Bearer   ")), Err(Reject::NoCredentials)));
+        assert_eq!(bearer_token(&headers("bearer  k1 ")).unwrap(), b"k1");
+        assert_eq!(bearer_token(&headers("Bearer k1")).unwrap(), b"k1");
+    }
+
+    #[test]
+    fn jwt_shape() {
+        assert!(looks_like_jwt(b"eyJh.eyJz.c2ln"));
+        assert!(!looks_like_jwt(b"eyJh.eyJz"));
+        assert!(!looks_like_jwt(b"a..b"));
+        assert!(!looks_like_jwt(b"user_abc"));
+        assert!(!looks_like_jwt(b"a.b.c+d"));
+    }
+
+    #[test]
+    fn known_inactive_and_unknown_keys() {
+        let auth = Authenticator::new(table_with("k1", r#"{"userId":"u","orgId":"o","x":1}"#));
+        match auth.authenticate(&headers("Bearer k1")).unwrap() {
+            Credential::ApiKey(p) => assert_eq!(p.org_id.as_str(), "o"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(auth.authenticate(&headers("Bearer k2")), Err(Reject::InvalidKey)));
+        let auth = Authenticator::new(table_with("k1", r#"{"userId":"u","orgId":"o","active":false}"#));
+        assert!(matches!(auth.authenticate(&headers("Bearer k1")), Err(Reject::InvalidKey)));
+        let auth = Authenticator::new(table_with("k1", "not json"));
+        assert!(matches!(auth.authenticate(&headers("Bearer k1")), Err(Reject::InvalidKey)));
+    }
+
+    #[test]
+    fn sweep_removes_unseen_generations() {
+        let t = table_with("k1", r#"{"userId":"u","orgId":"o"}"#);
+        t.sweep(1);
+        assert_eq!(t.len(), 1);
+        t.sweep(2);
+        assert_eq!(t.len(), 0);
+    }
+}

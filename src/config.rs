@@ -1,0 +1,491 @@
+//! Configuration: `config/default.toml` values built in, an optional TOML file
+//! over them, `TETHER_INGRESS_*` environment variables over both.
+//!
+//! [`RawConfig`] is what the file says (serde, every field defaulted);
+//! [`Config`] is the validated, typed form the rest of the crate uses
+//! (`Duration`, `NonZero*`, `SocketAddr`). Every problem is collected and
+//! reported at once, so an operator fixes a file in one pass.
+
+use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// Environment variable overriding `server.listen`.
+pub const ENV_LISTEN: &str = "TETHER_INGRESS_LISTEN";
+/// Environment variable overriding `redis.url`.
+pub const ENV_REDIS_URL: &str = "TETHER_INGRESS_REDIS_URL";
+/// Environment variable overriding `upstream.url`.
+pub const ENV_UPSTREAM_URL: &str = "TETHER_INGRESS_UPSTREAM_URL";
+/// Environment variable overriding `auth.jwt_secret`.
+pub const ENV_JWT_SECRET: &str = "TETHER_INGRESS_JWT_SECRET";
+/// Environment variable overriding `log.level`.
+pub const ENV_LOG: &str = "TETHER_INGRESS_LOG";
+
+/// The built-in defaults: the repository's `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped settings.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The path given.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// One or more values are out of range; every problem is listed.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// A secret that never prints: `Debug` and `Display` show `**REDACTED**`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret's bytes, for the one place that uses them.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**REDACTED**")
+    }
+}
+
+// === RawConfig: the file ===
+
+/// The configuration file as written; every field has the built-in default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`
+    pub server: RawServer,
+    /// `[redis]`
+    pub redis: RawRedis,
+    /// `[streams]`
+    pub streams: RawStreams,
+    /// `[upstream]`
+    pub upstream: RawUpstream,
+    /// `[auth]`
+    pub auth: RawAuth,
+    /// `[log]`
+    pub log: RawLog,
+}
+
+/// `[server]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    /// Bind address.
+    pub listen: String,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// First byte deadline, ms.
+    pub first_byte_timeout_ms: u64,
+    /// HTTP/1 head deadline, ms.
+    pub header_read_timeout_ms: u64,
+    /// Drain deadline on shutdown, ms.
+    pub shutdown_grace_ms: u64,
+    /// Webhook body cap, bytes.
+    pub max_body_bytes: usize,
+    /// Request head cap, bytes.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_connections: 10_000,
+            first_byte_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            max_body_bytes: 1 << 20,
+            max_header_bytes: 16 * 1024,
+            http2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// `[redis]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRedis {
+    /// Redis URL.
+    pub url: String,
+    /// Control-plane key prefix.
+    pub key_prefix: String,
+    /// Per-command deadline, ms.
+    pub command_timeout_ms: u64,
+    /// Connect deadline, ms.
+    pub connect_timeout_ms: u64,
+    /// Safety-net full resync period, s.
+    pub resync_interval_secs: u64,
+    /// Cap on commands queued towards Redis.
+    pub max_pending_commands: usize,
+    /// Retry-After on 503, s.
+    pub retry_after_secs: u32,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "tether:".into(),
+            command_timeout_ms: 2_000,
+            connect_timeout_ms: 2_000,
+            resync_interval_secs: 300,
+            max_pending_commands: 100_000,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// `[streams]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStreams {
+    /// Workflow job stream.
+    pub workflow: String,
+    /// Outreach job stream.
+    pub outreach: String,
+    /// `MAXLEN ~` threshold.
+    pub maxlen: i64,
+}
+
+impl Default for RawStreams {
+    fn default() -> Self {
+        Self {
+            workflow: "tether:jobs:workflow".into(),
+            outreach: "tether:jobs:outreach".into(),
+            maxlen: 1_000_000,
+        }
+    }
+}
+
+/// `[upstream]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Backend URL; empty means none.
+    pub url: String,
+}
+
+/// `[auth]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAuth {
+    /// HS256 secret; empty means none.
+    pub jwt_secret: Secret,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// tracing filter directive.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a TOML file (missing settings keep their defaults).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Applies `TETHER_INGRESS_*` overrides read through `env`
+    /// (a closure so tests pass a map instead of the process environment).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = env(ENV_LISTEN) {
+            self.server.listen = v;
+        }
+        if let Some(v) = env(ENV_REDIS_URL) {
+            self.redis.url = v;
+        }
+        if let Some(v) = env(ENV_UPSTREAM_URL) {
+            self.upstream.url = v;
+        }
+        if let Some(v) = env(ENV_JWT_SECRET) {
+            self.auth.jwt_secret = Secret::new(v);
+        }
+        if let Some(v) = env(ENV_LOG) {
+            self.log.level = v;
+        }
+    }
+
+    /// Checks every value and converts to the typed [`Config`].
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let s = &self.server;
+        let listen = s.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+            problems.push(format!(
+                "server.listen: {:?} is not an address like 127.0.0.1:8080",
+                s.listen
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let nonzero = |v: usize, name: &str, problems: &mut Vec<String>| {
+            NonZeroUsize::new(v).unwrap_or_else(|| {
+                problems.push(format!("{name}: must be at least 1"));
+                NonZeroUsize::MIN
+            })
+        };
+        let max_connections = nonzero(s.max_connections, "server.max_connections", &mut problems);
+        let max_body_bytes = nonzero(s.max_body_bytes, "server.max_body_bytes", &mut problems);
+        if s.max_header_bytes < 8192 {
+            problems.push("server.max_header_bytes: must be at least 8192".into());
+        }
+        if s.http2_max_concurrent_streams == 0 {
+            problems.push("server.http2_max_concurrent_streams: must be at least 1".into());
+        }
+        for (name, ms) in [
+            ("server.first_byte_timeout_ms", s.first_byte_timeout_ms),
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+        ] {
+            if ms == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
+        }
+        let r = &self.redis;
+        if !(r.url.starts_with("redis://")
+            || r.url.starts_with("rediss://")
+            || r.url.starts_with("redis+unix://"))
+        {
+            problems.push(format!(
+                "redis.url: {:?} must start with redis://, rediss:// or redis+unix:// (cluster mode is not supported yet)",
+                r.url
+            ));
+        }
+        if r.key_prefix.is_empty() {
+            problems.push("redis.key_prefix: must not be empty".into());
+        }
+        if r.resync_interval_secs == 0 {
+            problems.push("redis.resync_interval_secs: must be at least 1".into());
+        }
+        let max_pending = nonzero(
+            r.max_pending_commands,
+            "redis.max_pending_commands",
+            &mut problems,
+        );
+        if self.streams.workflow.is_empty() || self.streams.outreach.is_empty() {
+            problems.push("streams.workflow and streams.outreach must not be empty".into());
+        }
+        if self.streams.maxlen < 1 {
+            problems.push("streams.maxlen: must be at least 1".into());
+        }
+        let upstream = (!self.upstream.url.is_empty()).then(|| self.upstream.url.clone());
+        if let Some(u) = &upstream
+            && !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok())
+        {
+            problems.push(format!(
+                "upstream.url: {u:?} must be an http:// URL like http://127.0.0.1:2212"
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            problems.push(format!(
+                "log.level: {:?} is not a tracing filter",
+                self.log.level
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(Config {
+            listen,
+            max_connections,
+            first_byte_timeout: Duration::from_millis(s.first_byte_timeout_ms),
+            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            max_body_bytes,
+            max_header_bytes: s.max_header_bytes,
+            http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+            redis_url: r.url.clone(),
+            key_prefix: r.key_prefix.clone(),
+            command_timeout: Duration::from_millis(r.command_timeout_ms),
+            connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+            resync_interval: Duration::from_secs(r.resync_interval_secs),
+            max_pending_commands: max_pending,
+            retry_after_secs: r.retry_after_secs,
+            workflow_stream: self.streams.workflow,
+            outreach_stream: self.streams.outreach,
+            stream_maxlen: self.streams.maxlen,
+            upstream,
+            jwt_secret: (!self.auth.jwt_secret.is_empty()).then_some(self.auth.jwt_secret),
+            log_level: self.log.level,
+        })
+    }
+}
+
+// === Config: validated ===
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bind address.
+    pub listen: SocketAddr,
+    /// Connections served at once.
+    pub max_connections: NonZeroUsize,
+    /// A silent connection is closed after this.
+    pub first_byte_timeout: Duration,
+    /// HTTP/1 head (and idle keep-alive) deadline.
+    pub header_read_timeout: Duration,
+    /// Drain deadline on shutdown.
+    pub shutdown_grace: Duration,
+    /// Webhook body cap, bytes.
+    pub max_body_bytes: NonZeroUsize,
+    /// Request head cap, bytes.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Control-plane key prefix, e.g. `tether:`.
+    pub key_prefix: String,
+    /// Per-command deadline.
+    pub command_timeout: Duration,
+    /// Connect deadline.
+    pub connect_timeout: Duration,
+    /// Safety-net resync period.
+    pub resync_interval: Duration,
+    /// Cap on commands queued towards Redis.
+    pub max_pending_commands: NonZeroUsize,
+    /// Retry-After on 503, seconds.
+    pub retry_after_secs: u32,
+    /// Workflow job stream.
+    pub workflow_stream: String,
+    /// Outreach job stream.
+    pub outreach_stream: String,
+    /// `MAXLEN ~` threshold.
+    pub stream_maxlen: i64,
+    /// Sidecar upstream, if any.
+    pub upstream: Option<String>,
+    /// HS256 secret, if any.
+    pub jwt_secret: Option<Secret>,
+    /// tracing filter.
+    pub log_level: String,
+}
+
+impl Config {
+    /// Built-in defaults, then `path` if given, then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut raw = match path {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        raw.apply_env(|k| std::env::var(k).ok());
+        raw.validate()
+    }
+}
+
+impl Default for Config {
+    /// The built-in defaults (same as `config/default.toml`).
+    fn default() -> Self {
+        // The defaults are checked by a unit test, so this cannot fail.
+        #[allow(clippy::expect_used)]
+        RawConfig::default()
+            .validate()
+            .expect("built-in defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn default_toml_matches_built_in_defaults() {
+        let parsed = RawConfig::from_toml(DEFAULT_TOML, "default.toml").unwrap();
+        assert_eq!(parsed, RawConfig::default());
+        assert!(RawConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let raw = RawConfig::from_toml("[server]\nmax_body_bytes = 10\n", "t").unwrap();
+        assert_eq!(raw.server.max_body_bytes, 10);
+        assert_eq!(raw.redis, RawRedis::default());
+    }
+
+    #[test]
+    fn unknown_setting_is_refused() {
+        let err = RawConfig::from_toml("[server]\nlisten_addr = \"x\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            (ENV_LISTEN, "0.0.0.0:9999"),
+            (ENV_REDIS_URL, "redis://10.0.0.1:6380"),
+            (ENV_JWT_SECRET, "s3cret"),
+        ]);
+        let mut raw = RawConfig::default();
+        raw.apply_env(|k| env.get(k).map(|v| v.to_string()));
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.listen.port(), 9999);
+        assert_eq!(cfg.redis_url, "redis://10.0.0.1:6380");
+        assert_eq!(cfg.jwt_secret.as_ref().unwrap().expose(), b"s3cret");
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut raw = RawConfig::default();
+        raw.server.listen = "nope".into();
+        raw.server.max_connections = 0;
+        raw.redis.url = "http://x".into();
+        let ConfigError::Invalid(problems) = raw.validate().unwrap_err() else {
+            panic!("expected Invalid");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+}

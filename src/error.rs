@@ -1,0 +1,255 @@
+//! Every way a request can be refused, and the one place each becomes an
+//! HTTP status and the contract's JSON envelope:
+//! `{"success":false,"error":"…","message":"…","code":"…"}`.
+//!
+//! Bodies are `&'static` (built by a macro at compile time), so refusing a
+//! flood of bad requests allocates nothing but hyper's own response. Internal
+//! causes (Redis errors) are carried as `#[source]` for logs and never reach
+//! the caller. Status follows who is at fault: caller 4xx, Redis 503, bug 500.
+
+use http::StatusCode;
+
+use crate::sink::SinkError;
+
+/// A request refused before (or instead of) doing its work.
+#[derive(Debug, thiserror::Error)]
+pub enum Reject {
+    /// No `Authorization` header, or an empty token.
+    #[error("authentication required")]
+    NoCredentials,
+    /// `Authorization` with a scheme other than `Bearer`.
+    #[error("unsupported authorization scheme")]
+    BadScheme,
+    /// Unknown, inactive or revoked API key (one answer for all three).
+    #[error("invalid API key")]
+    InvalidKey,
+    /// A JWT where none can be verified (no secret, no upstream), or on a
+    /// route that takes API keys only.
+    #[error("JWT not accepted")]
+    JwtNotAccepted,
+    /// The body is over the configured limit.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The body could not be read (client went away, bad framing).
+    #[error("request body could not be read")]
+    BodyRead,
+    /// The body is not valid JSON.
+    #[error("malformed JSON")]
+    MalformedJson,
+    /// The JSON nests deeper than the parser allows.
+    #[error("JSON nested too deeply")]
+    TooDeep,
+    /// The body is JSON but not an object.
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    /// No `webhookId` member.
+    #[error("missing webhookId")]
+    MissingWebhookId,
+    /// `webhookId` is present but not a string.
+    #[error("webhookId is not a string")]
+    WebhookIdNotString,
+    /// `webhookId` appears more than once at the top level.
+    #[error("duplicate webhookId")]
+    DuplicateWebhookId,
+    /// Known route, wrong method. The `Allow` header is added by the service.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// No such route (and no upstream to forward it to).
+    #[error("not found")]
+    NotFound,
+    /// The caches are not loaded from Redis yet.
+    #[error("not ready")]
+    NotReady,
+    /// Redis cannot take the jobs right now.
+    #[error("job store unavailable")]
+    Unavailable(#[source] SinkError),
+}
+
+/// Builds `(status, code, static JSON body)` for a refusal.
+macro_rules! envelope {
+    ($status:ident, $code:literal, $error:literal, $message:literal) => {
+        (
+            StatusCode::$status,
+            $code,
+            concat!(
+                r#"{"success":false,"error":""#,
+                $error,
+                r#"","message":""#,
+                $message,
+                r#"","code":""#,
+                $code,
+                r#""}"#
+            ),
+        )
+    };
+}
+
+// === impl Reject ===
+
+impl Reject {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Reject::NoCredentials => envelope!(
+                UNAUTHORIZED,
+                "AUTH_REQUIRED",
+                "Authentication required",
+                "Send an Authorization: Bearer <API key or JWT> header."
+            ),
+            Reject::BadScheme => envelope!(
+                UNAUTHORIZED,
+                "AUTH_SCHEME_UNSUPPORTED",
+                "Unsupported authorization scheme",
+                "Use the Bearer scheme: Authorization: Bearer <API key or JWT>."
+            ),
+            Reject::InvalidKey => envelope!(
+                UNAUTHORIZED,
+                "INVALID_API_KEY",
+                "Invalid API key",
+                "The key is unknown, disabled or revoked; check it or create a new one."
+            ),
+            Reject::JwtNotAccepted => envelope!(
+                UNAUTHORIZED,
+                "JWT_NOT_ACCEPTED",
+                "JWT not accepted",
+                "This endpoint cannot verify a JWT here; authenticate with an API key."
+            ),
+            Reject::BodyTooLarge => envelope!(
+                PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "Request body too large",
+                "Send a smaller body; the limit is set by server.max_body_bytes."
+            ),
+            Reject::BodyRead => envelope!(
+                BAD_REQUEST,
+                "BODY_READ_FAILED",
+                "Request body could not be read",
+                "Send the complete body with correct framing."
+            ),
+            Reject::MalformedJson => envelope!(
+                BAD_REQUEST,
+                "INVALID_JSON",
+                "Malformed JSON",
+                "Send a valid JSON object as the body."
+            ),
+            Reject::TooDeep => envelope!(
+                BAD_REQUEST,
+                "JSON_TOO_DEEP",
+                "JSON nested too deeply",
+                "Flatten the body; nesting deeper than 1024 levels is refused."
+            ),
+            Reject::NotAnObject => envelope!(
+                BAD_REQUEST,
+                "INVALID_BODY",
+                "Body is not a JSON object",
+                "Send a JSON object with a string webhookId."
+            ),
+            Reject::MissingWebhookId => envelope!(
+                BAD_REQUEST,
+                "MISSING_WEBHOOK_ID",
+                "Missing webhookId",
+                "Add a string webhookId member to the body."
+            ),
+            Reject::WebhookIdNotString => envelope!(
+                BAD_REQUEST,
+                "INVALID_WEBHOOK_ID",
+                "webhookId must be a string",
+                "Send webhookId as a JSON string."
+            ),
+            Reject::DuplicateWebhookId => envelope!(
+                BAD_REQUEST,
+                "DUPLICATE_WEBHOOK_ID",
+                "Duplicate webhookId",
+                "Send webhookId once at the top level of the body."
+            ),
+            Reject::MethodNotAllowed => envelope!(
+                METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "Method not allowed",
+                "Use POST on this route."
+            ),
+            Reject::NotFound => envelope!(
+                NOT_FOUND,
+                "NOT_FOUND",
+                "Not found",
+                "Check the path; this server answers POST /api/webhook/workflow."
+            ),
+            Reject::NotReady => envelope!(
+                SERVICE_UNAVAILABLE,
+                "NOT_READY",
+                "Service starting",
+                "The ingress is still loading its caches; retry after the Retry-After delay."
+            ),
+            Reject::Unavailable(_) => envelope!(
+                SERVICE_UNAVAILABLE,
+                "JOB_STORE_UNAVAILABLE",
+                "Job store unavailable",
+                "Nothing was enqueued; retry after the Retry-After delay."
+            ),
+        }
+    }
+
+    /// HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// Machine-readable code (the envelope's `code`), also a bounded metric label.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    /// The full JSON envelope.
+    pub fn body(&self) -> &'static str {
+        self.parts().2
+    }
+
+    /// Whether the answer carries `Retry-After`.
+    pub fn retry_after(&self) -> bool {
+        self.status() == StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Reject> {
+        vec![
+            Reject::NoCredentials,
+            Reject::BadScheme,
+            Reject::InvalidKey,
+            Reject::JwtNotAccepted,
+            Reject::BodyTooLarge,
+            Reject::BodyRead,
+            Reject::MalformedJson,
+            Reject::TooDeep,
+            Reject::NotAnObject,
+            Reject::MissingWebhookId,
+            Reject::WebhookIdNotString,
+            Reject::DuplicateWebhookId,
+            Reject::MethodNotAllowed,
+            Reject::NotFound,
+            Reject::NotReady,
+            Reject::Unavailable(SinkError::Disconnected),
+        ]
+    }
+
+    #[test]
+    fn every_body_is_the_contract_envelope() {
+        for r in all() {
+            let v: serde_json::Value = serde_json::from_str(r.body()).unwrap();
+            assert_eq!(v["success"], false);
+            assert_eq!(v["code"], r.code());
+            assert!(!v["error"].as_str().unwrap().is_empty());
+            assert!(!v["message"].as_str().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_input_is_never_5xx() {
+        for r in all() {
+            let server_side = matches!(r, Reject::NotReady | Reject::Unavailable(_));
+            assert_eq!(r.status().is_server_error(), server_side, "{r:?}");
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Metric names (one place, so dashboards and docs have one source) and the
+//! Prometheus recorder.
+//!
+//! Labels are bounded: routes and statuses come from fixed sets, never from
+//! paths, keys or ids. Histograms have explicit buckets so they aggregate
+//! across instances.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Counter: requests answered, by `route` and `status`.
+pub const HTTP_REQUESTS: &str = "tether_http_requests_total";
+/// Histogram: seconds from request head to response, by `route`.
+pub const HTTP_DURATION: &str = "tether_http_request_duration_seconds";
+/// Counter: requests refused, by `code` (the envelope's machine code).
+pub const HTTP_REJECTS: &str = "tether_http_rejected_total";
+/// Counter: stream entries acknowledged by Redis, by `stream`.
+pub const JOBS_WRITTEN: &str = "tether_jobs_written_total";
+/// Counter: job writes that failed, by `reason`.
+pub const JOB_WRITE_FAILURES: &str = "tether_job_write_failures_total";
+/// Histogram: seconds for one request's jobs to be acknowledged.
+pub const SINK_DURATION: &str = "tether_sink_write_duration_seconds";
+/// Gauge: entries held by each replica view, by `view`.
+pub const REPLICA_ENTRIES: &str = "tether_replica_entries";
+/// Gauge: seconds since the replica was last known in sync with Redis.
+pub const REPLICA_AGE: &str = "tether_replica_age_seconds";
+/// Counter: completed full resyncs.
+pub const REPLICA_RESYNCS: &str = "tether_replica_resyncs_total";
+/// Counter: failed full resyncs.
+pub const REPLICA_RESYNC_FAILURES: &str = "tether_replica_resync_failures_total";
+/// Histogram: seconds per full resync.
+pub const REPLICA_RESYNC_SECONDS: &str = "tether_replica_resync_duration_seconds";
+/// Counter: keys re-read after an invalidation.
+pub const REPLICA_INVALIDATIONS: &str = "tether_replica_invalidations_total";
+/// Gauge: connections open.
+pub const CONNECTIONS_OPEN: &str = "tether_connections_open";
+/// Counter: connections closed for sending nothing within the first-byte timeout.
+pub const CONNECTIONS_SILENT: &str = "tether_connections_silent_closed_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const RESYNC_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its render handle
+/// (`None` if another recorder was installed first, e.g. by an embedding program).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SINK_DURATION.into()), LATENCY_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(REPLICA_RESYNC_SECONDS.into()), RESYNC_BUCKETS)
+                })
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}

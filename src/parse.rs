@@ -1,0 +1,317 @@
+//! Body parsing: simd-json validation plus the byte layout of the top-level
+//! object, so the caller's bytes are kept exactly.
+//!
+//! simd-json rewrites its input (it unescapes strings in place) and does not
+//! keep number text, so it parses a *scratch copy* of the body while the body
+//! itself is never rewritten by it. Semantics (decoded keys, value types) come
+//! from simd-json's tape; byte positions come from its stage-1 structural
+//! indexes, walked here to find where each top-level member starts and ends.
+//!
+//! The scratch buffer, simd-json's `Buffers` and the tape are kept per thread
+//! and reused, so parsing allocates nothing once warm.
+//!
+//! [`parse_envelope`] is the workflow route's use: it finds the `webhookId`
+//! member and splices it out of the body in place (rotating it to the end of
+//! the same buffer), so the payload and the id are both slices of one
+//! allocation: big integers, `1.10` and escapes stay as sent.
+
+use std::{cell::RefCell, ops::Range};
+
+use bytes::{Bytes, BytesMut};
+use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, Tape};
+
+use crate::{error::Reject, id::Id};
+
+/// One top-level member of the body's object, located in the original bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Tape index of the decoded key.
+    pub key_node: usize,
+    /// Tape index of the value's first node.
+    pub value_node: usize,
+    /// Position of the key's opening quote.
+    pub key_start: usize,
+    /// The value's raw bytes (no surrounding whitespace).
+    pub value_start: usize,
+    /// End (exclusive) of the value's raw bytes.
+    pub value_end: usize,
+    /// Position of the `,` or `}` that ends this member.
+    pub terminator: usize,
+}
+
+/// A validated JSON object: its tape and its members' byte layout.
+pub struct Document<'a> {
+    /// simd-json's tape over the scratch copy.
+    pub tape: &'a Tape<'a>,
+    /// Members in document order.
+    pub members: &'a [Member],
+    /// Position of the opening `{`.
+    pub open: usize,
+    /// Position of the closing `}`.
+    pub close: usize,
+}
+
+impl Document<'_> {
+    /// The decoded key of member `m`.
+    pub fn key(&self, m: &Member) -> &str {
+        match self.tape.0.get(m.key_node) {
+            Some(Node::String(s)) => s,
+            _ => "",
+        }
+    }
+
+    /// The value node of member `m`.
+    pub fn value(&self, m: &Member) -> Option<&Node<'_>> {
+        self.tape.0.get(m.value_node)
+    }
+}
+
+struct Scratch {
+    input: Vec<u8>,
+    buffers: Buffers,
+    tape: Option<Tape<'static>>,
+    members: Vec<Member>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        input: Vec::with_capacity(16 * 1024),
+        buffers: Buffers::new(16 * 1024),
+        tape: Some(Tape::null().reset()),
+        members: Vec::with_capacity(64),
+    });
+}
+
+/// Validates `body` as a JSON object and calls `f` with its layout.
+/// `body` itself is not modified.
+pub fn with_document<R>(
+    body: &[u8],
+    f: impl FnOnce(&Document<'_>) -> Result<R, Reject>,
+) -> Result<R, Reject> {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => scratch.parse(body, f),
+        // Re-entrant use on one thread cannot happen on the request path;
+        // a fresh scratch keeps it correct if it ever does.
+        Err(_) => Scratch {
+            input: Vec::new(),
+            buffers: Buffers::default(),
+            tape: None,
+            members: Vec::new(),
+        }
+        .parse(body, f),
+    })
+}
+
+impl Scratch {
+    fn parse<R>(
+        &mut self,
+        body: &[u8],
+        f: impl FnOnce(&Document<'_>) -> Result<R, Reject>,
+    ) -> Result<R, Reject> {
+        let len = body.len();
+        self.input.clear();
+        self.input.extend_from_slice(body);
+        self.input.resize(len + INPUT_PADDING, b' ');
+        let mut tape: Tape<'_> = self.tape.take().unwrap_or_else(Tape::null).reset();
+        let result = match simd_json::fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape)
+        {
+            Err(e) => Err(match e.error() {
+                ErrorType::DepthLimitExceeded => Reject::TooDeep,
+                _ => Reject::MalformedJson,
+            }),
+            Ok(()) => match tape.0.first() {
+                Some(Node::Object { .. }) => {
+                    match layout(body, self.buffers.structural_indexes(), &tape, &mut self.members) {
+                        Some((open, close)) => f(&Document {
+                            tape: &tape,
+                            members: &self.members,
+                            open,
+                            close,
+                        }),
+                        None => Err(Reject::MalformedJson),
+                    }
+                }
+                _ => Err(Reject::NotAnObject),
+            },
+        };
+        self.tape = Some(tape.reset());
+        result
+    }
+}
+
+/// Number of tape nodes taken by the value starting at `i`.
+fn node_span(tape: &Tape<'_>, i: usize) -> usize {
+    match tape.0.get(i) {
+        Some(Node::Object { count, .. } | Node::Array { count, .. }) => 1 + count,
+        _ => 1,
+    }
+}
+
+/// Walks the structural indexes of a valid top-level object and fills
+/// `members`; returns the positions of its `{` and `}`.
+fn layout(
+    body: &[u8],
+    structurals: &[u32],
+    tape: &Tape<'_>,
+    members: &mut Vec<Member>,
+) -> Option<(usize, usize)> {
+    members.clear();
+    let mut depth = 0usize;
+    let mut open = None;
+    let mut expect_key = false;
+    let mut after_colon = false;
+    let mut node = 1usize; // tape index of the next member's key
+    let mut current: Option<Member> = None;
+    for &p in structurals {
+        let p = p as usize;
+        let Some(&c) = body.get(p) else { break };
+        if depth == 1 {
+            match c {
+                b'"' if expect_key => {
+                    expect_key = false;
+                    let value_node = node + 1;
+                    current = Some(Member {
+                        key_node: node,
+                        value_node,
+                        key_start: p,
+                        value_start: 0,
+                        value_end: 0,
+                        terminator: 0,
+                    });
+                    node = value_node + node_span(tape, value_node);
+                    continue;
+                }
+                b':' => {
+                    after_colon = true;
+                    continue;
+                }
+                b',' | b'}' => {
+                    if let Some(mut m) = current.take() {
+                        m.terminator = p;
+                        m.value_end = trim_end(body, m.value_start, p);
+                        members.push(m);
+                    }
+                    if c == b'}' {
+                        return Some((open?, p));
+                    }
+                    expect_key = true;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if after_colon {
+            after_colon = false;
+            if let Some(m) = current.as_mut() {
+                m.value_start = p;
+            }
+        }
+        match c {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    open = Some(p);
+                    expect_key = true;
+                }
+            }
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn trim_end(body: &[u8], start: usize, mut end: usize) -> usize {
+    while end > start && matches!(body[end - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        end -= 1;
+    }
+    end
+}
+
+/// The workflow route's reading of a body.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The decoded `webhookId`.
+    pub webhook_id: Id,
+    /// `webhookId` as sent, between its quotes: valid JSON string content,
+    /// echoed verbatim in the response.
+    pub webhook_id_json: Bytes,
+    /// The top-level object without its `webhookId` member, byte for byte.
+    pub payload: Bytes,
+}
+
+/// Where the `webhookId` member is, found during validation.
+struct Splice {
+    /// Bytes removed from the object: the member and one adjacent separator.
+    remove: Range<usize>,
+    /// The id's raw string content.
+    raw: Range<usize>,
+    /// The decoded id, when it differs from the raw text (escapes).
+    decoded: Option<Id>,
+    open: usize,
+    close: usize,
+}
+
+/// Parses a workflow body: validates it, takes out `webhookId`, and turns
+/// the rest into the payload without copying it.
+pub fn parse_envelope(mut body: BytesMut) -> Result<Envelope, Reject> {
+    let splice = with_document(&body, |doc| {
+        let mut found: Option<(usize, &str)> = None;
+        for (i, m) in doc.members.iter().enumerate() {
+            if doc.key(m) != "webhookId" {
+                continue;
+            }
+            if found.is_some() {
+                return Err(Reject::DuplicateWebhookId);
+            }
+            match doc.value(m) {
+                Some(Node::String(s)) => found = Some((i, s)),
+                _ => return Err(Reject::WebhookIdNotString),
+            }
+        }
+        let (i, decoded) = found.ok_or(Reject::MissingWebhookId)?;
+        let members = doc.members;
+        let m = members[i];
+        let remove = match (i, members.len()) {
+            (_, 1) => m.key_start..doc.close,
+            (0, _) => m.key_start..members[1].key_start,
+            _ => members[i - 1].terminator..m.terminator,
+        };
+        let raw = m.value_start + 1..m.value_end - 1;
+        let decoded = (body[raw.clone()].contains(&b'\\')).then(|| Id::from_str_copy(decoded));
+        Ok(Splice {
+            remove,
+            raw,
+            decoded,
+            open: doc.open,
+            close: doc.close,
+        })
+    })?;
+    // Rotate the removed bytes behind the object's end: the payload becomes
+    // contiguous and the id's text stays in the same buffer.
+    let Splice {
+        remove,
+        raw,
+        decoded,
+        open,
+        close,
+    } = splice;
+    let removed_len = remove.len();
+    body[remove.start..=close].rotate_left(removed_len);
+    let payload_end = close + 1 - removed_len;
+    let raw_moved = raw.start - remove.start + payload_end..raw.end - remove.start + payload_end;
+    let frozen = body.freeze();
+    let webhook_id_json = frozen.slice(raw_moved);
+    let webhook_id = match decoded {
+        Some(id) => id,
+        None => Id::new(webhook_id_json.clone()).ok_or(Reject::MalformedJson)?,
+    };
+    Ok(Envelope {
+        webhook_id,
+        webhook_id_json,
+        payload: frozen.slice(open..payload_end),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,511 @@
+//! The one live replica of the Redis control plane.
+//!
+//! The backend writes API keys, triggers, outreach configurations and org
+//! properties with plain SET/DEL/SADD/SREM/HSET/HDEL and tells nobody. This
+//! module keeps an in-memory copy of every such key, so no request waits on
+//! Redis to authenticate or route. Each kind of data is a [`View`] over one
+//! key prefix; the mechanism below is shared by all of them.
+//!
+//! # How it stays live
+//! - A dedicated RESP3 connection turns on `CLIENT TRACKING ON BCAST` for each
+//!   view's prefix (no server configuration needed, unlike keyspace
+//!   notifications). Redis then pushes an invalidation naming every key that
+//!   any client modifies under those prefixes.
+//! - One task owns every write to the views. It re-reads invalidated keys
+//!   (GET / SMEMBERS / HGETALL, pipelined) and applies what it read. Because
+//!   the reads and the invalidation pushes share one connection and the task
+//!   applies results in order, a value is never replaced by an older one.
+//! - A full resync (SCAN + pipelined reads, page by page, invalidations
+//!   drained between pages) runs at start, after every reconnect, after a
+//!   lagged invalidation channel, and every `resync_interval` as a safety net
+//!   (it also catches FLUSHALL, whose invalidation fred does not deliver).
+//!   Entries the resync did not see are swept by generation.
+//! - When Redis is unreachable, the views keep serving what they hold.
+//!
+//! Readers (the request path) only do `DashMap` lookups: no lock is held
+//! across an await, and the writer never blocks them for more than one shard.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use fred::{
+    prelude::*,
+    types::{RespVersion, scan::Scanner},
+};
+use futures::TryStreamExt;
+use tokio::sync::{broadcast::error::RecvError, watch};
+use tracing::{debug, info, warn};
+
+use crate::metrics as m;
+
+/// The value of one control-plane key as read from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    /// The key does not exist (or holds the wrong type).
+    Absent,
+    /// A STRING value.
+    String(Bytes),
+    /// A SET's members.
+    Set(Vec<Bytes>),
+    /// A HASH's fields and values.
+    Hash(Vec<(Bytes, Bytes)>),
+}
+
+/// The Redis type a view reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Read with GET.
+    String,
+    /// Read with SMEMBERS.
+    Set,
+    /// Read with HGETALL.
+    Hash,
+}
+
+/// One kind of control-plane data held in memory: the keys under one prefix.
+///
+/// `apply` and `sweep` are called only by the replica task; readers use the
+/// view's own lookup methods.
+pub trait View: Send + Sync + 'static {
+    /// Short stable name, used as a metric label and in logs.
+    fn name(&self) -> &'static str;
+    /// The full key prefix this view owns, e.g. `tether:apikey:`.
+    fn prefix(&self) -> &str;
+    /// How its keys are read.
+    fn kind(&self) -> KeyKind;
+    /// Stores (or removes, for [`Fetched::Absent`]) the key whose name after
+    /// the prefix is `suffix`, stamping it with generation `generation`.
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64);
+    /// Removes every entry stamped with a generation older than `generation`.
+    fn sweep(&self, generation: u64);
+    /// Entries held.
+    fn len(&self) -> usize;
+}
+
+/// Shared, read-only status of the replica.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    ready: AtomicBool,
+    last_sync_ms: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl ReplicaStatus {
+    /// True once the first full load from Redis has completed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// True while the replica's connection to Redis is up and tracking.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Unix ms of the last moment the replica was known to be in sync
+    /// (a completed resync or an applied invalidation batch); 0 before.
+    pub fn last_sync_ms(&self) -> u64 {
+        self.last_sync_ms.load(Ordering::Acquire)
+    }
+
+    fn touch(&self) {
+        self.last_sync_ms.store(now_ms(), Ordering::Release);
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Settings of the replica task.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    /// Redis URL.
+    pub redis_url: String,
+    /// Connect deadline.
+    pub connect_timeout: Duration,
+    /// Per-command deadline.
+    pub command_timeout: Duration,
+    /// Safety-net resync period.
+    pub resync_interval: Duration,
+}
+
+/// Keys read per SCAN page and per pipelined read.
+const SCAN_COUNT: u32 = 1000;
+/// Invalidation events buffered before the channel lags (which forces a resync).
+const INVALIDATION_CAPACITY: usize = 1 << 16;
+
+// === impl Replica ===
+
+/// The replica task's handle: start it with [`Replica::spawn`].
+pub struct Replica {
+    views: Vec<Arc<dyn View>>,
+    status: Arc<ReplicaStatus>,
+    settings: ReplicaSettings,
+    generation: u64,
+}
+
+impl Replica {
+    /// Builds a replica over `views`.
+    pub fn new(views: Vec<Arc<dyn View>>, settings: ReplicaSettings) -> Self {
+        Self {
+            views,
+            status: Arc::new(ReplicaStatus::default()),
+            settings,
+            generation: 0,
+        }
+    }
+
+    /// The shared status (readiness, staleness).
+    pub fn status(&self) -> Arc<ReplicaStatus> {
+        self.status.clone()
+    }
+
+    /// Starts the task; it runs until `shutdown` turns true.
+    pub fn spawn(mut self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            if let Err(e) = self.run(shutdown).await {
+                warn!(error = %e, "replica task stopped");
+            }
+        })
+    }
+
+    fn build_client(&self) -> Result<Client, Error> {
+        let mut config = Config::from_url(&self.settings.redis_url)?;
+        config.version = RespVersion::RESP3;
+        // Keep retrying the first connection: the server must start (and
+        // answer /healthz) even while Redis is still coming up.
+        config.fail_fast = false;
+        let connect_timeout = self.settings.connect_timeout;
+        let command_timeout = self.settings.command_timeout;
+        Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = connect_timeout;
+                c.internal_command_timeout = command_timeout;
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
+            })
+            .with_performance_config(|p| {
+                // Reads of a large resync page may take longer than one job write.
+                p.default_command_timeout = command_timeout.max(Duration::from_secs(10));
+                p.broadcast_channel_capacity = INVALIDATION_CAPACITY;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build()
+    }
+
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+        let client = self.build_client()?;
+        // Subscribe before init(): reconnect_rx also fires on the first connect.
+        let mut reconnects = client.reconnect_rx();
+        let mut errors = client.error_rx();
+        let mut invalidations = client.invalidation_rx();
+        let _conn = client.init().await?;
+        let mut resync_timer = tokio::time::interval(self.settings.resync_interval);
+        resync_timer.tick().await;
+        // A resync is owed at start; after that, on reconnects, lag and the timer.
+        let mut resync_due = true;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if resync_due {
+                match self.resync(&client, &mut invalidations).await {
+                    Ok(()) => resync_due = false,
+                    Err(e) => {
+                        self.status.connected.store(false, Ordering::Release);
+                        metrics::counter!(m::REPLICA_RESYNC_FAILURES).increment(1);
+                        warn!(error = %e, "replica resync failed; serving the last copy and retrying");
+                        // Retry after a short pause unless an event comes first.
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = resync_timer.tick() => resync_due = true,
+                r = reconnects.recv() => {
+                    // A new connection has no tracking and may have missed writes.
+                    debug!(?r, "replica reconnected");
+                    resync_due = true;
+                }
+                e = errors.recv() => {
+                    if let Ok((e, _)) = e {
+                        warn!(error = %e, "replica lost its Redis connection");
+                    }
+                    self.status.connected.store(false, Ordering::Release);
+                }
+                inv = invalidations.recv() => match inv {
+                    Ok(inv) => {
+                        if let Err(e) = self.refresh(&client, inv.keys, &mut invalidations).await {
+                            warn!(error = %e, "replica refresh failed; resyncing");
+                            resync_due = true;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        warn!(missed = n, "replica invalidation channel lagged; resyncing");
+                        resync_due = true;
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        }
+        let _ = client.quit().await;
+        Ok(())
+    }
+
+    /// Turns tracking on and reloads every view, page by page.
+    async fn resync(
+        &mut self,
+        client: &Client,
+        invalidations: &mut tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
+    ) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        let prefixes: Vec<String> = self.views.iter().map(|v| v.prefix().to_owned()).collect();
+        // Tracking first, so that a write racing the scan still invalidates.
+        // Turning it off first makes the call idempotent on a live connection.
+        let _ = client.stop_tracking().await;
+        client
+            .start_tracking(prefixes, true, false, false, false)
+            .await?;
+        self.status.connected.store(true, Ordering::Release);
+        self.generation += 1;
+        let generation = self.generation;
+        for i in 0..self.views.len() {
+            let view = self.views[i].clone();
+            let pattern = format!("{}*", escape_glob(view.prefix()));
+            let mut pages = client.scan(pattern, Some(SCAN_COUNT), None);
+            while let Some(mut page) = pages.try_next().await? {
+                let keys = page.take_results().unwrap_or_default();
+                let keys: Vec<Bytes> = keys.into_iter().filter_map(|k| key_bytes(&k)).collect();
+                self.read_and_apply(client, &keys, generation).await?;
+                // Writes that raced this page are applied right after it.
+                self.drain(client, invalidations, generation).await?;
+                page.next();
+            }
+        }
+        for view in &self.views {
+            view.sweep(generation);
+        }
+        self.status.touch();
+        self.export_sizes();
+        metrics::counter!(m::REPLICA_RESYNCS).increment(1);
+        metrics::histogram!(m::REPLICA_RESYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        if !self.status.ready.swap(true, Ordering::AcqRel) {
+            let sizes: Vec<String> = self
+                .views
+                .iter()
+                .map(|v| format!("{}={}", v.name(), v.len()))
+                .collect();
+            info!(elapsed_ms = started.elapsed().as_millis() as u64, sizes = %sizes.join(" "), "replica loaded");
+        }
+        Ok(())
+    }
+
+    /// Applies everything already waiting in the invalidation channel.
+    async fn drain(
+        &self,
+        client: &Client,
+        invalidations: &mut tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
+        generation: u64,
+    ) -> Result<(), Error> {
+        let mut keys = Vec::new();
+        loop {
+            match invalidations.try_recv() {
+                Ok(inv) => keys.extend(inv.keys.iter().filter_map(key_bytes)),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                    return Err(Error::new(
+                        ErrorKind::Unknown,
+                        "invalidation channel lagged",
+                    ));
+                }
+                Err(_) => break,
+            }
+        }
+        if !keys.is_empty() {
+            keys.sort_unstable();
+            keys.dedup();
+            self.read_and_apply(client, &keys, generation).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads invalidated keys (plus any queued behind them) and applies them.
+    async fn refresh(
+        &self,
+        client: &Client,
+        first: Vec<Key>,
+        invalidations: &mut tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
+    ) -> Result<(), Error> {
+        let mut keys: Vec<Bytes> = first.iter().filter_map(key_bytes).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.read_and_apply(client, &keys, self.generation).await?;
+        self.drain(client, invalidations, self.generation).await?;
+        metrics::counter!(m::REPLICA_INVALIDATIONS).increment(keys.len() as u64);
+        self.status.touch();
+        self.export_sizes();
+        Ok(())
+    }
+
+    /// Reads `keys` in pipelined chunks and applies each to its view.
+    async fn read_and_apply(
+        &self,
+        client: &Client,
+        keys: &[Bytes],
+        generation: u64,
+    ) -> Result<(), Error> {
+        for chunk in keys.chunks(SCAN_COUNT as usize) {
+            let routed: Vec<(&Arc<dyn View>, &Bytes)> = chunk
+                .iter()
+                .filter_map(|k| self.view_for(k).map(|v| (v, k)))
+                .collect();
+            if routed.is_empty() {
+                continue;
+            }
+            let pipeline = client.pipeline();
+            for (view, key) in &routed {
+                let key = Key::from((*key).clone());
+                let _: () = match view.kind() {
+                    KeyKind::String => pipeline.get(key).await?,
+                    KeyKind::Set => pipeline.smembers(key).await?,
+                    KeyKind::Hash => pipeline.hgetall(key).await?,
+                };
+            }
+            let results: Vec<Result<Value, Error>> = pipeline.try_all().await;
+            if results.len() != routed.len() {
+                return Err(Error::new(ErrorKind::Unknown, "pipeline answer count"));
+            }
+            for ((view, key), result) in routed.into_iter().zip(results) {
+                let fetched = match result {
+                    Ok(value) => to_fetched(view.kind(), value),
+                    // WRONGTYPE and friends: the key is not valid control-plane
+                    // data, so it is treated as absent. IO errors abort.
+                    Err(e) if *e.kind() == ErrorKind::Unknown || *e.kind() == ErrorKind::InvalidArgument => {
+                        debug!(error = %e, "unreadable control-plane key treated as absent");
+                        Fetched::Absent
+                    }
+                    Err(e) => return Err(e),
+                };
+                let Ok(name) = std::str::from_utf8(key) else {
+                    continue;
+                };
+                if let Some(suffix) = name.strip_prefix(view.prefix()) {
+                    view.apply(suffix, fetched, generation);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn view_for(&self, key: &[u8]) -> Option<&Arc<dyn View>> {
+        self.views
+            .iter()
+            .find(|v| key.starts_with(v.prefix().as_bytes()))
+    }
+
+    fn export_sizes(&self) {
+        for v in &self.views {
+            metrics::gauge!(m::REPLICA_ENTRIES, "view" => v.name()).set(v.len() as f64);
+        }
+    }
+}
+
+fn key_bytes(k: &Key) -> Option<Bytes> {
+    Some(k.as_bytes().to_vec().into())
+}
+
+/// Escapes glob metacharacters so a prefix matches only itself in SCAN MATCH.
+fn escape_glob(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn value_bytes(v: Value) -> Option<Bytes> {
+    match v {
+        Value::Bytes(b) => Some(b),
+        Value::String(s) => Some(s.into_inner()),
+        Value::Integer(i) => Some(Bytes::from(i.to_string())),
+        _ => None,
+    }
+}
+
+fn to_fetched(kind: KeyKind, value: Value) -> Fetched {
+    match (kind, value) {
+        (_, Value::Null) => Fetched::Absent,
+        (KeyKind::String, v) => value_bytes(v).map_or(Fetched::Absent, Fetched::String),
+        (KeyKind::Set, Value::Array(items)) => {
+            let members: Vec<Bytes> = items.into_iter().filter_map(value_bytes).collect();
+            if members.is_empty() {
+                Fetched::Absent
+            } else {
+                Fetched::Set(members)
+            }
+        }
+        (KeyKind::Hash, Value::Map(map)) => {
+            let fields: Vec<(Bytes, Bytes)> = map
+                .inner()
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.as_bytes().to_vec().into(), value_bytes(v)?)))
+                .collect();
+            if fields.is_empty() {
+                Fetched::Absent
+            } else {
+                Fetched::Hash(fields)
+            }
+        }
+        (KeyKind::Hash, Value::Array(items)) => {
+            let mut fields = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if let (Some(k), Some(v)) = (value_bytes(k), value_bytes(v)) {
+                    fields.push((k, v));
+                }
+            }
+            if fields.is_empty() {
+                Fetched::Absent
+            } else {
+                Fetched::Hash(fields)
+            }
+        }
+        _ => Fetched::Absent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(escape_glob("tether:"), "tether:");
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn empty_set_is_absent() {
+        assert_eq!(to_fetched(KeyKind::Set, Value::Array(vec![])), Fetched::Absent);
+        assert_eq!(to_fetched(KeyKind::String, Value::Null), Fetched::Absent);
+    }
+}

@@ -1,0 +1,148 @@
+//! Trigger matching: (org, webhookId) → the workflow ids to enqueue.
+//!
+//! [`WebhookIndex`] is the replica's live view of every
+//! `<prefix>triggers:<orgId>:<webhookId>` set. It is two-level (org, then
+//! webhookId) so a lookup borrows both `&str`s and allocates nothing; the
+//! result is an `Arc` cloned out while the shard guard is dropped in the same
+//! statement. An org id ends at the first `:` of the key's suffix.
+
+use std::{collections::HashMap, sync::Arc};
+
+use dashmap::DashMap;
+
+use crate::{
+    id::Id,
+    replica::{Fetched, KeyKind, View},
+};
+
+/// Workflow ids of one trigger set, shared with every request that matches it.
+pub type Workflows = Arc<[Id]>;
+
+struct Trigger {
+    workflows: Workflows,
+    generation: u64,
+}
+
+/// Live view of the trigger sets.
+pub struct WebhookIndex {
+    prefix: String,
+    orgs: DashMap<Box<str>, HashMap<Box<str>, Trigger>>,
+}
+
+impl WebhookIndex {
+    /// An empty index for sets under `<key_prefix>triggers:`.
+    pub fn new(key_prefix: &str) -> Self {
+        Self {
+            prefix: format!("{key_prefix}triggers:"),
+            orgs: DashMap::new(),
+        }
+    }
+
+    /// The workflows triggered by `webhook_id` in `org`; `None` when nothing matches.
+    pub fn lookup(&self, org: &str, webhook_id: &str) -> Option<Workflows> {
+        self.orgs
+            .get(org)
+            .and_then(|m| m.get(webhook_id).map(|t| t.workflows.clone()))
+    }
+}
+
+impl View for WebhookIndex {
+    fn name(&self) -> &'static str {
+        "triggers"
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn kind(&self) -> KeyKind {
+        KeyKind::Set
+    }
+
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
+        let Some((org, webhook_id)) = suffix.split_once(':') else {
+            return;
+        };
+        if org.is_empty() {
+            return;
+        }
+        let workflows: Option<Workflows> = match value {
+            Fetched::Set(members) => {
+                let mut ids: Vec<Id> = members.into_iter().filter_map(Id::new).collect();
+                // Stable order, so entries of one request are written in a
+                // predictable sequence.
+                ids.sort_unstable();
+                (!ids.is_empty()).then(|| ids.into())
+            }
+            _ => None,
+        };
+        match workflows {
+            Some(workflows) => {
+                self.orgs.entry(org.into()).or_default().insert(
+                    webhook_id.into(),
+                    Trigger {
+                        workflows,
+                        generation,
+                    },
+                );
+            }
+            None => {
+                self.orgs.remove_if_mut(org, |_, m| {
+                    m.remove(webhook_id);
+                    m.is_empty()
+                });
+            }
+        }
+    }
+
+    fn sweep(&self, generation: u64) {
+        self.orgs.retain(|_, m| {
+            m.retain(|_, t| t.generation >= generation);
+            !m.is_empty()
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.orgs.iter().map(|m| m.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn set(ids: &[&str]) -> Fetched {
+        Fetched::Set(ids.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect())
+    }
+
+    #[test]
+    fn lookup_is_per_org() {
+        let idx = WebhookIndex::new("tether:");
+        idx.apply("o1:wh", set(&["w2", "w1"]), 1);
+        let got = idx.lookup("o1", "wh").unwrap();
+        assert_eq!(got.iter().map(Id::as_str).collect::<Vec<_>>(), ["w1", "w2"]);
+        assert!(idx.lookup("o2", "wh").is_none());
+        assert!(idx.lookup("o1", "other").is_none());
+    }
+
+    #[test]
+    fn webhook_id_may_contain_colons() {
+        let idx = WebhookIndex::new("tether:");
+        idx.apply("o1:a:b", set(&["w"]), 1);
+        assert!(idx.lookup("o1", "a:b").is_some());
+    }
+
+    #[test]
+    fn removal_and_sweep() {
+        let idx = WebhookIndex::new("tether:");
+        idx.apply("o1:a", set(&["w"]), 1);
+        idx.apply("o1:b", set(&["w"]), 2);
+        idx.apply("o1:a", Fetched::Absent, 2);
+        assert!(idx.lookup("o1", "a").is_none());
+        assert_eq!(idx.len(), 1);
+        idx.sweep(3);
+        assert_eq!(idx.len(), 0);
+        assert!(idx.orgs.is_empty());
+    }
+}

@@ -1,0 +1,201 @@
+//! The job sink: stream entries into Redis with `XADD … MAXLEN ~ N *`.
+//!
+//! One shared fred client serves every request. fred pipelines commands from
+//! concurrent tasks onto its connection on its own, so many requests' XADDs
+//! leave in one write; a request with several matches sends its entries as
+//! one explicit pipeline. [`StreamSink::enqueue`] returns only after Redis has
+//! acknowledged every entry, which is when the caller may hear 202.
+//!
+//! # Failure and delivery
+//! - Disconnected client: refused at once ([`SinkError::Disconnected`]), so a
+//!   caller gets a quick 503 rather than waiting out the command timeout.
+//! - Each command has a deadline; the queue towards Redis is capped.
+//! - fred re-sends a command that was in flight when a connection dropped,
+//!   and a command may also be executed by Redis after we reported a timeout.
+//!   Delivery is therefore **at least once**: a duplicate is identical in all
+//!   fields (`requestId`, `workflowId`, `receivedAt`, …), which is the key a
+//!   worker dedupes on.
+//!
+//! This is the seam where a durable local spool and other job formats plug in.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::{
+    prelude::*,
+    types::streams::{XCapKind, XCapTrim},
+};
+
+/// Why jobs could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The client has no live connection to Redis.
+    #[error("redis is not connected")]
+    Disconnected,
+    /// Redis did not acknowledge in time (the entry may still be written).
+    #[error("redis did not answer in time")]
+    Timeout,
+    /// Too many commands queued towards Redis.
+    #[error("too many commands queued towards redis")]
+    Backpressure,
+    /// Redis answered with an error.
+    #[error("redis refused the write: {0}")]
+    Redis(#[source] Error),
+}
+
+impl From<Error> for SinkError {
+    fn from(e: Error) -> Self {
+        match e.kind() {
+            ErrorKind::Timeout => SinkError::Timeout,
+            ErrorKind::Backpressure => SinkError::Backpressure,
+            ErrorKind::Canceled | ErrorKind::IO => SinkError::Disconnected,
+            _ => SinkError::Redis(e),
+        }
+    }
+}
+
+/// One `tether:jobs:workflow` entry, fields as the contract names them.
+#[derive(Debug, Clone)]
+pub struct WorkflowJob {
+    /// `workflowId`
+    pub workflow_id: Bytes,
+    /// `orgId`
+    pub org_id: Bytes,
+    /// `userId`
+    pub user_id: Bytes,
+    /// `webhookId`
+    pub webhook_id: Bytes,
+    /// `payload`: the body minus `webhookId`, as sent.
+    pub payload: Bytes,
+    /// `receivedAt`: unix ms, decimal text.
+    pub received_at: Bytes,
+    /// `requestId`
+    pub request_id: Bytes,
+}
+
+impl WorkflowJob {
+    fn fields(&self) -> Vec<(Key, Value)> {
+        vec![
+            (
+                Key::from_static_str("workflowId"),
+                Value::Bytes(self.workflow_id.clone()),
+            ),
+            (Key::from_static_str("orgId"), Value::Bytes(self.org_id.clone())),
+            (Key::from_static_str("userId"), Value::Bytes(self.user_id.clone())),
+            (
+                Key::from_static_str("webhookId"),
+                Value::Bytes(self.webhook_id.clone()),
+            ),
+            (Key::from_static_str("payload"), Value::Bytes(self.payload.clone())),
+            (
+                Key::from_static_str("receivedAt"),
+                Value::Bytes(self.received_at.clone()),
+            ),
+            (
+                Key::from_static_str("requestId"),
+                Value::Bytes(self.request_id.clone()),
+            ),
+        ]
+    }
+}
+
+/// Settings of the sink.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// Redis URL.
+    pub redis_url: String,
+    /// Connect deadline.
+    pub connect_timeout: Duration,
+    /// Per-command deadline.
+    pub command_timeout: Duration,
+    /// Cap on commands queued towards Redis.
+    pub max_pending_commands: usize,
+    /// Workflow stream key.
+    pub workflow_stream: String,
+    /// `MAXLEN ~` threshold.
+    pub maxlen: i64,
+}
+
+// === impl StreamSink ===
+
+/// Writes jobs to Redis Streams through one shared, auto-pipelining client.
+#[derive(Clone)]
+pub struct StreamSink {
+    client: Client,
+    workflow_stream: Key,
+    maxlen: i64,
+}
+
+impl StreamSink {
+    /// Builds the client and starts connecting in the background (requests
+    /// get [`SinkError::Disconnected`] until it is up).
+    pub fn connect(settings: &SinkSettings) -> Result<Self, Error> {
+        let mut config = Config::from_url(&settings.redis_url)?;
+        config.fail_fast = false;
+        let s = settings.clone();
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = s.connect_timeout;
+                c.internal_command_timeout = s.command_timeout;
+                c.max_command_buffer_len = s.max_pending_commands;
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = s.command_timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
+            .build()?;
+        let _task = client.connect();
+        Ok(Self {
+            client,
+            workflow_stream: Key::from(settings.workflow_stream.as_str()),
+            maxlen: settings.maxlen,
+        })
+    }
+
+    /// True while the client has a live connection.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    fn cap(&self) -> (XCapKind, XCapTrim, i64) {
+        (XCapKind::MaxLen, XCapTrim::AlmostExact, self.maxlen)
+    }
+
+    /// Stores every job; `Ok` only once Redis acknowledged all of them.
+    pub async fn enqueue(&self, jobs: &[WorkflowJob]) -> Result<(), SinkError> {
+        if !self.client.is_connected() {
+            return Err(SinkError::Disconnected);
+        }
+        match jobs {
+            [] => Ok(()),
+            [job] => {
+                let _id: Value = self
+                    .client
+                    .xadd(self.workflow_stream.clone(), false, self.cap(), "*", job.fields())
+                    .await?;
+                Ok(())
+            }
+            many => {
+                let pipeline = self.client.pipeline();
+                for job in many {
+                    let _: () = pipeline
+                        .xadd(self.workflow_stream.clone(), false, self.cap(), "*", job.fields())
+                        .await?;
+                }
+                for result in pipeline.try_all::<Value>().await {
+                    result?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes the connection (after in-flight commands were answered).
+    pub async fn close(&self) {
+        let _ = self.client.quit().await;
+    }
+}
