@@ -1,10 +1,152 @@
-//! tether-ingress (work in progress)
+//! tether-ingress: a webhook ingress that authenticates lead webhooks from an
+//! in-memory replica of Redis and enqueues one Redis Streams entry per matched
+//! workflow.
+//!
+//! # Request path
+//! ```text
+//! TcpListener ─ server (conn cap, first-byte timeout, h1/h2c, graceful drain)
+//!   └ service (route, X-Request-Id, metrics, Reject → JSON envelope)
+//!       └ workflow: ready? → auth ─ KeyTable ─┐
+//!                   body (capped) → parse     │  replica (one RESP3 connection:
+//!                   match ─ WebhookIndex ─────┘  CLIENT TRACKING BCAST + SCAN resync)
+//!                   sink (XADD MAXLEN ~, pipelined, acknowledged) → 202
+//! ```
+//! # Layout
+//! - [`config`]: built-in defaults, TOML file, env overrides, validation.
+//! - [`server`], [`service`], [`body`]: the only modules touching hyper.
+//! - [`auth`], [`parse`], [`route`]: synchronous stages over headers, bytes, ids.
+//! - [`replica`]: the live Redis replica; [`auth::KeyTable`] and
+//!   [`route::WebhookIndex`] are two of its views.
+//! - [`sink`]: the job writer (the seam for a spool).
+//! - [`error`]: every refusal and its response.
+
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod id;
 pub mod metrics;
 pub mod parse;
 pub mod replica;
+pub mod response;
 pub mod route;
+pub mod server;
+pub mod service;
+pub mod shutdown;
 pub mod sink;
+pub mod workflow;
+
+use std::{future::Future, sync::Arc};
+
+use http::HeaderValue;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::info;
+
+use crate::{
+    auth::{Authenticator, KeyTable},
+    config::Config,
+    replica::{Replica, ReplicaSettings, View},
+    route::WebhookIndex,
+    server::ServerSettings,
+    service::{App, Handles, Limits, Svc},
+    sink::{SinkSettings, StreamSink},
+};
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Redis URL or client settings were refused by the client.
+    #[error("redis client: {0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// Builds the shared state and starts the replica task.
+/// Returns the app and the handle that stops background tasks.
+pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
+    let keys = Arc::new(KeyTable::new(&config.key_prefix));
+    let triggers = Arc::new(WebhookIndex::new(&config.key_prefix));
+    let views: Vec<Arc<dyn View>> = vec![keys.clone(), triggers.clone()];
+    let replica = Replica::new(
+        views,
+        ReplicaSettings {
+            redis_url: config.redis_url.clone(),
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+            resync_interval: config.resync_interval,
+        },
+    );
+    let sink = StreamSink::connect(&SinkSettings {
+        redis_url: config.redis_url.clone(),
+        connect_timeout: config.connect_timeout,
+        command_timeout: config.command_timeout,
+        max_pending_commands: config.max_pending_commands.get(),
+        workflow_stream: config.workflow_stream.clone(),
+        maxlen: config.stream_maxlen,
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let status = replica.status();
+    let replica_task = replica.spawn(stop_rx);
+    let app = Arc::new(App {
+        auth: Authenticator::new(keys),
+        triggers,
+        sink,
+        replica: status,
+        limits: Limits {
+            max_body_bytes: config.max_body_bytes.get(),
+            retry_after: HeaderValue::from(config.retry_after_secs),
+        },
+        request_ids: response::RequestIds::new(),
+        metrics: Handles {
+            jobs_workflow: ::metrics::counter!(metrics::JOBS_WRITTEN, "stream" => "workflow"),
+        },
+        prometheus: metrics::install(),
+    });
+    Ok((
+        app,
+        Background {
+            stop: stop_tx,
+            replica_task,
+        },
+    ))
+}
+
+/// Background tasks owned by a running ingress.
+pub struct Background {
+    stop: watch::Sender<bool>,
+    replica_task: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    /// Stops the background tasks and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.replica_task.await;
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves; then stops accepting,
+/// lets requests in flight finish (their jobs are written before they answer),
+/// and closes Redis. Returns true when the drain completed within the grace.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<bool, StartError> {
+    let (app, background) = build(&config)?;
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "tether-ingress listening");
+    }
+    let settings = ServerSettings {
+        max_connections: config.max_connections.get(),
+        first_byte_timeout: config.first_byte_timeout,
+        header_read_timeout: config.header_read_timeout,
+        max_header_bytes: config.max_header_bytes,
+        http2_max_concurrent_streams: config.http2_max_concurrent_streams,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let drained = server::serve(listener, Svc(app.clone()), settings, shutdown).await;
+    background.stop().await;
+    app.sink.close().await;
+    info!(drained, "tether-ingress stopped");
+    Ok(drained)
+}

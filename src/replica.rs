@@ -240,15 +240,23 @@ impl Replica {
                 _ = shutdown.changed() => {}
                 _ = resync_timer.tick() => resync_due = true,
                 r = reconnects.recv() => {
+                    if matches!(r, Err(RecvError::Closed)) {
+                        break;
+                    }
                     // A new connection has no tracking and may have missed writes.
-                    debug!(?r, "replica reconnected");
+                    debug!("replica reconnected");
                     resync_due = true;
                 }
                 e = errors.recv() => {
-                    if let Ok((e, _)) = e {
-                        warn!(error = %e, "replica lost its Redis connection");
+                    if matches!(e, Err(RecvError::Closed)) {
+                        break;
                     }
-                    self.status.connected.store(false, Ordering::Release);
+                    // Log the transition once, not every reconnect attempt.
+                    if self.status.connected.swap(false, Ordering::AcqRel)
+                        && let Ok((e, _)) = e
+                    {
+                        warn!(error = %e, "replica lost its Redis connection; serving the last copy");
+                    }
                 }
                 inv = invalidations.recv() => match inv {
                     Ok(inv) => {

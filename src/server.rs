@@ -1,0 +1,128 @@
+//! The accept loop: connection cap, first-byte timeout, HTTP/1.1 + h2c on
+//! one port, and a bounded graceful drain.
+//!
+//! - A permit is taken *before* `accept`, so at the cap new connections wait
+//!   in the kernel backlog (then are refused by it) instead of being served badly.
+//! - Accept errors (EMFILE and friends) are retried with doubling backoff.
+//! - hyper keeps a silent connection open forever and has no header timeout on
+//!   HTTP/2, so every connection must send a byte within `first_byte_timeout`;
+//!   HTTP/1 heads (and idle keep-alives) are bounded by `header_read_timeout`.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::{metrics as m, service::Svc};
+
+/// Connection-level settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Deadline for a connection's first byte.
+    pub first_byte_timeout: Duration,
+    /// HTTP/1 head deadline.
+    pub header_read_timeout: Duration,
+    /// Request head cap, bytes.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams per connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Drain deadline on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+fn builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.http2_max_concurrent_streams)
+        .max_header_list_size(s.max_header_bytes as u32)
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains connections for
+/// at most `shutdown_grace`. Returns true when every connection finished.
+pub async fn serve(
+    listener: TcpListener,
+    svc: Svc,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let builder = Arc::new(builder(&settings));
+    let graceful = GracefulShutdown::new();
+    let open = metrics::gauge!(m::CONNECTIONS_OPEN);
+    let silent = metrics::counter!(m::CONNECTIONS_SILENT);
+    let mut backoff = Duration::from_millis(5);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => {
+                    backoff = Duration::from_millis(5);
+                    stream
+                }
+                Err(e) => {
+                    warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let svc = svc.clone();
+        let open = open.clone();
+        let silent = silent.clone();
+        let first_byte = settings.first_byte_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    silent.increment(1);
+                    return;
+                }
+            }
+            open.increment(1.0);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                debug!(error = %e, "connection ended with an error");
+            }
+            open.decrement(1.0);
+        });
+    }
+    drop(listener);
+    info!("shutting down: draining connections");
+    match tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => true,
+        Err(_) => {
+            warn!("shutdown grace elapsed with connections still open");
+            false
+        }
+    }
+}

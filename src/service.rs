@@ -1,0 +1,242 @@
+//! The hyper `Service`: routes a request, times it, counts it, and turns every
+//! [`Reject`] into its response in one place. Every response carries
+//! `X-Request-Id`.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode,
+    header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER},
+};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use metrics::Counter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::{debug, warn};
+
+use crate::{
+    auth::Authenticator,
+    error::Reject,
+    metrics as m,
+    replica::{ReplicaStatus, now_ms},
+    response::{REQUEST_ID, RequestIds},
+    route::WebhookIndex,
+    sink::StreamSink,
+    workflow,
+};
+
+/// Response body type of every route.
+pub type ResponseBody = Full<Bytes>;
+
+/// Path of the workflow webhook.
+pub const WORKFLOW_PATH: &str = "/api/webhook/workflow";
+
+/// Limits applied on the request path.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Webhook body cap, bytes.
+    pub max_body_bytes: usize,
+    /// `Retry-After` value sent with 503.
+    pub retry_after: HeaderValue,
+}
+
+/// Metric handles registered once, incremented on the hot path.
+pub struct Handles {
+    /// Entries written to the workflow stream.
+    pub jobs_workflow: Counter,
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    /// Bearer → principal.
+    pub auth: Authenticator,
+    /// (org, webhookId) → workflows.
+    pub triggers: Arc<WebhookIndex>,
+    /// Job writer.
+    pub sink: StreamSink,
+    /// Readiness and staleness of the caches.
+    pub replica: Arc<ReplicaStatus>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Request id issuer.
+    pub request_ids: RequestIds,
+    /// Metric handles.
+    pub metrics: Handles,
+    /// Prometheus renderer, when this process owns the recorder.
+    pub prometheus: Option<PrometheusHandle>,
+}
+
+/// Which route a request took: a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Workflow,
+    Health,
+    Ready,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Workflow => "workflow",
+            Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Metrics => "metrics",
+            Route::Other => "other",
+        }
+    }
+
+    fn of(path: &str) -> Self {
+        match path.strip_suffix('/').unwrap_or(path) {
+            WORKFLOW_PATH => Route::Workflow,
+            "/healthz" => Route::Health,
+            "/readyz" => Route::Ready,
+            "/metrics" => Route::Metrics,
+            _ => Route::Other,
+        }
+    }
+}
+
+fn status_label(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "other",
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut res = Response::new(Full::new(body));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+// === impl App ===
+
+impl App {
+    /// Answers one request; never fails (errors become responses here).
+    pub async fn call(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        self.dispatch(req).await
+    }
+
+    /// Generic over the body so tests and benchmarks can call it without a socket.
+    pub async fn dispatch<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body + Unpin,
+        B::Data: AsRef<[u8]>,
+    {
+        let started = Instant::now();
+        let request_id = self.request_ids.for_request(req.headers());
+        let route = Route::of(req.uri().path());
+        let result = match (route, req.method()) {
+            (Route::Workflow, &Method::POST) => workflow::handle(self, req, &request_id)
+                .await
+                .map(|(status, body)| json(status, body)),
+            (Route::Workflow, _) => Err(Reject::MethodNotAllowed),
+            (Route::Health, &Method::GET | &Method::HEAD) => Ok(json(
+                StatusCode::OK,
+                Bytes::from_static(br#"{"status":"ok"}"#),
+            )),
+            (Route::Ready, &Method::GET | &Method::HEAD) => Ok(self.readiness()),
+            (Route::Metrics, &Method::GET) => Ok(self.render_metrics()),
+            _ => Err(Reject::NotFound),
+        };
+        let mut res = match result {
+            Ok(res) => res,
+            Err(reject) => self.refuse(&reject),
+        };
+        res.headers_mut().insert(REQUEST_ID, request_id);
+        let status = res.status();
+        metrics::counter!(m::HTTP_REQUESTS, "route" => route.label(), "status" => status_label(status))
+            .increment(1);
+        metrics::histogram!(m::HTTP_DURATION, "route" => route.label())
+            .record(started.elapsed().as_secs_f64());
+        res
+    }
+
+    /// The one place a refusal becomes a response.
+    fn refuse(&self, reject: &Reject) -> Response<ResponseBody> {
+        match reject {
+            Reject::Unavailable(cause) => warn!(error = %cause, "jobs not stored; answering 503"),
+            other => debug!(code = other.code(), "request refused"),
+        }
+        metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);
+        let mut res = json(reject.status(), Bytes::from_static(reject.body().as_bytes()));
+        if reject.retry_after() {
+            res.headers_mut()
+                .insert(RETRY_AFTER, self.limits.retry_after.clone());
+        }
+        if matches!(reject, Reject::MethodNotAllowed) {
+            res.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        res
+    }
+
+    fn readiness(&self) -> Response<ResponseBody> {
+        if self.replica.is_ready() {
+            json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
+        } else {
+            let mut res = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from_static(br#"{"status":"loading"}"#),
+            );
+            res.headers_mut()
+                .insert(RETRY_AFTER, self.limits.retry_after.clone());
+            res
+        }
+    }
+
+    fn render_metrics(&self) -> Response<ResponseBody> {
+        let last = self.replica.last_sync_ms();
+        if last > 0 {
+            metrics::gauge!(m::REPLICA_AGE).set(now_ms().saturating_sub(last) as f64 / 1000.0);
+        }
+        let text = self.prometheus.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+        let mut res = Response::new(Full::new(Bytes::from(text)));
+        res.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        res.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    }
+}
+
+// === impl Svc ===
+
+/// Per-connection service handle: one `Arc` clone.
+#[derive(Clone)]
+pub struct Svc(pub Arc<App>);
+
+impl hyper::service::Service<Request<Incoming>> for Svc {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let app = self.0.clone();
+        Box::pin(async move { Ok(app.call(req).await) })
+    }
+}
