@@ -27,7 +27,11 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads the whole body, refusing more than `max` bytes.
-pub async fn read_limited<B>(headers: &HeaderMap, mut body: B, max: usize) -> Result<BytesMut, Reject>
+pub async fn read_limited<B>(
+    headers: &HeaderMap,
+    mut body: B,
+    max: usize,
+) -> Result<BytesMut, Reject>
 where
     B: Body + Unpin,
     B::Data: AsRef<[u8]>,
@@ -69,16 +73,23 @@ mod tests {
     #[tokio::test]
     async fn declared_length_over_cap_is_refused_unread() {
         let body = Full::new(Bytes::from_static(b"x"));
-        assert!(matches!(read_limited(&headers(Some("11")), body, 10).await, Err(Reject::BodyTooLarge)));
+        assert!(matches!(
+            read_limited(&headers(Some("11")), body, 10).await,
+            Err(Reject::BodyTooLarge)
+        ));
     }
 
     #[tokio::test]
     async fn streamed_body_over_cap_is_refused() {
-        let chunks = futures::stream::iter(
-            (0..5).map(|_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"abcd")))),
-        );
+        let chunks =
+            futures::stream::iter((0..5).map(|_| {
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"abcd")))
+            }));
         let body = StreamBody::new(chunks);
-        assert!(matches!(read_limited(&headers(None), body, 10).await, Err(Reject::BodyTooLarge)));
+        assert!(matches!(
+            read_limited(&headers(None), body, 10).await,
+            Err(Reject::BodyTooLarge)
+        ));
     }
 
     #[tokio::test]

@@ -63,6 +63,8 @@ pub enum StartError {
 /// Builds the shared state and starts the replica task.
 /// Returns the app and the handle that stops background tasks.
 pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
+    // Before any metric handle is registered, or it binds to the no-op recorder.
+    let prometheus = metrics::install();
     let keys = Arc::new(KeyTable::new(&config.key_prefix));
     let triggers = Arc::new(WebhookIndex::new(&config.key_prefix));
     let views: Vec<Arc<dyn View>> = vec![keys.clone(), triggers.clone()];
@@ -98,8 +100,9 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         request_ids: response::RequestIds::new(),
         metrics: Handles {
             jobs_workflow: ::metrics::counter!(metrics::JOBS_WRITTEN, "stream" => "workflow"),
+            in_flight: ::metrics::gauge!(metrics::HTTP_IN_FLIGHT),
         },
-        prometheus: metrics::install(),
+        prometheus,
     });
     Ok((
         app,

@@ -8,7 +8,11 @@ use tether_ingress::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "tether-ingress", version, about = "Webhook ingress for Redis Streams")]
+#[command(
+    name = "tether-ingress",
+    version,
+    about = "Webhook ingress for Redis Streams"
+)]
 struct Cli {
     /// TOML configuration file (defaults are built in; env TETHER_INGRESS_* overrides).
     #[arg(long, global = true, value_name = "PATH")]
@@ -41,7 +45,10 @@ fn serve(config: Config) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(&config.log_level))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tether-ingress: cannot start the runtime: {e}");

@@ -11,6 +11,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Counter: requests answered, by `route` and `status`.
 pub const HTTP_REQUESTS: &str = "tether_http_requests_total";
+/// Gauge: webhook requests being handled right now.
+pub const HTTP_IN_FLIGHT: &str = "tether_http_requests_in_flight";
 /// Histogram: seconds from request head to response, by `route`.
 pub const HTTP_DURATION: &str = "tether_http_request_duration_seconds";
 /// Counter: requests refused, by `code` (the envelope's machine code).
@@ -52,9 +54,14 @@ pub fn install() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SINK_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(REPLICA_RESYNC_SECONDS.into()), RESYNC_BUCKETS)
+                    b.set_buckets_for_metric(Matcher::Full(SINK_DURATION.into()), LATENCY_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(REPLICA_RESYNC_SECONDS.into()),
+                        RESYNC_BUCKETS,
+                    )
                 })
                 .ok()?;
             let recorder = builder.build_recorder();

@@ -113,27 +113,32 @@ impl Scratch {
         self.input.extend_from_slice(body);
         self.input.resize(len + INPUT_PADDING, b' ');
         let mut tape: Tape<'_> = self.tape.take().unwrap_or_else(Tape::null).reset();
-        let result = match simd_json::fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape)
-        {
-            Err(e) => Err(match e.error() {
-                ErrorType::DepthLimitExceeded => Reject::TooDeep,
-                _ => Reject::MalformedJson,
-            }),
-            Ok(()) => match tape.0.first() {
-                Some(Node::Object { .. }) => {
-                    match layout(body, self.buffers.structural_indexes(), &tape, &mut self.members) {
-                        Some((open, close)) => f(&Document {
-                            tape: &tape,
-                            members: &self.members,
-                            open,
-                            close,
-                        }),
-                        None => Err(Reject::MalformedJson),
+        let result =
+            match simd_json::fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape) {
+                Err(e) => Err(match e.error() {
+                    ErrorType::DepthLimitExceeded => Reject::TooDeep,
+                    _ => Reject::MalformedJson,
+                }),
+                Ok(()) => match tape.0.first() {
+                    Some(Node::Object { .. }) => {
+                        match layout(
+                            body,
+                            self.buffers.structural_indexes(),
+                            &tape,
+                            &mut self.members,
+                        ) {
+                            Some((open, close)) => f(&Document {
+                                tape: &tape,
+                                members: &self.members,
+                                open,
+                                close,
+                            }),
+                            None => Err(Reject::MalformedJson),
+                        }
                     }
-                }
-                _ => Err(Reject::NotAnObject),
-            },
-        };
+                    _ => Err(Reject::NotAnObject),
+                },
+            };
         self.tape = Some(tape.reset());
         result
     }

@@ -404,7 +404,10 @@ impl Replica {
                     Ok(value) => to_fetched(view.kind(), value),
                     // WRONGTYPE and friends: the key is not valid control-plane
                     // data, so it is treated as absent. IO errors abort.
-                    Err(e) if *e.kind() == ErrorKind::Unknown || *e.kind() == ErrorKind::InvalidArgument => {
+                    Err(e)
+                        if *e.kind() == ErrorKind::Unknown
+                            || *e.kind() == ErrorKind::InvalidArgument =>
+                    {
                         debug!(error = %e, "unreadable control-plane key treated as absent");
                         Fetched::Absent
                     }
@@ -513,7 +516,10 @@ mod tests {
 
     #[test]
     fn empty_set_is_absent() {
-        assert_eq!(to_fetched(KeyKind::Set, Value::Array(vec![])), Fetched::Absent);
+        assert_eq!(
+            to_fetched(KeyKind::Set, Value::Array(vec![])),
+            Fetched::Absent
+        );
         assert_eq!(to_fetched(KeyKind::String, Value::Null), Fetched::Absent);
     }
 }

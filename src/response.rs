@@ -33,7 +33,9 @@ pub fn workflow_accepted(webhook_id_json: &[u8], matched: usize) -> Bytes {
     const TAIL: &[u8] = b"}}";
     let mut digits = [0u8; 20];
     let count = decimal(matched as u64, &mut digits);
-    let mut buf = BytesMut::with_capacity(HEAD.len() + webhook_id_json.len() + MID.len() + count.len() + TAIL.len());
+    let mut buf = BytesMut::with_capacity(
+        HEAD.len() + webhook_id_json.len() + MID.len() + count.len() + TAIL.len(),
+    );
     buf.put_slice(HEAD);
     buf.put_slice(webhook_id_json);
     buf.put_slice(MID);
@@ -75,7 +77,8 @@ impl RequestIds {
     pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
         if let Some(v) = headers.get(REQUEST_ID) {
             let b = v.as_bytes();
-            if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
+            if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
+            {
                 return v.clone();
             }
         }
@@ -91,7 +94,8 @@ impl RequestIds {
                 buf.put_u8(HEX[((word >> (shift * 4)) & 0xf) as usize]);
             }
         }
-        HeaderValue::from_maybe_shared(buf.freeze()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        HeaderValue::from_maybe_shared(buf.freeze())
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
 

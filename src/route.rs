@@ -113,7 +113,11 @@ mod tests {
     use bytes::Bytes;
 
     fn set(ids: &[&str]) -> Fetched {
-        Fetched::Set(ids.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect())
+        Fetched::Set(
+            ids.iter()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect(),
+        )
     }
 
     #[test]

@@ -109,7 +109,9 @@ pub async fn serve(
                 }
             }
             open.increment(1.0);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 debug!(error = %e, "connection ended with an error");
             }

@@ -2,13 +2,7 @@
 //! [`Reject`] into its response in one place. Every response carries
 //! `X-Request-Id`.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    time::Instant,
-};
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{
@@ -17,7 +11,7 @@ use http::{
 };
 use http_body_util::Full;
 use hyper::body::Incoming;
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::{debug, warn};
 
@@ -51,6 +45,8 @@ pub struct Limits {
 pub struct Handles {
     /// Entries written to the workflow stream.
     pub jobs_workflow: Counter,
+    /// Webhook requests being handled.
+    pub in_flight: Gauge,
 }
 
 /// Everything a request needs, shared by all connections.
@@ -132,6 +128,22 @@ fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
     res
 }
 
+/// Counts a request in flight until dropped (also when the caller goes away).
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(g: &'a Gauge) -> Self {
+        g.increment(1.0);
+        Self(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 // === impl App ===
 
 impl App {
@@ -150,9 +162,12 @@ impl App {
         let request_id = self.request_ids.for_request(req.headers());
         let route = Route::of(req.uri().path());
         let result = match (route, req.method()) {
-            (Route::Workflow, &Method::POST) => workflow::handle(self, req, &request_id)
-                .await
-                .map(|(status, body)| json(status, body)),
+            (Route::Workflow, &Method::POST) => {
+                let _in_flight = InFlight::enter(&self.metrics.in_flight);
+                workflow::handle(self, req, &request_id)
+                    .await
+                    .map(|(status, body)| json(status, body))
+            }
             (Route::Workflow, _) => Err(Reject::MethodNotAllowed),
             (Route::Health, &Method::GET | &Method::HEAD) => Ok(json(
                 StatusCode::OK,
@@ -182,19 +197,28 @@ impl App {
             other => debug!(code = other.code(), "request refused"),
         }
         metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);
-        let mut res = json(reject.status(), Bytes::from_static(reject.body().as_bytes()));
+        let mut res = json(
+            reject.status(),
+            Bytes::from_static(reject.body().as_bytes()),
+        );
         if reject.retry_after() {
             res.headers_mut()
                 .insert(RETRY_AFTER, self.limits.retry_after.clone());
         }
         if matches!(reject, Reject::MethodNotAllowed) {
-            res.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            res.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
         }
         res
     }
 
+    /// Ready once the caches are loaded and the job writer has connected.
+    pub fn is_ready(&self) -> bool {
+        self.replica.is_ready() && self.sink.has_connected()
+    }
+
     fn readiness(&self) -> Response<ResponseBody> {
-        if self.replica.is_ready() {
+        if self.is_ready() {
             json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
         } else {
             let mut res = json(
@@ -212,7 +236,11 @@ impl App {
         if last > 0 {
             metrics::gauge!(m::REPLICA_AGE).set(now_ms().saturating_sub(last) as f64 / 1000.0);
         }
-        let text = self.prometheus.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+        let text = self
+            .prometheus
+            .as_ref()
+            .map(PrometheusHandle::render)
+            .unwrap_or_default();
         let mut res = Response::new(Full::new(Bytes::from(text)));
         res.headers_mut().insert(
             CONTENT_TYPE,

@@ -3,22 +3,31 @@
 //! One shared fred client serves every request. fred pipelines commands from
 //! concurrent tasks onto its connection on its own, so many requests' XADDs
 //! leave in one write; a request with several matches sends its entries as
-//! one explicit pipeline. [`StreamSink::enqueue`] returns only after Redis has
+//! concurrent commands, which fred batches the same way. [`StreamSink::enqueue`] returns only after Redis has
 //! acknowledged every entry, which is when the caller may hear 202.
 //!
 //! # Failure and delivery
 //! - Disconnected client: refused at once ([`SinkError::Disconnected`]), so a
 //!   caller gets a quick 503 rather than waiting out the command timeout.
 //! - Each command has a deadline; the queue towards Redis is capped.
-//! - fred re-sends a command that was in flight when a connection dropped,
-//!   and a command may also be executed by Redis after we reported a timeout.
-//!   Delivery is therefore **at least once**: a duplicate is identical in all
-//!   fields (`requestId`, `workflowId`, `receivedAt`, …), which is the key a
-//!   worker dedupes on.
+//! - A write is never re-sent by the client after a reconnect
+//!   (`max_command_attempts = 1`): a caller told 503 will retry, and a replay
+//!   would double its jobs. What remains ambiguous is a write Redis executed
+//!   whose acknowledgement was lost (connection cut, or the deadline passed):
+//!   the caller hears 503, retries, and the job exists twice. Delivery is
+//!   therefore **at least once**; a worker drops a duplicate by
+//!   (`requestId`, `workflowId`) when callers send their own `X-Request-Id`
+//!   on retries, and otherwise by the payload's own lead id.
 //!
 //! This is the seam where a durable local spool and other job formats plug in.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use fred::{
@@ -80,13 +89,22 @@ impl WorkflowJob {
                 Key::from_static_str("workflowId"),
                 Value::Bytes(self.workflow_id.clone()),
             ),
-            (Key::from_static_str("orgId"), Value::Bytes(self.org_id.clone())),
-            (Key::from_static_str("userId"), Value::Bytes(self.user_id.clone())),
+            (
+                Key::from_static_str("orgId"),
+                Value::Bytes(self.org_id.clone()),
+            ),
+            (
+                Key::from_static_str("userId"),
+                Value::Bytes(self.user_id.clone()),
+            ),
             (
                 Key::from_static_str("webhookId"),
                 Value::Bytes(self.webhook_id.clone()),
             ),
-            (Key::from_static_str("payload"), Value::Bytes(self.payload.clone())),
+            (
+                Key::from_static_str("payload"),
+                Value::Bytes(self.payload.clone()),
+            ),
             (
                 Key::from_static_str("receivedAt"),
                 Value::Bytes(self.received_at.clone()),
@@ -122,6 +140,8 @@ pub struct SinkSettings {
 #[derive(Clone)]
 pub struct StreamSink {
     client: Client,
+    connected_once: Arc<AtomicBool>,
+    waiter: Arc<tokio::task::JoinHandle<()>>,
     workflow_stream: Key,
     maxlen: i64,
 }
@@ -138,6 +158,9 @@ impl StreamSink {
                 c.connection_timeout = s.connect_timeout;
                 c.internal_command_timeout = s.command_timeout;
                 c.max_command_buffer_len = s.max_pending_commands;
+                // Never replay a write after a reconnect: its caller may
+                // already have been told 503 and be retrying.
+                c.max_command_attempts = 1;
                 c.tcp = TcpConfig {
                     nodelay: Some(true),
                     ..Default::default()
@@ -149,11 +172,27 @@ impl StreamSink {
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
             .build()?;
         let _task = client.connect();
+        let connected_once = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (client, flag) = (client.clone(), connected_once.clone());
+            tokio::spawn(async move {
+                if client.wait_for_connect().await.is_ok() {
+                    flag.store(true, Ordering::Release);
+                }
+            })
+        };
         Ok(Self {
             client,
+            connected_once,
+            waiter: Arc::new(waiter),
             workflow_stream: Key::from(settings.workflow_stream.as_str()),
             maxlen: settings.maxlen,
         })
+    }
+
+    /// True once the first connection to Redis succeeded.
+    pub fn has_connected(&self) -> bool {
+        self.connected_once.load(Ordering::Acquire)
     }
 
     /// True while the client has a live connection.
@@ -172,21 +211,13 @@ impl StreamSink {
         }
         match jobs {
             [] => Ok(()),
-            [job] => {
-                let _id: Value = self
-                    .client
-                    .xadd(self.workflow_stream.clone(), false, self.cap(), "*", job.fields())
-                    .await?;
-                Ok(())
-            }
+            [job] => self.xadd(job).await,
+            // Concurrent single commands, not an explicit `Pipeline`: fred
+            // writes them in one batch all the same, and unlike a pipeline
+            // each keeps its own deadline and is never replayed after a
+            // reconnect once its caller has given up on it.
             many => {
-                let pipeline = self.client.pipeline();
-                for job in many {
-                    let _: () = pipeline
-                        .xadd(self.workflow_stream.clone(), false, self.cap(), "*", job.fields())
-                        .await?;
-                }
-                for result in pipeline.try_all::<Value>().await {
+                for result in futures::future::join_all(many.iter().map(|j| self.xadd(j))).await {
                     result?;
                 }
                 Ok(())
@@ -194,8 +225,23 @@ impl StreamSink {
         }
     }
 
+    async fn xadd(&self, job: &WorkflowJob) -> Result<(), SinkError> {
+        let _id: Value = self
+            .client
+            .xadd(
+                self.workflow_stream.clone(),
+                false,
+                self.cap(),
+                "*",
+                job.fields(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Closes the connection (after in-flight commands were answered).
     pub async fn close(&self) {
+        self.waiter.abort();
         let _ = self.client.quit().await;
     }
 }

@@ -25,12 +25,16 @@ use crate::{
 };
 
 /// Runs the route; on success returns the status and body to send.
-pub async fn handle<B>(app: &App, req: Request<B>, request_id: &HeaderValue) -> Result<(StatusCode, Bytes), Reject>
+pub async fn handle<B>(
+    app: &App,
+    req: Request<B>,
+    request_id: &HeaderValue,
+) -> Result<(StatusCode, Bytes), Reject>
 where
     B: Body + Unpin,
     B::Data: AsRef<[u8]>,
 {
-    if !app.replica.is_ready() {
+    if !app.is_ready() {
         return Err(Reject::NotReady);
     }
     let principal = match app.auth.authenticate(req.headers())? {
@@ -74,7 +78,10 @@ where
             }
         }
     }
-    Ok((StatusCode::ACCEPTED, workflow_accepted(&envelope.webhook_id_json, matched)))
+    Ok((
+        StatusCode::ACCEPTED,
+        workflow_accepted(&envelope.webhook_id_json, matched),
+    ))
 }
 
 fn sink_reason(e: &crate::sink::SinkError) -> &'static str {

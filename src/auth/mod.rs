@@ -257,10 +257,22 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
-        assert!(matches!(bearer_token(&HeaderMap::new()), Err(Reject::NoCredentials)));
-        assert!(matches!(bearer_token(&headers("Basic abc")), Err(Reject::BadScheme)));
-        assert!(matches!(bearer_token(&headers("Bearer")), Err(Reject::NoCredentials)));
-        assert!(matches!(bearer_token(&headers("Bearer   ")), Err(Reject::NoCredentials)));
+        assert!(matches!(
+            bearer_token(&HeaderMap::new()),
+            Err(Reject::NoCredentials)
+        ));
+        assert!(matches!(
+            bearer_token(&headers("Basic abc")),
+            Err(Reject::BadScheme)
+        ));
+        assert!(matches!(
+            bearer_token(&headers("Bearer")),
+            Err(Reject::NoCredentials)
+        ));
+        assert!(matches!(
+            bearer_token(&headers("Bearer   ")),
+            Err(Reject::NoCredentials)
+        ));
         assert_eq!(bearer_token(&headers("bearer  k1 ")).unwrap(), b"k1");
         assert_eq!(bearer_token(&headers("Bearer k1")).unwrap(), b"k1");
     }
@@ -281,11 +293,23 @@ mod tests {
             Credential::ApiKey(p) => assert_eq!(p.org_id.as_str(), "o"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(auth.authenticate(&headers("Bearer k2")), Err(Reject::InvalidKey)));
-        let auth = Authenticator::new(table_with("k1", r#"{"userId":"u","orgId":"o","active":false}"#));
-        assert!(matches!(auth.authenticate(&headers("Bearer k1")), Err(Reject::InvalidKey)));
+        assert!(matches!(
+            auth.authenticate(&headers("Bearer k2")),
+            Err(Reject::InvalidKey)
+        ));
+        let auth = Authenticator::new(table_with(
+            "k1",
+            r#"{"userId":"u","orgId":"o","active":false}"#,
+        ));
+        assert!(matches!(
+            auth.authenticate(&headers("Bearer k1")),
+            Err(Reject::InvalidKey)
+        ));
         let auth = Authenticator::new(table_with("k1", "not json"));
-        assert!(matches!(auth.authenticate(&headers("Bearer k1")), Err(Reject::InvalidKey)));
+        assert!(matches!(
+            auth.authenticate(&headers("Bearer k1")),
+            Err(Reject::InvalidKey)
+        ));
     }
 
     #[test]

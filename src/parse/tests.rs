@@ -52,7 +52,8 @@ fn escaped_webhook_id_is_decoded_for_lookup_and_kept_for_echo() {
 
 #[test]
 fn nested_webhook_id_stays_in_payload() {
-    let (id, _, p) = ok(r#"{"lead":{"webhookId":"inner"},"webhookId":"outer","l":[{"webhookId":1}]}"#);
+    let (id, _, p) =
+        ok(r#"{"lead":{"webhookId":"inner"},"webhookId":"outer","l":[{"webhookId":1}]}"#);
     assert_eq!(id, "outer");
     assert_eq!(p, r#"{"lead":{"webhookId":"inner"},"l":[{"webhookId":1}]}"#);
 }
@@ -62,26 +63,57 @@ fn refusals() {
     assert!(matches!(envelope(""), Err(Reject::MalformedJson)));
     assert!(matches!(envelope("   "), Err(Reject::MalformedJson)));
     assert!(matches!(envelope("{"), Err(Reject::MalformedJson)));
-    assert!(matches!(envelope(r#"{"webhookId":"w",}"#), Err(Reject::MalformedJson)));
-    assert!(matches!(envelope(r#"{"webhookId":"w"} x"#), Err(Reject::MalformedJson)));
-    assert!(matches!(envelope(r#"{"webhookId":"w"}{}"#), Err(Reject::MalformedJson)));
+    assert!(matches!(
+        envelope(r#"{"webhookId":"w",}"#),
+        Err(Reject::MalformedJson)
+    ));
+    assert!(matches!(
+        envelope(r#"{"webhookId":"w"} x"#),
+        Err(Reject::MalformedJson)
+    ));
+    assert!(matches!(
+        envelope(r#"{"webhookId":"w"}{}"#),
+        Err(Reject::MalformedJson)
+    ));
     assert!(matches!(envelope("[1]"), Err(Reject::NotAnObject)));
     assert!(matches!(envelope("\"s\""), Err(Reject::NotAnObject)));
     assert!(matches!(envelope("12"), Err(Reject::NotAnObject)));
     assert!(matches!(envelope("null"), Err(Reject::NotAnObject)));
     assert!(matches!(envelope("{}"), Err(Reject::MissingWebhookId)));
-    assert!(matches!(envelope(r#"{"webhookid":"w"}"#), Err(Reject::MissingWebhookId)));
-    assert!(matches!(envelope(r#"{"webhookId":1}"#), Err(Reject::WebhookIdNotString)));
-    assert!(matches!(envelope(r#"{"webhookId":null}"#), Err(Reject::WebhookIdNotString)));
-    assert!(matches!(envelope(r#"{"webhookId":["w"]}"#), Err(Reject::WebhookIdNotString)));
+    assert!(matches!(
+        envelope(r#"{"webhookid":"w"}"#),
+        Err(Reject::MissingWebhookId)
+    ));
+    assert!(matches!(
+        envelope(r#"{"webhookId":1}"#),
+        Err(Reject::WebhookIdNotString)
+    ));
+    assert!(matches!(
+        envelope(r#"{"webhookId":null}"#),
+        Err(Reject::WebhookIdNotString)
+    ));
+    assert!(matches!(
+        envelope(r#"{"webhookId":["w"]}"#),
+        Err(Reject::WebhookIdNotString)
+    ));
     assert!(matches!(
         envelope(r#"{"webhookId":"a","webhookId":"b"}"#),
         Err(Reject::DuplicateWebhookId)
     ));
-    let deep = format!("{{\"webhookId\":\"w\",\"d\":{}{}}}", "[".repeat(2000), "]".repeat(2000));
+    let deep = format!(
+        "{{\"webhookId\":\"w\",\"d\":{}{}}}",
+        "[".repeat(2000),
+        "]".repeat(2000)
+    );
     assert!(matches!(envelope(&deep), Err(Reject::TooDeep)));
-    assert!(matches!(envelope("{\"webhookId\":\"\u{1}\"}"), Err(Reject::MalformedJson)));
-    assert!(matches!(envelope(r#"{"webhookId":"\ud800"}"#), Err(Reject::MalformedJson)));
+    assert!(matches!(
+        envelope("{\"webhookId\":\"\u{1}\"}"),
+        Err(Reject::MalformedJson)
+    ));
+    assert!(matches!(
+        envelope(r#"{"webhookId":"\ud800"}"#),
+        Err(Reject::MalformedJson)
+    ));
 }
 
 #[test]
@@ -94,7 +126,11 @@ fn invalid_utf8_is_refused() {
 #[test]
 fn large_body_round_trips() {
     let items: Vec<String> = (0..5000).map(|i| format!("\"k{i}\":{i}.10")).collect();
-    let body = format!("{{{},\"webhookId\":\"w\",{}}}", items[..2500].join(","), items[2500..].join(","));
+    let body = format!(
+        "{{{},\"webhookId\":\"w\",{}}}",
+        items[..2500].join(","),
+        items[2500..].join(",")
+    );
     let (_, _, p) = ok(&body);
     assert_eq!(p, format!("{{{}}}", items.join(",")));
 }
@@ -117,7 +153,8 @@ fn raw_value() -> impl Strategy<Value = String> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(" , "))),
             prop::collection::vec(("[a-z]{1,4}", inner), 0..4).prop_map(|v| {
-                let members: Vec<String> = v.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                let members: Vec<String> =
+                    v.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
                 format!("{{{}}}", members.join(","))
             }),
         ]

@@ -1,0 +1,594 @@
+//! End-to-end tests of POST /api/webhook/workflow against a real redis-server.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+
+const KEY: &str = "user_test_key_0123456789";
+const STREAM: &str = "tether:jobs:workflow";
+const WITHIN: Duration = Duration::from_secs(1);
+
+async fn setup() -> (RedisServer, fred::clients::Client, Ingress) {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_b", "wf_a"]).await;
+    let ingress = Ingress::start(&redis.url()).await;
+    (redis, r, ingress)
+}
+
+fn field<'a>(entry: &'a [(String, String)], name: &str) -> &'a str {
+    entry
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[tokio::test]
+async fn accepted_request_writes_one_exact_entry_per_match() {
+    let (_redis, r, ingress) = setup().await;
+    let before = tether_ingress::replica::now_ms();
+    let body = r#"{"source":"zillow","webhookId":"wh_1","lead":{"phone":12345678901234567890123,"score":1.10,"name":"caf\u00e9"}}"#;
+    let (status, headers, resp) = ingress.workflow(Some(KEY), body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let v = json(&resp);
+    assert_eq!(
+        v,
+        serde_json::json!({"success":true,"message":"Webhook accepted","data":{"webhookId":"wh_1","matchedCount":2}})
+    );
+    let request_id = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(!request_id.is_empty());
+
+    let got = entries(&r, STREAM).await;
+    assert_eq!(got.len(), 2);
+    let workflows: Vec<&str> = got.iter().map(|(_, e)| field(e, "workflowId")).collect();
+    assert_eq!(workflows, ["wf_a", "wf_b"]);
+    for (_, e) in &got {
+        let names: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "workflowId",
+                "orgId",
+                "userId",
+                "webhookId",
+                "payload",
+                "receivedAt",
+                "requestId"
+            ]
+        );
+        assert_eq!(field(e, "orgId"), "o_1");
+        assert_eq!(field(e, "userId"), "u_1");
+        assert_eq!(field(e, "webhookId"), "wh_1");
+        assert_eq!(
+            field(e, "payload"),
+            r#"{"source":"zillow","lead":{"phone":12345678901234567890123,"score":1.10,"name":"caf\u00e9"}}"#
+        );
+        assert_eq!(field(e, "requestId"), request_id);
+        let at: u64 = field(e, "receivedAt").parse().unwrap();
+        assert!(at >= before && at <= tether_ingress::replica::now_ms());
+    }
+}
+
+#[tokio::test]
+async fn callers_request_id_is_echoed_and_stored() {
+    let (_redis, r, ingress) = setup().await;
+    let req = Request::post(ingress.uri("/api/webhook/workflow"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("x-request-id", "lead-42")
+        .body(Full::new(Bytes::from_static(br#"{"webhookId":"wh_1"}"#)))
+        .unwrap();
+    let (status, headers, _) = ingress.request(req).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(headers["x-request-id"], "lead-42");
+    for (_, e) in entries(&r, STREAM).await {
+        assert_eq!(field(&e, "requestId"), "lead-42");
+    }
+    // Errors carry a request id too.
+    let (_, headers, _) = ingress.workflow(None, "{}").await;
+    assert!(headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn payload_keeps_the_callers_bytes() {
+    let (_redis, r, ingress) = setup().await;
+    let cases = [
+        (r#"{"webhookId":"wh_1","a":1}"#, r#"{"a":1}"#),
+        (
+            r#"{"a":1,"webhookId":"wh_1","b":[1,2]}"#,
+            r#"{"a":1,"b":[1,2]}"#,
+        ),
+        (
+            r#"{"a":-98765432109876543210987,"webhookId":"wh_1"}"#,
+            r#"{"a":-98765432109876543210987}"#,
+        ),
+        (r#"{"webhookId":"wh_1"}"#, r#"{}"#),
+        (
+            "{ \"x\" : 1.10 ,\n \"webhookId\" : \"wh_1\" }",
+            "{ \"x\" : 1.10 }",
+        ),
+        (
+            r#"{"s":"a\"b\\c\u0000\ud83d\ude00","webhookId":"wh_1"}"#,
+            r#"{"s":"a\"b\\c\u0000\ud83d\ude00"}"#,
+        ),
+        (
+            r#"{"n":{"webhookId":"inner","d":[{"e":1E+2}]},"webhookId":"wh_1"}"#,
+            r#"{"n":{"webhookId":"inner","d":[{"e":1E+2}]}}"#,
+        ),
+        (r#"{"webhook\u0049d":"wh_1","k":"v"}"#, r#"{"k":"v"}"#),
+    ];
+    for (body, payload) in cases {
+        let (status, _, resp) = ingress.workflow(Some(KEY), body).await;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "{body}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert_eq!(json(&resp)["data"]["matchedCount"], 2, "{body}");
+        let got = entries(&r, STREAM).await;
+        let (_, last) = got.last().unwrap();
+        assert_eq!(field(last, "payload"), payload, "{body}");
+        let _: () = fred::prelude::KeysInterface::del(&r, STREAM).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_get_400_and_write_nothing() {
+    let (_redis, r, ingress) = setup().await;
+    let cases = [
+        ("", "INVALID_JSON"),
+        ("not json", "INVALID_JSON"),
+        (r#"{"webhookId":"wh_1""#, "INVALID_JSON"),
+        (r#"{"webhookId":"wh_1"} trailing"#, "INVALID_JSON"),
+        ("[]", "INVALID_BODY"),
+        (r#""wh_1""#, "INVALID_BODY"),
+        ("{}", "MISSING_WEBHOOK_ID"),
+        (r#"{"webhookid":"wh_1"}"#, "MISSING_WEBHOOK_ID"),
+        (r#"{"webhookId":42}"#, "INVALID_WEBHOOK_ID"),
+        (r#"{"webhookId":null}"#, "INVALID_WEBHOOK_ID"),
+        (r#"{"webhookId":{"id":"wh_1"}}"#, "INVALID_WEBHOOK_ID"),
+        (
+            r#"{"webhookId":"wh_1","webhookId":"wh_2"}"#,
+            "DUPLICATE_WEBHOOK_ID",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, _, resp) = ingress.workflow(Some(KEY), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let v = json(&resp);
+        assert_eq!(v["success"], false);
+        assert_eq!(v["code"], code, "{body}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let deep = format!(
+        r#"{{"webhookId":"wh_1","d":{}{}}}"#,
+        "[".repeat(1100),
+        "]".repeat(1100)
+    );
+    let (status, _, resp) = ingress.workflow(Some(KEY), &deep).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&resp)["code"], "JSON_TOO_DEEP");
+    assert_eq!(xlen(&r, STREAM).await, 0);
+}
+
+#[tokio::test]
+async fn bad_credentials_get_401_and_write_nothing() {
+    let (_redis, r, ingress) = setup().await;
+    put_key(
+        &r,
+        "inactive_key",
+        r#"{"userId":"u_2","orgId":"o_1","active":false}"#,
+    )
+    .await;
+    let body = r#"{"webhookId":"wh_1"}"#;
+    let with_header = |value: &'static str| {
+        Request::post(ingress.uri("/api/webhook/workflow"))
+            .header("authorization", value)
+            .body(Full::new(Bytes::from_static(br#"{"webhookId":"wh_1"}"#)))
+            .unwrap()
+    };
+    let mut answers = vec![];
+    answers.push(ingress.workflow(None, body).await);
+    answers.push(ingress.request(with_header("Basic dXNlcjpwYXNz")).await);
+    answers.push(ingress.request(with_header("Bearer")).await);
+    answers.push(ingress.request(with_header("Bearer   ")).await);
+    answers.push(ingress.workflow(Some("user_unknown"), body).await);
+    answers.push(ingress.workflow(Some("inactive_key"), body).await);
+    // A JWT with no secret and no upstream configured.
+    answers.push(
+        ingress
+            .workflow(Some("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln"), body)
+            .await,
+    );
+    let codes: Vec<String> = answers
+        .iter()
+        .map(|(status, _, resp)| {
+            assert_eq!(*status, StatusCode::UNAUTHORIZED);
+            let v = json(resp);
+            assert_eq!(v["success"], false);
+            v["code"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "AUTH_REQUIRED",
+            "AUTH_SCHEME_UNSUPPORTED",
+            "AUTH_REQUIRED",
+            "AUTH_REQUIRED",
+            "INVALID_API_KEY",
+            "INVALID_API_KEY",
+            "JWT_NOT_ACCEPTED"
+        ]
+    );
+    // Unknown and inactive are indistinguishable.
+    assert_eq!(answers[4].2, answers[5].2);
+    // The key never appears in an answer.
+    for (_, h, b) in &answers {
+        assert!(!String::from_utf8_lossy(b).contains("user_unknown"));
+        assert!(!format!("{h:?}").contains("user_unknown"));
+    }
+    assert_eq!(xlen(&r, STREAM).await, 0);
+}
+
+#[tokio::test]
+async fn triggers_of_other_orgs_do_not_match() {
+    let (_redis, r, ingress) = setup().await;
+    add_trigger(&r, "o_2", "wh_other", &["wf_x"]).await;
+    put_key(&r, "key_o2", r#"{"userId":"u_9","orgId":"o_2"}"#).await;
+    assert!(
+        eventually(WITHIN, || async {
+            ingress
+                .workflow(Some("key_o2"), r#"{"webhookId":"wh_other"}"#)
+                .await
+                .0
+                == StatusCode::ACCEPTED
+        })
+        .await
+    );
+    let _: () = fred::prelude::KeysInterface::del(&r, STREAM).await.unwrap();
+    let (status, _, resp) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_other"}"#)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(json(&resp)["data"]["matchedCount"], 0);
+    let (_, _, resp) = ingress
+        .workflow(Some("key_o2"), r#"{"webhookId":"wh_1"}"#)
+        .await;
+    assert_eq!(json(&resp)["data"]["matchedCount"], 0);
+    assert_eq!(xlen(&r, STREAM).await, 0);
+}
+
+#[tokio::test]
+async fn control_plane_changes_are_seen_within_a_second() {
+    let (_redis, r, ingress) = setup().await;
+    let body = r#"{"webhookId":"wh_1"}"#;
+    let status_of = |key: &'static str| {
+        let ingress = &ingress;
+        async move { ingress.workflow(Some(key), body).await.0 }
+    };
+    let matched = || async {
+        json(
+            &ingress
+                .workflow(Some(KEY), r#"{"webhookId":"wh_new"}"#)
+                .await
+                .2,
+        )["data"]["matchedCount"]
+            .as_u64()
+    };
+
+    // Key added.
+    assert_eq!(status_of("user_new_key").await, StatusCode::UNAUTHORIZED);
+    put_key(&r, "user_new_key", r#"{"userId":"u_3","orgId":"o_1"}"#).await;
+    assert!(
+        eventually(WITHIN, || async {
+            status_of("user_new_key").await == StatusCode::ACCEPTED
+        })
+        .await,
+        "key add"
+    );
+    // Key deactivated.
+    put_key(
+        &r,
+        "user_new_key",
+        r#"{"userId":"u_3","orgId":"o_1","active":false}"#,
+    )
+    .await;
+    assert!(
+        eventually(WITHIN, || async {
+            status_of("user_new_key").await == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "deactivate"
+    );
+    // Reactivated, then revoked with DEL.
+    put_key(&r, "user_new_key", r#"{"userId":"u_3","orgId":"o_1"}"#).await;
+    assert!(
+        eventually(WITHIN, || async {
+            status_of("user_new_key").await == StatusCode::ACCEPTED
+        })
+        .await,
+        "reactivate"
+    );
+    let _: () = fred::prelude::KeysInterface::del(
+        &r,
+        format!("tether:apikey:{}", sha256_hex("user_new_key")),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(WITHIN, || async {
+            status_of("user_new_key").await == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "revoke"
+    );
+
+    // Trigger added, grown, shrunk, removed.
+    assert_eq!(matched().await, Some(0));
+    add_trigger(&r, "o_1", "wh_new", &["wf_1"]).await;
+    assert!(
+        eventually(WITHIN, || async { matched().await == Some(1) }).await,
+        "trigger add"
+    );
+    add_trigger(&r, "o_1", "wh_new", &["wf_2", "wf_3"]).await;
+    assert!(
+        eventually(WITHIN, || async { matched().await == Some(3) }).await,
+        "trigger sadd"
+    );
+    let _: () = fred::prelude::SetsInterface::srem(&r, "tether:triggers:o_1:wh_new", "wf_1")
+        .await
+        .unwrap();
+    assert!(
+        eventually(WITHIN, || async { matched().await == Some(2) }).await,
+        "trigger srem"
+    );
+    let _: () = fred::prelude::KeysInterface::del(&r, "tether:triggers:o_1:wh_new")
+        .await
+        .unwrap();
+    assert!(
+        eventually(WITHIN, || async { matched().await == Some(0) }).await,
+        "trigger del"
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_gives_503_then_resyncs_everything() {
+    let (mut redis, r, ingress) = setup().await;
+    put_key(&r, "user_doomed", r#"{"userId":"u_4","orgId":"o_1"}"#).await;
+    assert!(
+        eventually(WITHIN, || async {
+            ingress
+                .workflow(Some("user_doomed"), r#"{"webhookId":"wh_1"}"#)
+                .await
+                .0
+                == StatusCode::ACCEPTED
+        })
+        .await
+    );
+    let _: () = fred::prelude::KeysInterface::del(&r, STREAM).await.unwrap();
+    redis.save();
+    drop(r);
+    redis.kill();
+
+    // Down: the cached key still authenticates, but nothing can be stored.
+    let (status, headers, resp) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(json(&resp)["code"], "JOB_STORE_UNAVAILABLE");
+    // Bad input is still 4xx, not 503.
+    assert_eq!(
+        ingress.workflow(Some(KEY), "{}").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        ingress.workflow(Some("nope"), "{}").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(ingress.get("/healthz").await.0, StatusCode::OK);
+
+    // Changes made while the ingress cannot see Redis.
+    let doomed = format!("tether:apikey:{}", sha256_hex("user_doomed"));
+    let born = format!("tether:apikey:{}", sha256_hex("user_born"));
+    redis.edit_offline(&[
+        &["DEL", &doomed],
+        &["SET", &born, r#"{"userId":"u_5","orgId":"o_1"}"#],
+        &["SREM", "tether:triggers:o_1:wh_1", "wf_a"],
+        &["SADD", "tether:triggers:o_1:wh_2", "wf_z"],
+    ]);
+    redis.restart();
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ingress
+                .workflow(Some("user_born"), r#"{"webhookId":"wh_2"}"#)
+                .await
+                .0
+                == StatusCode::ACCEPTED
+        })
+        .await,
+        "serving again with the new key"
+    );
+    assert_eq!(
+        ingress
+            .workflow(Some("user_doomed"), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, _, resp) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(json(&resp)["data"]["matchedCount"], 1);
+    let r = redis.client().await;
+    let got = entries(&r, STREAM).await;
+    for (id, e) in &got {
+        eprintln!(
+            "{id} {} {} {}",
+            field(e, "workflowId"),
+            field(e, "requestId"),
+            field(e, "receivedAt")
+        );
+    }
+    assert_eq!(
+        got.len(),
+        2,
+        "wh_2 → wf_z, wh_1 → wf_b; nothing from the outage"
+    );
+    assert_eq!(field(&got[0].1, "workflowId"), "wf_z");
+    assert_eq!(field(&got[1].1, "workflowId"), "wf_b");
+}
+
+#[tokio::test]
+async fn two_thousand_concurrent_requests_write_exactly_their_entries() {
+    let (_redis, r, ingress) = setup().await;
+    let ingress = std::sync::Arc::new(ingress);
+    let mut tasks = Vec::new();
+    for i in 0..2000 {
+        let ingress = ingress.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = format!(r#"{{"webhookId":"wh_1","n":{i}}}"#);
+            let (status, headers, _) = ingress.workflow(Some(KEY), &body).await;
+            (status, headers["x-request-id"].to_str().unwrap().to_owned())
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let (status, id) = t.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED);
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 2000);
+    let got = entries(&r, STREAM).await;
+    assert_eq!(got.len(), 4000);
+    let mut per_request = std::collections::HashMap::<String, Vec<String>>::new();
+    for (_, e) in &got {
+        per_request
+            .entry(field(e, "requestId").to_owned())
+            .or_default()
+            .push(field(e, "workflowId").to_owned());
+    }
+    assert_eq!(per_request.len(), 2000);
+    assert!(per_request.values().all(|w| w == &["wf_a", "wf_b"]));
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let mut raw = tether_ingress::config::RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.max_body_bytes = 1024;
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+
+    let big = format!(r#"{{"webhookId":"wh_1","pad":"{}"}}"#, "x".repeat(2000));
+    let (status, _, resp) = ingress.workflow(Some(KEY), &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json(&resp)["code"], "PAYLOAD_TOO_LARGE");
+    // Chunked (no Content-Length).
+    let chunks = futures::stream::iter((0..40).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+            &[b' '; 100],
+        )))
+    }));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = Request::post(ingress.uri("/api/webhook/workflow"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // At the limit is fine.
+    let fits = format!(
+        r#"{{"webhookId":"wh_1","pad":"{}"}}"#,
+        "x".repeat(1024 - 29)
+    );
+    assert_eq!(fits.len(), 1024);
+    assert_eq!(
+        ingress.workflow(Some(KEY), &fits).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(xlen(&r, STREAM).await, 1);
+}
+
+#[tokio::test]
+async fn other_routes_and_methods() {
+    let (_redis, _r, ingress) = setup().await;
+    let (status, headers, resp) = ingress.get("/api/webhook/workflow").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "POST");
+    assert_eq!(json(&resp)["code"], "METHOD_NOT_ALLOWED");
+    let (status, headers, resp) = ingress.get("/api/contacts").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&resp)["code"], "NOT_FOUND");
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(ingress.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(ingress.get("/readyz").await.0, StatusCode::OK);
+    ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    let (status, _, text) = ingress.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&text);
+    for needle in [
+        r#"tether_http_requests_total{route="workflow",status="202"}"#,
+        "tether_http_request_duration_seconds_bucket",
+        r#"tether_jobs_written_total{stream="workflow"}"#,
+        r#"tether_replica_entries{view="api_keys"}"#,
+        r#"tether_replica_entries{view="triggers"}"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert!(!text.contains(KEY));
+}
+
+#[tokio::test]
+async fn not_ready_until_redis_is_loaded() {
+    let port = free_port();
+    let ingress = Ingress::spawn(config_for(&format!("redis://127.0.0.1:{port}"))).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ingress.get("/healthz").await.0 == StatusCode::OK
+        })
+        .await
+    );
+    let (status, headers, _) = ingress.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, resp) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&resp)["code"], "NOT_READY");
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let redis = RedisServer::start();
+    let mut raw = tether_ingress::config::RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.first_byte_timeout_ms = 200;
+    raw.server.header_read_timeout_ms = 200;
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    // Sends nothing.
+    let mut silent = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+    // Sends half a head.
+    let mut slow = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut slow,
+        b"POST /api/webhook/workflow HTTP/1.1\r\nHost: x\r\n",
+    )
+    .await
+    .unwrap();
+    for conn in [&mut silent, &mut slow] {
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+        assert!(n.is_ok(), "connection was not closed");
+    }
+}
