@@ -86,6 +86,10 @@ pub trait View: Send + Sync + 'static {
     fn sweep(&self, generation: u64);
     /// Entries held.
     fn len(&self) -> usize;
+    /// True when no entry is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Shared, read-only status of the replica.

@@ -1,6 +1,12 @@
 //! Test harness: a real `redis-server` on a free port per test, the ingress
 //! in-process on 127.0.0.1:0, and a small HTTP client.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::disallowed_methods
+)]
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener},

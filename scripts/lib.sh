@@ -1,0 +1,28 @@
+# Shared by scripts/run and scripts/test: make sure redis-server and redis-cli exist.
+# shellcheck shell=bash
+
+ensure_redis() {
+    if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "redis-server is missing: installing it with apt-get" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2 && apt-get install -y -qq redis-server >&2
+        return 0
+    fi
+    cat >&2 <<'MSG'
+redis-server is not installed, and this script can only install it as root on Debian/Ubuntu.
+Install it, then run this again:
+    sudo apt-get install redis-server      # Debian, Ubuntu
+    brew install redis                     # macOS
+MSG
+    exit 1
+}
+
+ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo is not installed: see https://rustup.rs" >&2
+        exit 1
+    fi
+}
