@@ -104,23 +104,33 @@ fn parse(c: &mut Criterion) {
         });
         // Baselines in the same run: a serde_json Value (what a straightforward
         // implementation does, losing number text) and a plain simd-json parse.
-        g.bench_with_input(BenchmarkId::new("baseline_serde_json_value", size), &body, |b, body| {
-            b.iter_batched(
-                || BytesMut::from(body.as_bytes()),
-                |buf| black_box(serde_json::from_slice::<serde_json::Value>(&buf).unwrap()),
-                BatchSize::SmallInput,
-            )
-        });
-        g.bench_with_input(BenchmarkId::new("baseline_simd_json_borrowed", size), &body, |b, body| {
-            b.iter_batched(
-                || body.as_bytes().to_vec(),
-                |mut buf| {
-                    let v = simd_json::to_borrowed_value(&mut buf).unwrap();
-                    black_box(simd_json::prelude::ValueAsScalar::as_str(&v["webhookId"]).is_some());
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        g.bench_with_input(
+            BenchmarkId::new("baseline_serde_json_value", size),
+            &body,
+            |b, body| {
+                b.iter_batched(
+                    || BytesMut::from(body.as_bytes()),
+                    |buf| black_box(serde_json::from_slice::<serde_json::Value>(&buf).unwrap()),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("baseline_simd_json_borrowed", size),
+            &body,
+            |b, body| {
+                b.iter_batched(
+                    || body.as_bytes().to_vec(),
+                    |mut buf| {
+                        let v = simd_json::to_borrowed_value(&mut buf).unwrap();
+                        black_box(
+                            simd_json::prelude::ValueAsScalar::as_str(&v["webhookId"]).is_some(),
+                        );
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
     }
     g.finish();
 }

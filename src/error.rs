@@ -51,6 +51,27 @@ pub enum Reject {
     /// `webhookId` appears more than once at the top level.
     #[error("duplicate webhookId")]
     DuplicateWebhookId,
+    /// A JWT on a route that takes API keys only.
+    #[error("API key required")]
+    ApiKeyRequired,
+    /// No `configurationId` (or `configuration_id`, `CONFIGURATION_ID`).
+    #[error("missing configurationId")]
+    MissingConfigurationId,
+    /// The configuration id is not a string.
+    #[error("configurationId is not a string")]
+    ConfigurationIdNotString,
+    /// No such configuration, or not the caller's (one answer for both).
+    #[error("configuration not found")]
+    ConfigurationNotFound,
+    /// The configuration is not active.
+    #[error("configuration inactive")]
+    ConfigurationInactive,
+    /// The configuration has neither a process nor a prompt.
+    #[error("configuration has no process or prompt")]
+    ConfigurationIncomplete,
+    /// A fixed-format group that is not a JSON object.
+    #[error("group is not an object")]
+    GroupNotObject,
     /// Known route, wrong method. The `Allow` header is added by the service.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -161,6 +182,48 @@ impl Reject {
                 "Duplicate webhookId",
                 "Send webhookId once at the top level of the body."
             ),
+            Reject::ApiKeyRequired => envelope!(
+                UNAUTHORIZED,
+                "API_KEY_REQUIRED",
+                "API key required",
+                "This endpoint takes an API integration key, not a session JWT."
+            ),
+            Reject::MissingConfigurationId => envelope!(
+                BAD_REQUEST,
+                "MISSING_CONFIGURATION_ID",
+                "Missing configurationId",
+                "Add configurationId (or configuration_id, CONFIGURATION_ID) to the body."
+            ),
+            Reject::ConfigurationIdNotString => envelope!(
+                BAD_REQUEST,
+                "INVALID_CONFIGURATION_ID",
+                "configurationId must be a string",
+                "Send configurationId as a JSON string."
+            ),
+            Reject::ConfigurationNotFound => envelope!(
+                NOT_FOUND,
+                "CONFIGURATION_NOT_FOUND",
+                "Configuration not found",
+                "Check the configuration id in Settings > Outreach; it must belong to this key's user."
+            ),
+            Reject::ConfigurationInactive => envelope!(
+                BAD_REQUEST,
+                "CONFIGURATION_INACTIVE",
+                "Configuration inactive",
+                "Activate the outreach configuration, then retry."
+            ),
+            Reject::ConfigurationIncomplete => envelope!(
+                BAD_REQUEST,
+                "CONFIGURATION_INCOMPLETE",
+                "No process or prompt configured",
+                "Set a process or a prompt on the outreach configuration, then retry."
+            ),
+            Reject::GroupNotObject => envelope!(
+                BAD_REQUEST,
+                "INVALID_GROUP",
+                "Group is not an object",
+                "Send contacts, applications and conversations as JSON objects."
+            ),
             Reject::MethodNotAllowed => envelope!(
                 METHOD_NOT_ALLOWED,
                 "METHOD_NOT_ALLOWED",
@@ -171,7 +234,7 @@ impl Reject {
                 NOT_FOUND,
                 "NOT_FOUND",
                 "Not found",
-                "Check the path; this server answers POST /api/webhook/workflow."
+                "Check the path; this server answers POST /api/webhook/workflow and /api/webhook/outreach."
             ),
             Reject::NotReady => envelope!(
                 SERVICE_UNAVAILABLE,
@@ -227,6 +290,13 @@ mod tests {
             Reject::MissingWebhookId,
             Reject::WebhookIdNotString,
             Reject::DuplicateWebhookId,
+            Reject::ApiKeyRequired,
+            Reject::MissingConfigurationId,
+            Reject::ConfigurationIdNotString,
+            Reject::ConfigurationNotFound,
+            Reject::ConfigurationInactive,
+            Reject::ConfigurationIncomplete,
+            Reject::GroupNotObject,
             Reject::MethodNotAllowed,
             Reject::NotFound,
             Reject::NotReady,

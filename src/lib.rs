@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod id;
 pub mod metrics;
+pub mod outreach;
 pub mod parse;
 pub mod replica;
 pub mod response;
@@ -45,6 +46,7 @@ use tracing::info;
 use crate::{
     auth::{Authenticator, KeyTable},
     config::Config,
+    outreach::{OrgProperties, OutreachConfigs},
     replica::{Replica, ReplicaSettings, View},
     route::WebhookIndex,
     server::ServerSettings,
@@ -67,7 +69,14 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let prometheus = metrics::install();
     let keys = Arc::new(KeyTable::new(&config.key_prefix));
     let triggers = Arc::new(WebhookIndex::new(&config.key_prefix));
-    let views: Vec<Arc<dyn View>> = vec![keys.clone(), triggers.clone()];
+    let outreach_configs = Arc::new(OutreachConfigs::new(&config.key_prefix));
+    let org_properties = Arc::new(OrgProperties::new(&config.key_prefix));
+    let views: Vec<Arc<dyn View>> = vec![
+        keys.clone(),
+        triggers.clone(),
+        outreach_configs.clone(),
+        org_properties.clone(),
+    ];
     let replica = Replica::new(
         views,
         ReplicaSettings {
@@ -83,6 +92,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         command_timeout: config.command_timeout,
         max_pending_commands: config.max_pending_commands.get(),
         workflow_stream: config.workflow_stream.clone(),
+        outreach_stream: config.outreach_stream.clone(),
         maxlen: config.stream_maxlen,
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -91,6 +101,8 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let app = Arc::new(App {
         auth: Authenticator::new(keys),
         triggers,
+        outreach_configs,
+        org_properties,
         sink,
         replica: status,
         limits: Limits {
@@ -100,6 +112,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         request_ids: response::RequestIds::new(),
         metrics: Handles {
             jobs_workflow: ::metrics::counter!(metrics::JOBS_WRITTEN, "stream" => "workflow"),
+            jobs_outreach: ::metrics::counter!(metrics::JOBS_WRITTEN, "stream" => "outreach"),
             in_flight: ::metrics::gauge!(metrics::HTTP_IN_FLIGHT),
         },
         prometheus,

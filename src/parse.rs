@@ -31,6 +31,8 @@ pub struct Member {
     pub value_node: usize,
     /// Position of the key's opening quote.
     pub key_start: usize,
+    /// End (exclusive) of the key's raw text, closing quote included.
+    pub key_end: usize,
     /// The value's raw bytes (no surrounding whitespace).
     pub value_start: usize,
     /// End (exclusive) of the value's raw bytes.
@@ -52,6 +54,11 @@ pub struct Document<'a> {
 }
 
 impl Document<'_> {
+    /// The member with decoded key `name` (the first, if repeated).
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| self.key(m) == name)
+    }
+
     /// The decoded key of member `m`.
     pub fn key(&self, m: &Member) -> &str {
         match self.tape.0.get(m.key_node) {
@@ -179,6 +186,7 @@ fn layout(
                         key_node: node,
                         value_node,
                         key_start: p,
+                        key_end: p + 1,
                         value_start: 0,
                         value_end: 0,
                         terminator: 0,
@@ -188,6 +196,9 @@ fn layout(
                 }
                 b':' => {
                     after_colon = true;
+                    if let Some(m) = current.as_mut() {
+                        m.key_end = trim_end(body, m.key_start, p);
+                    }
                     continue;
                 }
                 b',' | b'}' => {
@@ -292,8 +303,10 @@ pub fn parse_envelope(mut body: BytesMut) -> Result<Envelope, Reject> {
             close: doc.close,
         })
     })?;
-    // Rotate the removed bytes behind the object's end: the payload becomes
-    // contiguous and the id's text stays in the same buffer.
+    // Move the removed bytes out of the object's way inside the same buffer,
+    // shifting whichever side of them is shorter (usually the prefix: leads
+    // tend to start with webhookId). The payload becomes contiguous and the
+    // id's text stays in the buffer.
     let Splice {
         remove,
         raw,
@@ -302,9 +315,21 @@ pub fn parse_envelope(mut body: BytesMut) -> Result<Envelope, Reject> {
         close,
     } = splice;
     let removed_len = remove.len();
-    body[remove.start..=close].rotate_left(removed_len);
-    let payload_end = close + 1 - removed_len;
-    let raw_moved = raw.start - remove.start + payload_end..raw.end - remove.start + payload_end;
+    let (payload, raw_moved) = if remove.start - open <= close + 1 - remove.end {
+        body[open..remove.end].rotate_right(removed_len);
+        // The removed bytes now start at `open`.
+        (
+            open + removed_len..close + 1,
+            open + (raw.start - remove.start)..open + (raw.end - remove.start),
+        )
+    } else {
+        body[remove.start..=close].rotate_left(removed_len);
+        let payload_end = close + 1 - removed_len;
+        (
+            open..payload_end,
+            raw.start - remove.start + payload_end..raw.end - remove.start + payload_end,
+        )
+    };
     let frozen = body.freeze();
     let webhook_id_json = frozen.slice(raw_moved);
     let webhook_id = match decoded {
@@ -314,7 +339,7 @@ pub fn parse_envelope(mut body: BytesMut) -> Result<Envelope, Reject> {
     Ok(Envelope {
         webhook_id,
         webhook_id_json,
-        payload: frozen.slice(open..payload_end),
+        payload: frozen.slice(payload),
     })
 }
 

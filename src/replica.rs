@@ -79,6 +79,15 @@ pub trait View: Send + Sync + 'static {
     fn prefix(&self) -> &str;
     /// How its keys are read.
     fn kind(&self) -> KeyKind;
+    /// Whether a key under the prefix (named by its `suffix`) belongs to this
+    /// view; others are neither read nor applied.
+    fn wants(&self, suffix: &str) -> bool {
+        !suffix.is_empty()
+    }
+    /// SCAN MATCH pattern of the view's keys.
+    fn scan_pattern(&self) -> String {
+        format!("{}*", escape_glob(self.prefix()))
+    }
     /// Stores (or removes, for [`Fetched::Absent`]) the key whose name after
     /// the prefix is `suffix`, stamping it with generation `generation`.
     fn apply(&self, suffix: &str, value: Fetched, generation: u64);
@@ -300,8 +309,7 @@ impl Replica {
         let generation = self.generation;
         for i in 0..self.views.len() {
             let view = self.views[i].clone();
-            let pattern = format!("{}*", escape_glob(view.prefix()));
-            let mut pages = client.scan(pattern, Some(SCAN_COUNT), None);
+            let mut pages = client.scan(view.scan_pattern(), Some(SCAN_COUNT), None);
             while let Some(mut page) = pages.try_next().await? {
                 let keys = page.take_results().unwrap_or_default();
                 let keys: Vec<Bytes> = keys.into_iter().filter_map(|k| key_bytes(&k)).collect();
@@ -429,9 +437,10 @@ impl Replica {
     }
 
     fn view_for(&self, key: &[u8]) -> Option<&Arc<dyn View>> {
+        let key = std::str::from_utf8(key).ok()?;
         self.views
             .iter()
-            .find(|v| key.starts_with(v.prefix().as_bytes()))
+            .find(|v| key.strip_prefix(v.prefix()).is_some_and(|s| v.wants(s)))
     }
 
     fn export_sizes(&self) {
@@ -446,7 +455,7 @@ fn key_bytes(k: &Key) -> Option<Bytes> {
 }
 
 /// Escapes glob metacharacters so a prefix matches only itself in SCAN MATCH.
-fn escape_glob(prefix: &str) -> String {
+pub fn escape_glob(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 4);
     for c in prefix.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

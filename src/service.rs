@@ -19,6 +19,7 @@ use crate::{
     auth::Authenticator,
     error::Reject,
     metrics as m,
+    outreach::{self, OrgProperties, OutreachConfigs},
     replica::{ReplicaStatus, now_ms},
     response::{REQUEST_ID, RequestIds},
     route::WebhookIndex,
@@ -31,6 +32,8 @@ pub type ResponseBody = Full<Bytes>;
 
 /// Path of the workflow webhook.
 pub const WORKFLOW_PATH: &str = "/api/webhook/workflow";
+/// Path of the outreach webhook.
+pub const OUTREACH_PATH: &str = "/api/webhook/outreach";
 
 /// Limits applied on the request path.
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct Limits {
 pub struct Handles {
     /// Entries written to the workflow stream.
     pub jobs_workflow: Counter,
+    /// Entries written to the outreach stream.
+    pub jobs_outreach: Counter,
     /// Webhook requests being handled.
     pub in_flight: Gauge,
 }
@@ -55,6 +60,10 @@ pub struct App {
     pub auth: Authenticator,
     /// (org, webhookId) → workflows.
     pub triggers: Arc<WebhookIndex>,
+    /// Outreach configurations.
+    pub outreach_configs: Arc<OutreachConfigs>,
+    /// Org dynamic properties.
+    pub org_properties: Arc<OrgProperties>,
     /// Job writer.
     pub sink: StreamSink,
     /// Readiness and staleness of the caches.
@@ -73,6 +82,7 @@ pub struct App {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Workflow,
+    Outreach,
     Health,
     Ready,
     Metrics,
@@ -83,6 +93,7 @@ impl Route {
     fn label(self) -> &'static str {
         match self {
             Route::Workflow => "workflow",
+            Route::Outreach => "outreach",
             Route::Health => "healthz",
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
@@ -93,6 +104,7 @@ impl Route {
     fn of(path: &str) -> Self {
         match path.strip_suffix('/').unwrap_or(path) {
             WORKFLOW_PATH => Route::Workflow,
+            OUTREACH_PATH => Route::Outreach,
             "/healthz" => Route::Health,
             "/readyz" => Route::Ready,
             "/metrics" => Route::Metrics,
@@ -168,7 +180,13 @@ impl App {
                     .await
                     .map(|(status, body)| json(status, body))
             }
-            (Route::Workflow, _) => Err(Reject::MethodNotAllowed),
+            (Route::Outreach, &Method::POST) => {
+                let _in_flight = InFlight::enter(&self.metrics.in_flight);
+                outreach::handle(self, req, &request_id)
+                    .await
+                    .map(|(status, body)| json(status, body))
+            }
+            (Route::Workflow | Route::Outreach, _) => Err(Reject::MethodNotAllowed),
             (Route::Health, &Method::GET | &Method::HEAD) => Ok(json(
                 StatusCode::OK,
                 Bytes::from_static(br#"{"status":"ok"}"#),

@@ -52,6 +52,18 @@ pub enum SinkError {
     Redis(#[source] Error),
 }
 
+impl SinkError {
+    /// A bounded metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SinkError::Disconnected => "disconnected",
+            SinkError::Timeout => "timeout",
+            SinkError::Backpressure => "backpressure",
+            SinkError::Redis(_) => "redis_error",
+        }
+    }
+}
+
 impl From<Error> for SinkError {
     fn from(e: Error) -> Self {
         match e.kind() {
@@ -117,6 +129,47 @@ impl WorkflowJob {
     }
 }
 
+/// One `tether:jobs:outreach` entry, fields as the contract names them.
+#[derive(Debug, Clone)]
+pub struct OutreachJob {
+    /// `configurationId`
+    pub configuration_id: Bytes,
+    /// `userId`
+    pub user_id: Bytes,
+    /// `orgId`
+    pub org_id: Bytes,
+    /// `format`: `raw` or `fixed`.
+    pub format: Bytes,
+    /// `contacts`: JSON object text.
+    pub contacts: Bytes,
+    /// `applications`: JSON object text.
+    pub applications: Bytes,
+    /// `conversations`: JSON object text.
+    pub conversations: Bytes,
+    /// `receivedAt`: unix ms, decimal text.
+    pub received_at: Bytes,
+    /// `requestId`
+    pub request_id: Bytes,
+}
+
+impl OutreachJob {
+    fn fields(&self) -> Vec<(Key, Value)> {
+        let f =
+            |name: &'static str, v: &Bytes| (Key::from_static_str(name), Value::Bytes(v.clone()));
+        vec![
+            f("configurationId", &self.configuration_id),
+            f("userId", &self.user_id),
+            f("orgId", &self.org_id),
+            f("format", &self.format),
+            f("contacts", &self.contacts),
+            f("applications", &self.applications),
+            f("conversations", &self.conversations),
+            f("receivedAt", &self.received_at),
+            f("requestId", &self.request_id),
+        ]
+    }
+}
+
 /// Settings of the sink.
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
@@ -130,6 +183,8 @@ pub struct SinkSettings {
     pub max_pending_commands: usize,
     /// Workflow stream key.
     pub workflow_stream: String,
+    /// Outreach stream key.
+    pub outreach_stream: String,
     /// `MAXLEN ~` threshold.
     pub maxlen: i64,
 }
@@ -143,6 +198,7 @@ pub struct StreamSink {
     connected_once: Arc<AtomicBool>,
     waiter: Arc<tokio::task::JoinHandle<()>>,
     workflow_stream: Key,
+    outreach_stream: Key,
     maxlen: i64,
 }
 
@@ -186,6 +242,7 @@ impl StreamSink {
             connected_once,
             waiter: Arc::new(waiter),
             workflow_stream: Key::from(settings.workflow_stream.as_str()),
+            outreach_stream: Key::from(settings.outreach_stream.as_str()),
             maxlen: settings.maxlen,
         })
     }
@@ -223,6 +280,24 @@ impl StreamSink {
                 Ok(())
             }
         }
+    }
+
+    /// Stores one outreach job; returns its stream entry id once acknowledged.
+    pub async fn enqueue_outreach(&self, job: &OutreachJob) -> Result<Bytes, SinkError> {
+        if !self.client.is_connected() {
+            return Err(SinkError::Disconnected);
+        }
+        let id: Bytes = self
+            .client
+            .xadd(
+                self.outreach_stream.clone(),
+                false,
+                self.cap(),
+                "*",
+                job.fields(),
+            )
+            .await?;
+        Ok(id)
     }
 
     async fn xadd(&self, job: &WorkflowJob) -> Result<(), SinkError> {

@@ -73,7 +73,7 @@ where
                 app.metrics.jobs_workflow.increment(jobs.len() as u64);
             }
             Err(e) => {
-                metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => sink_reason(&e)).increment(1);
+                metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => e.reason()).increment(1);
                 return Err(Reject::Unavailable(e));
             }
         }
@@ -82,14 +82,4 @@ where
         StatusCode::ACCEPTED,
         workflow_accepted(&envelope.webhook_id_json, matched),
     ))
-}
-
-fn sink_reason(e: &crate::sink::SinkError) -> &'static str {
-    use crate::sink::SinkError::*;
-    match e {
-        Disconnected => "disconnected",
-        Timeout => "timeout",
-        Backpressure => "backpressure",
-        Redis(_) => "redis_error",
-    }
 }

@@ -196,3 +196,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn member_extents_cover_keys_and_values() {
+    let body = br#" { "a" : 1.10 , "b\u0041":{"x":[1, 2]} ,"c":"s" } "#;
+    let got = with_document(body, |doc| {
+        Ok(doc
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    doc.key(m).to_owned(),
+                    String::from_utf8(body[m.key_start..m.key_end].to_vec()).unwrap(),
+                    String::from_utf8(body[m.value_start..m.value_end].to_vec()).unwrap(),
+                )
+            })
+            .collect::<Vec<_>>())
+    })
+    .unwrap();
+    let want = [
+        ("a", r#""a""#, "1.10"),
+        ("bA", r#""b\u0041""#, r#"{"x":[1, 2]}"#),
+        ("c", r#""c""#, r#""s""#),
+    ];
+    assert_eq!(got.len(), 3);
+    for ((k, kr, v), (wk, wkr, wv)) in got.iter().zip(want) {
+        assert_eq!((k.as_str(), kr.as_str(), v.as_str()), (wk, wkr, wv));
+    }
+}

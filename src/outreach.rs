@@ -1,0 +1,452 @@
+//! `POST /api/webhook/outreach`: one lead → one `tether:jobs:outreach` entry.
+//!
+//! ```text
+//! ready? → auth (API key only) → body (capped) → parse → configurationId
+//! → OutreachConfigs (owner, active, process/prompt) → group fields
+//! (fixed: contacts/applications/conversations as given; raw: each field
+//! routed by OrgProperties) → sink (XADD, acknowledged) → 200 with the entry id
+//! ```
+//! Values keep the caller's bytes: each group is assembled from the raw key
+//! and value text of the body's members, never re-serialized. The two caches
+//! are views of the shared replica ([`crate::replica`]).
+
+use std::{collections::HashMap, ops::Range, sync::Arc};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
+use http::{HeaderValue, Request, StatusCode};
+use hyper::body::Body;
+use serde::Deserialize;
+use simd_json::Node;
+
+use crate::{
+    auth::{Credential, Principal},
+    body::read_limited,
+    error::Reject,
+    id::Id,
+    metrics as m,
+    parse::{Document, with_document},
+    replica::{Fetched, KeyKind, View, escape_glob, now_ms},
+    response::decimal,
+    service::App,
+    sink::OutreachJob,
+};
+
+/// Accepted spellings of the configuration id, in order of precedence.
+pub const CONFIGURATION_ID_KEYS: [&str; 3] =
+    ["configurationId", "configuration_id", "CONFIGURATION_ID"];
+/// The fixed-format group keys.
+const GROUPS: [&str; 3] = ["contacts", "applications", "conversations"];
+
+/// Where a raw-format field goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// `contacts` (also the default for unknown fields).
+    Contact,
+    /// `applications`
+    Application,
+    /// `conversations`
+    Conversation,
+}
+
+impl Category {
+    fn parse(v: &[u8]) -> Option<Self> {
+        match v {
+            b"contact" => Some(Category::Contact),
+            b"application" => Some(Category::Application),
+            b"conversation" => Some(Category::Conversation),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Category::Contact => 0,
+            Category::Application => 1,
+            Category::Conversation => 2,
+        }
+    }
+}
+
+/// An outreach configuration as the ingress needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutreachConfig {
+    /// Owner: only this user's keys may use it.
+    pub user_id: Id,
+    /// Owner's org.
+    pub org_id: Id,
+    /// Inactive configurations refuse requests (400).
+    pub active: bool,
+    /// True when `processId` or `promptId` is set.
+    pub runnable: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigRecord {
+    user_id: String,
+    org_id: String,
+    #[serde(default)]
+    active: bool,
+    #[serde(default)]
+    process_id: Option<String>,
+    #[serde(default)]
+    prompt_id: Option<String>,
+}
+
+// === impl OutreachConfigs ===
+
+/// Live view of `<prefix>outreach:config:<id>`.
+pub struct OutreachConfigs {
+    prefix: String,
+    entries: DashMap<Box<str>, (OutreachConfig, u64)>,
+}
+
+impl OutreachConfigs {
+    /// An empty view for `<key_prefix>outreach:config:`.
+    pub fn new(key_prefix: &str) -> Self {
+        Self {
+            prefix: format!("{key_prefix}outreach:config:"),
+            entries: DashMap::new(),
+        }
+    }
+
+    /// The configuration with this id.
+    pub fn lookup(&self, id: &str) -> Option<OutreachConfig> {
+        self.entries.get(id).map(|e| e.0.clone())
+    }
+}
+
+impl View for OutreachConfigs {
+    fn name(&self) -> &'static str {
+        "outreach_configs"
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn kind(&self) -> KeyKind {
+        KeyKind::String
+    }
+
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
+        let parsed = match value {
+            Fetched::String(raw) => serde_json::from_slice::<ConfigRecord>(&raw).ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(rec) if !rec.user_id.is_empty() => {
+                let present = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
+                let config = OutreachConfig {
+                    user_id: Id::from_str_copy(&rec.user_id),
+                    org_id: Id::from_str_copy(&rec.org_id),
+                    active: rec.active,
+                    runnable: present(&rec.process_id) || present(&rec.prompt_id),
+                };
+                self.entries.insert(suffix.into(), (config, generation));
+            }
+            _ => {
+                self.entries.remove(suffix);
+            }
+        }
+    }
+
+    fn sweep(&self, generation: u64) {
+        self.entries.retain(|_, e| e.1 >= generation);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+// === impl OrgProperties ===
+
+/// Field name → category of one org.
+pub type Properties = Arc<HashMap<Box<str>, Category>>;
+
+/// Live view of `<prefix>org:<orgId>:properties`.
+pub struct OrgProperties {
+    prefix: String,
+    orgs: DashMap<Box<str>, (Properties, u64)>,
+}
+
+const PROPERTIES_SUFFIX: &str = ":properties";
+
+impl OrgProperties {
+    /// An empty view for `<key_prefix>org:<orgId>:properties`.
+    pub fn new(key_prefix: &str) -> Self {
+        Self {
+            prefix: format!("{key_prefix}org:"),
+            orgs: DashMap::new(),
+        }
+    }
+
+    /// The properties of `org`, if it has any.
+    pub fn lookup(&self, org: &str) -> Option<Properties> {
+        self.orgs.get(org).map(|e| e.0.clone())
+    }
+}
+
+impl View for OrgProperties {
+    fn name(&self) -> &'static str {
+        "org_properties"
+    }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn kind(&self) -> KeyKind {
+        KeyKind::Hash
+    }
+
+    fn wants(&self, suffix: &str) -> bool {
+        suffix
+            .strip_suffix(PROPERTIES_SUFFIX)
+            .is_some_and(|org| !org.is_empty())
+    }
+
+    fn scan_pattern(&self) -> String {
+        format!("{}*{PROPERTIES_SUFFIX}", escape_glob(&self.prefix))
+    }
+
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
+        let Some(org) = suffix.strip_suffix(PROPERTIES_SUFFIX) else {
+            return;
+        };
+        let fields: HashMap<Box<str>, Category> = match value {
+            Fetched::Hash(pairs) => pairs
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((std::str::from_utf8(k).ok()?.into(), Category::parse(v)?))
+                })
+                .collect(),
+            _ => HashMap::new(),
+        };
+        if fields.is_empty() {
+            self.orgs.remove(org);
+        } else {
+            self.orgs.insert(org.into(), (Arc::new(fields), generation));
+        }
+    }
+
+    fn sweep(&self, generation: u64) {
+        self.orgs.retain(|_, e| e.1 >= generation);
+    }
+
+    fn len(&self) -> usize {
+        self.orgs.len()
+    }
+}
+
+// === the route ===
+
+/// What the body turned into, as ranges of one buffer.
+struct Plan {
+    configuration_id: Id,
+    /// The id as sent, between its quotes (for the response).
+    configuration_id_json: Range<usize>,
+    fixed: bool,
+    groups: Bytes,
+    ranges: [Range<usize>; 3],
+}
+
+/// Runs the route; on success returns the status and body to send.
+pub async fn handle<B>(
+    app: &App,
+    req: Request<B>,
+    request_id: &HeaderValue,
+) -> Result<(StatusCode, Bytes), Reject>
+where
+    B: Body + Unpin,
+    B::Data: AsRef<[u8]>,
+{
+    if !app.is_ready() {
+        return Err(Reject::NotReady);
+    }
+    let principal = match app.auth.authenticate(req.headers())? {
+        Credential::ApiKey(p) => p,
+        Credential::Jwt => return Err(Reject::ApiKeyRequired),
+    };
+    let (parts, body) = req.into_parts();
+    let body = read_limited(&parts.headers, body, app.limits.max_body_bytes).await?;
+    let received_at = now_ms();
+    let plan = with_document(&body, |doc| plan(app, &principal, &body, doc))?;
+    let body = body.freeze();
+    let mut digits = [0u8; 20];
+    let job = OutreachJob {
+        configuration_id: plan.configuration_id.bytes().clone(),
+        user_id: principal.user_id.bytes().clone(),
+        org_id: principal.org_id.bytes().clone(),
+        format: Bytes::from_static(if plan.fixed { b"fixed" } else { b"raw" }),
+        contacts: plan.groups.slice(plan.ranges[0].clone()),
+        applications: plan.groups.slice(plan.ranges[1].clone()),
+        conversations: plan.groups.slice(plan.ranges[2].clone()),
+        received_at: Bytes::copy_from_slice(decimal(received_at, &mut digits)),
+        request_id: Bytes::copy_from_slice(request_id.as_bytes()),
+    };
+    let started = std::time::Instant::now();
+    let job_id = match app.sink.enqueue_outreach(&job).await {
+        Ok(id) => {
+            metrics::histogram!(m::SINK_DURATION).record(started.elapsed().as_secs_f64());
+            app.metrics.jobs_outreach.increment(1);
+            id
+        }
+        Err(e) => {
+            metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => e.reason()).increment(1);
+            return Err(Reject::Unavailable(e));
+        }
+    };
+    Ok((
+        StatusCode::OK,
+        accepted(&body[plan.configuration_id_json], &job_id),
+    ))
+}
+
+fn plan(app: &App, principal: &Principal, body: &[u8], doc: &Document<'_>) -> Result<Plan, Reject> {
+    let id_member = CONFIGURATION_ID_KEYS
+        .iter()
+        .find_map(|k| doc.member(k))
+        .ok_or(Reject::MissingConfigurationId)?;
+    let Some(Node::String(id)) = doc.value(id_member) else {
+        return Err(Reject::ConfigurationIdNotString);
+    };
+    // One answer for "no such id" and "someone else's", so ids can't be probed.
+    let config = app
+        .outreach_configs
+        .lookup(id)
+        .filter(|c| c.user_id == principal.user_id)
+        .ok_or(Reject::ConfigurationNotFound)?;
+    if !config.active {
+        return Err(Reject::ConfigurationInactive);
+    }
+    if !config.runnable {
+        return Err(Reject::ConfigurationIncomplete);
+    }
+    let configuration_id = Id::from_str_copy(id);
+    let configuration_id_json = id_member.value_start + 1..id_member.value_end - 1;
+
+    let mut out = BytesMut::with_capacity(body.len() + 8);
+    let mut ranges: [Range<usize>; 3] = [0..0, 0..0, 0..0];
+    let fixed = GROUPS.iter().any(|g| doc.member(g).is_some());
+    if fixed {
+        for (i, g) in GROUPS.iter().enumerate() {
+            let start = out.len();
+            match doc.member(g) {
+                Some(m) => {
+                    if !matches!(doc.value(m), Some(Node::Object { .. })) {
+                        return Err(Reject::GroupNotObject);
+                    }
+                    out.put_slice(&body[m.value_start..m.value_end]);
+                }
+                None => out.put_slice(b"{}"),
+            }
+            ranges[i] = start..out.len();
+        }
+    } else {
+        let properties = app.org_properties.lookup(principal.org_id.as_str());
+        let category_of = |key: &str| {
+            properties
+                .as_ref()
+                .and_then(|p| p.get(key).copied())
+                .unwrap_or(Category::Contact)
+        };
+        for (i, slot) in ranges.iter_mut().enumerate() {
+            let start = out.len();
+            out.put_u8(b'{');
+            let mut first = true;
+            for m in doc.members {
+                let key = doc.key(m);
+                if CONFIGURATION_ID_KEYS.contains(&key) || category_of(key).index() != i {
+                    continue;
+                }
+                if !first {
+                    out.put_u8(b',');
+                }
+                first = false;
+                out.put_slice(&body[m.key_start..m.key_end]);
+                out.put_u8(b':');
+                out.put_slice(&body[m.value_start..m.value_end]);
+            }
+            out.put_u8(b'}');
+            *slot = start..out.len();
+        }
+    }
+    Ok(Plan {
+        configuration_id,
+        configuration_id_json,
+        fixed,
+        groups: out.freeze(),
+        ranges,
+    })
+}
+
+/// `{"success":true,"message":"Outreach processed successfully","data":{"configurationId":"…","jobId":"…"}}`
+fn accepted(configuration_id_json: &[u8], job_id: &[u8]) -> Bytes {
+    const HEAD: &[u8] = br#"{"success":true,"message":"Outreach processed successfully","data":{"configurationId":""#;
+    const MID: &[u8] = br#"","jobId":""#;
+    const TAIL: &[u8] = br#""}}"#;
+    let mut buf = BytesMut::with_capacity(
+        HEAD.len() + configuration_id_json.len() + MID.len() + job_id.len() + TAIL.len(),
+    );
+    buf.put_slice(HEAD);
+    buf.put_slice(configuration_id_json);
+    buf.put_slice(MID);
+    buf.put_slice(job_id);
+    buf.put_slice(TAIL);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_parse_and_refuse_garbage() {
+        let v = OutreachConfigs::new("tether:");
+        v.apply(
+            "c1",
+            Fetched::String(Bytes::from_static(
+                br#"{"userId":"u","orgId":"o","active":true,"processId":null,"promptId":"p"}"#,
+            )),
+            1,
+        );
+        let c = v.lookup("c1").unwrap();
+        assert!(c.active && c.runnable);
+        v.apply(
+            "c2",
+            Fetched::String(Bytes::from_static(
+                br#"{"userId":"u","orgId":"o","active":true,"processId":null,"promptId":null}"#,
+            )),
+            1,
+        );
+        assert!(!v.lookup("c2").unwrap().runnable);
+        v.apply("c1", Fetched::String(Bytes::from_static(b"garbage")), 2);
+        assert!(v.lookup("c1").is_none());
+    }
+
+    #[test]
+    fn properties_keep_known_categories_only() {
+        let v = OrgProperties::new("tether:");
+        assert!(v.wants("o1:properties"));
+        assert!(!v.wants("o1:settings"));
+        assert!(!v.wants(":properties"));
+        assert_eq!(v.scan_pattern(), "tether:org:*:properties");
+        v.apply(
+            "o1:properties",
+            Fetched::Hash(vec![
+                (
+                    Bytes::from_static(b"job"),
+                    Bytes::from_static(b"application"),
+                ),
+                (Bytes::from_static(b"odd"), Bytes::from_static(b"nonsense")),
+            ]),
+            1,
+        );
+        let p = v.lookup("o1").unwrap();
+        assert_eq!(p.get("job"), Some(&Category::Application));
+        assert_eq!(p.get("odd"), None);
+    }
+}
