@@ -77,7 +77,7 @@ fn body_of(size: usize) -> String {
 fn auth(c: &mut Criterion) {
     let mut g = c.benchmark_group("auth");
     for n in [1_000usize, 100_000] {
-        let auth = Authenticator::new(key_table(n));
+        let auth = Authenticator::new(key_table(n), None);
         let known = bearer("user_key_7");
         let unknown = bearer("user_key_unknown");
         g.bench_with_input(BenchmarkId::new("known_key", n), &known, |b, h| {
@@ -149,7 +149,7 @@ fn route(c: &mut Criterion) {
 
 /// auth + parse + match on the 440-byte lead: the in-memory part of a request.
 fn auth_parse_match(c: &mut Criterion) {
-    let auth = Authenticator::new(key_table(1_000));
+    let auth = Authenticator::new(key_table(1_000), None);
     let idx = trigger_index(100_000, 10_000);
     let headers = bearer("user_key_7");
     c.bench_function("auth_parse_match/lead_440", |b| {

@@ -33,8 +33,7 @@ pub async fn read_limited<B>(
     max: usize,
 ) -> Result<BytesMut, Reject>
 where
-    B: Body + Unpin,
-    B::Data: AsRef<[u8]>,
+    B: Body<Data = bytes::Bytes> + Unpin,
 {
     let declared = content_length(headers);
     if declared.is_some_and(|n| n > max as u64) {
@@ -45,11 +44,10 @@ where
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Reject::BodyRead)?;
         if let Ok(data) = frame.into_data() {
-            let data = data.as_ref();
             if buf.len() + data.len() > max {
                 return Err(Reject::BodyTooLarge);
             }
-            buf.extend_from_slice(data);
+            buf.extend_from_slice(&data);
         }
     }
     Ok(buf)

@@ -18,6 +18,8 @@ pub const ENV_REDIS_URL: &str = "TETHER_INGRESS_REDIS_URL";
 pub const ENV_UPSTREAM_URL: &str = "TETHER_INGRESS_UPSTREAM_URL";
 /// Environment variable overriding `auth.jwt_secret`.
 pub const ENV_JWT_SECRET: &str = "TETHER_INGRESS_JWT_SECRET";
+/// Environment variable overriding `auth.jwt_secret_file`.
+pub const ENV_JWT_SECRET_FILE: &str = "TETHER_INGRESS_JWT_SECRET_FILE";
 /// Environment variable overriding `log.level`.
 pub const ENV_LOG: &str = "TETHER_INGRESS_LOG";
 
@@ -190,19 +192,47 @@ impl Default for RawStreams {
 }
 
 /// `[upstream]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawUpstream {
     /// Backend URL; empty means none.
     pub url: String,
+    /// Connect deadline, ms.
+    pub connect_timeout_ms: u64,
+    /// Response head deadline, ms.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 30_000,
+        }
+    }
 }
 
 /// `[auth]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawAuth {
     /// HS256 secret; empty means none.
     pub jwt_secret: Secret,
+    /// File holding the HS256 secret (trailing newline ignored); empty means none.
+    pub jwt_secret_file: String,
+    /// Clock skew allowed on `exp` and `nbf`, s.
+    pub jwt_leeway_secs: u64,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::default(),
+            jwt_secret_file: String::new(),
+            jwt_leeway_secs: 5,
+        }
+    }
 }
 
 /// `[log]` as written.
@@ -254,6 +284,9 @@ impl RawConfig {
         if let Some(v) = env(ENV_JWT_SECRET) {
             self.auth.jwt_secret = Secret::new(v);
         }
+        if let Some(v) = env(ENV_JWT_SECRET_FILE) {
+            self.auth.jwt_secret_file = v;
+        }
         if let Some(v) = env(ENV_LOG) {
             self.log.level = v;
         }
@@ -277,6 +310,9 @@ impl RawConfig {
             })
         };
         let max_connections = nonzero(s.max_connections, "server.max_connections", &mut problems);
+        if s.max_connections > 1_000_000 {
+            problems.push("server.max_connections: must be at most 1000000".into());
+        }
         let max_body_bytes = nonzero(s.max_body_bytes, "server.max_body_bytes", &mut problems);
         if s.max_header_bytes < 8192 {
             problems.push("server.max_header_bytes: must be at least 8192".into());
@@ -321,14 +357,64 @@ impl RawConfig {
         if self.streams.maxlen < 1 {
             problems.push("streams.maxlen: must be at least 1".into());
         }
-        let upstream = (!self.upstream.url.is_empty()).then(|| self.upstream.url.clone());
-        if let Some(u) = &upstream
-            && !(u.starts_with("http://") && u.parse::<http::Uri>().is_ok())
-        {
-            problems.push(format!(
-                "upstream.url: {u:?} must be an http:// URL like http://127.0.0.1:2212"
-            ));
+        let upstream = if self.upstream.url.is_empty() {
+            None
+        } else {
+            match self.upstream.url.parse::<http::Uri>() {
+                Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Some(u),
+                _ => {
+                    problems.push(format!(
+                        "upstream.url: {:?} must be an http:// URL like http://127.0.0.1:2212",
+                        self.upstream.url
+                    ));
+                    None
+                }
+            }
+        };
+        for (name, ms) in [
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.response_timeout_ms",
+                self.upstream.response_timeout_ms,
+            ),
+        ] {
+            if ms == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+            }
         }
+        let jwt_secret = match (
+            self.auth.jwt_secret.is_empty(),
+            self.auth.jwt_secret_file.is_empty(),
+        ) {
+            (true, true) => None,
+            (false, true) => Some(self.auth.jwt_secret.clone()),
+            (true, false) => match std::fs::read_to_string(&self.auth.jwt_secret_file) {
+                Ok(text) if !text.trim_end_matches(['\r', '\n']).is_empty() => {
+                    Some(Secret::new(text.trim_end_matches(['\r', '\n'])))
+                }
+                Ok(_) => {
+                    problems.push(format!(
+                        "auth.jwt_secret_file: {:?} is empty",
+                        self.auth.jwt_secret_file
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!(
+                        "auth.jwt_secret_file: cannot read {:?}: {e}",
+                        self.auth.jwt_secret_file
+                    ));
+                    None
+                }
+            },
+            (false, false) => {
+                problems.push("auth: set jwt_secret or jwt_secret_file, not both".into());
+                None
+            }
+        };
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             problems.push(format!(
                 "log.level: {:?} is not a tracing filter",
@@ -358,7 +444,10 @@ impl RawConfig {
             outreach_stream: self.streams.outreach,
             stream_maxlen: self.streams.maxlen,
             upstream,
-            jwt_secret: (!self.auth.jwt_secret.is_empty()).then_some(self.auth.jwt_secret),
+            upstream_connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
+            upstream_response_timeout: Duration::from_millis(self.upstream.response_timeout_ms),
+            jwt_secret,
+            jwt_leeway_secs: self.auth.jwt_leeway_secs,
             log_level: self.log.level,
         })
     }
@@ -406,9 +495,15 @@ pub struct Config {
     /// `MAXLEN ~` threshold.
     pub stream_maxlen: i64,
     /// Sidecar upstream, if any.
-    pub upstream: Option<String>,
-    /// HS256 secret, if any.
+    pub upstream: Option<http::Uri>,
+    /// Upstream connect deadline.
+    pub upstream_connect_timeout: Duration,
+    /// Upstream response head deadline.
+    pub upstream_response_timeout: Duration,
+    /// HS256 secret, if any (from `jwt_secret` or `jwt_secret_file`).
     pub jwt_secret: Option<Secret>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub jwt_leeway_secs: u64,
     /// tracing filter.
     pub log_level: String,
 }
@@ -475,6 +570,22 @@ mod tests {
         assert_eq!(cfg.redis_url, "redis://10.0.0.1:6380");
         assert_eq!(cfg.jwt_secret.as_ref().unwrap().expose(), b"s3cret");
         assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn jwt_secret_from_a_file() {
+        let path = std::env::temp_dir().join(format!("tether-secret-{}", std::process::id()));
+        std::fs::write(&path, "file-secret\n").unwrap();
+        let mut raw = RawConfig::default();
+        raw.auth.jwt_secret_file = path.display().to_string();
+        let cfg = raw.clone().validate().unwrap();
+        assert_eq!(cfg.jwt_secret.unwrap().expose(), b"file-secret");
+        raw.auth.jwt_secret = Secret::new("inline");
+        assert!(raw.validate().is_err(), "both set");
+        let _ = std::fs::remove_file(&path);
+        let mut raw = RawConfig::default();
+        raw.auth.jwt_secret_file = "/nonexistent/secret".into();
+        assert!(raw.validate().is_err());
     }
 
     #[test]

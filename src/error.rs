@@ -27,6 +27,18 @@ pub enum Reject {
     /// route that takes API keys only.
     #[error("JWT not accepted")]
     JwtNotAccepted,
+    /// A JWT that fails verification (signature, alg, claims).
+    #[error("invalid JWT")]
+    InvalidJwt,
+    /// A JWT past `exp` or before `nbf`.
+    #[error("expired JWT")]
+    ExpiredJwt,
+    /// The upstream could not be reached or broke off.
+    #[error("upstream unavailable")]
+    BadGateway,
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    GatewayTimeout,
     /// The body is over the configured limit.
     #[error("request body too large")]
     BodyTooLarge,
@@ -133,6 +145,30 @@ impl Reject {
                 "JWT_NOT_ACCEPTED",
                 "JWT not accepted",
                 "This endpoint cannot verify a JWT here; authenticate with an API key."
+            ),
+            Reject::InvalidJwt => envelope!(
+                UNAUTHORIZED,
+                "INVALID_TOKEN",
+                "Invalid token",
+                "Sign in again to get a valid session token."
+            ),
+            Reject::ExpiredJwt => envelope!(
+                UNAUTHORIZED,
+                "TOKEN_EXPIRED",
+                "Token expired or not yet valid",
+                "Sign in again to get a fresh session token."
+            ),
+            Reject::BadGateway => envelope!(
+                BAD_GATEWAY,
+                "UPSTREAM_UNAVAILABLE",
+                "Upstream unavailable",
+                "The backend could not be reached; retry later."
+            ),
+            Reject::GatewayTimeout => envelope!(
+                GATEWAY_TIMEOUT,
+                "UPSTREAM_TIMEOUT",
+                "Upstream timed out",
+                "The backend did not answer in time; retry later."
             ),
             Reject::BodyTooLarge => envelope!(
                 PAYLOAD_TOO_LARGE,
@@ -270,6 +306,11 @@ impl Reject {
     pub fn retry_after(&self) -> bool {
         self.status() == StatusCode::SERVICE_UNAVAILABLE
     }
+
+    /// Whether the answer is about the upstream (sidecar mode), not this request.
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, Reject::BadGateway | Reject::GatewayTimeout)
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +323,10 @@ mod tests {
             Reject::BadScheme,
             Reject::InvalidKey,
             Reject::JwtNotAccepted,
+            Reject::InvalidJwt,
+            Reject::ExpiredJwt,
+            Reject::BadGateway,
+            Reject::GatewayTimeout,
             Reject::BodyTooLarge,
             Reject::BodyRead,
             Reject::MalformedJson,
@@ -318,7 +363,13 @@ mod tests {
     #[test]
     fn bad_input_is_never_5xx() {
         for r in all() {
-            let server_side = matches!(r, Reject::NotReady | Reject::Unavailable(_));
+            let server_side = matches!(
+                r,
+                Reject::NotReady
+                    | Reject::Unavailable(_)
+                    | Reject::BadGateway
+                    | Reject::GatewayTimeout
+            );
             assert_eq!(r.status().is_server_error(), server_side, "{r:?}");
         }
     }

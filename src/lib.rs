@@ -28,6 +28,7 @@ pub mod id;
 pub mod metrics;
 pub mod outreach;
 pub mod parse;
+pub mod proxy;
 pub mod replica;
 pub mod response;
 pub mod route;
@@ -99,7 +100,13 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let status = replica.status();
     let replica_task = replica.spawn(stop_rx);
     let app = Arc::new(App {
-        auth: Authenticator::new(keys),
+        auth: Authenticator::new(
+            keys,
+            config
+                .jwt_secret
+                .as_ref()
+                .map(|s| auth::jwt::JwtVerifier::new(s, config.jwt_leeway_secs)),
+        ),
         triggers,
         outreach_configs,
         org_properties,
@@ -116,6 +123,13 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             in_flight: ::metrics::gauge!(metrics::HTTP_IN_FLIGHT),
         },
         prometheus,
+        proxy: config.upstream.as_ref().and_then(|url| {
+            proxy::Proxy::new(&proxy::ProxySettings {
+                url: url.clone(),
+                connect_timeout: config.upstream_connect_timeout,
+                response_timeout: config.upstream_response_timeout,
+            })
+        }),
     });
     Ok((
         app,
@@ -160,7 +174,7 @@ pub async fn run(
         http2_max_concurrent_streams: config.http2_max_concurrent_streams,
         shutdown_grace: config.shutdown_grace,
     };
-    let drained = server::serve(listener, Svc(app.clone()), settings, shutdown).await;
+    let drained = server::serve(listener, Svc::new(app.clone()), settings, shutdown).await;
     background.stop().await;
     app.sink.close().await;
     info!(drained, "tether-ingress stopped");

@@ -260,16 +260,20 @@ pub async fn handle<B>(
     request_id: &HeaderValue,
 ) -> Result<(StatusCode, Bytes), Reject>
 where
-    B: Body + Unpin,
-    B::Data: AsRef<[u8]>,
+    B: Body<Data = Bytes> + Unpin,
 {
+    // Before the first load an unknown key may just not be loaded yet.
+    let credential = match app.auth.authenticate(req.headers()) {
+        Err(Reject::InvalidKey) if !app.is_ready() => return Err(Reject::NotReady),
+        other => other?,
+    };
+    let principal = match credential {
+        Credential::ApiKey(p) => p,
+        Credential::Jwt(_) | Credential::UnverifiedJwt => return Err(Reject::ApiKeyRequired),
+    };
     if !app.is_ready() {
         return Err(Reject::NotReady);
     }
-    let principal = match app.auth.authenticate(req.headers())? {
-        Credential::ApiKey(p) => p,
-        Credential::Jwt => return Err(Reject::ApiKeyRequired),
-    };
     let (parts, body) = req.into_parts();
     let body = read_limited(&parts.headers, body, app.limits.max_body_bytes).await?;
     let received_at = now_ms();

@@ -12,9 +12,12 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 use tracing::{debug, info, warn};
 
 use crate::{metrics as m, service::Svc};
@@ -54,6 +57,11 @@ fn builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
 
 /// Serves `listener` until `shutdown` resolves, then drains connections for
 /// at most `shutdown_grace`. Returns true when every connection finished.
+///
+/// Connections are served with upgrade support (WebSocket through the proxy),
+/// so the drain is done here: each connection watches a shutdown signal and
+/// shuts down gracefully on it, and the connection semaphore tells when the
+/// last one is gone.
 pub async fn serve(
     listener: TcpListener,
     svc: Svc,
@@ -62,7 +70,7 @@ pub async fn serve(
 ) -> bool {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let builder = Arc::new(builder(&settings));
-    let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let open = metrics::gauge!(m::CONNECTIONS_OPEN);
     let silent = metrics::counter!(m::CONNECTIONS_SILENT);
     let mut backoff = Duration::from_millis(5);
@@ -75,11 +83,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _peer)) => {
+                Ok(accepted) => {
                     backoff = Duration::from_millis(5);
-                    stream
+                    accepted
                 }
                 Err(e) => {
                     warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; retrying");
@@ -91,28 +99,39 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let mut stop = stop_rx.clone();
         let builder = builder.clone();
-        let svc = svc.clone();
+        let svc = svc.for_peer(peer);
         let open = open.clone();
         let silent = silent.clone();
         let first_byte = settings.first_byte_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let mut probe = [0u8; 1];
-            match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return,
-                Err(_) => {
-                    silent.increment(1);
-                    return;
-                }
+            tokio::select! {
+                r = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        silent.increment(1);
+                        return;
+                    }
+                },
+                _ = stop.changed() => return,
             }
             open.increment(1.0);
             let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 debug!(error = %e, "connection ended with an error");
             }
             open.decrement(1.0);
@@ -120,8 +139,10 @@ pub async fn serve(
     }
     drop(listener);
     info!("shutting down: draining connections");
-    match tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await {
-        Ok(()) => true,
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(settings.shutdown_grace, permits.acquire_many(all)).await {
+        Ok(_) => true,
         Err(_) => {
             warn!("shutdown grace elapsed with connections still open");
             false

@@ -2,14 +2,16 @@
 //! [`Reject`] into its response in one place. Every response carries
 //! `X-Request-Id`.
 
-use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant,
+};
 
 use bytes::Bytes;
 use http::{
     HeaderValue, Method, Request, Response, StatusCode,
     header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER},
 };
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -20,6 +22,7 @@ use crate::{
     error::Reject,
     metrics as m,
     outreach::{self, OrgProperties, OutreachConfigs},
+    proxy::{BoxError, Proxy},
     replica::{ReplicaStatus, now_ms},
     response::{REQUEST_ID, RequestIds},
     route::WebhookIndex,
@@ -27,8 +30,8 @@ use crate::{
     workflow,
 };
 
-/// Response body type of every route.
-pub type ResponseBody = Full<Bytes>;
+/// Response body type of every route: the ingress's own, or the upstream's streamed.
+pub type ResponseBody = Either<Full<Bytes>, Incoming>;
 
 /// Path of the workflow webhook.
 pub const WORKFLOW_PATH: &str = "/api/webhook/workflow";
@@ -76,6 +79,8 @@ pub struct App {
     pub metrics: Handles,
     /// Prometheus renderer, when this process owns the recorder.
     pub prometheus: Option<PrometheusHandle>,
+    /// Sidecar upstream, when configured.
+    pub proxy: Option<Proxy>,
 }
 
 /// Which route a request took: a bounded metric label.
@@ -89,6 +94,11 @@ enum Route {
     Other,
 }
 
+/// Wraps the ingress's own body.
+pub fn full(body: Bytes) -> ResponseBody {
+    Either::Left(Full::new(body))
+}
+
 impl Route {
     fn label(self) -> &'static str {
         match self {
@@ -97,7 +107,7 @@ impl Route {
             Route::Health => "healthz",
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
-            Route::Other => "other",
+            Route::Other => "proxy",
         }
     }
 
@@ -132,8 +142,9 @@ fn status_label(s: StatusCode) -> &'static str {
     }
 }
 
-fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
-    let mut res = Response::new(Full::new(body));
+/// A JSON response with the ingress's own body.
+pub fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut res = Response::new(full(body));
     *res.status_mut() = status;
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -159,16 +170,16 @@ impl Drop for InFlight<'_> {
 // === impl App ===
 
 impl App {
-    /// Answers one request; never fails (errors become responses here).
-    pub async fn call(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        self.dispatch(req).await
+    /// Answers one request from `peer`; never fails (errors become responses here).
+    pub async fn call(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        self.dispatch(req, peer).await
     }
 
     /// Generic over the body so tests and benchmarks can call it without a socket.
-    pub async fn dispatch<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    pub async fn dispatch<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
     where
-        B: hyper::body::Body + Unpin,
-        B::Data: AsRef<[u8]>,
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
     {
         let started = Instant::now();
         let request_id = self.request_ids.for_request(req.headers());
@@ -176,9 +187,7 @@ impl App {
         let result = match (route, req.method()) {
             (Route::Workflow, &Method::POST) => {
                 let _in_flight = InFlight::enter(&self.metrics.in_flight);
-                workflow::handle(self, req, &request_id)
-                    .await
-                    .map(|(status, body)| json(status, body))
+                workflow::handle(self, req, &request_id, peer).await
             }
             (Route::Outreach, &Method::POST) => {
                 let _in_flight = InFlight::enter(&self.metrics.in_flight);
@@ -193,7 +202,10 @@ impl App {
             )),
             (Route::Ready, &Method::GET | &Method::HEAD) => Ok(self.readiness()),
             (Route::Metrics, &Method::GET) => Ok(self.render_metrics()),
-            _ => Err(Reject::NotFound),
+            _ => match &self.proxy {
+                Some(proxy) => proxy.forward(req, peer).await.map(|r| r.map(Either::Right)),
+                None => Err(Reject::NotFound),
+            },
         };
         let mut res = match result {
             Ok(res) => res,
@@ -259,7 +271,7 @@ impl App {
             .as_ref()
             .map(PrometheusHandle::render)
             .unwrap_or_default();
-        let mut res = Response::new(Full::new(Bytes::from(text)));
+        let mut res = Response::new(full(Bytes::from(text)));
         res.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -272,9 +284,30 @@ impl App {
 
 // === impl Svc ===
 
-/// Per-connection service handle: one `Arc` clone.
+/// Per-connection service handle: one `Arc` clone and the peer's address.
 #[derive(Clone)]
-pub struct Svc(pub Arc<App>);
+pub struct Svc {
+    app: Arc<App>,
+    peer: SocketAddr,
+}
+
+impl Svc {
+    /// A handle not yet bound to a connection.
+    pub fn new(app: Arc<App>) -> Self {
+        Self {
+            app,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+
+    /// The handle for a connection from `peer`.
+    pub fn for_peer(&self, peer: SocketAddr) -> Self {
+        Self {
+            app: self.app.clone(),
+            peer,
+        }
+    }
+}
 
 impl hyper::service::Service<Request<Incoming>> for Svc {
     type Response = Response<ResponseBody>;
@@ -282,7 +315,7 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let app = self.0.clone();
-        Box::pin(async move { Ok(app.call(req).await) })
+        let (app, peer) = (self.app.clone(), self.peer);
+        Box::pin(async move { Ok(app.call(req, peer).await) })
     }
 }

@@ -8,8 +8,11 @@
 //! Authentication runs before the body is read, so a flood of bad keys costs
 //! a hash and a map lookup each and never reaches Redis.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Either;
 use hyper::body::Body;
 
 use crate::{
@@ -18,30 +21,44 @@ use crate::{
     error::Reject,
     metrics as m,
     parse::parse_envelope,
+    proxy::BoxError,
     replica::now_ms,
     response::{decimal, workflow_accepted},
-    service::App,
+    service::{App, ResponseBody, json},
     sink::WorkflowJob,
 };
 
-/// Runs the route; on success returns the status and body to send.
+/// Runs the route and returns the response to send.
+///
+/// A JWT with no secret configured goes to the upstream unchanged (the
+/// backend decides), or is refused when there is no upstream either.
 pub async fn handle<B>(
     app: &App,
     req: Request<B>,
     request_id: &HeaderValue,
-) -> Result<(StatusCode, Bytes), Reject>
+    peer: SocketAddr,
+) -> Result<Response<ResponseBody>, Reject>
 where
-    B: Body + Unpin,
-    B::Data: AsRef<[u8]>,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
+    // Before the first load an unknown key may just not be loaded yet.
+    let credential = match app.auth.authenticate(req.headers()) {
+        Err(Reject::InvalidKey) if !app.is_ready() => return Err(Reject::NotReady),
+        other => other?,
+    };
+    let principal = match credential {
+        Credential::ApiKey(p) | Credential::Jwt(p) => p,
+        Credential::UnverifiedJwt => {
+            return match &app.proxy {
+                Some(proxy) => proxy.forward(req, peer).await.map(|r| r.map(Either::Right)),
+                None => Err(Reject::JwtNotAccepted),
+            };
+        }
+    };
     if !app.is_ready() {
         return Err(Reject::NotReady);
     }
-    let principal = match app.auth.authenticate(req.headers())? {
-        Credential::ApiKey(p) => p,
-        // JWT verification and forwarding come with sidecar mode.
-        Credential::Jwt => return Err(Reject::JwtNotAccepted),
-    };
     let (parts, body) = req.into_parts();
     let body = read_limited(&parts.headers, body, app.limits.max_body_bytes).await?;
     let received_at = now_ms();
@@ -78,7 +95,7 @@ where
             }
         }
     }
-    Ok((
+    Ok(json(
         StatusCode::ACCEPTED,
         workflow_accepted(&envelope.webhook_id_json, matched),
     ))

@@ -29,13 +29,17 @@ pub struct Principal {
     pub rate_limit_per_sec: Option<u32>,
 }
 
+pub mod jwt;
+
 /// What a bearer token turned out to be.
 #[derive(Debug)]
 pub enum Credential {
     /// A known, active API key.
     ApiKey(Principal),
-    /// A token shaped like a JWT; the caller decides what to do with it.
-    Jwt,
+    /// A JWT verified with the configured secret.
+    Jwt(Principal),
+    /// A token shaped like a JWT, with no secret to verify it here.
+    UnverifiedJwt,
 }
 
 /// A SHA-256 digest of an API key.
@@ -208,19 +212,25 @@ impl View for KeyTable {
 /// Turns request headers into a [`Credential`].
 pub struct Authenticator {
     keys: std::sync::Arc<KeyTable>,
+    jwt: Option<jwt::JwtVerifier>,
 }
 
 impl Authenticator {
-    /// Authenticates against `keys`.
-    pub fn new(keys: std::sync::Arc<KeyTable>) -> Self {
-        Self { keys }
+    /// Authenticates API keys against `keys`, and JWTs with `jwt` when given.
+    pub fn new(keys: std::sync::Arc<KeyTable>, jwt: Option<jwt::JwtVerifier>) -> Self {
+        Self { keys, jwt }
     }
 
-    /// Bearer → JWT shape or SHA-256 → key table.
+    /// Bearer → JWT (verified when a secret is configured) or SHA-256 → key table.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Credential, Reject> {
         let token = bearer_token(headers)?;
         if looks_like_jwt(token) {
-            return Ok(Credential::Jwt);
+            return match &self.jwt {
+                Some(v) => v
+                    .verify(token, crate::replica::now_ms() / 1000)
+                    .map(Credential::Jwt),
+                None => Ok(Credential::UnverifiedJwt),
+            };
         }
         self.keys
             .lookup(&digest_key(token))
@@ -288,7 +298,10 @@ mod tests {
 
     #[test]
     fn known_inactive_and_unknown_keys() {
-        let auth = Authenticator::new(table_with("k1", r#"{"userId":"u","orgId":"o","x":1}"#));
+        let auth = Authenticator::new(
+            table_with("k1", r#"{"userId":"u","orgId":"o","x":1}"#),
+            None,
+        );
         match auth.authenticate(&headers("Bearer k1")).unwrap() {
             Credential::ApiKey(p) => assert_eq!(p.org_id.as_str(), "o"),
             other => panic!("{other:?}"),
@@ -297,15 +310,15 @@ mod tests {
             auth.authenticate(&headers("Bearer k2")),
             Err(Reject::InvalidKey)
         ));
-        let auth = Authenticator::new(table_with(
-            "k1",
-            r#"{"userId":"u","orgId":"o","active":false}"#,
-        ));
+        let auth = Authenticator::new(
+            table_with("k1", r#"{"userId":"u","orgId":"o","active":false}"#),
+            None,
+        );
         assert!(matches!(
             auth.authenticate(&headers("Bearer k1")),
             Err(Reject::InvalidKey)
         ));
-        let auth = Authenticator::new(table_with("k1", "not json"));
+        let auth = Authenticator::new(table_with("k1", "not json"), None);
         assert!(matches!(
             auth.authenticate(&headers("Bearer k1")),
             Err(Reject::InvalidKey)

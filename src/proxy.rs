@@ -1,0 +1,250 @@
+//! Sidecar mode: every request the ingress does not answer itself goes to the
+//! upstream backend, unchanged but for hop-by-hop headers.
+//!
+//! - Method, path and query are kept; the upstream's scheme and authority
+//!   replace the request's. `Host` is kept (taken from `:authority` for h2).
+//! - Hop-by-hop headers (RFC 9110 §7.6.1 plus every header named in
+//!   `Connection`) are dropped both ways; `TE: trailers` is kept so trailers
+//!   flow. `X-Forwarded-For` is appended, `X-Forwarded-Proto` and
+//!   `X-Forwarded-Host` are set when absent.
+//! - Bodies stream both ways frame by frame: nothing is buffered whole and
+//!   there is no size cap. Trailers pass through.
+//! - `Upgrade` requests (WebSocket) are forwarded with their upgrade headers;
+//!   on `101` both connections are taken over and spliced until either closes.
+//! - A pooled keep-alive client with a connect timeout; no response head
+//!   within the response timeout: 504; upstream unreachable: 502.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header::{CONNECTION, HOST, TE, UPGRADE},
+    uri::{Authority, Scheme},
+};
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
+use hyper::body::{Body, Incoming};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use tracing::debug;
+
+use crate::error::Reject;
+
+/// Error type of bodies sent upstream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of requests sent upstream.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Settings of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Upstream base URL (`http://host:port`).
+    pub url: Uri,
+    /// Connect deadline.
+    pub connect_timeout: Duration,
+    /// Deadline for the upstream's response head.
+    pub response_timeout: Duration,
+}
+
+/// The pooled client in front of the upstream.
+pub struct Proxy {
+    client: Client<HttpConnector, UpstreamBody>,
+    scheme: Scheme,
+    authority: Authority,
+    response_timeout: Duration,
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+/// Keeps `TE: trailers`, and the upgrade pair when `keep_upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = headers
+        .get_all(TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade = keep_upgrade
+        .then(|| headers.get(UPGRADE).cloned())
+        .flatten();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(u) = upgrade {
+        headers.insert(UPGRADE, u);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Builds the client; the URL must be `http://host[:port]`.
+    pub fn new(settings: &ProxySettings) -> Option<Self> {
+        let parts = settings.url.clone().into_parts();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Some(Self {
+            client,
+            scheme: parts.scheme?,
+            authority: parts.authority?,
+            response_timeout: settings.response_timeout,
+        })
+    }
+
+    /// Forwards `req` from `peer` and returns the upstream's answer.
+    pub async fn forward<B>(
+        &self,
+        mut req: Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Response<Incoming>, Reject>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let upgrade = is_upgrade(&req);
+        // Taken before the request is consumed; resolves once we answer 101.
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        if let Some(host) = &host {
+            parts.headers.insert(HOST, host.clone());
+            if !parts.headers.contains_key("x-forwarded-host") {
+                parts.headers.insert("x-forwarded-host", host.clone());
+            }
+        }
+        let peer_ip = peer.ip().to_string();
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {peer_ip}"),
+            None => peer_ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        if !parts.headers.contains_key("x-forwarded-proto") {
+            parts
+                .headers
+                .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        let mut uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
+        if let Some(pq) = parts.uri.path_and_query() {
+            uri = uri.path_and_query(pq.clone());
+        }
+        parts.uri = uri.build().map_err(|_| Reject::BadGateway)?;
+        parts.version = Version::HTTP_11;
+        let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+
+        let mut res =
+            match tokio::time::timeout(self.response_timeout, self.client.request(out)).await {
+                Err(_) => return Err(Reject::GatewayTimeout),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "upstream request failed");
+                    return Err(Reject::BadGateway);
+                }
+                Ok(Ok(res)) => res,
+            };
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(downstream) = downstream_upgrade {
+                let upstream = hyper::upgrade::on(&mut res);
+                tokio::spawn(async move {
+                    match (downstream.await, upstream.await) {
+                        (Ok(down), Ok(up)) => {
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(down),
+                                &mut TokioIo::new(up),
+                            )
+                            .await;
+                        }
+                        (d, u) => debug!(down = d.is_ok(), up = u.is_ok(), "upgrade failed"),
+                    }
+                });
+            }
+            return Ok(res);
+        }
+        strip_hop_by_hop(res.headers_mut(), false);
+        Ok(res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key(CONNECTION));
+        assert!(!h.contains_key("x-secret-hop"));
+        assert!(!h.contains_key("keep-alive"));
+        assert!(!h.contains_key("transfer-encoding"));
+        assert_eq!(h[TE], "trailers");
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn upgrade_pair_survives_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "upgrade");
+    }
+}
