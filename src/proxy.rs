@@ -37,13 +37,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of requests sent upstream.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
-const HOP_BY_HOP: [&str; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1). `Trailer` is end-to-end and must
+/// pass: hyper sends only the trailer fields it declares.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];

@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod upstream;
+
 use bytes::Bytes;
 use fred::prelude::*;
 use http::{HeaderMap, Request, StatusCode};

@@ -1,0 +1,371 @@
+//! Sidecar mode against a real upstream: forwarding, streaming, upgrades,
+//! failures, and session JWTs on the workflow route.
+#![allow(clippy::unwrap_used, missing_docs, clippy::disallowed_methods)]
+
+mod support;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use support::{upstream::Upstream, *};
+use tether_ingress::{auth::jwt::sign, config::RawConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "jwt-test-secret";
+const KEY: &str = "user_proxy_key";
+
+async fn start(
+    upstream: Option<&str>,
+    secret: Option<&str>,
+    tweak: impl FnOnce(&mut RawConfig),
+) -> (RedisServer, fred::clients::Client, Ingress) {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    if let Some(u) = upstream {
+        raw.upstream.url = u.to_owned();
+    }
+    if let Some(s) = secret {
+        raw.auth.jwt_secret = tether_ingress::config::Secret::new(s);
+    }
+    tweak(&mut raw);
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    (redis, r, ingress)
+}
+
+fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+#[tokio::test]
+async fn other_requests_are_forwarded_unchanged() {
+    let up = Upstream::start().await;
+    let (_redis, _r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    let req = Request::put(ingress.uri("/api/contacts/42?expand=notes&x=%20y"))
+        .header("x-custom", "one")
+        .header("authorization", "Bearer session-token")
+        .header("connection", "keep-alive, x-drop-me")
+        .header("x-drop-me", "secret-hop")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(Full::new(Bytes::from_static(b"hello upstream")))
+        .unwrap();
+    let (status, headers, body) = ingress.request(req).await;
+    assert_eq!(status, StatusCode::IM_A_TEAPOT);
+    assert_eq!(headers["x-upstream"], "yes");
+    assert!(headers.contains_key("x-request-id"));
+    assert!(
+        !headers.contains_key("x-upstream-hop"),
+        "response hop-by-hop header passed"
+    );
+    assert!(!headers.contains_key("keep-alive"));
+    let v = json(&body);
+    assert_eq!(v["method"], "PUT");
+    assert_eq!(v["uri"], "/api/contacts/42?expand=notes&x=%20y");
+    assert_eq!(v["body_len"], 14);
+    let h = &v["headers"];
+    assert_eq!(h["x-custom"], "one");
+    assert_eq!(h["authorization"], "Bearer session-token");
+    assert_eq!(h["host"], ingress.addr.to_string());
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], ingress.addr.to_string());
+    assert!(
+        h.get("x-drop-me").is_none(),
+        "header named in Connection passed"
+    );
+    assert!(h.get("keep-alive").is_none());
+    // The ingress still answers its own routes.
+    assert_eq!(ingress.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        ingress
+            .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn eight_mib_upload_streams_through() {
+    let up = Upstream::start().await;
+    let (_redis, _r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let body = StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+    }));
+    let req = Request::post(ingress.uri("/upload"))
+        .body(BodyExt::boxed(body))
+        .unwrap();
+    let c = client();
+    let pending = tokio::spawn(async move { c.request(req).await });
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    // The first MiB must reach the upstream before the rest is even sent:
+    // an ingress that buffered the body would never let that happen.
+    for _ in 0..16 {
+        tx.send(chunk.clone()).await.unwrap();
+    }
+    let reached = eventually(Duration::from_secs(10), || async {
+        up.state.uploaded.load(Ordering::SeqCst) >= 1 << 20
+    })
+    .await;
+    assert!(reached, "upload was not streamed");
+    for _ in 16..128 {
+        tx.send(chunk.clone()).await.unwrap();
+    }
+    drop(tx);
+    let res = pending.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, (8u64 << 20).to_string().as_bytes());
+}
+
+#[tokio::test]
+async fn eight_mib_download_streams_through() {
+    let up = Upstream::start().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    *up.state.download.lock().await = Some(rx);
+    let (_redis, _r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    let c = client();
+    let req = Request::get(ingress.uri("/download"))
+        .body(BodyExt::boxed(Full::new(Bytes::new())))
+        .unwrap();
+    let res = c.request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let chunk = Bytes::from(vec![b'y'; 64 * 1024]);
+    let mut received = 0usize;
+    // Send 1 MiB, read it all back before sending more: the ingress must pass
+    // each part on without waiting for the end.
+    for round in 0..8 {
+        for _ in 0..16 {
+            tx.send(chunk.clone()).await.unwrap();
+        }
+        let target = (round + 1) << 20;
+        while received < target {
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("download stalled")
+                .unwrap()
+                .unwrap();
+            received += frame.into_data().map(|d| d.len()).unwrap_or(0);
+        }
+    }
+    drop(tx);
+    while let Some(f) = body.frame().await {
+        received += f.unwrap().into_data().map(|d| d.len()).unwrap_or(0);
+    }
+    assert_eq!(received, 8 << 20);
+}
+
+#[tokio::test]
+async fn trailers_come_back() {
+    let up = Upstream::start().await;
+    let (_redis, _r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    let c = client();
+    let req = Request::get(ingress.uri("/trailers"))
+        .header("te", "trailers")
+        .body(BodyExt::boxed(Full::new(Bytes::new())))
+        .unwrap();
+    let res = c.request(req).await.unwrap();
+    let collected = res.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("no trailers");
+    assert_eq!(trailers["x-checksum"], "abc123");
+    assert_eq!(collected.to_bytes(), "payload");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_spliced() {
+    let up = Upstream::start().await;
+    let (_redis, _r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    let mut s = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"\x81\x05hello"[..], b"\x81\x05world"] {
+        s.write_all(msg).await.unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, msg);
+    }
+}
+
+#[tokio::test]
+async fn upstream_failures_are_502_and_504() {
+    let up = Upstream::start().await;
+    let (_redis, _r, ingress) = start(Some(&up.url()), None, |raw| {
+        raw.upstream.response_timeout_ms = 300
+    })
+    .await;
+    let (status, headers, body) = ingress.get("/slow").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(json(&body)["code"], "UPSTREAM_TIMEOUT");
+    assert!(headers.contains_key("x-request-id"));
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (_redis2, _r2, ingress) = start(Some(&closed), None, |_| {}).await;
+    let (status, _, body) = ingress.get("/api/anything").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(json(&body)["code"], "UPSTREAM_UNAVAILABLE");
+}
+
+fn token(header: &str, claims: &str) -> String {
+    sign(SECRET.as_bytes(), header, claims)
+}
+
+fn now() -> u64 {
+    tether_ingress::replica::now_ms() / 1000
+}
+
+#[tokio::test]
+async fn session_jwts_are_verified_with_a_secret() {
+    let up = Upstream::start().await;
+    let (_redis, r, ingress) = start(Some(&up.url()), Some(SECRET), |_| {}).await;
+    let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let body = r#"{"webhookId":"wh_1"}"#;
+    let valid = token(
+        hs,
+        &format!(r#"{{"sub":"u_7","orgId":"o_1","exp":{}}}"#, now() + 600),
+    );
+    let (status, _, resp) = ingress.workflow(Some(&valid), body).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    assert_eq!(json(&resp)["data"]["matchedCount"], 1);
+    let got = entries(&r, "tether:jobs:workflow").await;
+    assert!(got[0].1.iter().any(|(k, v)| k == "userId" && v == "u_7"));
+
+    let exp = now() + 600;
+    let cases = [
+        (
+            token(
+                hs,
+                &format!(r#"{{"userId":"u","orgId":"o_1","exp":{}}}"#, now() - 120),
+            ),
+            "TOKEN_EXPIRED",
+        ),
+        (
+            token(
+                hs,
+                &format!(
+                    r#"{{"userId":"u","orgId":"o_1","exp":{exp},"nbf":{}}}"#,
+                    now() + 120
+                ),
+            ),
+            "TOKEN_EXPIRED",
+        ),
+        (
+            sign(
+                b"wrong-secret",
+                hs,
+                &format!(r#"{{"userId":"u","orgId":"o_1","exp":{exp}}}"#),
+            ),
+            "INVALID_TOKEN",
+        ),
+        (
+            token(
+                r#"{"alg":"HS512"}"#,
+                &format!(r#"{{"userId":"u","orgId":"o_1","exp":{exp}}}"#),
+            ),
+            "INVALID_TOKEN",
+        ),
+        (
+            token(
+                r#"{"alg":"none"}"#,
+                &format!(r#"{{"userId":"u","orgId":"o_1","exp":{exp}}}"#),
+            ),
+            "INVALID_TOKEN",
+        ),
+        (
+            token(hs, &format!(r#"{{"orgId":"o_1","exp":{exp}}}"#)),
+            "INVALID_TOKEN",
+        ),
+        (
+            token(hs, &format!(r#"{{"userId":"u","exp":{exp}}}"#)),
+            "INVALID_TOKEN",
+        ),
+        (
+            token(hs, r#"{"userId":"u","orgId":"o_1"}"#),
+            "INVALID_TOKEN",
+        ),
+        (
+            token(
+                hs,
+                &format!(r#"{{"userId":"u","orgId":"o_1","orgId":"o_2","exp":{exp}}}"#),
+            ),
+            "INVALID_TOKEN",
+        ),
+        (
+            "eyJhbGciOiJub25lIn0.eyJ1c2VySWQiOiJ1In0.Zm9v".to_owned(),
+            "INVALID_TOKEN",
+        ),
+    ];
+    for (t, code) in cases {
+        let (status, _, resp) = ingress.workflow(Some(&t), body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{t}");
+        assert_eq!(json(&resp)["code"], code, "{t}");
+    }
+    // Nothing refused was written or forwarded.
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 1);
+    // The outreach route takes API keys only, however valid the JWT.
+    let req = Request::post(ingress.uri("/api/webhook/outreach"))
+        .header("authorization", format!("Bearer {valid}"))
+        .body(Full::new(Bytes::from_static(br#"{"configurationId":"c"}"#)))
+        .unwrap();
+    let (status, _, resp) = ingress.request(req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(json(&resp)["code"], "API_KEY_REQUIRED");
+}
+
+#[tokio::test]
+async fn without_a_secret_jwts_go_to_the_upstream_unchanged() {
+    let up = Upstream::start().await;
+    let (_redis, r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VySWQiOiJ1In0.c2lnbmF0dXJl";
+    let (status, _, resp) = ingress
+        .workflow(Some(jwt), r#"{"webhookId":"wh_1","n":1}"#)
+        .await;
+    assert_eq!(status, StatusCode::IM_A_TEAPOT, "the upstream answered");
+    let v = json(&resp);
+    assert_eq!(v["uri"], "/api/webhook/workflow");
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["headers"]["authorization"], format!("Bearer {jwt}"));
+    assert_eq!(v["body_len"], r#"{"webhookId":"wh_1","n":1}"#.len());
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 0);
+    // API keys are still answered by the ingress.
+    assert_eq!(
+        ingress
+            .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+}
