@@ -117,11 +117,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             retry_after: HeaderValue::from(config.retry_after_secs),
         },
         request_ids: response::RequestIds::new(),
-        metrics: Handles {
-            jobs_workflow: ::metrics::counter!(metrics::JOBS_WRITTEN, "stream" => "workflow"),
-            jobs_outreach: ::metrics::counter!(metrics::JOBS_WRITTEN, "stream" => "outreach"),
-            in_flight: ::metrics::gauge!(metrics::HTTP_IN_FLIGHT),
-        },
+        metrics: Handles::register(),
         prometheus,
         proxy: config.upstream.as_ref().and_then(|url| {
             proxy::Proxy::new(&proxy::ProxySettings {

@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use tether_ingress::config::Config;
 use tracing_subscriber::EnvFilter;
 
+// mimalloc: measured against glibc malloc on the request path (BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tether-ingress",

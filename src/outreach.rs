@@ -294,7 +294,9 @@ where
     let started = std::time::Instant::now();
     let job_id = match app.sink.enqueue_outreach(&job).await {
         Ok(id) => {
-            metrics::histogram!(m::SINK_DURATION).record(started.elapsed().as_secs_f64());
+            app.metrics
+                .sink_duration
+                .record(started.elapsed().as_secs_f64());
             app.metrics.jobs_outreach.increment(1);
             id
         }

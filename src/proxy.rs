@@ -16,7 +16,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use bytes::Bytes;
+use std::fmt::Write;
+
+use bytes::{Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
     header::{CONNECTION, HOST, TE, UPGRADE},
@@ -30,7 +32,9 @@ use hyper_util::{
 };
 use tracing::debug;
 
-use crate::error::Reject;
+use crate::{error::Reject, response::REQUEST_ID};
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// Error type of bodies sent upstream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -131,11 +135,13 @@ impl Proxy {
         })
     }
 
-    /// Forwards `req` from `peer` and returns the upstream's answer.
+    /// Forwards `req` from `peer` and returns the upstream's answer. The
+    /// request id goes along as `X-Request-Id`, so both sides log the same one.
     pub async fn forward<B>(
         &self,
         mut req: Request<B>,
         peer: SocketAddr,
+        request_id: &HeaderValue,
     ) -> Result<Response<Incoming>, Reject>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -158,18 +164,16 @@ impl Proxy {
                 parts.headers.insert("x-forwarded-host", host.clone());
             }
         }
-        let peer_ip = peer.ip().to_string();
-        let xff = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {peer_ip}"),
-            None => peer_ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
+        let mut xff = BytesMut::with_capacity(64);
+        if let Some(prev) = parts.headers.get(X_FORWARDED_FOR) {
+            xff.extend_from_slice(prev.as_bytes());
+            xff.extend_from_slice(b", ");
         }
+        let _ = write!(xff, "{}", peer.ip());
+        if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
+            parts.headers.insert(X_FORWARDED_FOR, v);
+        }
+        parts.headers.insert(REQUEST_ID, request_id.clone());
         if !parts.headers.contains_key("x-forwarded-proto") {
             parts
                 .headers

@@ -13,7 +13,7 @@ use http::{
 };
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use metrics::{Counter, Gauge};
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::{debug, warn};
 
@@ -47,8 +47,19 @@ pub struct Limits {
     pub retry_after: HeaderValue,
 }
 
+/// Status labels with a pre-registered counter; anything else is "other".
+const STATUSES: [u16; 13] = [
+    200, 202, 400, 401, 404, 405, 413, 429, 431, 500, 502, 503, 504,
+];
+
 /// Metric handles registered once, incremented on the hot path.
 pub struct Handles {
+    /// Requests by route × status (last column: other statuses).
+    requests: Vec<[Counter; STATUSES.len() + 1]>,
+    /// Latency by route.
+    durations: Vec<Histogram>,
+    /// Time for one request's jobs to be acknowledged.
+    pub sink_duration: Histogram,
     /// Entries written to the workflow stream.
     pub jobs_workflow: Counter,
     /// Entries written to the outreach stream.
@@ -100,6 +111,19 @@ pub fn full(body: Bytes) -> ResponseBody {
 }
 
 impl Route {
+    const ALL: [Route; 6] = [
+        Route::Workflow,
+        Route::Outreach,
+        Route::Health,
+        Route::Ready,
+        Route::Metrics,
+        Route::Other,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn label(self) -> &'static str {
         match self {
             Route::Workflow => "workflow",
@@ -123,8 +147,8 @@ impl Route {
     }
 }
 
-fn status_label(s: StatusCode) -> &'static str {
-    match s.as_u16() {
+fn status_label(s: u16) -> &'static str {
+    match s {
         200 => "200",
         202 => "202",
         400 => "400",
@@ -139,6 +163,48 @@ fn status_label(s: StatusCode) -> &'static str {
         503 => "503",
         504 => "504",
         _ => "other",
+    }
+}
+
+// === impl Handles ===
+
+impl Handles {
+    /// Registers every handle with the installed recorder.
+    pub fn register() -> Self {
+        let requests = Route::ALL
+            .iter()
+            .map(|r| {
+                std::array::from_fn(|i| {
+                    let status = STATUSES.get(i).map_or("other", |s| status_label(*s));
+                    metrics::counter!(m::HTTP_REQUESTS, "route" => r.label(), "status" => status)
+                })
+            })
+            .collect();
+        let durations = Route::ALL
+            .iter()
+            .map(|r| metrics::histogram!(m::HTTP_DURATION, "route" => r.label()))
+            .collect();
+        Self {
+            requests,
+            durations,
+            sink_duration: metrics::histogram!(m::SINK_DURATION),
+            jobs_workflow: metrics::counter!(m::JOBS_WRITTEN, "stream" => "workflow"),
+            jobs_outreach: metrics::counter!(m::JOBS_WRITTEN, "stream" => "outreach"),
+            in_flight: metrics::gauge!(m::HTTP_IN_FLIGHT),
+        }
+    }
+
+    fn record(&self, route: Route, status: StatusCode, started: Instant) {
+        let column = STATUSES
+            .iter()
+            .position(|s| *s == status.as_u16())
+            .unwrap_or(STATUSES.len());
+        if let Some(row) = self.requests.get(route.index()) {
+            row[column].increment(1);
+        }
+        if let Some(h) = self.durations.get(route.index()) {
+            h.record(started.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -203,7 +269,10 @@ impl App {
             (Route::Ready, &Method::GET | &Method::HEAD) => Ok(self.readiness()),
             (Route::Metrics, &Method::GET) => Ok(self.render_metrics()),
             _ => match &self.proxy {
-                Some(proxy) => proxy.forward(req, peer).await.map(|r| r.map(Either::Right)),
+                Some(proxy) => proxy
+                    .forward(req, peer, &request_id)
+                    .await
+                    .map(|r| r.map(Either::Right)),
                 None => Err(Reject::NotFound),
             },
         };
@@ -212,11 +281,7 @@ impl App {
             Err(reject) => self.refuse(&reject),
         };
         res.headers_mut().insert(REQUEST_ID, request_id);
-        let status = res.status();
-        metrics::counter!(m::HTTP_REQUESTS, "route" => route.label(), "status" => status_label(status))
-            .increment(1);
-        metrics::histogram!(m::HTTP_DURATION, "route" => route.label())
-            .record(started.elapsed().as_secs_f64());
+        self.metrics.record(route, res.status(), started);
         res
     }
 

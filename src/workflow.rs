@@ -51,7 +51,10 @@ where
         Credential::ApiKey(p) | Credential::Jwt(p) => p,
         Credential::UnverifiedJwt => {
             return match &app.proxy {
-                Some(proxy) => proxy.forward(req, peer).await.map(|r| r.map(Either::Right)),
+                Some(proxy) => proxy
+                    .forward(req, peer, request_id)
+                    .await
+                    .map(|r| r.map(Either::Right)),
                 None => Err(Reject::JwtNotAccepted),
             };
         }
@@ -86,7 +89,9 @@ where
         let started = std::time::Instant::now();
         match app.sink.enqueue(&jobs).await {
             Ok(()) => {
-                metrics::histogram!(m::SINK_DURATION).record(started.elapsed().as_secs_f64());
+                app.metrics
+                    .sink_duration
+                    .record(started.elapsed().as_secs_f64());
                 app.metrics.jobs_workflow.increment(jobs.len() as u64);
             }
             Err(e) => {

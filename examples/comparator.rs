@@ -1,0 +1,108 @@
+//! Comparators for the load harness: what a bare hyper server does with the
+//! same requests, so the ingress's numbers have a baseline in the same run.
+//!
+//! ```text
+//! cargo run --release --example comparator -- ok     127.0.0.1:9001           # read body, 200 "ok" (trivial upstream)
+//! cargo run --release --example comparator -- accept 127.0.0.1:9002           # read body, 202 (hyper ceiling)
+//! cargo run --release --example comparator -- xadd   127.0.0.1:9003 redis://127.0.0.1:6379
+//!                                           # read body, one awaited XADD through fred, 202
+//! ```
+#![allow(missing_docs, clippy::unwrap_used, clippy::disallowed_methods)]
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use fred::prelude::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Ok,
+    Accept,
+    Xadd,
+}
+
+async fn handle(
+    mode: Mode,
+    redis: Option<Arc<Client>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let (status, text) = match mode {
+        Mode::Ok => (StatusCode::OK, &b"ok"[..]),
+        Mode::Accept => (StatusCode::ACCEPTED, &br#"{"success":true}"#[..]),
+        Mode::Xadd => {
+            let client = redis.unwrap();
+            let r: Result<Value, Error> = client
+                .xadd(
+                    "comparator:jobs",
+                    false,
+                    ("MAXLEN", "~", 1_000_000),
+                    "*",
+                    vec![("payload", body)],
+                )
+                .await;
+            match r {
+                Ok(_) => (StatusCode::ACCEPTED, &br#"{"success":true}"#[..]),
+                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, &b"{}"[..]),
+            }
+        }
+    };
+    let mut res = Response::new(Full::new(Bytes::from_static(text)));
+    *res.status_mut() = status;
+    Ok(res)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: comparator ok|accept|xadd ADDR [REDIS_URL]";
+    let mode = match args.get(1).map(String::as_str) {
+        Some("ok") => Mode::Ok,
+        Some("accept") => Mode::Accept,
+        Some("xadd") => Mode::Xadd,
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    };
+    let addr: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+        eprintln!("{usage}");
+        std::process::exit(2)
+    });
+    let redis = if let Mode::Xadd = mode {
+        let url = args
+            .get(3)
+            .cloned()
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        let client = Builder::from_config(Config::from_url(&url).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        Some(Arc::new(client))
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let redis = redis.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(mode, redis.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
