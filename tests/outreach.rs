@@ -63,13 +63,6 @@ async fn post(
     (status, json(&body))
 }
 
-fn field<'a>(entry: &'a [(String, String)], name: &str) -> &'a str {
-    entry
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap()
-}
 
 #[tokio::test]
 async fn raw_fields_are_routed_by_the_org_properties() {

@@ -23,13 +23,6 @@ async fn setup() -> (RedisServer, fred::clients::Client, Ingress) {
     (redis, r, ingress)
 }
 
-fn field<'a>(entry: &'a [(String, String)], name: &str) -> &'a str {
-    entry
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no {name}"))
-}
 
 #[tokio::test]
 async fn accepted_request_writes_one_exact_entry_per_match() {

@@ -236,6 +236,15 @@ pub async fn entries(
     v
 }
 
+/// The value of field `name` of a stream entry.
+pub fn field<'a>(entry: &'a [(String, String)], name: &str) -> &'a str {
+    entry
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("entry has no field {name}"))
+}
+
 pub async fn xlen(r: &fred::clients::Client, stream: &str) -> u64 {
     r.xlen(stream).await.unwrap()
 }
