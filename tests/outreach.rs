@@ -63,7 +63,6 @@ async fn post(
     (status, json(&body))
 }
 
-
 #[tokio::test]
 async fn raw_fields_are_routed_by_the_org_properties() {
     let (_redis, r, ingress) = setup().await;

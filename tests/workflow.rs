@@ -23,7 +23,6 @@ async fn setup() -> (RedisServer, fred::clients::Client, Ingress) {
     (redis, r, ingress)
 }
 
-
 #[tokio::test]
 async fn accepted_request_writes_one_exact_entry_per_match() {
     let (_redis, r, ingress) = setup().await;
