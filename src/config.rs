@@ -78,6 +78,25 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `redis://user:secret@host` → `redis://user:***@host`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 // === RawConfig: the file ===
 
 /// The configuration file as written; every field has the built-in default.
@@ -337,7 +356,7 @@ impl RawConfig {
         {
             problems.push(format!(
                 "redis.url: {:?} must start with redis://, rediss:// or redis+unix:// (cluster mode is not supported yet)",
-                r.url
+                redact_url(&r.url)
             ));
         }
         if r.key_prefix.is_empty() {

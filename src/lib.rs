@@ -20,6 +20,7 @@
 //! - [`sink`]: the job writer (the seam for a spool).
 //! - [`error`]: every refusal and its response.
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -1,10 +1,14 @@
-//! `tether-ingress [serve] [--config PATH]`: loads the configuration, starts
-//! logging, binds, and serves until SIGINT/SIGTERM.
+//! `tether-ingress [--config PATH] [serve]`: loads the configuration, starts
+//! logging, binds, and serves until SIGINT/SIGTERM. The other subcommands are
+//! the admin CLI ([`tether_ingress::admin`]).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tether_ingress::config::Config;
+use tether_ingress::{
+    admin::{self, Admin, AdminError},
+    config::Config,
+};
 use tracing_subscriber::EnvFilter;
 
 // mimalloc: measured against glibc malloc on the request path (BENCHMARKS.md).
@@ -16,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "tether-ingress",
     version,
-    about = "Webhook ingress for Redis Streams"
+    about = "Webhook ingress for Redis Streams, and its admin commands"
 )]
 struct Cli {
     /// TOML configuration file (defaults are built in; env TETHER_INGRESS_* overrides).
@@ -30,6 +34,131 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// API keys: only their SHA-256 is stored.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Workflow triggers: tether:triggers:<org>:<webhookId> sets.
+    #[command(subcommand)]
+    Triggers(TriggersCommand),
+    /// Outreach configurations.
+    #[command(subcommand)]
+    Outreach(OutreachCommand),
+    /// Org dynamic properties (field → contact | application | conversation).
+    #[command(subcommand)]
+    Properties(PropertiesCommand),
+    /// Job streams.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Validate the configuration and print the effective values, secrets masked.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        /// User id the key acts as.
+        #[arg(long)]
+        user: String,
+        /// Org id whose triggers the key reaches.
+        #[arg(long)]
+        org: String,
+        /// Requests per second allowed for this key.
+        #[arg(long, value_name = "N")]
+        rate_limit: Option<u32>,
+    },
+    /// Delete a key (it stops working within a second).
+    Revoke {
+        /// The plain key.
+        key: String,
+    },
+    /// Mark a key inactive, keeping its record.
+    Disable {
+        /// The plain key.
+        key: String,
+    },
+    /// Count the keys.
+    Count,
+}
+
+#[derive(Subcommand)]
+enum TriggersCommand {
+    /// Add workflows to a webhookId of an org.
+    Add {
+        /// Org id.
+        org: String,
+        /// webhookId.
+        webhook_id: String,
+        /// Workflow ids (one job each per matching request).
+        #[arg(required = true)]
+        workflows: Vec<String>,
+    },
+    /// Remove workflows from a webhookId (all of them when none given).
+    Remove {
+        /// Org id.
+        org: String,
+        /// webhookId.
+        webhook_id: String,
+        /// Workflow ids.
+        workflows: Vec<String>,
+    },
+    /// List an org's triggers.
+    List {
+        /// Org id.
+        org: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutreachCommand {
+    /// Create or replace an outreach configuration.
+    Put {
+        /// Configuration id.
+        id: String,
+        /// Owner user id.
+        #[arg(long)]
+        user: String,
+        /// Owner org id.
+        #[arg(long)]
+        org: String,
+        /// Process id.
+        #[arg(long)]
+        process: Option<String>,
+        /// Prompt id.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Store it inactive.
+        #[arg(long)]
+        inactive: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PropertiesCommand {
+    /// Set FIELD=CATEGORY pairs for an org.
+    Set {
+        /// Org id.
+        org: String,
+        /// FIELD=contact|application|conversation
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Follow a stream and print its entries as JSON lines.
+    Tail {
+        /// workflow or outreach.
+        #[arg(default_value = "workflow")]
+        stream: String,
+        /// Start from the stream's first entry instead of its end.
+        #[arg(long)]
+        from_start: bool,
+        /// Stop after this many entries.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +172,106 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
+        Command::CheckConfig => {
+            print!("{}", admin::describe(&config));
+            ExitCode::SUCCESS
+        }
+        other => run_admin(config, other),
+    }
+}
+
+fn run_admin(config: Config, command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether-ingress: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let admin = Admin::connect(&config).await?;
+        match command {
+            Command::Keys(KeysCommand::Create {
+                user,
+                org,
+                rate_limit,
+            }) => {
+                let key = admin.keys_create(&user, &org, rate_limit).await?;
+                eprintln!("Created a key for user {user} in org {org}. It is shown only now:");
+                println!("{key}");
+            }
+            Command::Keys(KeysCommand::Revoke { key }) => {
+                admin.keys_revoke(&key).await?;
+                eprintln!("Revoked.");
+            }
+            Command::Keys(KeysCommand::Disable { key }) => {
+                admin.keys_disable(&key).await?;
+                eprintln!("Disabled.");
+            }
+            Command::Keys(KeysCommand::Count) => println!("{}", admin.keys_count().await?),
+            Command::Triggers(TriggersCommand::Add {
+                org,
+                webhook_id,
+                workflows,
+            }) => {
+                admin.triggers_add(&org, &webhook_id, &workflows).await?;
+            }
+            Command::Triggers(TriggersCommand::Remove {
+                org,
+                webhook_id,
+                workflows,
+            }) => {
+                admin.triggers_remove(&org, &webhook_id, &workflows).await?;
+            }
+            Command::Triggers(TriggersCommand::List { org }) => {
+                for (webhook, workflows) in admin.triggers_list(&org).await? {
+                    println!("{webhook}\t{}", workflows.join(" "));
+                }
+            }
+            Command::Outreach(OutreachCommand::Put {
+                id,
+                user,
+                org,
+                process,
+                prompt,
+                inactive,
+            }) => {
+                admin
+                    .outreach_put(
+                        &id,
+                        &user,
+                        &org,
+                        process.as_deref(),
+                        prompt.as_deref(),
+                        !inactive,
+                    )
+                    .await?;
+            }
+            Command::Properties(PropertiesCommand::Set { org, pairs }) => {
+                admin.properties_set(&org, &pairs).await?;
+            }
+            Command::Jobs(JobsCommand::Tail {
+                stream,
+                from_start,
+                limit,
+            }) => {
+                admin
+                    .jobs_tail(&stream, from_start, limit, &mut std::io::stdout().lock())
+                    .await?;
+            }
+            Command::Serve | Command::CheckConfig => {}
+        }
+        Ok::<(), AdminError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether-ingress: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

@@ -1,0 +1,483 @@
+//! The admin CLI: writes the control plane exactly as `CONTRACT.md` lays it
+//! out, against the same Redis settings as the server, so a new user gets keys,
+//! triggers and jobs flowing without typing Redis commands.
+//!
+//! Exit codes: 0 done; 1 refused (no such key, bad value); 2 bad arguments or
+//! configuration (clap and [`crate::config`]); 3 Redis unreachable.
+
+use std::{io::Write, time::Duration};
+
+use bytes::Bytes;
+use fred::{prelude::*, types::scan::Scanner};
+use futures::TryStreamExt;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::{
+    auth::digest_key,
+    config::{Config, redact_url},
+};
+
+/// Why an admin command failed; [`AdminError::exit_code`] is what scripts see.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Redis could not be reached.
+    #[error("cannot reach Redis at {url}: {source}")]
+    Unreachable {
+        /// The URL tried, password masked.
+        url: String,
+        /// The cause.
+        #[source]
+        source: Error,
+    },
+    /// A Redis command failed.
+    #[error("redis: {0}")]
+    Redis(#[from] Error),
+    /// The command was understood but cannot be done.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl AdminError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AdminError::Refused(_) => 1,
+            AdminError::Unreachable { .. } | AdminError::Redis(_) => 3,
+        }
+    }
+}
+
+/// A connected admin session.
+pub struct Admin {
+    client: Client,
+    prefix: String,
+    workflow_stream: String,
+    outreach_stream: String,
+}
+
+/// Categories of org dynamic properties.
+pub const CATEGORIES: [&str; 3] = ["contact", "application", "conversation"];
+
+impl Admin {
+    /// Connects with the configuration's Redis settings (fails fast).
+    pub async fn connect(config: &Config) -> Result<Self, AdminError> {
+        let unreachable = |source| AdminError::Unreachable {
+            url: redact_url(&config.redis_url),
+            source,
+        };
+        let client = Builder::from_config(
+            fred::prelude::Config::from_url(&config.redis_url).map_err(unreachable)?,
+        )
+        .with_connection_config(|c| c.connection_timeout = config.connect_timeout)
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(10))
+        .build()
+        .map_err(unreachable)?;
+        tokio::time::timeout(
+            config.connect_timeout + Duration::from_secs(1),
+            client.init(),
+        )
+        .await
+        .map_err(|_| unreachable(Error::new(ErrorKind::Timeout, "connect timed out")))?
+        .map_err(unreachable)?;
+        Ok(Self {
+            client,
+            prefix: config.key_prefix.clone(),
+            workflow_stream: config.workflow_stream.clone(),
+            outreach_stream: config.outreach_stream.clone(),
+        })
+    }
+
+    fn key_of(&self, api_key: &str) -> String {
+        let hex: String = digest_key(api_key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}apikey:{hex}", self.prefix)
+    }
+
+    /// Creates a key for `user` in `org`; returns the plain key (shown once).
+    pub async fn keys_create(
+        &self,
+        user: &str,
+        org: &str,
+        rate_limit: Option<u32>,
+    ) -> Result<String, AdminError> {
+        let mut raw = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut raw)
+            .map_err(|_| AdminError::Refused("the system random generator failed".into()))?;
+        let key = format!(
+            "user_{}",
+            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let mut record = serde_json::json!({"userId": user, "orgId": org, "active": true});
+        if let Some(n) = rate_limit {
+            record["rateLimitPerSec"] = n.into();
+        }
+        let set: Option<String> = self
+            .client
+            .set(
+                self.key_of(&key),
+                record.to_string(),
+                None,
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        if set.is_none() {
+            return Err(AdminError::Refused(
+                "a key with this digest already exists".into(),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Deletes a key's record.
+    pub async fn keys_revoke(&self, api_key: &str) -> Result<(), AdminError> {
+        let n: i64 = self.client.del(self.key_of(api_key)).await?;
+        if n == 0 {
+            return Err(AdminError::Refused("no such key".into()));
+        }
+        Ok(())
+    }
+
+    /// Sets `"active": false` on a key's record, keeping the rest.
+    pub async fn keys_disable(&self, api_key: &str) -> Result<(), AdminError> {
+        let name = self.key_of(api_key);
+        let raw: Option<String> = self.client.get(&name).await?;
+        let raw = raw.ok_or_else(|| AdminError::Refused("no such key".into()))?;
+        let mut record: serde_json::Value = serde_json::from_str(&raw)
+            .map_err(|_| AdminError::Refused("the key's record is not JSON".into()))?;
+        record["active"] = false.into();
+        let _: () = self
+            .client
+            .set(&name, record.to_string(), None, None, false)
+            .await?;
+        Ok(())
+    }
+
+    async fn scan_keys(&self, pattern: String) -> Result<Vec<String>, AdminError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.scan(pattern, Some(1000), None);
+        while let Some(mut page) = pages.try_next().await? {
+            for k in page.take_results().unwrap_or_default() {
+                if let Some(s) = k.as_str() {
+                    out.push(s.to_owned());
+                }
+            }
+            page.next();
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Number of API key records.
+    pub async fn keys_count(&self) -> Result<usize, AdminError> {
+        Ok(self
+            .scan_keys(format!("{}apikey:*", self.prefix))
+            .await?
+            .len())
+    }
+
+    /// Adds workflows to a trigger set.
+    pub async fn triggers_add(
+        &self,
+        org: &str,
+        webhook: &str,
+        workflows: &[String],
+    ) -> Result<(), AdminError> {
+        let _: i64 = self
+            .client
+            .sadd(
+                format!("{}triggers:{org}:{webhook}", self.prefix),
+                workflows.to_vec(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes workflows from a trigger set, or the whole set when none given.
+    pub async fn triggers_remove(
+        &self,
+        org: &str,
+        webhook: &str,
+        workflows: &[String],
+    ) -> Result<(), AdminError> {
+        let key = format!("{}triggers:{org}:{webhook}", self.prefix);
+        let n: i64 = if workflows.is_empty() {
+            self.client.del(key).await?
+        } else {
+            self.client.srem(key, workflows.to_vec()).await?
+        };
+        if n == 0 {
+            return Err(AdminError::Refused("nothing to remove".into()));
+        }
+        Ok(())
+    }
+
+    /// Every trigger of `org`: (webhookId, workflows).
+    pub async fn triggers_list(&self, org: &str) -> Result<Vec<(String, Vec<String>)>, AdminError> {
+        let base = format!("{}triggers:{org}:", self.prefix);
+        let mut out = Vec::new();
+        for key in self
+            .scan_keys(format!("{}*", crate::replica::escape_glob(&base)))
+            .await?
+        {
+            let mut members: Vec<String> = self.client.smembers(&key).await?;
+            members.sort();
+            out.push((key[base.len()..].to_owned(), members));
+        }
+        Ok(out)
+    }
+
+    /// Writes an outreach configuration.
+    pub async fn outreach_put(
+        &self,
+        id: &str,
+        user: &str,
+        org: &str,
+        process: Option<&str>,
+        prompt: Option<&str>,
+        active: bool,
+    ) -> Result<(), AdminError> {
+        let record = serde_json::json!({
+            "userId": user, "orgId": org, "active": active, "processId": process, "promptId": prompt,
+        });
+        let _: () = self
+            .client
+            .set(
+                format!("{}outreach:config:{id}", self.prefix),
+                record.to_string(),
+                None,
+                None,
+                false,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets org dynamic properties from `FIELD=CATEGORY` pairs.
+    pub async fn properties_set(&self, org: &str, pairs: &[String]) -> Result<(), AdminError> {
+        let mut fields = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            let Some((field, category)) = pair.split_once('=') else {
+                return Err(AdminError::Refused(format!(
+                    "{pair:?} is not FIELD=CATEGORY"
+                )));
+            };
+            if field.is_empty() || !CATEGORIES.contains(&category) {
+                return Err(AdminError::Refused(format!(
+                    "{pair:?}: the category must be one of {}",
+                    CATEGORIES.join(", ")
+                )));
+            }
+            fields.push((field.to_owned(), category.to_owned()));
+        }
+        let _: () = self
+            .client
+            .hset(format!("{}org:{org}:properties", self.prefix), fields)
+            .await?;
+        Ok(())
+    }
+
+    /// Follows a job stream, writing each entry as one JSON line to `out`.
+    /// From the stream's end, or from its start with `from_start`; stops after
+    /// `limit` entries when given.
+    pub async fn jobs_tail(
+        &self,
+        which: &str,
+        from_start: bool,
+        limit: Option<usize>,
+        out: &mut impl Write,
+    ) -> Result<(), AdminError> {
+        let stream = match which {
+            "workflow" => self.workflow_stream.clone(),
+            "outreach" => self.outreach_stream.clone(),
+            other => {
+                return Err(AdminError::Refused(format!(
+                    "unknown stream {other:?}: workflow or outreach"
+                )));
+            }
+        };
+        let mut last = if from_start {
+            "0-0".to_owned()
+        } else {
+            "$".to_owned()
+        };
+        let mut printed = 0usize;
+        loop {
+            let reply: Value = self
+                .client
+                .xread(Some(100), Some(5_000), stream.as_str(), last.as_str())
+                .await?;
+            for (id, fields) in stream_entries(reply) {
+                let mut obj = serde_json::Map::new();
+                obj.insert("id".into(), id.clone().into());
+                for (k, v) in fields {
+                    obj.insert(k, v.into());
+                }
+                let _ = writeln!(out, "{}", serde_json::Value::Object(obj));
+                let _ = out.flush();
+                last = id;
+                printed += 1;
+                if limit.is_some_and(|l| printed >= l) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.to_string()),
+        Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        Value::Integer(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// Flattens an XREAD reply (RESP2 arrays or RESP3 maps) into (id, fields).
+fn stream_entries(reply: Value) -> Vec<(String, Vec<(String, String)>)> {
+    let streams: Vec<Value> = match reply {
+        Value::Array(a) => a,
+        Value::Map(m) => m
+            .inner()
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![Value::Bytes(Bytes::copy_from_slice(k.as_bytes())), v]))
+            .collect(),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for s in streams {
+        let Value::Array(mut pair) = s else { continue };
+        let Some(Value::Array(entries)) = pair.pop() else {
+            continue;
+        };
+        for e in entries {
+            let Value::Array(mut e) = e else { continue };
+            let fields = e.pop();
+            let Some(id) = e.pop().and_then(text) else {
+                continue;
+            };
+            let mut kv = Vec::new();
+            if let Some(Value::Array(f)) = fields {
+                let mut it = f.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if let (Some(k), Some(v)) = (text(k), text(v)) {
+                        kv.push((k, v));
+                    }
+                }
+            }
+            out.push((id, kv));
+        }
+    }
+    out
+}
+
+/// The effective configuration as `name = value` lines, secrets masked.
+pub fn describe(config: &Config) -> String {
+    let secret = |s: &Option<crate::config::Secret>| {
+        if s.is_some() {
+            "**REDACTED**"
+        } else {
+            "(none)"
+        }
+    };
+    let lines = [
+        ("server.listen", config.listen.to_string()),
+        ("server.max_connections", config.max_connections.to_string()),
+        (
+            "server.first_byte_timeout_ms",
+            config.first_byte_timeout.as_millis().to_string(),
+        ),
+        (
+            "server.header_read_timeout_ms",
+            config.header_read_timeout.as_millis().to_string(),
+        ),
+        (
+            "server.shutdown_grace_ms",
+            config.shutdown_grace.as_millis().to_string(),
+        ),
+        ("server.max_body_bytes", config.max_body_bytes.to_string()),
+        (
+            "server.max_header_bytes",
+            config.max_header_bytes.to_string(),
+        ),
+        (
+            "server.http2_max_concurrent_streams",
+            config.http2_max_concurrent_streams.to_string(),
+        ),
+        ("redis.url", redact_url(&config.redis_url)),
+        ("redis.key_prefix", config.key_prefix.clone()),
+        (
+            "redis.command_timeout_ms",
+            config.command_timeout.as_millis().to_string(),
+        ),
+        (
+            "redis.connect_timeout_ms",
+            config.connect_timeout.as_millis().to_string(),
+        ),
+        (
+            "redis.resync_interval_secs",
+            config.resync_interval.as_secs().to_string(),
+        ),
+        (
+            "redis.max_pending_commands",
+            config.max_pending_commands.to_string(),
+        ),
+        (
+            "redis.retry_after_secs",
+            config.retry_after_secs.to_string(),
+        ),
+        ("streams.workflow", config.workflow_stream.clone()),
+        ("streams.outreach", config.outreach_stream.clone()),
+        ("streams.maxlen", config.stream_maxlen.to_string()),
+        (
+            "upstream.url",
+            config
+                .upstream
+                .as_ref()
+                .map_or("(none)".into(), |u| u.to_string()),
+        ),
+        (
+            "upstream.connect_timeout_ms",
+            config.upstream_connect_timeout.as_millis().to_string(),
+        ),
+        (
+            "upstream.response_timeout_ms",
+            config.upstream_response_timeout.as_millis().to_string(),
+        ),
+        ("auth.jwt_secret", secret(&config.jwt_secret).to_owned()),
+        ("auth.jwt_leeway_secs", config.jwt_leeway_secs.to_string()),
+        ("log.level", config.log_level.clone()),
+    ];
+    lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_in_urls() {
+        assert_eq!(
+            redact_url("redis://u:pw@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
+    }
+
+    #[test]
+    fn describe_masks_the_secret() {
+        let mut raw = crate::config::RawConfig::default();
+        raw.auth.jwt_secret = crate::config::Secret::new("top-secret");
+        raw.redis.url = "redis://u:pw@h:1".into();
+        let text = describe(&raw.validate().unwrap());
+        assert!(text.contains("auth.jwt_secret = **REDACTED**"));
+        assert!(!text.contains("top-secret"));
+        assert!(!text.contains("pw@"));
+    }
+}

@@ -1,0 +1,271 @@
+//! The admin CLI (the built binary) against a real redis-server, with a
+//! running ingress to show that what it writes is what the server reads.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use http::StatusCode;
+use support::*;
+
+fn cli(redis: &RedisServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(args)
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn quick_start_loop_key_trigger_request_job() {
+    let redis = RedisServer::start();
+    let ingress = Ingress::start(&redis.url()).await;
+
+    let created = cli(
+        &redis,
+        &[
+            "keys",
+            "create",
+            "--user",
+            "u_1",
+            "--org",
+            "o_1",
+            "--rate-limit",
+            "20",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let key = stdout(&created);
+    assert!(key.starts_with("user_") && key.len() == 5 + 64, "{key}");
+    // Only the digest is stored, with the contract's record.
+    let record = redis.cli(&["GET", &format!("tether:apikey:{}", sha256_hex(&key))]);
+    let v: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"userId":"u_1","orgId":"o_1","active":true,"rateLimitPerSec":20})
+    );
+    assert_eq!(redis.cli(&["KEYS", &format!("*{key}*")]), "");
+    assert_eq!(stdout(&cli(&redis, &["keys", "count"])), "1");
+
+    assert!(
+        cli(&redis, &["triggers", "add", "o_1", "wh_1", "wf_a", "wf_b"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        stdout(&cli(&redis, &["triggers", "list", "o_1"])),
+        "wh_1\twf_a wf_b"
+    );
+
+    // jobs tail follows the stream as JSON lines.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["jobs", "tail", "workflow", "--from-start", "--limit", "2"])
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let body = r#"{"webhookId":"wh_1","n":12345678901234567890}"#;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            ingress.workflow(Some(&key), body).await.0 == StatusCode::ACCEPTED
+        })
+        .await
+    );
+    let lines: Vec<serde_json::Value> = tokio::task::spawn_blocking(move || {
+        let out = tail.stdout.take().unwrap();
+        let lines = BufReader::new(out)
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+            .collect();
+        assert!(tail.wait().unwrap().success());
+        lines
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["workflowId"], "wf_a");
+    assert_eq!(lines[1]["workflowId"], "wf_b");
+    assert_eq!(lines[0]["payload"], r#"{"n":12345678901234567890}"#);
+    assert!(lines[0]["id"].as_str().unwrap().contains('-'));
+
+    // Disable, then revoke: each seen by the server within a second.
+    assert!(cli(&redis, &["keys", "disable", &key]).status.success());
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            ingress.workflow(Some(&key), body).await.0 == StatusCode::UNAUTHORIZED
+        })
+        .await
+    );
+    assert!(cli(&redis, &["keys", "revoke", &key]).status.success());
+    assert_eq!(stdout(&cli(&redis, &["keys", "count"])), "0");
+    let again = cli(&redis, &["keys", "revoke", &key]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no such key"));
+
+    assert!(
+        cli(&redis, &["triggers", "remove", "o_1", "wh_1", "wf_a"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        stdout(&cli(&redis, &["triggers", "list", "o_1"])),
+        "wh_1\twf_b"
+    );
+    assert!(
+        cli(&redis, &["triggers", "remove", "o_1", "wh_1"])
+            .status
+            .success()
+    );
+    assert_eq!(stdout(&cli(&redis, &["triggers", "list", "o_1"])), "");
+}
+
+#[tokio::test]
+async fn outreach_configuration_and_properties_from_the_cli() {
+    let redis = RedisServer::start();
+    let ingress = Ingress::start(&redis.url()).await;
+    let key = stdout(&cli(
+        &redis,
+        &["keys", "create", "--user", "u_2", "--org", "o_2"],
+    ));
+    assert!(
+        cli(
+            &redis,
+            &[
+                "outreach",
+                "put",
+                "cfg_1",
+                "--user",
+                "u_2",
+                "--org",
+                "o_2",
+                "--process",
+                "p_1"
+            ]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        cli(
+            &redis,
+            &[
+                "properties",
+                "set",
+                "o_2",
+                "company=application",
+                "note=conversation"
+            ]
+        )
+        .status
+        .success()
+    );
+    let post = || async {
+        let req = http::Request::post(ingress.uri("/api/webhook/outreach"))
+            .header("authorization", format!("Bearer {key}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"configurationId":"cfg_1","name":"Jane","company":"Acme","note":"hi"}"#,
+            )))
+            .unwrap();
+        ingress.request(req).await.0
+    };
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            post().await == StatusCode::OK
+        })
+        .await
+    );
+    let r = redis.client().await;
+    let got = entries(&r, "tether:jobs:outreach").await;
+    let e = &got.last().unwrap().1;
+    assert_eq!(field(e, "contacts"), r#"{"name":"Jane"}"#);
+    assert_eq!(field(e, "applications"), r#"{"company":"Acme"}"#);
+    assert_eq!(field(e, "conversations"), r#"{"note":"hi"}"#);
+    assert!(
+        cli(
+            &redis,
+            &[
+                "outreach",
+                "put",
+                "cfg_1",
+                "--user",
+                "u_2",
+                "--org",
+                "o_2",
+                "--process",
+                "p_1",
+                "--inactive"
+            ]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            post().await == StatusCode::BAD_REQUEST
+        })
+        .await
+    );
+}
+
+#[test]
+fn bad_arguments_and_unreachable_redis_have_distinct_exit_codes() {
+    let redis = RedisServer::start();
+    let bad = cli(&redis, &["properties", "set", "o_1", "x=nonsense"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("contact, application, conversation"));
+    assert_eq!(redis.cli(&["EXISTS", "tether:org:o_1:properties"]), "0");
+    assert_eq!(
+        cli(&redis, &["keys", "create", "--user", "u"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        cli(&redis, &["triggers", "add", "o_1", "wh_1"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        cli(&redis, &["jobs", "tail", "nope", "--limit", "1"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let down = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["keys", "count"])
+        .env(
+            "TETHER_INGRESS_REDIS_URL",
+            format!("redis://u:hunter2@127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(err.contains("cannot reach Redis"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn check_config_prints_effective_values_with_secrets_masked() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .arg("check-config")
+        .env("TETHER_INGRESS_JWT_SECRET", "s3cr3t-value")
+        .env("TETHER_INGRESS_LISTEN", "0.0.0.0:9000")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("server.listen = 0.0.0.0:9000"), "{text}");
+    assert!(text.contains("auth.jwt_secret = **REDACTED**"), "{text}");
+    assert!(!text.contains("s3cr3t-value"));
+}
