@@ -452,6 +452,10 @@ pub fn describe(config: &Config) -> String {
         ("auth.jwt_secret", secret(&config.jwt_secret).to_owned()),
         ("auth.jwt_leeway_secs", config.jwt_leeway_secs.to_string()),
         ("log.level", config.log_level.clone()),
+        (
+            "log.format",
+            if config.log_json { "json" } else { "text" }.to_owned(),
+        ),
     ];
     lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
 }

@@ -22,6 +22,8 @@ pub const ENV_JWT_SECRET: &str = "TETHER_INGRESS_JWT_SECRET";
 pub const ENV_JWT_SECRET_FILE: &str = "TETHER_INGRESS_JWT_SECRET_FILE";
 /// Environment variable overriding `log.level`.
 pub const ENV_LOG: &str = "TETHER_INGRESS_LOG";
+/// Environment variable overriding `log.format`.
+pub const ENV_LOG_FORMAT: &str = "TETHER_INGRESS_LOG_FORMAT";
 
 /// The built-in defaults: the repository's `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -260,12 +262,15 @@ impl Default for RawAuth {
 pub struct RawLog {
     /// tracing filter directive.
     pub level: String,
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: String,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            format: "text".into(),
         }
     }
 }
@@ -308,6 +313,9 @@ impl RawConfig {
         }
         if let Some(v) = env(ENV_LOG) {
             self.log.level = v;
+        }
+        if let Some(v) = env(ENV_LOG_FORMAT) {
+            self.log.format = v;
         }
     }
 
@@ -440,6 +448,16 @@ impl RawConfig {
                 self.log.level
             ));
         }
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                problems.push(format!(
+                    "log.format: {other:?} must be \"text\" or \"json\""
+                ));
+                false
+            }
+        };
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -468,6 +486,7 @@ impl RawConfig {
             jwt_secret,
             jwt_leeway_secs: self.auth.jwt_leeway_secs,
             log_level: self.log.level,
+            log_json,
         })
     }
 }
@@ -525,6 +544,8 @@ pub struct Config {
     pub jwt_leeway_secs: u64,
     /// tracing filter.
     pub log_level: String,
+    /// JSON log lines instead of human-readable ones.
+    pub log_json: bool,
 }
 
 impl Config {

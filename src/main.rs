@@ -276,9 +276,12 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(&config.log_level))
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(&config.log_level));
+    if config.log_json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

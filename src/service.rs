@@ -278,18 +278,28 @@ impl App {
         };
         let mut res = match result {
             Ok(res) => res,
-            Err(reject) => self.refuse(&reject),
+            Err(reject) => self.refuse(&reject, &request_id),
         };
         res.headers_mut().insert(REQUEST_ID, request_id);
         self.metrics.record(route, res.status(), started);
+        // One line per request, at debug only; no query string (it may hold tokens).
+        debug!(
+            request_id = ?res.headers().get(REQUEST_ID),
+            route = route.label(),
+            status = res.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        );
         res
     }
 
     /// The one place a refusal becomes a response.
-    fn refuse(&self, reject: &Reject) -> Response<ResponseBody> {
+    fn refuse(&self, reject: &Reject, request_id: &HeaderValue) -> Response<ResponseBody> {
         match reject {
-            Reject::Unavailable(cause) => warn!(error = %cause, "jobs not stored; answering 503"),
-            other => debug!(code = other.code(), "request refused"),
+            Reject::Unavailable(cause) => {
+                warn!(?request_id, error = %cause, "jobs not stored; answering 503")
+            }
+            other => debug!(?request_id, code = other.code(), "request refused"),
         }
         metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);
         let mut res = json(

@@ -189,3 +189,88 @@ async fn the_binary_serves_from_env_and_exits_0_on_sigterm() {
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_and_never_a_secret() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    let port = free_port();
+    let mut child = binary()
+        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_LOG_FORMAT", "json")
+        .env("TETHER_INGRESS_LOG", "debug,fred=warn,hyper=warn,h2=warn")
+        .env("TETHER_INGRESS_JWT_SECRET", "log-secret-value")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let post = |token: &'static str, id: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = Request::post(format!("http://127.0.0.1:{port}/api/webhook/workflow"))
+                .header("authorization", format!("Bearer {token}"))
+                .header("x-request-id", id)
+                .body(Full::new(Bytes::from_static(br#"{"webhookId":"wh_1"}"#)))
+                .unwrap();
+            match client.request(req).await {
+                Ok(r) => r.status(),
+                Err(_) => StatusCode::BAD_GATEWAY,
+            }
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            post(KEY, "log-ok").await == StatusCode::ACCEPTED
+        })
+        .await
+    );
+    let bad = post("user_wrong_key_value", "log-bad").await;
+    assert_eq!(bad, StatusCode::UNAUTHORIZED, "{bad}");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let request_line = |id: &str| {
+        // The last one: the readiness poll reuses the id while it gets 503.
+        lines
+            .iter()
+            .rev()
+            .find(|l| {
+                l["message"] == "request"
+                    && l["request_id"].as_str().is_some_and(|r| r.contains(id))
+            })
+            .cloned()
+    };
+    let ok = request_line("log-ok").expect("no request line for log-ok");
+    assert_eq!(ok["status"], 202);
+    assert_eq!(ok["route"], "workflow");
+    assert_eq!(
+        request_line("log-bad").expect("no request line for log-bad")["status"],
+        401
+    );
+    assert!(lines.iter().any(|l| {
+        l["message"] == "request refused"
+            && l["request_id"]
+                .as_str()
+                .is_some_and(|r| r.contains("log-bad"))
+    }));
+    for secret in [KEY, "user_wrong_key_value", "log-secret-value"] {
+        assert!(!text.contains(secret), "{secret} appeared in the logs");
+    }
+}
