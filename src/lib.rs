@@ -37,6 +37,7 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod sink;
+pub mod worker;
 pub mod workflow;
 
 use std::{future::Future, sync::Arc};

@@ -196,7 +196,7 @@ async fn json_logs_carry_the_request_id_and_never_a_secret() {
     let r = redis.client().await;
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     let port = free_port();
-    let mut child = binary()
+    let child = binary()
         .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG_FORMAT", "json")
