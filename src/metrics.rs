@@ -71,3 +71,52 @@ pub fn install() -> Option<PrometheusHandle> {
         })
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every metric family the code registers.
+    const ALL: [&str; 15] = [
+        super::HTTP_REQUESTS,
+        super::HTTP_IN_FLIGHT,
+        super::HTTP_DURATION,
+        super::HTTP_REJECTS,
+        super::JOBS_WRITTEN,
+        super::JOB_WRITE_FAILURES,
+        super::SINK_DURATION,
+        super::REPLICA_ENTRIES,
+        super::REPLICA_AGE,
+        super::REPLICA_RESYNCS,
+        super::REPLICA_RESYNC_FAILURES,
+        super::REPLICA_RESYNC_SECONDS,
+        super::REPLICA_INVALIDATIONS,
+        super::CONNECTIONS_OPEN,
+        super::CONNECTIONS_SILENT,
+    ];
+
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let text = include_str!("../dashboards/tether-ingress.json");
+        let dash: serde_json::Value = serde_json::from_str(text).unwrap();
+        let mut used = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if let Some(name) = word.strip_prefix("tether_") {
+                        let base = name
+                            .trim_end_matches("_bucket")
+                            .trim_end_matches("_sum")
+                            .trim_end_matches("_count");
+                        let full = format!("tether_{base}");
+                        assert!(
+                            ALL.contains(&full.as_str()),
+                            "dashboard uses unknown metric {full}"
+                        );
+                        used += 1;
+                    }
+                }
+            }
+        }
+        assert!(used >= 15);
+    }
+}
