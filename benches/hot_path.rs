@@ -77,14 +77,14 @@ fn body_of(size: usize) -> String {
 fn auth(c: &mut Criterion) {
     let mut g = c.benchmark_group("auth");
     for n in [1_000usize, 100_000] {
-        let auth = Authenticator::new(key_table(n), None);
+        let auth = Authenticator::new(key_table(n));
         let known = bearer("user_key_7");
         let unknown = bearer("user_key_unknown");
         g.bench_with_input(BenchmarkId::new("known_key", n), &known, |b, h| {
-            b.iter(|| black_box(auth.authenticate(black_box(h)).is_ok()))
+            b.iter(|| black_box(auth.authenticate(black_box(h), None).is_ok()))
         });
         g.bench_with_input(BenchmarkId::new("unknown_key", n), &unknown, |b, h| {
-            b.iter(|| black_box(auth.authenticate(black_box(h)).is_err()))
+            b.iter(|| black_box(auth.authenticate(black_box(h), None).is_err()))
         });
     }
     g.finish();
@@ -149,14 +149,14 @@ fn route(c: &mut Criterion) {
 
 /// auth + parse + match on the 440-byte lead: the in-memory part of a request.
 fn auth_parse_match(c: &mut Criterion) {
-    let auth = Authenticator::new(key_table(1_000), None);
+    let auth = Authenticator::new(key_table(1_000));
     let idx = trigger_index(100_000, 10_000);
     let headers = bearer("user_key_7");
     c.bench_function("auth_parse_match/lead_440", |b| {
         b.iter_batched(
             || BytesMut::from(LEAD_440.as_bytes()),
             |buf| {
-                let Ok(Credential::ApiKey(p)) = auth.authenticate(&headers) else {
+                let Ok(Credential::ApiKey(p)) = auth.authenticate(&headers, None) else {
                     unreachable!()
                 };
                 let env = parse_envelope(buf).unwrap();

@@ -35,6 +35,7 @@ pub mod response;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod settings;
 pub mod shutdown;
 pub mod sink;
 pub mod worker;
@@ -42,7 +43,6 @@ pub mod workflow;
 
 use std::{future::Future, sync::Arc};
 
-use http::HeaderValue;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::info;
 
@@ -52,8 +52,8 @@ use crate::{
     outreach::{OrgProperties, OutreachConfigs},
     replica::{Replica, ReplicaSettings, View},
     route::WebhookIndex,
-    server::ServerSettings,
-    service::{App, Handles, Limits, Svc},
+    service::{App, Handles, Svc},
+    settings::Settings,
     sink::{SinkSettings, StreamSink},
 };
 
@@ -89,35 +89,25 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             resync_interval: config.resync_interval,
         },
     );
+    let settings = Settings::shared(config);
     let sink = StreamSink::connect(&SinkSettings {
         redis_url: config.redis_url.clone(),
         connect_timeout: config.connect_timeout,
         command_timeout: config.command_timeout,
         max_pending_commands: config.max_pending_commands.get(),
-        workflow_stream: config.workflow_stream.clone(),
-        outreach_stream: config.outreach_stream.clone(),
-        maxlen: config.stream_maxlen,
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = replica.status();
     let replica_task = replica.spawn(stop_rx);
     let app = Arc::new(App {
-        auth: Authenticator::new(
-            keys,
-            config
-                .jwt_secret
-                .as_ref()
-                .map(|s| auth::jwt::JwtVerifier::new(s, config.jwt_leeway_secs)),
-        ),
+        auth: Authenticator::new(keys),
         triggers,
         outreach_configs,
         org_properties,
         sink,
         replica: status,
-        limits: Limits {
-            max_body_bytes: config.max_body_bytes.get(),
-            retry_after: HeaderValue::from(config.retry_after_secs),
-        },
+        settings,
+        boot: config.clone(),
         request_ids: response::RequestIds::new(),
         metrics: Handles::register(),
         prometheus,
@@ -125,7 +115,6 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             proxy::Proxy::new(&proxy::ProxySettings {
                 url: url.clone(),
                 connect_timeout: config.upstream_connect_timeout,
-                response_timeout: config.upstream_response_timeout,
             })
         }),
     });
@@ -160,19 +149,38 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<bool, StartError> {
+    run_with_reloads(listener, config, shutdown, futures::stream::pending()).await
+}
+
+/// [`run`], applying each configuration `reloads` yields (see [`settings`]).
+pub async fn run_with_reloads(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    reloads: impl futures::Stream<Item = Config> + Send + 'static,
+) -> Result<bool, StartError> {
     let (app, background) = build(&config)?;
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "tether-ingress listening");
     }
-    let settings = ServerSettings {
-        max_connections: config.max_connections.get(),
-        first_byte_timeout: config.first_byte_timeout,
-        header_read_timeout: config.header_read_timeout,
-        max_header_bytes: config.max_header_bytes,
-        http2_max_concurrent_streams: config.http2_max_concurrent_streams,
-        shutdown_grace: config.shutdown_grace,
-    };
-    let drained = server::serve(listener, Svc::new(app.clone()), settings, shutdown).await;
+    let reloader = tokio::spawn({
+        let app = app.clone();
+        async move {
+            futures::pin_mut!(reloads);
+            while let Some(new) = futures::StreamExt::next(&mut reloads).await {
+                app.reload(&new);
+            }
+        }
+    });
+    let drained = server::serve(
+        listener,
+        Svc::new(app.clone()),
+        config.max_connections.get(),
+        app.settings.clone(),
+        shutdown,
+    )
+    .await;
+    reloader.abort();
     background.stop().await;
     app.sink.close().await;
     info!(drained, "tether-ingress stopped");

@@ -9,7 +9,7 @@ use tether_ingress::{
     admin::{self, Admin, AdminError},
     config::Config,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::SubscriberInitExt};
 
 // mimalloc: measured against glibc malloc on the request path (BENCHMARKS.md).
 #[cfg(feature = "mimalloc")]
@@ -171,7 +171,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, cli.config),
         Command::CheckConfig => {
             print!("{}", admin::describe(&config));
             ExitCode::SUCCESS
@@ -275,12 +275,16 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    let logs = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(&config.log_level));
+fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
+    // The filter sits behind a reload handle so SIGHUP can change the level.
+    let (filter, filter_handle) = reload::Layer::new(EnvFilter::new(&config.log_level));
+    let registry = tracing_subscriber::registry().with(filter);
     if config.log_json {
-        logs.json().flatten_event(true).init();
+        registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .init();
     } else {
-        logs.init();
+        registry.with(tracing_subscriber::fmt::layer()).init();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -300,7 +304,17 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match tether_ingress::run(listener, config, tether_ingress::shutdown::signal()).await {
+        let reloads = sighup_reloads(path, move |level| {
+            let _ = filter_handle.reload(EnvFilter::new(level));
+        });
+        match tether_ingress::run_with_reloads(
+            listener,
+            config,
+            tether_ingress::shutdown::signal(),
+            reloads,
+        )
+        .await
+        {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tether-ingress: {e}");
@@ -308,4 +322,37 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// Each SIGHUP re-reads the configuration (same file, same environment). A
+/// valid one is yielded (and its log level applied); an invalid one is refused
+/// with a log line and the running configuration stays.
+fn sighup_reloads(
+    path: Option<PathBuf>,
+    set_level: impl Fn(&str) + Send + 'static,
+) -> impl futures::Stream<Item = Config> + Send + 'static {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hup: Option<()> = None;
+    futures::stream::unfold(
+        (hup, path, set_level),
+        |(mut hup, path, set_level)| async move {
+            loop {
+                #[cfg(unix)]
+                hup.as_mut()?.recv().await?;
+                #[cfg(not(unix))]
+                hup?;
+                match Config::load(path.as_deref()) {
+                    Ok(config) => {
+                        set_level(&config.log_level);
+                        return Some((config, (hup, path, set_level)));
+                    }
+                    Err(e) => tracing::error!(
+                        "configuration reload refused; keeping the running one: {e}"
+                    ),
+                }
+            }
+        },
+    )
 }

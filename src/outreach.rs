@@ -263,7 +263,8 @@ where
     B: Body<Data = Bytes> + Unpin,
 {
     // Before the first load an unknown key may just not be loaded yet.
-    let credential = match app.auth.authenticate(req.headers()) {
+    let settings = app.settings.load();
+    let credential = match app.auth.authenticate(req.headers(), settings.jwt.as_ref()) {
         Err(Reject::InvalidKey) if !app.is_ready() => return Err(Reject::NotReady),
         other => other?,
     };
@@ -275,7 +276,7 @@ where
         return Err(Reject::NotReady);
     }
     let (parts, body) = req.into_parts();
-    let body = read_limited(&parts.headers, body, app.limits.max_body_bytes).await?;
+    let body = read_limited(&parts.headers, body, settings.max_body_bytes).await?;
     let received_at = now_ms();
     let plan = with_document(&body, |doc| plan(app, &principal, &body, doc))?;
     let body = body.freeze();
@@ -292,7 +293,7 @@ where
         request_id: Bytes::copy_from_slice(request_id.as_bytes()),
     };
     let started = std::time::Instant::now();
-    let job_id = match app.sink.enqueue_outreach(&job).await {
+    let job_id = match app.sink.enqueue_outreach(&job, &settings).await {
         Ok(id) => {
             app.metrics
                 .sink_duration

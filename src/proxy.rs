@@ -60,8 +60,6 @@ pub struct ProxySettings {
     pub url: Uri,
     /// Connect deadline.
     pub connect_timeout: Duration,
-    /// Deadline for the upstream's response head.
-    pub response_timeout: Duration,
 }
 
 /// The pooled client in front of the upstream.
@@ -69,7 +67,6 @@ pub struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
     scheme: Scheme,
     authority: Authority,
-    response_timeout: Duration,
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -131,7 +128,6 @@ impl Proxy {
             client,
             scheme: parts.scheme?,
             authority: parts.authority?,
-            response_timeout: settings.response_timeout,
         })
     }
 
@@ -142,6 +138,7 @@ impl Proxy {
         mut req: Request<B>,
         peer: SocketAddr,
         request_id: &HeaderValue,
+        response_timeout: Duration,
     ) -> Result<Response<Incoming>, Reject>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -189,15 +186,14 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
-        let mut res =
-            match tokio::time::timeout(self.response_timeout, self.client.request(out)).await {
-                Err(_) => return Err(Reject::GatewayTimeout),
-                Ok(Err(e)) => {
-                    debug!(error = %e, "upstream request failed");
-                    return Err(Reject::BadGateway);
-                }
-                Ok(Ok(res)) => res,
-            };
+        let mut res = match tokio::time::timeout(response_timeout, self.client.request(out)).await {
+            Err(_) => return Err(Reject::GatewayTimeout),
+            Ok(Err(e)) => {
+                debug!(error = %e, "upstream request failed");
+                return Err(Reject::BadGateway);
+            }
+            Ok(Ok(res)) => res,
+        };
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(downstream) = downstream_upgrade {
                 let upstream = hyper::upgrade::on(&mut res);

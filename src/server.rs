@@ -20,26 +20,15 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{metrics as m, service::Svc};
+use crate::{
+    metrics as m,
+    service::Svc,
+    settings::{Settings, SharedSettings},
+};
 
-/// Connection-level settings.
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    /// Connections served at once.
-    pub max_connections: usize,
-    /// Deadline for a connection's first byte.
-    pub first_byte_timeout: Duration,
-    /// HTTP/1 head deadline.
-    pub header_read_timeout: Duration,
-    /// Request head cap, bytes.
-    pub max_header_bytes: usize,
-    /// HTTP/2 streams per connection.
-    pub http2_max_concurrent_streams: u32,
-    /// Drain deadline on shutdown.
-    pub shutdown_grace: Duration,
-}
-
-fn builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
+/// A connection builder with the current settings (built per connection, so a
+/// reload applies to the next connection).
+fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -65,11 +54,11 @@ fn builder(s: &ServerSettings) -> auto::Builder<TokioExecutor> {
 pub async fn serve(
     listener: TcpListener,
     svc: Svc,
-    settings: ServerSettings,
+    max_connections: usize,
+    settings: SharedSettings,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
-    let builder = Arc::new(builder(&settings));
+    let permits = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let open = metrics::gauge!(m::CONNECTIONS_OPEN);
     let silent = metrics::counter!(m::CONNECTIONS_SILENT);
@@ -100,11 +89,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let mut stop = stop_rx.clone();
-        let builder = builder.clone();
+        let current = settings.load();
+        let builder = builder(&current);
+        let first_byte = current.first_byte_timeout;
+        drop(current);
         let svc = svc.for_peer(peer);
         let open = open.clone();
         let silent = silent.clone();
-        let first_byte = settings.first_byte_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let mut probe = [0u8; 1];
@@ -140,8 +131,9 @@ pub async fn serve(
     drop(listener);
     info!("shutting down: draining connections");
     let _ = stop_tx.send(true);
-    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
-    match tokio::time::timeout(settings.shutdown_grace, permits.acquire_many(all)).await {
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let grace = settings.load().shutdown_grace;
+    match tokio::time::timeout(grace, permits.acquire_many(all)).await {
         Ok(_) => true,
         Err(_) => {
             warn!("shutdown grace elapsed with connections still open");

@@ -15,10 +15,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     auth::Authenticator,
+    config::Config,
     error::Reject,
     metrics as m,
     outreach::{self, OrgProperties, OutreachConfigs},
@@ -26,6 +27,7 @@ use crate::{
     replica::{ReplicaStatus, now_ms},
     response::{REQUEST_ID, RequestIds},
     route::WebhookIndex,
+    settings::{Settings, SharedSettings, restart_needed},
     sink::StreamSink,
     workflow,
 };
@@ -37,15 +39,6 @@ pub type ResponseBody = Either<Full<Bytes>, Incoming>;
 pub const WORKFLOW_PATH: &str = "/api/webhook/workflow";
 /// Path of the outreach webhook.
 pub const OUTREACH_PATH: &str = "/api/webhook/outreach";
-
-/// Limits applied on the request path.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Webhook body cap, bytes.
-    pub max_body_bytes: usize,
-    /// `Retry-After` value sent with 503.
-    pub retry_after: HeaderValue,
-}
 
 /// Status labels with a pre-registered counter; anything else is "other".
 const STATUSES: [u16; 13] = [
@@ -82,8 +75,10 @@ pub struct App {
     pub sink: StreamSink,
     /// Readiness and staleness of the caches.
     pub replica: Arc<ReplicaStatus>,
-    /// Request limits.
-    pub limits: Limits,
+    /// Reloadable settings (limits, timeouts, streams, JWT secret).
+    pub settings: SharedSettings,
+    /// The configuration the process started with (for reload checks).
+    pub boot: Config,
     /// Request id issuer.
     pub request_ids: RequestIds,
     /// Metric handles.
@@ -270,7 +265,12 @@ impl App {
             (Route::Metrics, &Method::GET) => Ok(self.render_metrics()),
             _ => match &self.proxy {
                 Some(proxy) => proxy
-                    .forward(req, peer, &request_id)
+                    .forward(
+                        req,
+                        peer,
+                        &request_id,
+                        self.settings.load().upstream_response_timeout,
+                    )
                     .await
                     .map(|r| r.map(Either::Right)),
                 None => Err(Reject::NotFound),
@@ -308,13 +308,29 @@ impl App {
         );
         if reject.retry_after() {
             res.headers_mut()
-                .insert(RETRY_AFTER, self.limits.retry_after.clone());
+                .insert(RETRY_AFTER, self.settings.load().retry_after.clone());
         }
         if matches!(reject, Reject::MethodNotAllowed) {
             res.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("POST"));
         }
         res
+    }
+
+    /// Applies a reloaded configuration: swaps the reloadable settings and
+    /// names those that need a restart. Requests in flight keep the settings
+    /// they started with.
+    pub fn reload(&self, new: &Config) {
+        self.settings.store(Arc::new(Settings::from_config(new)));
+        let restart = restart_needed(&self.boot, new);
+        if restart.is_empty() {
+            info!("configuration reloaded");
+        } else {
+            warn!(
+                needs_restart = %restart.join(", "),
+                "configuration reloaded; these settings keep their old values until a restart"
+            );
+        }
     }
 
     /// Ready once the caches are loaded and the job writer has connected.
@@ -331,7 +347,7 @@ impl App {
                 Bytes::from_static(br#"{"status":"loading"}"#),
             );
             res.headers_mut()
-                .insert(RETRY_AFTER, self.limits.retry_after.clone());
+                .insert(RETRY_AFTER, self.settings.load().retry_after.clone());
             res
         }
     }

@@ -30,6 +30,8 @@ use std::{
 };
 
 use bytes::Bytes;
+
+use crate::settings::Settings;
 use fred::{
     prelude::*,
     types::streams::{XCapKind, XCapTrim},
@@ -181,12 +183,21 @@ pub struct SinkSettings {
     pub command_timeout: Duration,
     /// Cap on commands queued towards Redis.
     pub max_pending_commands: usize,
-    /// Workflow stream key.
-    pub workflow_stream: String,
-    /// Outreach stream key.
-    pub outreach_stream: String,
-    /// `MAXLEN ~` threshold.
-    pub maxlen: i64,
+}
+
+fn cap(settings: &Settings) -> (XCapKind, XCapTrim, i64) {
+    (
+        XCapKind::MaxLen,
+        XCapTrim::AlmostExact,
+        settings.stream_maxlen,
+    )
+}
+
+fn options(settings: &Settings) -> Options {
+    Options {
+        timeout: Some(settings.command_timeout),
+        ..Default::default()
+    }
 }
 
 // === impl StreamSink ===
@@ -197,9 +208,6 @@ pub struct StreamSink {
     client: Client,
     connected_once: Arc<AtomicBool>,
     waiter: Arc<tokio::task::JoinHandle<()>>,
-    workflow_stream: Key,
-    outreach_stream: Key,
-    maxlen: i64,
 }
 
 impl StreamSink {
@@ -241,9 +249,6 @@ impl StreamSink {
             client,
             connected_once,
             waiter: Arc::new(waiter),
-            workflow_stream: Key::from(settings.workflow_stream.as_str()),
-            outreach_stream: Key::from(settings.outreach_stream.as_str()),
-            maxlen: settings.maxlen,
         })
     }
 
@@ -257,24 +262,38 @@ impl StreamSink {
         self.client.is_connected()
     }
 
-    fn cap(&self) -> (XCapKind, XCapTrim, i64) {
-        (XCapKind::MaxLen, XCapTrim::AlmostExact, self.maxlen)
-    }
-
-    /// Stores every job; `Ok` only once Redis acknowledged all of them.
-    pub async fn enqueue(&self, jobs: &[WorkflowJob]) -> Result<(), SinkError> {
+    /// Stores every job on the workflow stream of `settings`; `Ok` only once
+    /// Redis acknowledged all of them.
+    pub async fn enqueue(
+        &self,
+        jobs: &[WorkflowJob],
+        settings: &Settings,
+    ) -> Result<(), SinkError> {
         if !self.client.is_connected() {
             return Err(SinkError::Disconnected);
         }
+        let client = self.client.with_options(&options(settings));
+        let add = |job: &WorkflowJob| {
+            client.xadd::<Value, _, _, _, _>(
+                settings.workflow_stream.clone(),
+                false,
+                cap(settings),
+                "*",
+                job.fields(),
+            )
+        };
         match jobs {
             [] => Ok(()),
-            [job] => self.xadd(job).await,
+            [job] => {
+                add(job).await?;
+                Ok(())
+            }
             // Concurrent single commands, not an explicit `Pipeline`: fred
             // writes them in one batch all the same, and unlike a pipeline
             // each keeps its own deadline and is never replayed after a
             // reconnect once its caller has given up on it.
             many => {
-                for result in futures::future::join_all(many.iter().map(|j| self.xadd(j))).await {
+                for result in futures::future::join_all(many.iter().map(add)).await {
                     result?;
                 }
                 Ok(())
@@ -283,35 +302,26 @@ impl StreamSink {
     }
 
     /// Stores one outreach job; returns its stream entry id once acknowledged.
-    pub async fn enqueue_outreach(&self, job: &OutreachJob) -> Result<Bytes, SinkError> {
+    pub async fn enqueue_outreach(
+        &self,
+        job: &OutreachJob,
+        settings: &Settings,
+    ) -> Result<Bytes, SinkError> {
         if !self.client.is_connected() {
             return Err(SinkError::Disconnected);
         }
         let id: Bytes = self
             .client
+            .with_options(&options(settings))
             .xadd(
-                self.outreach_stream.clone(),
+                settings.outreach_stream.clone(),
                 false,
-                self.cap(),
+                cap(settings),
                 "*",
                 job.fields(),
             )
             .await?;
         Ok(id)
-    }
-
-    async fn xadd(&self, job: &WorkflowJob) -> Result<(), SinkError> {
-        let _id: Value = self
-            .client
-            .xadd(
-                self.workflow_stream.clone(),
-                false,
-                self.cap(),
-                "*",
-                job.fields(),
-            )
-            .await?;
-        Ok(())
     }
 
     /// Closes the connection (after in-flight commands were answered).

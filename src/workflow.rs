@@ -43,7 +43,8 @@ where
     B::Error: Into<BoxError>,
 {
     // Before the first load an unknown key may just not be loaded yet.
-    let credential = match app.auth.authenticate(req.headers()) {
+    let settings = app.settings.load();
+    let credential = match app.auth.authenticate(req.headers(), settings.jwt.as_ref()) {
         Err(Reject::InvalidKey) if !app.is_ready() => return Err(Reject::NotReady),
         other => other?,
     };
@@ -52,7 +53,7 @@ where
         Credential::UnverifiedJwt => {
             return match &app.proxy {
                 Some(proxy) => proxy
-                    .forward(req, peer, request_id)
+                    .forward(req, peer, request_id, settings.upstream_response_timeout)
                     .await
                     .map(|r| r.map(Either::Right)),
                 None => Err(Reject::JwtNotAccepted),
@@ -63,7 +64,7 @@ where
         return Err(Reject::NotReady);
     }
     let (parts, body) = req.into_parts();
-    let body = read_limited(&parts.headers, body, app.limits.max_body_bytes).await?;
+    let body = read_limited(&parts.headers, body, settings.max_body_bytes).await?;
     let received_at = now_ms();
     let envelope = parse_envelope(body)?;
     let workflows = app
@@ -87,7 +88,7 @@ where
             })
             .collect();
         let started = std::time::Instant::now();
-        match app.sink.enqueue(&jobs).await {
+        match app.sink.enqueue(&jobs, &settings).await {
             Ok(()) => {
                 app.metrics
                     .sink_duration

@@ -36,7 +36,7 @@ fn auth_parse_match_allocates_only_the_shared_body_handle() {
         Fetched::String(Bytes::from_static(br#"{"userId":"u_1","orgId":"o_1"}"#)),
         1,
     );
-    let auth = Authenticator::new(std::sync::Arc::new(keys), None);
+    let auth = Authenticator::new(std::sync::Arc::new(keys));
     let index = WebhookIndex::new("tether:");
     index.apply(
         "o_1:wh_64d2f9c5e8a1d4e001a0b1c3",
@@ -47,7 +47,7 @@ fn auth_parse_match_allocates_only_the_shared_body_handle() {
     headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer user_key_1"));
 
     let run = |body: BytesMut| {
-        let Ok(Credential::ApiKey(p)) = auth.authenticate(&headers) else {
+        let Ok(Credential::ApiKey(p)) = auth.authenticate(&headers, None) else {
             panic!("auth")
         };
         let env = parse_envelope(body).unwrap();
@@ -79,7 +79,7 @@ fn auth_parse_match_allocates_only_the_shared_body_handle() {
         AUTHORIZATION,
         HeaderValue::from_static("Bearer user_key_unknown"),
     );
-    let (r, n) = allocations(|| auth.authenticate(&bad).is_err());
+    let (r, n) = allocations(|| auth.authenticate(&bad, None).is_err());
     assert!(r);
     assert_eq!(n, 0);
 }

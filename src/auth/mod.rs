@@ -212,20 +212,24 @@ impl View for KeyTable {
 /// Turns request headers into a [`Credential`].
 pub struct Authenticator {
     keys: std::sync::Arc<KeyTable>,
-    jwt: Option<jwt::JwtVerifier>,
 }
 
 impl Authenticator {
-    /// Authenticates API keys against `keys`, and JWTs with `jwt` when given.
-    pub fn new(keys: std::sync::Arc<KeyTable>, jwt: Option<jwt::JwtVerifier>) -> Self {
-        Self { keys, jwt }
+    /// Authenticates API keys against `keys`.
+    pub fn new(keys: std::sync::Arc<KeyTable>) -> Self {
+        Self { keys }
     }
 
-    /// Bearer → JWT (verified when a secret is configured) or SHA-256 → key table.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Credential, Reject> {
+    /// Bearer → JWT (verified with `jwt` when a secret is configured) or
+    /// SHA-256 → key table.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        jwt: Option<&jwt::JwtVerifier>,
+    ) -> Result<Credential, Reject> {
         let token = bearer_token(headers)?;
         if looks_like_jwt(token) {
-            return match &self.jwt {
+            return match jwt {
                 Some(v) => v
                     .verify(token, crate::replica::now_ms() / 1000)
                     .map(Credential::Jwt),
@@ -298,29 +302,26 @@ mod tests {
 
     #[test]
     fn known_inactive_and_unknown_keys() {
-        let auth = Authenticator::new(
-            table_with("k1", r#"{"userId":"u","orgId":"o","x":1}"#),
-            None,
-        );
-        match auth.authenticate(&headers("Bearer k1")).unwrap() {
+        let auth = Authenticator::new(table_with("k1", r#"{"userId":"u","orgId":"o","x":1}"#));
+        match auth.authenticate(&headers("Bearer k1"), None).unwrap() {
             Credential::ApiKey(p) => assert_eq!(p.org_id.as_str(), "o"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            auth.authenticate(&headers("Bearer k2")),
+            auth.authenticate(&headers("Bearer k2"), None),
             Err(Reject::InvalidKey)
         ));
-        let auth = Authenticator::new(
-            table_with("k1", r#"{"userId":"u","orgId":"o","active":false}"#),
-            None,
-        );
+        let auth = Authenticator::new(table_with(
+            "k1",
+            r#"{"userId":"u","orgId":"o","active":false}"#,
+        ));
         assert!(matches!(
-            auth.authenticate(&headers("Bearer k1")),
+            auth.authenticate(&headers("Bearer k1"), None),
             Err(Reject::InvalidKey)
         ));
-        let auth = Authenticator::new(table_with("k1", "not json"), None);
+        let auth = Authenticator::new(table_with("k1", "not json"));
         assert!(matches!(
-            auth.authenticate(&headers("Bearer k1")),
+            auth.authenticate(&headers("Bearer k1"), None),
             Err(Reject::InvalidKey)
         ));
     }

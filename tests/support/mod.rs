@@ -285,15 +285,43 @@ impl Ingress {
         s
     }
 
+    /// Starts, waits for readiness, and returns the sender of reloads.
+    pub async fn start_reloadable(
+        config: Config,
+    ) -> (Self, futures::channel::mpsc::UnboundedSender<Config>) {
+        let (reload_tx, reload_rx) = futures::channel::mpsc::unbounded();
+        let s = Self::spawn_with(config, reload_rx).await;
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                s.get("/readyz").await.0 == StatusCode::OK
+            })
+            .await,
+            "ingress did not become ready"
+        );
+        (s, reload_tx)
+    }
+
     /// Starts without waiting for readiness.
     pub async fn spawn(config: Config) -> Self {
+        Self::spawn_with(config, futures::stream::pending()).await
+    }
+
+    async fn spawn_with(
+        config: Config,
+        reloads: impl futures::Stream<Item = Config> + Send + 'static,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            tether_ingress::run(listener, config, async {
-                let _ = rx.await;
-            })
+            tether_ingress::run_with_reloads(
+                listener,
+                config,
+                async {
+                    let _ = rx.await;
+                },
+                reloads,
+            )
             .await
             .unwrap()
         });

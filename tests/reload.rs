@@ -1,0 +1,195 @@
+//! Reloading the configuration while serving: limits, streams and the JWT
+//! secret change without dropping a request; an invalid file is refused.
+#![allow(clippy::unwrap_used, missing_docs, clippy::disallowed_methods)]
+
+mod support;
+
+use std::{process::Command, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+use tether_ingress::{
+    auth::jwt::sign,
+    config::{RawConfig, Secret},
+};
+
+const KEY: &str = "user_reload_key";
+
+#[tokio::test]
+async fn limits_streams_and_jwt_secret_change_without_dropping_requests() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.auth.jwt_secret = Secret::new("old-secret");
+    let (ingress, reload) = Ingress::start_reloadable(raw.clone().validate().unwrap()).await;
+    let ingress = Arc::new(ingress);
+    let big = format!(r#"{{"webhookId":"wh_1","pad":"{}"}}"#, "x".repeat(200));
+    let exp = tether_ingress::replica::now_ms() / 1000 + 600;
+    let claims = format!(r#"{{"userId":"u_1","orgId":"o_1","exp":{exp}}}"#);
+    let old_jwt = sign(b"old-secret", r#"{"alg":"HS256"}"#, &claims);
+    let new_jwt = sign(b"new-secret", r#"{"alg":"HS256"}"#, &claims);
+    assert_eq!(
+        ingress.workflow(Some(KEY), &big).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        ingress
+            .workflow(Some(&old_jwt), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+
+    // Load across the reload: every request must be answered 202.
+    let load: Vec<_> = (0..400)
+        .map(|i| {
+            let ingress = ingress.clone();
+            tokio::spawn(async move {
+                ingress
+                    .workflow(Some(KEY), &format!(r#"{{"webhookId":"wh_1","i":{i}}}"#))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    let mut new = raw.clone();
+    new.server.max_body_bytes = 100;
+    new.streams.workflow = "tether:jobs:workflow:v2".into();
+    new.auth.jwt_secret = Secret::new("new-secret");
+    reload.unbounded_send(new.validate().unwrap()).unwrap();
+    for t in load {
+        assert_eq!(t.await.unwrap(), StatusCode::ACCEPTED);
+    }
+
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ingress.workflow(Some(KEY), &big).await.0 == StatusCode::PAYLOAD_TOO_LARGE
+        })
+        .await,
+        "new body limit"
+    );
+    assert_eq!(
+        ingress
+            .workflow(Some(&new_jwt), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        ingress
+            .workflow(Some(&old_jwt), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let before = xlen(&r, "tether:jobs:workflow").await;
+    assert_eq!(
+        ingress
+            .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        xlen(&r, "tether:jobs:workflow").await,
+        before,
+        "old stream untouched"
+    );
+    assert!(xlen(&r, "tether:jobs:workflow:v2").await >= 2);
+    // 2 before the load + 400 during it, each written to one of the two streams.
+    assert_eq!(
+        xlen(&r, "tether:jobs:workflow").await + xlen(&r, "tether:jobs:workflow:v2").await,
+        2 + 400 + 2
+    );
+}
+
+#[tokio::test]
+async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tether-reload-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "[server]\nmax_body_bytes = 1000\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["--config", file.to_str().unwrap()])
+        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_LOG", "info,fred=error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let post = |size: usize| {
+        let client = client.clone();
+        async move {
+            let body = format!(r#"{{"webhookId":"wh_1","pad":"{}"}}"#, "x".repeat(size));
+            let req = Request::post(format!("http://127.0.0.1:{port}/api/webhook/workflow"))
+                .header("authorization", format!("Bearer {KEY}"))
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            client
+                .request(req)
+                .await
+                .map(|r| r.status())
+                .unwrap_or(StatusCode::BAD_GATEWAY)
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            post(500).await == StatusCode::ACCEPTED
+        })
+        .await
+    );
+    let hup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+
+    std::fs::write(&file, "[server]\nmax_body_bytes = 100\n").unwrap();
+    hup(child.id());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            post(500).await == StatusCode::PAYLOAD_TOO_LARGE
+        })
+        .await,
+        "valid reload applied"
+    );
+
+    std::fs::write(&file, "[server]\nmax_body_bytes = 0\nnot_a_setting = 1\n").unwrap();
+    hup(child.id());
+    // The refusal is logged; meanwhile the running configuration stays.
+    let stdout = child.stdout.take().unwrap();
+    let refused = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("configuration reload refused"))
+    });
+    assert_eq!(post(50).await, StatusCode::ACCEPTED);
+    assert_eq!(post(500).await, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(refused.await.unwrap(), "no log line for the refused reload");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
