@@ -21,8 +21,10 @@ pub const HTTP_REJECTS: &str = "tether_http_rejected_total";
 pub const JOBS_WRITTEN: &str = "tether_jobs_written_total";
 /// Counter: job writes that failed, by `reason`.
 pub const JOB_WRITE_FAILURES: &str = "tether_job_write_failures_total";
-/// Histogram: seconds for one request's jobs to be acknowledged.
+/// Histogram: seconds for one request's jobs to be acknowledged (the Redis round trip).
 pub const SINK_DURATION: &str = "tether_sink_write_duration_seconds";
+/// Histogram: entries written together for one request (its batch).
+pub const SINK_BATCH: &str = "tether_sink_batch_size";
 /// Gauge: entries held by each replica view, by `view`.
 pub const REPLICA_ENTRIES: &str = "tether_replica_entries";
 /// Gauge: seconds since the replica was last known in sync with Redis.
@@ -43,6 +45,7 @@ pub const CONNECTIONS_SILENT: &str = "tether_connections_silent_closed_total";
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 const RESYNC_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -56,6 +59,9 @@ pub fn install() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(SINK_DURATION.into()), LATENCY_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(SINK_BATCH.into()), BATCH_BUCKETS)
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -75,7 +81,8 @@ pub fn install() -> Option<PrometheusHandle> {
 #[cfg(test)]
 mod tests {
     /// Every metric family the code registers.
-    const ALL: [&str; 15] = [
+    const ALL: [&str; 16] = [
+        super::SINK_BATCH,
         super::HTTP_REQUESTS,
         super::HTTP_IN_FLIGHT,
         super::HTTP_DURATION,

@@ -53,6 +53,8 @@ pub struct Handles {
     durations: Vec<Histogram>,
     /// Time for one request's jobs to be acknowledged.
     pub sink_duration: Histogram,
+    /// Entries written for one request.
+    pub sink_batch: Histogram,
     /// Entries written to the workflow stream.
     pub jobs_workflow: Counter,
     /// Entries written to the outreach stream.
@@ -183,6 +185,7 @@ impl Handles {
             requests,
             durations,
             sink_duration: metrics::histogram!(m::SINK_DURATION),
+            sink_batch: metrics::histogram!(m::SINK_BATCH),
             jobs_workflow: metrics::counter!(m::JOBS_WRITTEN, "stream" => "workflow"),
             jobs_outreach: metrics::counter!(m::JOBS_WRITTEN, "stream" => "outreach"),
             in_flight: metrics::gauge!(m::HTTP_IN_FLIGHT),
