@@ -93,6 +93,7 @@ where
                 app.metrics
                     .sink_duration
                     .record(started.elapsed().as_secs_f64());
+                app.metrics.sink_batch.record(jobs.len() as f64);
                 app.metrics.jobs_workflow.increment(jobs.len() as u64);
             }
             Err(e) => {

@@ -535,6 +535,8 @@ async fn other_routes_and_methods() {
         r#"tether_jobs_written_total{stream="workflow"}"#,
         r#"tether_replica_entries{view="api_keys"}"#,
         r#"tether_replica_entries{view="triggers"}"#,
+        "tether_sink_batch_size_bucket",
+        "tether_sink_write_duration_seconds_bucket",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
