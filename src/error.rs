@@ -361,6 +361,24 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_document_lists_exactly_these_codes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../openapi/openapi.json")).unwrap();
+        let mut documented: Vec<&str> =
+            doc["components"]["schemas"]["WebhookErrorResponse"]["properties"]["code"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+        let mut produced: Vec<&str> = all().iter().map(Reject::code).collect();
+        documented.sort_unstable();
+        produced.sort_unstable();
+        produced.dedup();
+        assert_eq!(documented, produced);
+    }
+
+    #[test]
     fn bad_input_is_never_5xx() {
         for r in all() {
             let server_side = matches!(
