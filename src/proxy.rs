@@ -189,7 +189,7 @@ impl Proxy {
         let mut res = match tokio::time::timeout(response_timeout, self.client.request(out)).await {
             Err(_) => return Err(Reject::GatewayTimeout),
             Ok(Err(e)) => {
-                debug!(error = %e, "upstream request failed");
+                debug!(?request_id, error = %e, "upstream request failed");
                 return Err(Reject::BadGateway);
             }
             Ok(Ok(res)) => res,
@@ -197,6 +197,7 @@ impl Proxy {
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(downstream) = downstream_upgrade {
                 let upstream = hyper::upgrade::on(&mut res);
+                let request_id = request_id.clone();
                 tokio::spawn(async move {
                     match (downstream.await, upstream.await) {
                         (Ok(down), Ok(up)) => {
@@ -206,7 +207,12 @@ impl Proxy {
                             )
                             .await;
                         }
-                        (d, u) => debug!(down = d.is_ok(), up = u.is_ok(), "upgrade failed"),
+                        (d, u) => debug!(
+                            ?request_id,
+                            down = d.is_ok(),
+                            up = u.is_ok(),
+                            "upgrade failed"
+                        ),
                     }
                 });
             }
