@@ -26,7 +26,7 @@ use crate::{
     id::Id,
     metrics as m,
     parse::{Document, with_document},
-    replica::{Fetched, KeyKind, View, escape_glob, now_ms},
+    replica::{Fetched, KeyKind, View, now_ms},
     response::decimal,
     service::App,
     sink::OutreachJob,
@@ -206,10 +206,6 @@ impl View for OrgProperties {
         suffix
             .strip_suffix(PROPERTIES_SUFFIX)
             .is_some_and(|org| !org.is_empty())
-    }
-
-    fn scan_pattern(&self) -> String {
-        format!("{}*{PROPERTIES_SUFFIX}", escape_glob(&self.prefix))
     }
 
     fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
@@ -440,7 +436,6 @@ mod tests {
         assert!(v.wants("o1:properties"));
         assert!(!v.wants("o1:settings"));
         assert!(!v.wants(":properties"));
-        assert_eq!(v.scan_pattern(), "tether:org:*:properties");
         v.apply(
             "o1:properties",
             Fetched::Hash(vec![

@@ -84,10 +84,6 @@ pub trait View: Send + Sync + 'static {
     fn wants(&self, suffix: &str) -> bool {
         !suffix.is_empty()
     }
-    /// SCAN MATCH pattern of the view's keys.
-    fn scan_pattern(&self) -> String {
-        format!("{}*", escape_glob(self.prefix()))
-    }
     /// Stores (or removes, for [`Fetched::Absent`]) the key whose name after
     /// the prefix is `suffix`, stamping it with generation `generation`.
     fn apply(&self, suffix: &str, value: Fetched, generation: u64);
@@ -234,6 +230,9 @@ impl Replica {
                 break;
             }
             if resync_due {
+                // This resync covers every reconnect reported so far (including
+                // the first connect, reported too); later ones trigger another.
+                while reconnects.try_recv().is_ok() {}
                 match self.resync(&client, &mut invalidations).await {
                     Ok(()) => resync_due = false,
                     Err(e) => {
@@ -307,17 +306,16 @@ impl Replica {
         self.status.connected.store(true, Ordering::Release);
         self.generation += 1;
         let generation = self.generation;
-        for i in 0..self.views.len() {
-            let view = self.views[i].clone();
-            let mut pages = client.scan(view.scan_pattern(), Some(SCAN_COUNT), None);
-            while let Some(mut page) = pages.try_next().await? {
-                let keys = page.take_results().unwrap_or_default();
-                let keys: Vec<Bytes> = keys.into_iter().filter_map(|k| key_bytes(&k)).collect();
-                self.read_and_apply(client, &keys, generation).await?;
-                // Writes that raced this page are applied right after it.
-                self.drain(client, invalidations, generation).await?;
-                page.next();
-            }
+        // One pass over the views' common prefix (four passes over a large
+        // keyspace cost four times the SCANs); keys are routed by prefix.
+        let mut pages = client.scan(self.scan_pattern(), Some(SCAN_COUNT), None);
+        while let Some(mut page) = pages.try_next().await? {
+            let keys = page.take_results().unwrap_or_default();
+            let keys: Vec<Bytes> = keys.into_iter().filter_map(|k| key_bytes(&k)).collect();
+            self.read_and_apply(client, &keys, generation).await?;
+            // Writes that raced this page are applied right after it.
+            self.drain(client, invalidations, generation).await?;
+            page.next();
         }
         for view in &self.views {
             view.sweep(generation);
@@ -398,42 +396,71 @@ impl Replica {
             if routed.is_empty() {
                 continue;
             }
+            // STRING keys in one MGET (nil for missing or other types); sets and
+            // hashes one command each. All in one pipeline, one round trip.
+            let (strings, others): (Vec<_>, Vec<_>) = routed
+                .into_iter()
+                .partition(|(view, _)| view.kind() == KeyKind::String);
             let pipeline = client.pipeline();
-            for (view, key) in &routed {
+            if !strings.is_empty() {
+                let names: Vec<Key> = strings
+                    .iter()
+                    .map(|(_, k)| Key::from((*k).clone()))
+                    .collect();
+                let _: () = pipeline.mget(names).await?;
+            }
+            for (view, key) in &others {
                 let key = Key::from((*key).clone());
                 let _: () = match view.kind() {
-                    KeyKind::String => pipeline.get(key).await?,
                     KeyKind::Set => pipeline.smembers(key).await?,
-                    KeyKind::Hash => pipeline.hgetall(key).await?,
+                    _ => pipeline.hgetall(key).await?,
                 };
             }
-            let results: Vec<Result<Value, Error>> = pipeline.try_all().await;
-            if results.len() != routed.len() {
-                return Err(Error::new(ErrorKind::Unknown, "pipeline answer count"));
+            let mut results = pipeline.try_all::<Value>().await.into_iter();
+            if !strings.is_empty() {
+                let values = match results.next() {
+                    Some(Ok(Value::Array(values))) if values.len() == strings.len() => values,
+                    Some(Err(e)) => return Err(e),
+                    _ => return Err(Error::new(ErrorKind::Unknown, "MGET answer shape")),
+                };
+                for ((view, key), value) in strings.into_iter().zip(values) {
+                    apply(view, key, to_fetched(KeyKind::String, value), generation);
+                }
             }
-            for ((view, key), result) in routed.into_iter().zip(results) {
-                let fetched = match result {
-                    Ok(value) => to_fetched(view.kind(), value),
+            for (view, key) in others {
+                let fetched = match results.next() {
+                    Some(Ok(value)) => to_fetched(view.kind(), value),
                     // WRONGTYPE and friends: the key is not valid control-plane
                     // data, so it is treated as absent. IO errors abort.
-                    Err(e)
+                    Some(Err(e))
                         if *e.kind() == ErrorKind::Unknown
                             || *e.kind() == ErrorKind::InvalidArgument =>
                     {
                         debug!(error = %e, "unreadable control-plane key treated as absent");
                         Fetched::Absent
                     }
-                    Err(e) => return Err(e),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(Error::new(ErrorKind::Unknown, "pipeline answer count")),
                 };
-                let Ok(name) = std::str::from_utf8(key) else {
-                    continue;
-                };
-                if let Some(suffix) = name.strip_prefix(view.prefix()) {
-                    view.apply(suffix, fetched, generation);
-                }
+                apply(view, key, fetched, generation);
             }
         }
         Ok(())
+    }
+
+    /// SCAN MATCH pattern covering every view: their longest common prefix.
+    fn scan_pattern(&self) -> String {
+        let mut common: &str = self.views.first().map_or("", |v| v.prefix());
+        for v in &self.views {
+            let shared = common
+                .char_indices()
+                .zip(v.prefix().chars())
+                .take_while(|((_, a), b)| a == b)
+                .last()
+                .map_or(0, |((i, a), _)| i + a.len_utf8());
+            common = &common[..shared];
+        }
+        format!("{}*", escape_glob(common))
     }
 
     fn view_for(&self, key: &[u8]) -> Option<&Arc<dyn View>> {
@@ -447,6 +474,16 @@ impl Replica {
         for v in &self.views {
             metrics::gauge!(m::REPLICA_ENTRIES, "view" => v.name()).set(v.len() as f64);
         }
+    }
+}
+
+/// Applies a read value to `view`, under the key's name after the prefix.
+fn apply(view: &Arc<dyn View>, key: &Bytes, fetched: Fetched, generation: u64) {
+    if let Some(suffix) = std::str::from_utf8(key)
+        .ok()
+        .and_then(|name| name.strip_prefix(view.prefix()))
+    {
+        view.apply(suffix, fetched, generation);
     }
 }
 
@@ -525,6 +562,52 @@ mod tests {
     fn glob_metacharacters_are_escaped() {
         assert_eq!(escape_glob("tether:"), "tether:");
         assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    struct Named(&'static str);
+
+    impl View for Named {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn prefix(&self) -> &str {
+            self.0
+        }
+        fn kind(&self) -> KeyKind {
+            KeyKind::String
+        }
+        fn apply(&self, _: &str, _: Fetched, _: u64) {}
+        fn sweep(&self, _: u64) {}
+        fn len(&self) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn one_scan_covers_every_view() {
+        let settings = ReplicaSettings {
+            redis_url: "redis://127.0.0.1:1".into(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            resync_interval: Duration::from_secs(1),
+        };
+        let views: Vec<Arc<dyn View>> = vec![
+            Arc::new(Named("tether:apikey:")),
+            Arc::new(Named("tether:triggers:")),
+            Arc::new(Named("tether:org:")),
+        ];
+        let r = Replica::new(views, settings.clone());
+        assert_eq!(r.scan_pattern(), "tether:*");
+        assert!(r.view_for(b"tether:jobs:workflow").is_none());
+        assert_eq!(
+            r.view_for(b"tether:org:o1:x").map(|v| v.prefix()),
+            Some("tether:org:")
+        );
+        let r = Replica::new(
+            vec![Arc::new(Named("a*b:x:")), Arc::new(Named("a*b:y:"))],
+            settings,
+        );
+        assert_eq!(r.scan_pattern(), "a\\*b:*");
     }
 
     #[test]

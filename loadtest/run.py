@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""One-command load harness for tether-ingress on this machine.
+
+Starts its own redis-server, seeds N API keys and N triggers (across 10,000
+orgs), builds release, starts the ingress, and drives it with wrk (or k6) at the
+440-byte lead body. In the same run it measures the comparators that give the
+numbers meaning:
+
+  bare-hyper     a hyper server that reads the body and answers 202 (ceiling)
+  hyper+xadd     the same plus one awaited XADD through fred (the obvious design)
+  redis-bench    redis-benchmark XADD, pipelined (the Redis ceiling)
+
+and prints one table: requests/s, jobs/s, p50/p99/p99.9, CPU per request of the
+ingress and of Redis, and a check that the stream holds exactly
+(202 responses x matches) new entries, where 202 responses are counted by the
+ingress itself (wrk does not count answers cut off at the end of a run).
+
+    loadtest/run.py [--keys 100000] [--duration 10] [--connections 64] [--k6] [--resync]
+
+Everything listens on 127.0.0.1 on free ports and is stopped at the end.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LUA = os.path.join(ROOT, "loadtest", "wrk", "workflow.lua")
+CLK = os.sysconf("SC_CLK_TCK")
+LOAD_KEY = "load_key_0"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+    except OSError:
+        return 0.0
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def resp(*args):
+    out = f"*{len(args)}\r\n"
+    for a in args:
+        b = str(a)
+        out += f"${len(b.encode())}\r\n{b}\r\n"
+    return out
+
+
+def seed(redis_port, n_keys):
+    """Writes n keys and n triggers through redis-cli --pipe; returns seconds."""
+    started = time.time()
+    proc = subprocess.Popen(
+        ["redis-cli", "-p", str(redis_port), "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    buf = []
+    for i in range(n_keys):
+        digest = hashlib.sha256(f"load_key_{i}".encode()).hexdigest()
+        record = json.dumps({"userId": f"u_{i}", "orgId": f"o_{i % 10000}"}, separators=(",", ":"))
+        buf.append(resp("SET", f"tether:apikey:{digest}", record))
+        buf.append(resp("SADD", f"tether:triggers:o_{i % 10000}:wh_{i}", f"wf_{i}"))
+        if len(buf) >= 20000:
+            proc.stdin.write("".join(buf).encode())
+            buf = []
+    buf.append(resp("SADD", "tether:triggers:o_0:wh_one", "wf_one"))
+    buf.append(resp("SADD", "tether:triggers:o_0:wh_ten", *[f"wf_ten_{j}" for j in range(10)]))
+    # For loadtest/mixed.js: an outreach configuration and properties of o_0 (the load key's org).
+    buf.append(resp("SET", "tether:outreach:config:cfg_load",
+                    '{"userId":"u_0","orgId":"o_0","active":true,"processId":"p_load","promptId":null}'))
+    buf.append(resp("HSET", "tether:org:o_0:properties", "jobTitle", "application", "lastMessage", "conversation"))
+    proc.stdin.write("".join(buf).encode())
+    proc.stdin.close()
+    proc.wait()
+    return time.time() - started
+
+
+def wait_http(url, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except Exception:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def metric(port, name, labels):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def xlen(redis_port, stream):
+    out = subprocess.run(["redis-cli", "-p", str(redis_port), "XLEN", stream], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+
+def parse_latency(text, pct):
+    m = re.search(rf"^\s+{re.escape(pct)}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return None
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def run_wrk(url, duration, conns, args, pids):
+    before = {p: cpu_seconds(p) for p in pids}
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", LUA, url, "--"] + args
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    cpu = {p: cpu_seconds(p) - before[p] for p in pids}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "total": total,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "p50": parse_latency(out, "50"),
+        "p99": parse_latency(out, "99"),
+        "p999": parse_latency(out, "99.900") or parse_latency(out, "99.9"),
+        "cpu": cpu,
+        "raw": out,
+    }
+
+
+def run_k6(url, duration, conns, key, webhook):
+    script = os.path.join(ROOT, "loadtest", "workflow.js")
+    out = subprocess.run(
+        ["k6", "run", "--quiet", "-e", f"BASE_URL={url}", "-e", f"API_KEY={key}", "-e", f"WEBHOOK_ID={webhook}",
+         "-e", f"VUS={conns}", "-e", f"DURATION={duration}s", "--summary-trend-stats", "p(50),p(99),p(99.9)", script],
+        capture_output=True, text=True,
+    )
+    return out.stdout + out.stderr
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, env=None, **kw):
+        p = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            self.stop(p)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keys", type=int, default=100_000, help="API keys and triggers to seed (default 100000)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per scenario")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--k6", action="store_true", help="also drive the 1-match scenario with k6")
+    ap.add_argument("--resync", action="store_true", help="also measure p99 with a full resync every 2 s")
+    opts = ap.parse_args()
+    for tool in ["wrk", "redis-server", "redis-cli", "redis-benchmark", "cargo"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing (apt-get install wrk redis-server; rustup for cargo)")
+
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "tether-ingress", "--example", "comparator"], cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target", "release", "tether-ingress")
+    comparator = os.path.join(ROOT, "target", "release", "examples", "comparator")
+    procs = Procs()
+    work = tempfile.mkdtemp(prefix="tether-load-")
+    rows, checks, notes = [], [], []
+    try:
+        rport = free_port()
+        redis = procs.start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work])
+        assert wait_redis(rport)
+        seconds = seed(rport, opts.keys)
+        notes.append(f"seeded {opts.keys:,} keys and {opts.keys:,} triggers across 10,000 orgs in {seconds:.1f} s")
+
+        # A maxlen above what a run writes, so the stream check is not blurred by trimming.
+        base_cfg = os.path.join(work, "load.toml")
+        with open(base_cfg, "w") as f:
+            f.write("[streams]\nmaxlen = 1000000000\n")
+
+        def start_ingress(extra_env=None):
+            port = free_port()
+            env = {"TETHER_INGRESS_LISTEN": f"127.0.0.1:{port}", "TETHER_INGRESS_REDIS_URL": f"redis://127.0.0.1:{rport}",
+                   "TETHER_INGRESS_LOG": "error", **(extra_env or {})}
+            started = time.time()
+            p = procs.start([binary, "--config", base_cfg], env=env)
+            assert wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120), "ingress not ready"
+            return p, port, time.time() - started
+
+        ingress, iport, load_s = start_ingress()
+        notes.append(f"ingress ready (caches loaded) in {load_s:.2f} s; RSS {rss_mb(ingress.pid):.0f} MB")
+
+        for label, webhook, matches in [("ingress 1 match", "wh_one", 1), ("ingress 10 matches", "wh_ten", 10)]:
+            x0 = xlen(rport, "tether:jobs:workflow")
+            a0 = metric(iport, "tether_http_requests_total", {"route": "workflow", "status": "202"})
+            r = run_wrk(f"http://127.0.0.1:{iport}", opts.duration, opts.connections, [LOAD_KEY, webhook], [ingress.pid, redis.pid])
+            time.sleep(0.2)  # let the last acknowledged writes land in XLEN
+            acked = metric(iport, "tether_http_requests_total", {"route": "workflow", "status": "202"}) - a0
+            written = xlen(rport, "tether:jobs:workflow") - x0
+            checks.append((label, int(acked), matches, written))
+            rows.append((label, r, r["rps"] * matches, r["cpu"][ingress.pid], r["cpu"][redis.pid]))
+            subprocess.run(["redis-cli", "-p", str(rport), "DEL", "tether:jobs:workflow"], capture_output=True)
+
+        if opts.k6 and shutil.which("k6"):
+            notes.append("k6 (1 match):\n" + run_k6(f"http://127.0.0.1:{iport}", opts.duration, opts.connections, LOAD_KEY, "wh_one"))
+        procs.stop(ingress)
+
+        if opts.resync:
+            ingress, iport, _ = start_ingress({})
+            base = run_wrk(f"http://127.0.0.1:{iport}", opts.duration, opts.connections, [LOAD_KEY, "wh_one"], [ingress.pid, redis.pid])
+            procs.stop(ingress)
+            cfg = os.path.join(work, "resync.toml")
+            with open(cfg, "w") as f:
+                f.write("[redis]\nresync_interval_secs = 2\n[streams]\nmaxlen = 1000000000\n")
+            port = free_port()
+            ingress = procs.start([binary, "--config", cfg], env={"TETHER_INGRESS_LISTEN": f"127.0.0.1:{port}",
+                                  "TETHER_INGRESS_REDIS_URL": f"redis://127.0.0.1:{rport}", "TETHER_INGRESS_LOG": "error"})
+            assert wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
+            during = run_wrk(f"http://127.0.0.1:{port}", opts.duration, opts.connections, [LOAD_KEY, "wh_one"], [ingress.pid, redis.pid])
+            notes.append(f"p99 without / with a full resync every 2 s: {base['p99']:.2f} ms / {during['p99']:.2f} ms "
+                         f"({(during['p99'] / base['p99'] - 1) * 100:+.0f}%)")
+            procs.stop(ingress)
+
+        for mode, label in [("accept", "bare-hyper"), ("xadd", "hyper+xadd")]:
+            port = free_port()
+            args = [comparator, mode, f"127.0.0.1:{port}"] + ([f"redis://127.0.0.1:{rport}"] if mode == "xadd" else [])
+            p = procs.start(args)
+            wait_tcp(port)
+            r = run_wrk(f"http://127.0.0.1:{port}", opts.duration, opts.connections, [LOAD_KEY, "wh_one"], [p.pid, redis.pid])
+            rows.append((label, r, r["rps"] if mode == "xadd" else 0, r["cpu"][p.pid], r["cpu"][redis.pid]))
+            procs.stop(p)
+
+        payload = "x" * 440
+        before = cpu_seconds(redis.pid)
+        out = subprocess.run(["redis-benchmark", "-p", str(rport), "-q", "-n", "1000000", "-c", str(opts.connections), "-P", "32",
+                              "XADD", "bench:stream", "MAXLEN", "~", "1000000", "*", "payload", payload], capture_output=True, text=True).stdout
+        m = re.search(r"([\d.]+) requests per second", out)
+        bench_rate = float(m.group(1)) if m else 0.0
+        notes.append(f"redis-benchmark XADD -P 32 -c {opts.connections}: {bench_rate:,.0f} XADD/s (Redis CPU {cpu_seconds(redis.pid) - before:.1f} s)")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def ms(v):
+        return f"{v:.2f}" if v is not None else "-"
+
+    print(f"\nwrk -t2 -c{opts.connections} -d{opts.duration}s, 440-byte lead body, {opts.keys:,} keys and triggers loaded\n")
+    print(f"{'scenario':<20}{'requests/s':>12}{'jobs/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'non-2xx':>9}{'server CPU/req':>16}{'redis CPU/req':>15}")
+    for label, r, jobs, cpu_srv, cpu_redis in rows:
+        n = max(r["total"], 1)
+        print(f"{label:<20}{r['rps']:>12,.0f}{jobs:>12,.0f}{ms(r['p50']):>9}{ms(r['p99']):>9}{ms(r['p999']):>10}{r['non2xx']:>9}"
+              f"{cpu_srv / n * 1e6:>13.1f} us{cpu_redis / n * 1e6:>12.1f} us")
+    print()
+    byname = {label: r for label, r, *_ in rows}
+    one, ten = byname["ingress 1 match"]["rps"], byname["ingress 10 matches"]["rps"] * 10
+    print(f"1 match vs hyper+xadd: {one / byname['hyper+xadd']['rps']:.2f}x   (target >= 1.0)")
+    print(f"1 match vs bare hyper: {one / byname['bare-hyper']['rps']:.2f}x   (target >= 0.75)")
+    if bench_rate:
+        print(f"10 matches, jobs/s vs redis-benchmark pipelined XADD: {ten / bench_rate:.2f}x   (target >= 0.5)")
+    print(f"p99 at {opts.connections} connections, 1 match: {ms(byname['ingress 1 match']['p99'])} ms   (target < 2 ms)")
+    # Every acknowledged job must be written. Entries beyond that can only come
+    # from requests the client hung up on at the end of the run (at most one per
+    # connection): written, never answered, so a real caller would retry them.
+    def stream_ok(acked, matches, written):
+        return acked * matches <= written <= (acked + opts.connections) * matches
+
+    for label, acked, matches, written in checks:
+        extra = written - acked * matches
+        status = "OK" if stream_ok(acked, matches, written) else "MISMATCH"
+        print(f"stream check, {label}: {acked:,} x {matches} acknowledged, {written:,} written "
+              f"({extra:+,} from requests cut off unanswered at the end): {status}")
+    for n in notes:
+        print(n)
+    if not all(stream_ok(a, m, w) for _, a, m, w in checks):
+        sys.exit(1)
+
+
+def wait_redis(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_tcp(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+if __name__ == "__main__":
+    main()
