@@ -586,3 +586,29 @@ async fn silent_connections_are_closed() {
         assert!(n.is_ok(), "connection was not closed");
     }
 }
+
+#[tokio::test]
+async fn the_first_connect_loads_the_replica_exactly_once() {
+    let (redis, r, ingress) = setup().await;
+    // Something written after readiness and seen by the ingress: the replica
+    // task has handled every event queued before it, a stale resync included.
+    put_key(&r, "user_after_ready", r#"{"userId":"u_2","orgId":"o_1"}"#).await;
+    assert!(
+        eventually(WITHIN, || async {
+            ingress
+                .workflow(Some("user_after_ready"), r#"{"webhookId":"wh_1"}"#)
+                .await
+                .0
+                == StatusCode::ACCEPTED
+        })
+        .await
+    );
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let scans: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_scan:"))
+        .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+        .unwrap_or(0);
+    // A keyspace this small is one SCAN page: one full load.
+    assert_eq!(scans, 1, "{stats}");
+}
