@@ -35,6 +35,7 @@ use std::{
 
 use bytes::Bytes;
 use fred::{
+    interfaces::LuaInterface,
     prelude::*,
     types::{RespVersion, scan::Scanner},
 };
@@ -147,6 +148,23 @@ pub struct ReplicaSettings {
     /// Safety-net resync period.
     pub resync_interval: Duration,
 }
+
+/// Reads a page of SET and HASH keys in one call: `KEYS[i]` is read if its
+/// type is `ARGV[i]`, else answered nil (missing, or not control-plane data).
+const READ_PAGE_SCRIPT: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key).ok
+  if kind == ARGV[i] and kind == 'set' then
+    out[i] = redis.call('SMEMBERS', key)
+  elseif kind == ARGV[i] and kind == 'hash' then
+    out[i] = redis.call('HGETALL', key)
+  else
+    out[i] = false
+  end
+end
+return out
+"#;
 
 /// Keys read per SCAN page and per pipelined read.
 const SCAN_COUNT: u32 = 1000;
@@ -401,48 +419,50 @@ impl Replica {
             let (strings, others): (Vec<_>, Vec<_>) = routed
                 .into_iter()
                 .partition(|(view, _)| view.kind() == KeyKind::String);
-            let pipeline = client.pipeline();
-            if !strings.is_empty() {
-                let names: Vec<Key> = strings
-                    .iter()
-                    .map(|(_, k)| Key::from((*k).clone()))
-                    .collect();
-                let _: () = pipeline.mget(names).await?;
-            }
-            for (view, key) in &others {
-                let key = Key::from((*key).clone());
-                let _: () = match view.kind() {
-                    KeyKind::Set => pipeline.smembers(key).await?,
-                    _ => pipeline.hgetall(key).await?,
-                };
-            }
-            let mut results = pipeline.try_all::<Value>().await.into_iter();
-            if !strings.is_empty() {
-                let values = match results.next() {
-                    Some(Ok(Value::Array(values))) if values.len() == strings.len() => values,
-                    Some(Err(e)) => return Err(e),
-                    _ => return Err(Error::new(ErrorKind::Unknown, "MGET answer shape")),
-                };
-                for ((view, key), value) in strings.into_iter().zip(values) {
-                    apply(view, key, to_fetched(KeyKind::String, value), generation);
-                }
-            }
-            for (view, key) in others {
-                let fetched = match results.next() {
-                    Some(Ok(value)) => to_fetched(view.kind(), value),
-                    // WRONGTYPE and friends: the key is not valid control-plane
-                    // data, so it is treated as absent. IO errors abort.
-                    Some(Err(e))
-                        if *e.kind() == ErrorKind::Unknown
-                            || *e.kind() == ErrorKind::InvalidArgument =>
-                    {
-                        debug!(error = %e, "unreadable control-plane key treated as absent");
-                        Fetched::Absent
+            // Two concurrent commands: fred writes them in one batch.
+            let string_names: Vec<Key> = strings
+                .iter()
+                .map(|(_, k)| Key::from((*k).clone()))
+                .collect();
+            let other_names: Vec<Key> = others
+                .iter()
+                .map(|(_, k)| Key::from((*k).clone()))
+                .collect();
+            let kinds: Vec<&str> = others
+                .iter()
+                .map(|(v, _)| {
+                    if v.kind() == KeyKind::Set {
+                        "set"
+                    } else {
+                        "hash"
                     }
-                    Some(Err(e)) => return Err(e),
-                    None => return Err(Error::new(ErrorKind::Unknown, "pipeline answer count")),
+                })
+                .collect();
+            let read_strings = async {
+                if string_names.is_empty() {
+                    return Ok(Value::Array(Vec::new()));
+                }
+                client.mget::<Value, _>(string_names).await
+            };
+            let read_others = async {
+                if other_names.is_empty() {
+                    return Ok(Value::Array(Vec::new()));
+                }
+                client
+                    .eval::<Value, _, _, _>(READ_PAGE_SCRIPT, other_names, kinds)
+                    .await
+            };
+            let (string_values, other_values) = tokio::join!(read_strings, read_others);
+            for (batch, values) in [(strings, string_values?), (others, other_values?)] {
+                let values = match values {
+                    Value::Array(values) if values.len() == batch.len() => values,
+                    // A one-key MGET may come back unwrapped.
+                    v if batch.len() == 1 => vec![v],
+                    _ => return Err(Error::new(ErrorKind::Unknown, "page read answer shape")),
                 };
-                apply(view, key, fetched, generation);
+                for ((view, key), value) in batch.into_iter().zip(values) {
+                    apply(view, key, to_fetched(view.kind(), value), generation);
+                }
             }
         }
         Ok(())

@@ -98,8 +98,10 @@ impl View for WebhookIndex {
     fn sweep(&self, generation: u64) {
         self.orgs.retain(|_, m| {
             m.retain(|_, t| t.generation >= generation);
+            m.shrink_to_fit();
             !m.is_empty()
         });
+        self.orgs.shrink_to_fit();
     }
 
     fn len(&self) -> usize {

@@ -612,3 +612,47 @@ async fn the_first_connect_loads_the_replica_exactly_once() {
     // A keyspace this small is one SCAN page: one full load.
     assert_eq!(scans, 1, "{stats}");
 }
+
+#[tokio::test]
+async fn control_plane_keys_of_the_wrong_type_are_ignored() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    // A key record stored as a set, a trigger stored as a string, properties as a list.
+    let _: () = fred::prelude::SetsInterface::sadd(
+        &r,
+        format!("tether:apikey:{}", sha256_hex("user_set")),
+        "x",
+    )
+    .await
+    .unwrap();
+    let _: () = fred::prelude::KeysInterface::set(
+        &r,
+        "tether:triggers:o_1:wh_str",
+        "wf_x",
+        None,
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let _: () = fred::prelude::ListInterface::rpush(&r, "tether:org:o_1:properties", "x")
+        .await
+        .unwrap();
+    let ingress = Ingress::start(&redis.url()).await;
+    assert_eq!(
+        ingress
+            .workflow(Some("user_set"), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, _, resp) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_str"}"#)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(json(&resp)["data"]["matchedCount"], 0);
+    let (_, _, resp) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(json(&resp)["data"]["matchedCount"], 1);
+}

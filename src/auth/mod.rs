@@ -7,6 +7,11 @@
 //! synchronous and allocation-free on success: the digest lives on the stack
 //! and the principal's ids are reference-counted.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use dashmap::DashMap;
 use http::{HeaderMap, header::AUTHORIZATION};
 use ring::digest;
@@ -35,9 +40,9 @@ pub mod jwt;
 #[derive(Debug)]
 pub enum Credential {
     /// A known, active API key.
-    ApiKey(Principal),
+    ApiKey(Arc<Principal>),
     /// A JWT verified with the configured secret.
-    Jwt(Principal),
+    Jwt(Arc<Principal>),
     /// A token shaped like a JWT, with no secret to verify it here.
     UnverifiedJwt,
 }
@@ -105,9 +110,14 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
 
 /// Live view of the API keys: SHA-256 digest → principal. Inactive keys are
 /// not held, so they fail exactly like unknown ones.
+///
+/// Slots hold an `Arc<Principal>` (48 bytes with the digest and generation),
+/// and org ids are interned: a million keys share their orgs' ids.
 pub struct KeyTable {
     prefix: String,
-    entries: DashMap<KeyDigest, (Principal, u64)>,
+    entries: DashMap<KeyDigest, (Arc<Principal>, u64)>,
+    /// Org id interner; touched only by the replica task (never across an await).
+    orgs: Mutex<HashMap<Box<str>, Id>>,
 }
 
 /// The JSON record stored under an API key's digest.
@@ -132,12 +142,23 @@ impl KeyTable {
         Self {
             prefix: format!("{key_prefix}apikey:"),
             entries: DashMap::new(),
+            orgs: Mutex::new(HashMap::new()),
         }
     }
 
     /// The principal of an active key with this digest.
-    pub fn lookup(&self, digest: &KeyDigest) -> Option<Principal> {
+    pub fn lookup(&self, digest: &KeyDigest) -> Option<Arc<Principal>> {
         self.entries.get(digest).map(|e| e.0.clone())
+    }
+
+    fn intern_org(&self, org: &str) -> Id {
+        let mut orgs = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = orgs.get(org) {
+            return id.clone();
+        }
+        let id = Id::from_str_copy(org);
+        orgs.insert(org.into(), id.clone());
+        id
     }
 }
 
@@ -154,16 +175,9 @@ fn parse_hex_digest(s: &str) -> Option<KeyDigest> {
     Some(out)
 }
 
-fn parse_principal(raw: &[u8]) -> Option<Principal> {
+fn parse_record(raw: &[u8]) -> Option<KeyRecord> {
     let rec: KeyRecord = serde_json::from_slice(raw).ok()?;
-    if !rec.active || rec.user_id.is_empty() || rec.org_id.is_empty() {
-        return None;
-    }
-    Some(Principal {
-        user_id: Id::from_str_copy(&rec.user_id),
-        org_id: Id::from_str_copy(&rec.org_id),
-        rate_limit_per_sec: rec.rate_limit_per_sec,
-    })
+    (rec.active && !rec.user_id.is_empty() && !rec.org_id.is_empty()).then_some(rec)
 }
 
 impl View for KeyTable {
@@ -184,13 +198,19 @@ impl View for KeyTable {
         let Some(digest) = parse_hex_digest(suffix) else {
             return;
         };
-        let principal = match value {
-            Fetched::String(raw) => parse_principal(&raw),
+        let record = match value {
+            Fetched::String(raw) => parse_record(&raw),
             _ => None,
         };
-        match principal {
-            Some(p) => {
-                self.entries.insert(digest, (p, generation));
+        match record {
+            Some(rec) => {
+                let principal = Principal {
+                    user_id: Id::from_str_copy(&rec.user_id),
+                    org_id: self.intern_org(&rec.org_id),
+                    rate_limit_per_sec: rec.rate_limit_per_sec,
+                };
+                self.entries
+                    .insert(digest, (Arc::new(principal), generation));
             }
             None => {
                 self.entries.remove(&digest);
@@ -200,6 +220,8 @@ impl View for KeyTable {
 
     fn sweep(&self, generation: u64) {
         self.entries.retain(|_, e| e.1 >= generation);
+        // Capacity left over from growth or removals is given back.
+        self.entries.shrink_to_fit();
     }
 
     fn len(&self) -> usize {
@@ -232,7 +254,7 @@ impl Authenticator {
             return match jwt {
                 Some(v) => v
                     .verify(token, crate::replica::now_ms() / 1000)
-                    .map(Credential::Jwt),
+                    .map(|p| Credential::Jwt(Arc::new(p))),
                 None => Ok(Credential::UnverifiedJwt),
             };
         }
