@@ -18,6 +18,8 @@ use crate::{
 /// Workflow ids of one trigger set, shared with every request that matches it.
 pub type Workflows = Arc<[Id]>;
 
+type Hash = foldhash::fast::RandomState;
+
 struct Trigger {
     workflows: Workflows,
     generation: u64,
@@ -26,7 +28,7 @@ struct Trigger {
 /// Live view of the trigger sets.
 pub struct WebhookIndex {
     prefix: String,
-    orgs: DashMap<Box<str>, HashMap<Box<str>, Trigger>>,
+    orgs: DashMap<Box<str>, HashMap<Box<str>, Trigger, Hash>, Hash>,
 }
 
 impl WebhookIndex {
@@ -34,7 +36,7 @@ impl WebhookIndex {
     pub fn new(key_prefix: &str) -> Self {
         Self {
             prefix: format!("{key_prefix}triggers:"),
-            orgs: DashMap::new(),
+            orgs: DashMap::with_hasher(Hash::default()),
         }
     }
 
