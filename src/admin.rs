@@ -7,7 +7,6 @@
 
 use std::{io::Write, time::Duration};
 
-use bytes::Bytes;
 use fred::{prelude::*, types::scan::Scanner};
 use futures::TryStreamExt;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -311,7 +310,7 @@ impl Admin {
                 .client
                 .xread(Some(100), Some(5_000), stream.as_str(), last.as_str())
                 .await?;
-            for (id, fields) in stream_entries(reply) {
+            for crate::worker::Entry { id, fields } in crate::worker::parse_read(reply) {
                 let mut obj = serde_json::Map::new();
                 obj.insert("id".into(), id.clone().into());
                 for (k, v) in fields {
@@ -327,53 +326,6 @@ impl Admin {
             }
         }
     }
-}
-
-fn text(v: Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.to_string()),
-        Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
-        Value::Integer(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-/// Flattens an XREAD reply (RESP2 arrays or RESP3 maps) into (id, fields).
-fn stream_entries(reply: Value) -> Vec<(String, Vec<(String, String)>)> {
-    let streams: Vec<Value> = match reply {
-        Value::Array(a) => a,
-        Value::Map(m) => m
-            .inner()
-            .into_iter()
-            .map(|(k, v)| Value::Array(vec![Value::Bytes(Bytes::copy_from_slice(k.as_bytes())), v]))
-            .collect(),
-        _ => return Vec::new(),
-    };
-    let mut out = Vec::new();
-    for s in streams {
-        let Value::Array(mut pair) = s else { continue };
-        let Some(Value::Array(entries)) = pair.pop() else {
-            continue;
-        };
-        for e in entries {
-            let Value::Array(mut e) = e else { continue };
-            let fields = e.pop();
-            let Some(id) = e.pop().and_then(text) else {
-                continue;
-            };
-            let mut kv = Vec::new();
-            if let Some(Value::Array(f)) = fields {
-                let mut it = f.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    if let (Some(k), Some(v)) = (text(k), text(v)) {
-                        kv.push((k, v));
-                    }
-                }
-            }
-            out.push((id, kv));
-        }
-    }
-    out
 }
 
 /// The effective configuration as `name = value` lines, secrets masked.

@@ -180,16 +180,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_admin(config: Config, command: Command) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Builds a runtime, reporting a failure on stderr.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tether-ingress: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        .map_err(|e| eprintln!("tether-ingress: cannot start the runtime: {e}"))
+        .ok()
+}
+
+fn run_admin(config: Config, command: Command) -> ExitCode {
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
         let admin = Admin::connect(&config).await?;
@@ -286,15 +288,8 @@ fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     } else {
         registry.with(tracing_subscriber::fmt::layer()).init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tether-ingress: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {

@@ -225,8 +225,8 @@ fn parse_entries(v: Value) -> Vec<Entry> {
         .collect()
 }
 
-/// XREADGROUP's reply (RESP2 arrays or RESP3 map) → entries of the one stream.
-fn parse_read(reply: Value) -> Vec<Entry> {
+/// An XREAD or XREADGROUP reply (RESP2 arrays or RESP3 map) → its entries.
+pub(crate) fn parse_read(reply: Value) -> Vec<Entry> {
     match reply {
         Value::Array(streams) => streams
             .into_iter()
