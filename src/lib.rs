@@ -134,10 +134,16 @@ pub struct Background {
 }
 
 impl Background {
-    /// Stops the background tasks and waits for them.
+    /// Stops the background tasks, waiting a bounded time for them.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.replica_task.await;
+        let mut task = self.replica_task;
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }
 

@@ -238,7 +238,11 @@ impl Replica {
         let mut reconnects = client.reconnect_rx();
         let mut errors = client.error_rx();
         let mut invalidations = client.invalidation_rx();
-        let _conn = client.init().await?;
+        // The first connect retries until Redis answers; shutdown must not wait for it.
+        let _conn = tokio::select! {
+            r = client.init() => r?,
+            _ = shutdown.changed() => return Ok(()),
+        };
         let mut resync_timer = tokio::time::interval(self.settings.resync_interval);
         resync_timer.tick().await;
         // A resync is owed at start; after that, on reconnects, lag and the timer.

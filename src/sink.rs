@@ -327,6 +327,9 @@ impl StreamSink {
     /// Closes the connection (after in-flight commands were answered).
     pub async fn close(&self) {
         self.waiter.abort();
-        let _ = self.client.quit().await;
+        // QUIT on a client that never connected would wait for a connection.
+        if self.client.is_connected() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.client.quit()).await;
+        }
     }
 }

@@ -274,3 +274,51 @@ async fn json_logs_carry_the_request_id_and_never_a_secret() {
         assert!(!text.contains(secret), "{secret} appeared in the logs");
     }
 }
+
+#[tokio::test]
+async fn sigterm_exits_even_if_redis_never_came_up() {
+    let port = free_port();
+    let child = binary()
+        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "TETHER_INGRESS_REDIS_URL",
+            format!("redis://127.0.0.1:{}", free_port()),
+        )
+        .env("TETHER_INGRESS_LOG", "error")
+        .spawn()
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let healthy = || {
+        let client = client.clone();
+        async move {
+            let req = Request::get(format!("http://127.0.0.1:{port}/healthz"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client
+                .request(req)
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        }
+    };
+    assert!(eventually(Duration::from_secs(30), healthy).await);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let child = std::sync::Mutex::new(child);
+    let exited = eventually(Duration::from_secs(20), || async {
+        child.lock().unwrap().try_wait().unwrap().is_some()
+    })
+    .await;
+    let mut child = child.into_inner().unwrap();
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the process did not exit after SIGTERM");
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
