@@ -258,12 +258,8 @@ pub async fn handle<B>(
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    // Before the first load an unknown key may just not be loaded yet.
     let settings = app.settings.load();
-    let credential = match app.auth.authenticate(req.headers(), settings.jwt.as_ref()) {
-        Err(Reject::InvalidKey) if !app.is_ready() => return Err(Reject::NotReady),
-        other => other?,
-    };
+    let credential = app.authenticate(req.headers(), &settings)?;
     let principal = match credential {
         Credential::ApiKey(p) => p,
         Credential::Jwt(_) | Credential::UnverifiedJwt => return Err(Reject::ApiKeyRequired),

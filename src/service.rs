@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::{debug, info, warn};
 
 use crate::{
-    auth::Authenticator,
+    auth::{Authenticator, Credential},
     config::Config,
     error::Reject,
     metrics as m,
@@ -333,6 +333,19 @@ impl App {
                 needs_restart = %restart.join(", "),
                 "configuration reloaded; these settings keep their old values until a restart"
             );
+        }
+    }
+
+    /// Authenticates a webhook request with the current settings. Before the
+    /// first load an unknown key may simply not be loaded yet: 503, not 401.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        settings: &Settings,
+    ) -> Result<Credential, Reject> {
+        match self.auth.authenticate(headers, settings.jwt.as_ref()) {
+            Err(Reject::InvalidKey) if !self.is_ready() => Err(Reject::NotReady),
+            other => other,
         }
     }
 

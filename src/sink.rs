@@ -257,11 +257,6 @@ impl StreamSink {
         self.connected_once.load(Ordering::Acquire)
     }
 
-    /// True while the client has a live connection.
-    pub fn is_connected(&self) -> bool {
-        self.client.is_connected()
-    }
-
     /// Stores every job on the workflow stream of `settings`; `Ok` only once
     /// Redis acknowledged all of them.
     pub async fn enqueue(

@@ -42,12 +42,8 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    // Before the first load an unknown key may just not be loaded yet.
     let settings = app.settings.load();
-    let credential = match app.auth.authenticate(req.headers(), settings.jwt.as_ref()) {
-        Err(Reject::InvalidKey) if !app.is_ready() => return Err(Reject::NotReady),
-        other => other?,
-    };
+    let credential = app.authenticate(req.headers(), &settings)?;
     let principal = match credential {
         Credential::ApiKey(p) | Credential::Jwt(p) => p,
         Credential::UnverifiedJwt => {
