@@ -26,12 +26,23 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads the whole body, refusing more than `max` bytes.
+/// Reads the whole body, refusing more than `max` bytes or (408) a body not
+/// complete within `timeout`, so a trickling client cannot hold a request.
 pub async fn read_limited<B>(
     headers: &HeaderMap,
-    mut body: B,
+    body: B,
     max: usize,
+    timeout: std::time::Duration,
 ) -> Result<BytesMut, Reject>
+where
+    B: Body<Data = bytes::Bytes> + Unpin,
+{
+    tokio::time::timeout(timeout, read_capped(headers, body, max))
+        .await
+        .map_err(|_| Reject::BodyTimeout)?
+}
+
+async fn read_capped<B>(headers: &HeaderMap, mut body: B, max: usize) -> Result<BytesMut, Reject>
 where
     B: Body<Data = bytes::Bytes> + Unpin,
 {
@@ -60,6 +71,8 @@ mod tests {
     use http_body_util::{Full, StreamBody};
     use hyper::body::Frame;
 
+    const T: std::time::Duration = std::time::Duration::from_secs(5);
+
     fn headers(len: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Some(l) = len {
@@ -72,7 +85,7 @@ mod tests {
     async fn declared_length_over_cap_is_refused_unread() {
         let body = Full::new(Bytes::from_static(b"x"));
         assert!(matches!(
-            read_limited(&headers(Some("11")), body, 10).await,
+            read_limited(&headers(Some("11")), body, 10, T).await,
             Err(Reject::BodyTooLarge)
         ));
     }
@@ -85,7 +98,7 @@ mod tests {
             }));
         let body = StreamBody::new(chunks);
         assert!(matches!(
-            read_limited(&headers(None), body, 10).await,
+            read_limited(&headers(None), body, 10, T).await,
             Err(Reject::BodyTooLarge)
         ));
     }
@@ -93,7 +106,9 @@ mod tests {
     #[tokio::test]
     async fn body_at_cap_is_read() {
         let body = Full::new(Bytes::from_static(b"0123456789"));
-        let got = read_limited(&headers(Some("10")), body, 10).await.unwrap();
+        let got = read_limited(&headers(Some("10")), body, 10, T)
+            .await
+            .unwrap();
         assert_eq!(&got[..], b"0123456789");
     }
 }

@@ -20,6 +20,8 @@ pub const ENV_UPSTREAM_URL: &str = "TETHER_INGRESS_UPSTREAM_URL";
 pub const ENV_JWT_SECRET: &str = "TETHER_INGRESS_JWT_SECRET";
 /// Environment variable overriding `auth.jwt_secret_file`.
 pub const ENV_JWT_SECRET_FILE: &str = "TETHER_INGRESS_JWT_SECRET_FILE";
+/// Environment variable overriding `spool.dir`.
+pub const ENV_SPOOL_DIR: &str = "TETHER_INGRESS_SPOOL_DIR";
 /// Environment variable overriding `log.level`.
 pub const ENV_LOG: &str = "TETHER_INGRESS_LOG";
 /// Environment variable overriding `log.format`.
@@ -117,6 +119,12 @@ pub struct RawConfig {
     pub auth: RawAuth,
     /// `[log]`
     pub log: RawLog,
+    /// `[spool]`
+    pub spool: RawSpool,
+    /// `[idempotency]`
+    pub idempotency: RawIdempotency,
+    /// `[rate_limit]`
+    pub rate_limit: RawRateLimit,
 }
 
 /// `[server]` as written.
@@ -139,6 +147,10 @@ pub struct RawServer {
     pub max_header_bytes: usize,
     /// HTTP/2 streams per connection.
     pub http2_max_concurrent_streams: u32,
+    /// Whole-body deadline on the webhook routes, ms.
+    pub body_read_timeout_ms: u64,
+    /// Time a connection may wait for a slot at the cap before it is refused, ms.
+    pub connection_queue_timeout_ms: u64,
 }
 
 impl Default for RawServer {
@@ -152,6 +164,8 @@ impl Default for RawServer {
             max_body_bytes: 1 << 20,
             max_header_bytes: 16 * 1024,
             http2_max_concurrent_streams: 256,
+            body_read_timeout_ms: 30_000,
+            connection_queue_timeout_ms: 1_000,
         }
     }
 }
@@ -244,6 +258,9 @@ pub struct RawAuth {
     pub jwt_secret_file: String,
     /// Clock skew allowed on `exp` and `nbf`, s.
     pub jwt_leeway_secs: u64,
+    /// Refuse API keys once the replica has been out of touch with Redis
+    /// this long, s; 0: never (serve from the last known state).
+    pub fail_closed_after_secs: u64,
 }
 
 impl Default for RawAuth {
@@ -252,6 +269,7 @@ impl Default for RawAuth {
             jwt_secret: Secret::default(),
             jwt_secret_file: String::new(),
             jwt_leeway_secs: 5,
+            fail_closed_after_secs: 0,
         }
     }
 }
@@ -274,6 +292,58 @@ impl Default for RawLog {
         }
     }
 }
+
+/// `[spool]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSpool {
+    /// Spool directory; empty means no spool.
+    pub dir: String,
+    /// Size cap of the spool, bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// `[idempotency]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIdempotency {
+    /// How long a key's answer is kept, s.
+    pub window_secs: u64,
+    /// How long a concurrent duplicate waits for the first request's answer
+    /// before it gets 409, ms.
+    pub wait_ms: u64,
+}
+
+impl Default for RawIdempotency {
+    fn default() -> Self {
+        Self {
+            window_secs: 86_400,
+            wait_ms: 5_000,
+        }
+    }
+}
+
+/// `[rate_limit]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Requests per second per API key when its record sets no
+    /// `rateLimitPerSec`; 0: unlimited.
+    pub default_per_sec: u32,
+    /// Requests a key may send back to back above its steady rate; 0: one
+    /// second's worth.
+    pub burst: u32,
+}
+
 
 impl RawConfig {
     /// Parses TOML text; `origin` names it in errors.
@@ -310,6 +380,9 @@ impl RawConfig {
         }
         if let Some(v) = env(ENV_JWT_SECRET_FILE) {
             self.auth.jwt_secret_file = v;
+        }
+        if let Some(v) = env(ENV_SPOOL_DIR) {
+            self.spool.dir = v;
         }
         if let Some(v) = env(ENV_LOG) {
             self.log.level = v;
@@ -348,6 +421,7 @@ impl RawConfig {
             problems.push("server.http2_max_concurrent_streams: must be at least 1".into());
         }
         for (name, ms) in [
+            ("server.body_read_timeout_ms", s.body_read_timeout_ms),
             ("server.first_byte_timeout_ms", s.first_byte_timeout_ms),
             ("server.header_read_timeout_ms", s.header_read_timeout_ms),
             ("redis.command_timeout_ms", self.redis.command_timeout_ms),
@@ -458,6 +532,14 @@ impl RawConfig {
                 false
             }
         };
+        let spool_dir =
+            (!self.spool.dir.is_empty()).then(|| std::path::PathBuf::from(&self.spool.dir));
+        if spool_dir.is_some() && self.spool.max_bytes < 1 << 20 {
+            problems.push("spool.max_bytes: must be at least 1048576".into());
+        }
+        if self.idempotency.window_secs == 0 {
+            problems.push("idempotency.window_secs: must be at least 1".into());
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -487,6 +569,16 @@ impl RawConfig {
             jwt_leeway_secs: self.auth.jwt_leeway_secs,
             log_level: self.log.level,
             log_json,
+            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+            connection_queue_timeout: Duration::from_millis(s.connection_queue_timeout_ms),
+            fail_closed_after: (self.auth.fail_closed_after_secs > 0)
+                .then(|| Duration::from_secs(self.auth.fail_closed_after_secs)),
+            spool_dir,
+            spool_max_bytes: self.spool.max_bytes,
+            idempotency_window: Duration::from_secs(self.idempotency.window_secs),
+            idempotency_wait: Duration::from_millis(self.idempotency.wait_ms),
+            rate_limit_default: self.rate_limit.default_per_sec,
+            rate_limit_burst: self.rate_limit.burst,
         })
     }
 }
@@ -546,6 +638,24 @@ pub struct Config {
     pub log_level: String,
     /// JSON log lines instead of human-readable ones.
     pub log_json: bool,
+    /// Whole-body deadline on the webhook routes.
+    pub body_read_timeout: Duration,
+    /// Wait for a connection slot at the cap before refusing.
+    pub connection_queue_timeout: Duration,
+    /// Refuse keys once the replica is out of touch this long; `None`: never.
+    pub fail_closed_after: Option<Duration>,
+    /// Spool directory, if any.
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Spool size cap, bytes.
+    pub spool_max_bytes: u64,
+    /// How long an idempotency key's answer is kept.
+    pub idempotency_window: Duration,
+    /// How long a concurrent duplicate waits before 409.
+    pub idempotency_wait: Duration,
+    /// Default requests per second per key; 0: unlimited.
+    pub rate_limit_default: u32,
+    /// Back-to-back allowance; 0: one second's worth.
+    pub rate_limit_burst: u32,
 }
 
 impl Config {

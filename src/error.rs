@@ -96,6 +96,36 @@ pub enum Reject {
     /// Redis cannot take the jobs right now.
     #[error("job store unavailable")]
     Unavailable(#[source] SinkError),
+    /// The body did not arrive whole within the body read timeout.
+    #[error("request body timed out")]
+    BodyTimeout,
+    /// The request head is over the configured limit.
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// The key sent more than its rate allows; retry after this many seconds.
+    #[error("rate limited")]
+    RateLimited {
+        /// Seconds until a request would be allowed (at least 1).
+        retry_after_secs: u64,
+    },
+    /// A request with this Idempotency-Key is still being handled.
+    #[error("idempotency key in use")]
+    IdempotencyInProgress,
+    /// This Idempotency-Key was used with a different request.
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
+    /// The Idempotency-Key header is empty, too long or not visible ASCII.
+    #[error("invalid idempotency key")]
+    InvalidIdempotencyKey,
+    /// Redis, which holds idempotency keys, cannot be reached.
+    #[error("idempotency store unavailable")]
+    IdempotencyUnavailable,
+    /// Fail-closed: the key cache has been out of touch with Redis too long.
+    #[error("key cache out of date")]
+    AuthStale,
+    /// Every connection slot stayed taken for the queue timeout.
+    #[error("too many connections")]
+    Overloaded,
 }
 
 /// Builds `(status, code, static JSON body)` for a refusal.
@@ -284,6 +314,60 @@ impl Reject {
                 "Job store unavailable",
                 "Nothing was enqueued; retry after the Retry-After delay."
             ),
+            Reject::BodyTimeout => envelope!(
+                REQUEST_TIMEOUT,
+                "BODY_TIMEOUT",
+                "Request body timed out",
+                "Send the whole body promptly; the limit is set by server.body_read_timeout_ms."
+            ),
+            Reject::HeadersTooLarge => envelope!(
+                REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HEADERS_TOO_LARGE",
+                "Request headers too large",
+                "Send fewer or smaller headers; the limit is set by server.max_header_bytes."
+            ),
+            Reject::RateLimited { .. } => envelope!(
+                TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "Rate limit exceeded",
+                "This API key sent more requests than its rate allows; retry after the Retry-After delay."
+            ),
+            Reject::IdempotencyInProgress => envelope!(
+                CONFLICT,
+                "IDEMPOTENCY_IN_PROGRESS",
+                "Request with this Idempotency-Key in progress",
+                "A request with the same Idempotency-Key is still being handled; retry shortly."
+            ),
+            Reject::IdempotencyKeyReused => envelope!(
+                UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "Idempotency-Key reused",
+                "This Idempotency-Key was used for a different request; use a new key for new content."
+            ),
+            Reject::InvalidIdempotencyKey => envelope!(
+                BAD_REQUEST,
+                "INVALID_IDEMPOTENCY_KEY",
+                "Invalid Idempotency-Key",
+                "Send 1 to 255 visible ASCII characters as the Idempotency-Key."
+            ),
+            Reject::IdempotencyUnavailable => envelope!(
+                SERVICE_UNAVAILABLE,
+                "IDEMPOTENCY_UNAVAILABLE",
+                "Idempotency store unavailable",
+                "Nothing was enqueued; retry after the Retry-After delay, or retry without Idempotency-Key."
+            ),
+            Reject::Overloaded => envelope!(
+                SERVICE_UNAVAILABLE,
+                "OVERLOADED",
+                "Too many connections",
+                "The server is at its connection limit; retry after the Retry-After delay."
+            ),
+            Reject::AuthStale => envelope!(
+                SERVICE_UNAVAILABLE,
+                "AUTH_UNAVAILABLE",
+                "Key cache out of date",
+                "The ingress has lost touch with its key store; retry after the Retry-After delay."
+            ),
         }
     }
 
@@ -304,7 +388,10 @@ impl Reject {
 
     /// Whether the answer carries `Retry-After`.
     pub fn retry_after(&self) -> bool {
-        self.status() == StatusCode::SERVICE_UNAVAILABLE
+        matches!(
+            self.status(),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        )
     }
 
     /// Whether the answer is about the upstream (sidecar mode), not this request.
@@ -346,6 +433,17 @@ mod tests {
             Reject::NotFound,
             Reject::NotReady,
             Reject::Unavailable(SinkError::Disconnected),
+            Reject::BodyTimeout,
+            Reject::HeadersTooLarge,
+            Reject::RateLimited {
+                retry_after_secs: 1,
+            },
+            Reject::IdempotencyInProgress,
+            Reject::IdempotencyKeyReused,
+            Reject::InvalidIdempotencyKey,
+            Reject::IdempotencyUnavailable,
+            Reject::AuthStale,
+            Reject::Overloaded,
         ]
     }
 
@@ -385,6 +483,9 @@ mod tests {
                 r,
                 Reject::NotReady
                     | Reject::Unavailable(_)
+                    | Reject::IdempotencyUnavailable
+                    | Reject::AuthStale
+                    | Reject::Overloaded
                     | Reject::BadGateway
                     | Reject::GatewayTimeout
             );

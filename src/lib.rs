@@ -25,7 +25,10 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod id;
+pub mod idempotency;
+pub mod limit;
 pub mod metrics;
 pub mod outreach;
 pub mod parse;
@@ -38,6 +41,8 @@ pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
+pub mod webhook;
 pub mod worker;
 pub mod workflow;
 
@@ -55,6 +60,7 @@ use crate::{
     service::{App, Handles, Svc},
     settings::Settings,
     sink::{SinkSettings, StreamSink},
+    spool::Spool,
 };
 
 /// Why the ingress could not start.
@@ -63,6 +69,9 @@ pub enum StartError {
     /// The Redis URL or client settings were refused by the client.
     #[error("redis client: {0}")]
     Redis(#[from] fred::error::Error),
+    /// The spool directory could not be opened.
+    #[error("spool: {0}")]
+    Spool(#[from] spool::SpoolError),
 }
 
 /// Builds the shared state and starts the replica task.
@@ -90,14 +99,22 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         },
     );
     let settings = Settings::shared(config);
-    let sink = StreamSink::connect(&SinkSettings {
-        redis_url: config.redis_url.clone(),
-        connect_timeout: config.connect_timeout,
-        command_timeout: config.command_timeout,
-        max_pending_commands: config.max_pending_commands.get(),
-    })?;
+    let spool = match &config.spool_dir {
+        Some(dir) => Some(Spool::open(dir, config.spool_max_bytes)?),
+        None => None,
+    };
+    let sink = StreamSink::connect(
+        &SinkSettings {
+            redis_url: config.redis_url.clone(),
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+            max_pending_commands: config.max_pending_commands.get(),
+        },
+        spool,
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = replica.status();
+    let replay_task = sink.spawn_replay(settings.clone(), stop_rx.clone());
     let replica_task = replica.spawn(stop_rx);
     let app = Arc::new(App {
         auth: Authenticator::new(keys),
@@ -123,6 +140,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         Background {
             stop: stop_tx,
             replica_task,
+            replay_task,
         },
     ))
 }
@@ -131,18 +149,20 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
 pub struct Background {
     stop: watch::Sender<bool>,
     replica_task: tokio::task::JoinHandle<()>,
+    replay_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Background {
     /// Stops the background tasks, waiting a bounded time for them.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let mut task = self.replica_task;
-        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
+        for mut task in std::iter::once(self.replica_task).chain(self.replay_task) {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 }

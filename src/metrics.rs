@@ -27,7 +27,8 @@ pub const SINK_DURATION: &str = "tether_sink_write_duration_seconds";
 pub const SINK_BATCH: &str = "tether_sink_batch_size";
 /// Gauge: entries held by each replica view, by `view`.
 pub const REPLICA_ENTRIES: &str = "tether_replica_entries";
-/// Gauge: seconds since the replica was last known in sync with Redis.
+/// Gauge: seconds the replica has been out of touch with Redis (0 while
+/// connected and tracking; grows from the moment the connection is lost).
 pub const REPLICA_AGE: &str = "tether_replica_age_seconds";
 /// Counter: completed full resyncs.
 pub const REPLICA_RESYNCS: &str = "tether_replica_resyncs_total";
@@ -39,8 +40,24 @@ pub const REPLICA_RESYNC_SECONDS: &str = "tether_replica_resync_duration_seconds
 pub const REPLICA_INVALIDATIONS: &str = "tether_replica_invalidations_total";
 /// Gauge: connections open.
 pub const CONNECTIONS_OPEN: &str = "tether_connections_open";
+/// Counter: connections answered 503 at the connection cap.
+pub const CONNECTIONS_REFUSED: &str = "tether_connections_refused_total";
 /// Counter: connections closed for sending nothing within the first-byte timeout.
 pub const CONNECTIONS_SILENT: &str = "tether_connections_silent_closed_total";
+/// Gauge: bytes in the local spool not yet replayed into Redis.
+pub const SPOOL_BYTES: &str = "tether_spool_bytes";
+/// Counter: jobs written to the local spool (Redis could not take them).
+pub const SPOOL_WRITTEN: &str = "tether_spool_jobs_written_total";
+/// Counter: spooled jobs replayed into Redis.
+pub const SPOOL_REPLAYED: &str = "tether_spool_jobs_replayed_total";
+/// Counter: group commits (one write + fdatasync for every request waiting).
+pub const SPOOL_SYNCS: &str = "tether_spool_syncs_total";
+/// Counter: torn or corrupt spool records skipped on replay.
+pub const SPOOL_CORRUPT: &str = "tether_spool_corrupt_records_total";
+/// Counter: requests answered from the idempotency store (repeats).
+pub const IDEMPOTENT_REPLAYS: &str = "tether_idempotent_replays_total";
+/// Gauge: 1 while keys are refused because the replica is out of touch (fail-closed).
+pub const FAIL_CLOSED: &str = "tether_auth_fail_closed";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -1,7 +1,8 @@
 //! `POST /api/webhook/outreach`: one lead → one `tether:jobs:outreach` entry.
 //!
 //! ```text
-//! ready? → auth (API key only) → body (capped) → parse → configurationId
+//! [webhook: ready? → auth (API key only) → rate limit → body → idempotency]
+//! → parse → configurationId
 //! → OutreachConfigs (owner, active, process/prompt) → group fields
 //! (fixed: contacts/applications/conversations as given; raw: each field
 //! routed by OrgProperties) → sink (XADD, acknowledged) → 200 with the entry id
@@ -14,14 +15,12 @@ use std::{collections::HashMap, ops::Range, sync::Arc};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
-use http::{HeaderValue, Request, StatusCode};
-use hyper::body::Body;
+use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 use simd_json::Node;
 
 use crate::{
-    auth::{Credential, Principal},
-    body::read_limited,
+    auth::Principal,
     error::Reject,
     id::Id,
     metrics as m,
@@ -29,6 +28,7 @@ use crate::{
     replica::{Fetched, KeyKind, View, now_ms},
     response::decimal,
     service::App,
+    settings::Settings,
     sink::OutreachJob,
 };
 
@@ -249,28 +249,17 @@ struct Plan {
     ranges: [Range<usize>; 3],
 }
 
-/// Runs the route; on success returns the status and body to send.
-pub async fn handle<B>(
+/// Does the route's work on an authenticated request's body; returns the
+/// status and body to send.
+pub async fn process(
     app: &App,
-    req: Request<B>,
+    principal: &Principal,
+    body: BytesMut,
     request_id: &HeaderValue,
-) -> Result<(StatusCode, Bytes), Reject>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    let settings = app.settings.load();
-    let credential = app.authenticate(req.headers(), &settings)?;
-    let principal = match credential {
-        Credential::ApiKey(p) => p,
-        Credential::Jwt(_) | Credential::UnverifiedJwt => return Err(Reject::ApiKeyRequired),
-    };
-    if !app.is_ready() {
-        return Err(Reject::NotReady);
-    }
-    let (parts, body) = req.into_parts();
-    let body = read_limited(&parts.headers, body, settings.max_body_bytes).await?;
+    settings: &Settings,
+) -> Result<(StatusCode, Bytes), Reject> {
     let received_at = now_ms();
-    let plan = with_document(&body, |doc| plan(app, &principal, &body, doc))?;
+    let plan = with_document(&body, |doc| plan(app, principal, &body, doc))?;
     let body = body.freeze();
     let mut digits = [0u8; 20];
     let job = OutreachJob {
@@ -285,22 +274,30 @@ where
         request_id: Bytes::copy_from_slice(request_id.as_bytes()),
     };
     let started = std::time::Instant::now();
-    let job_id = match app.sink.enqueue_outreach(&job, &settings).await {
-        Ok(id) => {
+    let job_id = match app.sink.enqueue_outreach(&job, settings).await {
+        Ok(None) => None,
+        Ok(Some(id)) => {
             app.metrics
                 .sink_duration
                 .record(started.elapsed().as_secs_f64());
             app.metrics.jobs_outreach.increment(1);
-            id
+            Some(id)
         }
         Err(e) => {
             metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => e.reason()).increment(1);
             return Err(Reject::Unavailable(e));
         }
     };
+    // Spooled: no stream entry id exists yet; 202 says "accepted, not yet
+    // in the stream", jobId is null.
+    let status = if job_id.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     Ok((
-        StatusCode::OK,
-        accepted(&body[plan.configuration_id_json], &job_id),
+        status,
+        accepted(&body[plan.configuration_id_json], job_id.as_deref()),
     ))
 }
 
@@ -327,6 +324,29 @@ fn plan(app: &App, principal: &Principal, body: &[u8], doc: &Document<'_>) -> Re
     let configuration_id = Id::from_str_copy(id);
     let configuration_id_json = id_member.value_start + 1..id_member.value_end - 1;
 
+    let properties = app.org_properties.lookup(principal.org_id.as_str());
+    let (fixed, groups, ranges) = group_fields(body, doc, properties.as_deref())?;
+    Ok(Plan {
+        configuration_id,
+        configuration_id_json,
+        fixed,
+        groups,
+        ranges,
+    })
+}
+
+/// The three groups (`contacts`, `applications`, `conversations`) of a body,
+/// as JSON object texts in one buffer, built from the caller's raw bytes.
+///
+/// Fixed format when the body has any of the three group keys (each must be
+/// an object; a missing one is `{}`); raw format otherwise: every top-level
+/// member but the configuration id goes where `properties` says, unknown
+/// fields to `contacts`. Returns (fixed?, buffer, the three ranges).
+pub fn group_fields(
+    body: &[u8],
+    doc: &Document<'_>,
+    properties: Option<&HashMap<Box<str>, Category>>,
+) -> Result<(bool, Bytes, [Range<usize>; 3]), Reject> {
     let mut out = BytesMut::with_capacity(body.len() + 8);
     let mut ranges: [Range<usize>; 3] = [0..0, 0..0, 0..0];
     let fixed = GROUPS.iter().any(|g| doc.member(g).is_some());
@@ -345,10 +365,8 @@ fn plan(app: &App, principal: &Principal, body: &[u8], doc: &Document<'_>) -> Re
             ranges[i] = start..out.len();
         }
     } else {
-        let properties = app.org_properties.lookup(principal.org_id.as_str());
         let category_of = |key: &str| {
             properties
-                .as_ref()
                 .and_then(|p| p.get(key).copied())
                 .unwrap_or(Category::Contact)
         };
@@ -373,27 +391,32 @@ fn plan(app: &App, principal: &Principal, body: &[u8], doc: &Document<'_>) -> Re
             *slot = start..out.len();
         }
     }
-    Ok(Plan {
-        configuration_id,
-        configuration_id_json,
-        fixed,
-        groups: out.freeze(),
-        ranges,
-    })
+    Ok((fixed, out.freeze(), ranges))
 }
 
-/// `{"success":true,"message":"Outreach processed successfully","data":{"configurationId":"…","jobId":"…"}}`
-fn accepted(configuration_id_json: &[u8], job_id: &[u8]) -> Bytes {
+/// `{"success":true,"message":"Outreach processed successfully","data":{"configurationId":"…","jobId":"…"}}`;
+/// when spooled, `jobId` is null and the message says so.
+fn accepted(configuration_id_json: &[u8], job_id: Option<&[u8]>) -> Bytes {
     const HEAD: &[u8] = br#"{"success":true,"message":"Outreach processed successfully","data":{"configurationId":""#;
-    const MID: &[u8] = br#"","jobId":""#;
-    const TAIL: &[u8] = br#""}}"#;
+    const HEAD_SPOOLED: &[u8] = br#"{"success":true,"message":"Outreach accepted; it will be enqueued as soon as the job store is reachable","data":{"configurationId":""#;
+    const MID: &[u8] = br#"","jobId":"#;
+    const TAIL: &[u8] = b"}}";
+    let head = if job_id.is_some() { HEAD } else { HEAD_SPOOLED };
+    let id_len = job_id.map_or(4, |id| id.len() + 2);
     let mut buf = BytesMut::with_capacity(
-        HEAD.len() + configuration_id_json.len() + MID.len() + job_id.len() + TAIL.len(),
+        head.len() + configuration_id_json.len() + MID.len() + id_len + TAIL.len(),
     );
-    buf.put_slice(HEAD);
+    buf.put_slice(head);
     buf.put_slice(configuration_id_json);
     buf.put_slice(MID);
-    buf.put_slice(job_id);
+    match job_id {
+        Some(id) => {
+            buf.put_u8(b'"');
+            buf.put_slice(id);
+            buf.put_u8(b'"');
+        }
+        None => buf.put_slice(b"null"),
+    }
     buf.put_slice(TAIL);
     buf.freeze()
 }

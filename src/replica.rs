@@ -104,6 +104,8 @@ pub struct ReplicaStatus {
     ready: AtomicBool,
     last_sync_ms: AtomicU64,
     connected: AtomicBool,
+    /// Unix ms when the replica lost touch with Redis; 0 while in touch.
+    lost_since_ms: AtomicU64,
 }
 
 impl ReplicaStatus {
@@ -125,6 +127,28 @@ impl ReplicaStatus {
 
     fn touch(&self) {
         self.last_sync_ms.store(now_ms(), Ordering::Release);
+    }
+
+    /// How long the replica has been out of touch with Redis (zero while
+    /// connected and tracking: every change reaches it within milliseconds).
+    pub fn out_of_touch_for(&self) -> Duration {
+        match self.lost_since_ms.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(now_ms().saturating_sub(since)),
+        }
+    }
+
+    fn mark_lost(&self) {
+        let _ = self.lost_since_ms.compare_exchange(
+            0,
+            now_ms().max(1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    fn mark_in_touch(&self) {
+        self.lost_since_ms.store(0, Ordering::Release);
     }
 }
 
@@ -256,9 +280,13 @@ impl Replica {
                 // the first connect, reported too); later ones trigger another.
                 while reconnects.try_recv().is_ok() {}
                 match self.resync(&client, &mut invalidations).await {
-                    Ok(()) => resync_due = false,
+                    Ok(()) => {
+                        resync_due = false;
+                        self.status.mark_in_touch();
+                    }
                     Err(e) => {
                         self.status.connected.store(false, Ordering::Release);
+                        self.status.mark_lost();
                         metrics::counter!(m::REPLICA_RESYNC_FAILURES).increment(1);
                         warn!(error = %e, "replica resync failed; serving the last copy and retrying");
                         // Retry after a short pause unless an event comes first.
@@ -285,6 +313,7 @@ impl Replica {
                     if matches!(e, Err(RecvError::Closed)) {
                         break;
                     }
+                    self.status.mark_lost();
                     // Log the transition once, not every reconnect attempt.
                     if self.status.connected.swap(false, Ordering::AcqRel)
                         && let Ok((e, _)) = e

@@ -33,7 +33,9 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(s.header_read_timeout)
-        .max_buf_size(s.max_header_bytes.max(8192))
+        // Room beyond the limit, so an oversized head reaches the service
+        // and gets the JSON 431 (hyper's own answer has no body).
+        .max_buf_size(s.max_header_bytes.max(8192) + 64 * 1024)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
@@ -62,15 +64,42 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let open = metrics::gauge!(m::CONNECTIONS_OPEN);
     let silent = metrics::counter!(m::CONNECTIONS_SILENT);
+    let refused = metrics::counter!(m::CONNECTIONS_REFUSED);
     let mut backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            // At the cap: connections queue in the backlog for up to the
+            // queue timeout; if no slot frees by then, waiting ones are
+            // answered 503 and closed until one does.
+            Err(_) => {
+                let queue = settings.load().connection_queue_timeout;
+                let waited = tokio::select! {
+                    p = permits.clone().acquire_owned() => p.ok(),
+                    () = tokio::time::sleep(queue) => None,
+                    () = &mut shutdown => break,
+                };
+                match waited {
+                    Some(p) => p,
+                    None => loop {
+                        tokio::select! {
+                            p = permits.clone().acquire_owned() => match p {
+                                Ok(p) => break p,
+                                Err(_) => return false,
+                            },
+                            r = listener.accept() => if let Ok((stream, _)) = r {
+                                refused.increment(1);
+                                tokio::spawn(refuse(stream, svc.overloaded_response()));
+                            },
+                            () = &mut shutdown => {
+                                drop(listener);
+                                return drain(stop_tx, permits, max_connections, &settings).await;
+                            }
+                        }
+                    },
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -129,6 +158,32 @@ pub async fn serve(
         });
     }
     drop(listener);
+    drain(stop_tx, permits, max_connections, &settings).await
+}
+
+/// Answers a connection refused at the cap and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream, response: Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&response).await?;
+        stream.shutdown().await?;
+        // Read what the client sent before closing (a lingering close):
+        // closing with unread data resets the connection, and the client
+        // could lose the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// Signals every connection to finish and waits up to the grace for them.
+async fn drain(
+    stop_tx: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    settings: &SharedSettings,
+) -> bool {
     info!("shutting down: draining connections");
     let _ = stop_tx.send(true);
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);

@@ -22,14 +22,14 @@ use crate::{
     config::Config,
     error::Reject,
     metrics as m,
-    outreach::{self, OrgProperties, OutreachConfigs},
+    outreach::{OrgProperties, OutreachConfigs},
     proxy::{BoxError, Proxy},
-    replica::{ReplicaStatus, now_ms},
+    replica::ReplicaStatus,
     response::{REQUEST_ID, RequestIds},
     route::WebhookIndex,
     settings::{Settings, SharedSettings, restart_needed},
     sink::StreamSink,
-    workflow,
+    webhook::{self, Kind},
 };
 
 /// Response body type of every route: the ingress's own, or the upstream's streamed.
@@ -41,8 +41,8 @@ pub const WORKFLOW_PATH: &str = "/api/webhook/workflow";
 pub const OUTREACH_PATH: &str = "/api/webhook/outreach";
 
 /// Status labels with a pre-registered counter; anything else is "other".
-const STATUSES: [u16; 13] = [
-    200, 202, 400, 401, 404, 405, 413, 429, 431, 500, 502, 503, 504,
+const STATUSES: [u16; 16] = [
+    200, 202, 400, 401, 404, 405, 408, 409, 413, 422, 429, 431, 500, 502, 503, 504,
 ];
 
 /// Metric handles registered once, incremented on the hot path.
@@ -152,7 +152,10 @@ fn status_label(s: u16) -> &'static str {
         401 => "401",
         404 => "404",
         405 => "405",
+        408 => "408",
+        409 => "409",
         413 => "413",
+        422 => "422",
         429 => "429",
         431 => "431",
         500 => "500",
@@ -215,6 +218,18 @@ pub fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
     res
 }
 
+/// Approximate size of the request head as sent (request line and header
+/// lines); hyper's own buffer is larger, so the limit is answered here with
+/// the contract's JSON envelope.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
 /// Counts a request in flight until dropped (also when the caller goes away).
 struct InFlight<'a>(&'a Gauge);
 
@@ -248,16 +263,16 @@ impl App {
         let started = Instant::now();
         let request_id = self.request_ids.for_request(req.headers());
         let route = Route::of(req.uri().path());
+        let head_limit = self.settings.load().max_header_bytes;
         let result = match (route, req.method()) {
+            _ if head_size(&req) > head_limit => Err(Reject::HeadersTooLarge),
             (Route::Workflow, &Method::POST) => {
                 let _in_flight = InFlight::enter(&self.metrics.in_flight);
-                workflow::handle(self, req, &request_id, peer).await
+                webhook::handle(self, Kind::Workflow, req, &request_id, peer).await
             }
             (Route::Outreach, &Method::POST) => {
                 let _in_flight = InFlight::enter(&self.metrics.in_flight);
-                outreach::handle(self, req, &request_id)
-                    .await
-                    .map(|(status, body)| json(status, body))
+                webhook::handle(self, Kind::Outreach, req, &request_id, peer).await
             }
             (Route::Workflow | Route::Outreach, _) => Err(Reject::MethodNotAllowed),
             (Route::Health, &Method::GET | &Method::HEAD) => Ok(json(
@@ -283,7 +298,10 @@ impl App {
             Ok(res) => res,
             Err(reject) => self.refuse(&reject, &request_id),
         };
-        res.headers_mut().insert(REQUEST_ID, request_id);
+        // A replayed idempotent answer keeps the first request's id.
+        if !res.headers().contains_key(REQUEST_ID) {
+            res.headers_mut().insert(REQUEST_ID, request_id);
+        }
         self.metrics.record(route, res.status(), started);
         // One line per request, at debug only; no query string (it may hold tokens).
         debug!(
@@ -309,7 +327,10 @@ impl App {
             reject.status(),
             Bytes::from_static(reject.body().as_bytes()),
         );
-        if reject.retry_after() {
+        if let Reject::RateLimited { retry_after_secs } = reject {
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        } else if reject.retry_after() {
             res.headers_mut()
                 .insert(RETRY_AFTER, self.settings.load().retry_after.clone());
         }
@@ -345,6 +366,15 @@ impl App {
     ) -> Result<Credential, Reject> {
         match self.auth.authenticate(headers, settings.jwt.as_ref()) {
             Err(Reject::InvalidKey) if !self.is_ready() => Err(Reject::NotReady),
+            // Fail closed: a key revoked while the replica was out of touch
+            // with Redis must not keep working.
+            Ok(Credential::ApiKey(_))
+                if settings
+                    .fail_closed_after
+                    .is_some_and(|limit| self.replica.out_of_touch_for() > limit) =>
+            {
+                Err(Reject::AuthStale)
+            }
             other => other,
         }
     }
@@ -369,10 +399,11 @@ impl App {
     }
 
     fn render_metrics(&self) -> Response<ResponseBody> {
-        let last = self.replica.last_sync_ms();
-        if last > 0 {
-            metrics::gauge!(m::REPLICA_AGE).set(now_ms().saturating_sub(last) as f64 / 1000.0);
-        }
+        metrics::gauge!(m::REPLICA_AGE).set(self.replica.out_of_touch_for().as_secs_f64());
+        metrics::gauge!(m::FAIL_CLOSED).set(match self.settings.load().fail_closed_after {
+            Some(limit) if self.replica.out_of_touch_for() > limit => 1.0,
+            _ => 0.0,
+        });
         let text = self
             .prometheus
             .as_ref()
@@ -413,6 +444,26 @@ impl Svc {
             app: self.app.clone(),
             peer,
         }
+    }
+}
+
+impl Svc {
+    /// A complete HTTP/1.1 503 answer (`OVERLOADED`), for a connection
+    /// refused at the connection cap before hyper sees it.
+    pub fn overloaded_response(&self) -> Vec<u8> {
+        let reject = Reject::Overloaded;
+        metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);
+        let id = self.app.request_ids.for_request(&http::HeaderMap::new());
+        let retry = self.app.settings.load().retry_after.clone();
+        let body = reject.body();
+        let mut out = Vec::with_capacity(256 + body.len());
+        out.extend_from_slice(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\nretry-after: ");
+        out.extend_from_slice(retry.as_bytes());
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(format!("\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+        out.extend_from_slice(body.as_bytes());
+        out
     }
 }
 

@@ -44,6 +44,20 @@ pub struct Settings {
     pub http2_max_concurrent_streams: u32,
     /// Drain deadline on shutdown.
     pub shutdown_grace: Duration,
+    /// Whole-body deadline on the webhook routes.
+    pub body_read_timeout: Duration,
+    /// Refuse keys once the replica is out of touch this long.
+    pub fail_closed_after: Option<Duration>,
+    /// How long an idempotency key's answer is kept.
+    pub idempotency_window: Duration,
+    /// How long a concurrent duplicate waits before 409.
+    pub idempotency_wait: Duration,
+    /// Default requests per second per key; 0: unlimited.
+    pub rate_limit_default: u32,
+    /// Back-to-back allowance; 0: one second's worth.
+    pub rate_limit_burst: u32,
+    /// Wait for a connection slot at the cap before refusing.
+    pub connection_queue_timeout: Duration,
 }
 
 /// Settings shared by every request, swapped whole on reload.
@@ -69,6 +83,13 @@ impl Settings {
             max_header_bytes: config.max_header_bytes,
             http2_max_concurrent_streams: config.http2_max_concurrent_streams,
             shutdown_grace: config.shutdown_grace,
+            body_read_timeout: config.body_read_timeout,
+            fail_closed_after: config.fail_closed_after,
+            idempotency_window: config.idempotency_window,
+            idempotency_wait: config.idempotency_wait,
+            rate_limit_default: config.rate_limit_default,
+            rate_limit_burst: config.rate_limit_burst,
+            connection_queue_timeout: config.connection_queue_timeout,
         }
     }
 
@@ -108,6 +129,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if running.upstream_connect_timeout != new.upstream_connect_timeout {
         out.push("upstream.connect_timeout_ms");
+    }
+    if running.spool_dir != new.spool_dir || running.spool_max_bytes != new.spool_max_bytes {
+        out.push("spool");
     }
     if running.log_json != new.log_json {
         out.push("log.format");

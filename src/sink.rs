@@ -19,7 +19,12 @@
 //!   (`requestId`, `workflowId`) when callers send their own `X-Request-Id`
 //!   on retries, and otherwise by the payload's own lead id.
 //!
-//! This is the seam where a durable local spool and other job formats plug in.
+//! # Spool
+//! With a spool ([`crate::spool`]) configured, jobs Redis does not take
+//! (disconnected, timeout, refused) are synced to local disk instead and the
+//! caller still hears success; [`StreamSink::spawn_replay`] writes them to
+//! Redis once it is back. A timed-out write may have landed too: the replayed
+//! copy is then a duplicate a worker drops by (`requestId`, `workflowId`).
 
 use std::{
     sync::{
@@ -30,8 +35,13 @@ use std::{
 };
 
 use bytes::Bytes;
+use tracing::{info, warn};
 
-use crate::settings::Settings;
+use crate::{
+    metrics as m,
+    settings::{Settings, SharedSettings},
+    spool::{self, Spool, SpoolError},
+};
 use fred::{
     prelude::*,
     types::streams::{XCapKind, XCapTrim},
@@ -52,6 +62,15 @@ pub enum SinkError {
     /// Redis answered with an error.
     #[error("redis refused the write: {0}")]
     Redis(#[source] Error),
+    /// Redis could not take the jobs and neither could the spool.
+    #[error("redis could not take the jobs ({redis}) and the spool refused them: {spool}")]
+    Spool {
+        /// Why Redis did not take them.
+        redis: &'static str,
+        /// Why the spool refused them.
+        #[source]
+        spool: SpoolError,
+    },
 }
 
 impl SinkError {
@@ -62,6 +81,11 @@ impl SinkError {
             SinkError::Timeout => "timeout",
             SinkError::Backpressure => "backpressure",
             SinkError::Redis(_) => "redis_error",
+            SinkError::Spool {
+                spool: SpoolError::Full,
+                ..
+            } => "spool_full",
+            SinkError::Spool { .. } => "spool_failed",
         }
     }
 }
@@ -97,36 +121,16 @@ pub struct WorkflowJob {
 }
 
 impl WorkflowJob {
-    fn fields(&self) -> Vec<(Key, Value)> {
-        vec![
-            (
-                Key::from_static_str("workflowId"),
-                Value::Bytes(self.workflow_id.clone()),
-            ),
-            (
-                Key::from_static_str("orgId"),
-                Value::Bytes(self.org_id.clone()),
-            ),
-            (
-                Key::from_static_str("userId"),
-                Value::Bytes(self.user_id.clone()),
-            ),
-            (
-                Key::from_static_str("webhookId"),
-                Value::Bytes(self.webhook_id.clone()),
-            ),
-            (
-                Key::from_static_str("payload"),
-                Value::Bytes(self.payload.clone()),
-            ),
-            (
-                Key::from_static_str("receivedAt"),
-                Value::Bytes(self.received_at.clone()),
-            ),
-            (
-                Key::from_static_str("requestId"),
-                Value::Bytes(self.request_id.clone()),
-            ),
+    /// The entry's fields, in the contract's order.
+    pub fn pairs(&self) -> [(&'static str, &Bytes); 7] {
+        [
+            ("workflowId", &self.workflow_id),
+            ("orgId", &self.org_id),
+            ("userId", &self.user_id),
+            ("webhookId", &self.webhook_id),
+            ("payload", &self.payload),
+            ("receivedAt", &self.received_at),
+            ("requestId", &self.request_id),
         ]
     }
 }
@@ -155,21 +159,118 @@ pub struct OutreachJob {
 }
 
 impl OutreachJob {
-    fn fields(&self) -> Vec<(Key, Value)> {
-        let f =
-            |name: &'static str, v: &Bytes| (Key::from_static_str(name), Value::Bytes(v.clone()));
-        vec![
-            f("configurationId", &self.configuration_id),
-            f("userId", &self.user_id),
-            f("orgId", &self.org_id),
-            f("format", &self.format),
-            f("contacts", &self.contacts),
-            f("applications", &self.applications),
-            f("conversations", &self.conversations),
-            f("receivedAt", &self.received_at),
-            f("requestId", &self.request_id),
+    /// The entry's fields, in the contract's order.
+    pub fn pairs(&self) -> [(&'static str, &Bytes); 9] {
+        [
+            ("configurationId", &self.configuration_id),
+            ("userId", &self.user_id),
+            ("orgId", &self.org_id),
+            ("format", &self.format),
+            ("contacts", &self.contacts),
+            ("applications", &self.applications),
+            ("conversations", &self.conversations),
+            ("receivedAt", &self.received_at),
+            ("requestId", &self.request_id),
         ]
     }
+}
+
+/// fred's form of an entry's fields.
+fn fields<const N: usize>(pairs: [(&'static str, &Bytes); N]) -> Vec<(Key, Value)> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (Key::from_static_str(k), Value::Bytes(v.clone())))
+        .collect()
+}
+
+/// Appends the spool frame of one entry to `out`.
+fn spool_frame<const N: usize>(
+    out: &mut Vec<u8>,
+    stream: &Key,
+    pairs: [(&'static str, &Bytes); N],
+) {
+    spool::encode(
+        out,
+        stream.as_bytes(),
+        pairs.into_iter().map(|(k, v)| (k.as_bytes(), &v[..])),
+    );
+}
+
+/// Where a request's jobs were stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Acknowledged by Redis.
+    Redis,
+    /// Some or all went to the local spool (synced to disk), to be replayed.
+    Spooled,
+}
+
+/// Replays every sealed segment; `resume` remembers how far a segment got
+/// when Redis went away mid-way.
+async fn replay(
+    spool: &Spool,
+    client: &Client,
+    settings: &SharedSettings,
+    resume: &mut Option<(std::path::PathBuf, usize)>,
+) -> Result<(), SinkError> {
+    let replayed = metrics::counter!(m::SPOOL_REPLAYED);
+    let segments = spool.seal().await.map_err(|spool| SinkError::Spool {
+        redis: "replay",
+        spool,
+    })?;
+    for path in segments {
+        let segment = Spool::read(path.clone())
+            .await
+            .map_err(|spool| SinkError::Spool {
+                redis: "replay",
+                spool,
+            })?;
+        let mut from = match resume {
+            Some((p, at)) if *p == path => *at,
+            _ => 0,
+        };
+        if from == 0 {
+            spool::report_skipped(&path, &segment);
+        }
+        while from < segment.records.len() {
+            let s = settings.load();
+            let client = client.with_options(&options(&s));
+            let end = (from + 256).min(segment.records.len());
+            // One connection writes them in order; fred pipelines the batch.
+            let results = futures::future::join_all(segment.records[from..end].iter().map(|r| {
+                let fields: Vec<(Key, Value)> = r
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (Key::from(k.clone()), Value::Bytes(v.clone())))
+                    .collect();
+                client.xadd::<Value, _, _, _, _>(
+                    Key::from(r.stream.clone()),
+                    false,
+                    cap(&s),
+                    "*",
+                    fields,
+                )
+            }))
+            .await;
+            let ok = results.iter().take_while(|r| r.is_ok()).count();
+            replayed.increment(ok as u64);
+            from += ok;
+            if let Some(Err(e)) = results.into_iter().nth(ok) {
+                *resume = Some((path, from));
+                return Err(e.into());
+            }
+        }
+        *resume = None;
+        spool
+            .remove(path.clone())
+            .await
+            .map_err(|spool| SinkError::Spool {
+                redis: "replay",
+                spool,
+            })?;
+        info!(segment = %path.display(), records = segment.records.len(), "spool segment replayed into redis");
+    }
+    Ok(())
 }
 
 /// Settings of the sink.
@@ -208,12 +309,13 @@ pub struct StreamSink {
     client: Client,
     connected_once: Arc<AtomicBool>,
     waiter: Arc<tokio::task::JoinHandle<()>>,
+    spool: Option<Spool>,
 }
 
 impl StreamSink {
     /// Builds the client and starts connecting in the background (requests
     /// get [`SinkError::Disconnected`] until it is up).
-    pub fn connect(settings: &SinkSettings) -> Result<Self, Error> {
+    pub fn connect(settings: &SinkSettings, spool: Option<Spool>) -> Result<Self, Error> {
         let mut config = Config::from_url(&settings.redis_url)?;
         config.fail_fast = false;
         let s = settings.clone();
@@ -249,7 +351,13 @@ impl StreamSink {
             client,
             connected_once,
             waiter: Arc::new(waiter),
+            spool,
         })
+    }
+
+    /// The shared client (for the idempotency store).
+    pub fn redis(&self) -> &Client {
+        &self.client
     }
 
     /// True once the first connection to Redis succeeded.
@@ -258,67 +366,152 @@ impl StreamSink {
     }
 
     /// Stores every job on the workflow stream of `settings`; `Ok` only once
-    /// Redis acknowledged all of them.
+    /// Redis acknowledged all of them, or (with a spool) the ones Redis did
+    /// not take are synced to the spool.
     pub async fn enqueue(
         &self,
         jobs: &[WorkflowJob],
         settings: &Settings,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Stored, SinkError> {
+        let stream = &settings.workflow_stream;
         if !self.client.is_connected() {
-            return Err(SinkError::Disconnected);
+            return self
+                .spool_or(SinkError::Disconnected, |out| {
+                    for job in jobs {
+                        spool_frame(out, stream, job.pairs());
+                    }
+                })
+                .await;
         }
         let client = self.client.with_options(&options(settings));
         let add = |job: &WorkflowJob| {
             client.xadd::<Value, _, _, _, _>(
-                settings.workflow_stream.clone(),
+                stream.clone(),
                 false,
                 cap(settings),
                 "*",
-                job.fields(),
+                fields(job.pairs()),
             )
         };
-        match jobs {
-            [] => Ok(()),
-            [job] => {
-                add(job).await?;
-                Ok(())
-            }
-            // Concurrent single commands, not an explicit `Pipeline`: fred
-            // writes them in one batch all the same, and unlike a pipeline
-            // each keeps its own deadline and is never replayed after a
-            // reconnect once its caller has given up on it.
-            many => {
-                for result in futures::future::join_all(many.iter().map(add)).await {
-                    result?;
-                }
-                Ok(())
+        // Concurrent single commands, not an explicit `Pipeline`: fred
+        // writes them in one batch all the same, and unlike a pipeline each
+        // keeps its own deadline and is never replayed after a reconnect
+        // once its caller has given up on it.
+        let results = match jobs {
+            [] => return Ok(Stored::Redis),
+            [job] => vec![add(job).await],
+            many => futures::future::join_all(many.iter().map(add)).await,
+        };
+        let mut error = None;
+        let mut failed = Vec::new();
+        for (result, job) in results.into_iter().zip(jobs) {
+            if let Err(e) = result {
+                error.get_or_insert(SinkError::from(e));
+                failed.push(job);
             }
         }
+        let Some(error) = error else {
+            return Ok(Stored::Redis);
+        };
+        // What Redis took stays there; only the rest is spooled.
+        self.spool_or(error, |out| {
+            for job in failed {
+                spool_frame(out, stream, job.pairs());
+            }
+        })
+        .await
     }
 
-    /// Stores one outreach job; returns its stream entry id once acknowledged.
+    /// Stores one outreach job; returns its stream entry id once Redis
+    /// acknowledged it, or `None` once it is synced to the spool.
     pub async fn enqueue_outreach(
         &self,
         job: &OutreachJob,
         settings: &Settings,
-    ) -> Result<Bytes, SinkError> {
-        if !self.client.is_connected() {
-            return Err(SinkError::Disconnected);
-        }
-        let id: Bytes = self
-            .client
-            .with_options(&options(settings))
-            .xadd(
-                settings.outreach_stream.clone(),
-                false,
-                cap(settings),
-                "*",
-                job.fields(),
-            )
-            .await?;
-        Ok(id)
+    ) -> Result<Option<Bytes>, SinkError> {
+        let stream = &settings.outreach_stream;
+        let error = if self.client.is_connected() {
+            let added: Result<Bytes, Error> = self
+                .client
+                .with_options(&options(settings))
+                .xadd(
+                    stream.clone(),
+                    false,
+                    cap(settings),
+                    "*",
+                    fields(job.pairs()),
+                )
+                .await;
+            match added {
+                Ok(id) => return Ok(Some(id)),
+                Err(e) => SinkError::from(e),
+            }
+        } else {
+            SinkError::Disconnected
+        };
+        self.spool_or(error, |out| spool_frame(out, stream, job.pairs()))
+            .await
+            .map(|_| None)
     }
 
+    /// With a spool: writes the frames `encode` makes to it and reports
+    /// [`Stored::Spooled`]. Without: `error`.
+    async fn spool_or(
+        &self,
+        error: SinkError,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Stored, SinkError> {
+        let Some(spool) = &self.spool else {
+            return Err(error);
+        };
+        let mut frames = Vec::new();
+        encode(&mut frames);
+        let redis = error.reason();
+        match spool.append(frames).await {
+            Ok(()) => {
+                metrics::counter!(m::SPOOL_WRITTEN).increment(1);
+                Ok(Stored::Spooled)
+            }
+            Err(spool) => Err(SinkError::Spool { redis, spool }),
+        }
+    }
+
+    /// Starts replaying the spool into Redis (no-op without a spool): at
+    /// start-up and whenever something is spooled, as soon as Redis is
+    /// connected; segments in order, records in order.
+    pub fn spawn_replay(
+        &self,
+        settings: SharedSettings,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let spool = self.spool.clone()?;
+        let client = self.client.clone();
+        Some(tokio::spawn(async move {
+            let mut resume: Option<(std::path::PathBuf, usize)> = None;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                if spool.bytes() > 0 && client.is_connected() {
+                    match replay(&spool, &client, &settings, &mut resume).await {
+                        Ok(()) => backoff = Duration::from_millis(50),
+                        Err(e) => {
+                            warn!(error = %e, "spool replay paused; retrying");
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
+                let wait = if spool.bytes() > 0 {
+                    backoff
+                } else {
+                    Duration::from_secs(1)
+                };
+                tokio::select! {
+                    () = spool.appended() => {}
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }))
+    }
     /// Closes the connection (after in-flight commands were answered).
     pub async fn close(&self) {
         self.waiter.abort();

@@ -1,66 +1,38 @@
 //! `POST /api/webhook/workflow`: the route's stages, cheapest refusal first.
 //!
 //! ```text
-//! ready? → auth (SHA-256 → KeyTable) → body (capped) → parse (simd-json,
-//! splice webhookId) → match (WebhookIndex, caller's org) → sink (XADD × N,
-//! acknowledged) → 202
+//! [webhook: ready? → auth → rate limit → body → idempotency]
+//!   → parse (simd-json, splice webhookId) → match (WebhookIndex, caller's
+//!   org) → sink (XADD × N, acknowledged, or spooled) → 202
 //! ```
-//! Authentication runs before the body is read, so a flood of bad keys costs
-//! a hash and a map lookup each and never reaches Redis.
+//! Authentication runs before the body is read ([`crate::webhook`]), so a
+//! flood of bad keys costs a hash and a map lookup each and never reaches Redis.
 
-use std::net::SocketAddr;
-
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Either;
-use hyper::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, StatusCode};
 
 use crate::{
-    auth::Credential,
-    body::read_limited,
+    auth::Principal,
     error::Reject,
     metrics as m,
     parse::parse_envelope,
-    proxy::BoxError,
     replica::now_ms,
     response::{decimal, workflow_accepted},
-    service::{App, ResponseBody, json},
-    sink::WorkflowJob,
+    service::App,
+    settings::Settings,
+    sink::{Stored, WorkflowJob},
 };
 
-/// Runs the route and returns the response to send.
-///
-/// A JWT with no secret configured goes to the upstream unchanged (the
-/// backend decides), or is refused when there is no upstream either.
-pub async fn handle<B>(
+/// Does the route's work on an authenticated request's body: parse, match
+/// in the caller's org, store one job per match; returns the status and body
+/// to send.
+pub async fn process(
     app: &App,
-    req: Request<B>,
+    principal: &Principal,
+    body: BytesMut,
     request_id: &HeaderValue,
-    peer: SocketAddr,
-) -> Result<Response<ResponseBody>, Reject>
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    let settings = app.settings.load();
-    let credential = app.authenticate(req.headers(), &settings)?;
-    let principal = match credential {
-        Credential::ApiKey(p) | Credential::Jwt(p) => p,
-        Credential::UnverifiedJwt => {
-            return match &app.proxy {
-                Some(proxy) => proxy
-                    .forward(req, peer, request_id, settings.upstream_response_timeout)
-                    .await
-                    .map(|r| r.map(Either::Right)),
-                None => Err(Reject::JwtNotAccepted),
-            };
-        }
-    };
-    if !app.is_ready() {
-        return Err(Reject::NotReady);
-    }
-    let (parts, body) = req.into_parts();
-    let body = read_limited(&parts.headers, body, settings.max_body_bytes).await?;
+    settings: &Settings,
+) -> Result<(StatusCode, Bytes), Reject> {
     let received_at = now_ms();
     let envelope = parse_envelope(body)?;
     let workflows = app
@@ -84,8 +56,9 @@ where
             })
             .collect();
         let started = std::time::Instant::now();
-        match app.sink.enqueue(&jobs, &settings).await {
-            Ok(()) => {
+        match app.sink.enqueue(&jobs, settings).await {
+            Ok(Stored::Spooled) => {}
+            Ok(Stored::Redis) => {
                 app.metrics
                     .sink_duration
                     .record(started.elapsed().as_secs_f64());
@@ -98,7 +71,7 @@ where
             }
         }
     }
-    Ok(json(
+    Ok((
         StatusCode::ACCEPTED,
         workflow_accepted(&envelope.webhook_id_json, matched),
     ))

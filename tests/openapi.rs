@@ -16,16 +16,26 @@ fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) {
         let name = r.trim_start_matches("#/components/schemas/");
         return validate(doc, &doc["components"]["schemas"][name], v, at);
     }
-    if let Some(t) = schema.get("type").and_then(Value::as_str) {
-        let ok = match t {
+    if v.is_null() && schema.get("nullable") == Some(&Value::Bool(true)) {
+        return;
+    }
+    // `type` is a name or a list of names (OpenAPI 3.1).
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() {
+        let ok = types.iter().any(|t| match *t {
             "object" => v.is_object(),
             "string" => v.is_string(),
             "integer" => v.is_i64() || v.is_u64(),
             "boolean" => v.is_boolean(),
             "array" => v.is_array(),
+            "null" => v.is_null(),
             _ => true,
-        };
-        assert!(ok, "{at}: expected {t}, got {v}");
+        });
+        assert!(ok, "{at}: expected {types:?}, got {v}");
     }
     if let Some(e) = schema.get("enum").and_then(Value::as_array) {
         assert!(e.contains(v), "{at}: {v} not in {e:?}");

@@ -93,6 +93,7 @@ impl JwtVerifier {
                 user_id: Id::from_str_copy(user),
                 org_id: Id::from_str_copy(org),
                 rate_limit_per_sec: None,
+                limiter: Default::default(),
             })
         })
         .map_err(|e| match e {

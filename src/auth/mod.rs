@@ -32,6 +32,8 @@ pub struct Principal {
     pub org_id: Id,
     /// Requests per second allowed for this key, if the record sets one.
     pub rate_limit_per_sec: Option<u32>,
+    /// This key's rate state (ignored by `==`).
+    pub limiter: crate::limit::RateLimiter,
 }
 
 pub mod jwt;
@@ -232,8 +234,17 @@ impl View for KeyTable {
                 let principal = Principal {
                     user_id: Id::from_str_copy(&rec.user_id),
                     org_id: self.intern_org(&rec.org_id),
-                    rate_limit_per_sec: rec.rate_limit_per_sec,
+                    rate_limit_per_sec: rec.rate_limit_per_sec.filter(|r| *r > 0),
+                    limiter: Default::default(),
                 };
+                // An unchanged record (a resync) keeps its principal, and so
+                // its rate state.
+                if let Some(mut e) = self.entries.get_mut(&digest)
+                    && *e.0 == principal
+                {
+                    e.1 = generation;
+                    return;
+                }
                 self.entries
                     .insert(digest, (Arc::new(principal), generation));
             }
