@@ -344,7 +344,6 @@ pub struct RawRateLimit {
     pub burst: u32,
 }
 
-
 impl RawConfig {
     /// Parses TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {

@@ -50,6 +50,8 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     let mut raw = tether_ingress::config::RawConfig::default();
     raw.redis.url = redis.url();
     raw.server.max_connections = 2;
+    // Long enough that the waiting connection is never refused here.
+    raw.server.connection_queue_timeout_ms = 60_000;
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     // The harness client holds one keep-alive connection; take the second slot.
     let held = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();

@@ -58,10 +58,22 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Append-only file synced on every write: what Redis acknowledged
+    /// survives a SIGKILL (for tests that count acknowledged jobs across one).
+    durable: bool,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// A Redis whose acknowledged writes survive SIGKILL (appendfsync always).
+    pub fn start_durable() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(durable: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tether-test-redis-{}-{}",
             std::process::id(),
@@ -74,6 +86,7 @@ impl RedisServer {
                 port: free_port(),
                 dir: dir.clone(),
                 child: None,
+                durable,
             };
             if s.spawn(true) {
                 return s;
@@ -93,16 +106,12 @@ impl RedisServer {
             "0".into()
         };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .args([
                 "--unixsocket",
                 self.socket().to_str().unwrap(),
@@ -407,4 +416,210 @@ impl Drop for Ingress {
 pub fn json(b: &Bytes) -> serde_json::Value {
     serde_json::from_slice(b)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+}
+
+// === the binary, as a process ===
+
+/// `tether-ingress` run as a child process (for SIGKILL and signals).
+pub struct IngressProcess {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl IngressProcess {
+    /// Starts the binary on a free port with `env` (TETHER_INGRESS_*) set.
+    pub fn spawn(env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+            .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TETHER_INGRESS_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: Some(child),
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Polls /readyz until it answers 200.
+    pub async fn wait_ready(&self) {
+        let http = http_client();
+        let uri = format!("{}/readyz", self.base());
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                let (http, uri) = (http.clone(), uri.clone());
+                async move {
+                    let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+                    matches!(http.request(req).await, Ok(r) if r.status() == StatusCode::OK)
+                }
+            })
+            .await,
+            "the ingress binary did not become ready"
+        );
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for IngressProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub type Http = HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> Http {
+    HttpClient::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http()
+}
+
+/// What one request of a load run got: its request id, the status (None if
+/// the connection failed) and whether a Retry-After came with it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub request_id: String,
+    pub status: Option<StatusCode>,
+    pub retry_after: bool,
+}
+
+/// A load of `tasks` concurrent senders posting workflow requests with their
+/// own X-Request-Id each, until stopped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Load {
+    pub fn start(base: &str, token: &str, body: &str, tasks: usize, tag: &str) -> Self {
+        use std::sync::{Arc, atomic::*};
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let http = http_client();
+        let tasks = (0..tasks)
+            .map(|t| {
+                let (stop, accepted, answered, http) = (
+                    stop.clone(),
+                    accepted.clone(),
+                    answered.clone(),
+                    http.clone(),
+                );
+                let uri = format!("{base}/api/webhook/workflow");
+                let (token, body, tag) = (token.to_owned(), body.to_owned(), tag.to_owned());
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Acquire) {
+                        let request_id = format!("{tag}-{t}-{i}");
+                        i += 1;
+                        let req = Request::post(uri.as_str())
+                            .header("authorization", format!("Bearer {token}"))
+                            .header("x-request-id", request_id.as_str())
+                            .body(Full::new(Bytes::from(body.clone())))
+                            .unwrap();
+                        let res =
+                            tokio::time::timeout(Duration::from_secs(10), http.request(req)).await;
+                        let outcome = match res {
+                            Ok(Ok(res)) => {
+                                let status = res.status();
+                                let retry_after = res.headers().contains_key("retry-after");
+                                // A 2xx counts only once its body arrived whole.
+                                let whole = res.into_body().collect().await.is_ok();
+                                Outcome {
+                                    request_id,
+                                    status: whole.then_some(status),
+                                    retry_after,
+                                }
+                            }
+                            _ => Outcome {
+                                request_id,
+                                status: None,
+                                retry_after: false,
+                            },
+                        };
+                        if outcome.status == Some(StatusCode::ACCEPTED) {
+                            accepted.fetch_add(1, Ordering::AcqRel);
+                        }
+                        if outcome.status.is_none() {
+                            // The server is gone: don't spin.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        answered.fetch_add(1, Ordering::AcqRel);
+                        out.push(outcome);
+                    }
+                    out
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            tasks,
+            accepted,
+            answered,
+        }
+    }
+
+    /// Waits until `n` more requests were answered 202 than when called.
+    pub async fn until_accepted(&self, n: usize, within: Duration) {
+        use std::sync::atomic::Ordering;
+        let target = self.accepted.load(Ordering::Acquire) + n;
+        assert!(
+            eventually(within, || async {
+                self.accepted.load(Ordering::Acquire) >= target
+            })
+            .await,
+            "load: fewer than {n} more 202s within {within:?}"
+        );
+    }
+
+    /// Waits until `n` more requests were answered (any status) than when called.
+    pub async fn until_answered(&self, n: usize, within: Duration) {
+        use std::sync::atomic::Ordering;
+        let target = self.answered.load(Ordering::Acquire) + n;
+        assert!(
+            eventually(within, || async {
+                self.answered.load(Ordering::Acquire) >= target
+            })
+            .await,
+            "load: fewer than {n} more answers within {within:?}"
+        );
+    }
+
+    pub async fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    }
+}
+
+/// Request ids of the entries in `stream`, with how many entries each has.
+pub async fn request_ids_in(
+    r: &fred::clients::Client,
+    stream: &str,
+) -> std::collections::HashMap<String, usize> {
+    let mut out = std::collections::HashMap::new();
+    for (_, e) in entries(r, stream).await {
+        *out.entry(field(&e, "requestId").to_owned()).or_default() += 1;
+    }
+    out
 }

@@ -1,0 +1,183 @@
+//! Real faults under load: Redis SIGKILLed and restarted, the ingress
+//! SIGKILLed and restarted. The property checked each time: every request
+//! answered 202 has its jobs in the stream afterwards.
+//!
+//! Redis runs with `appendfsync always` here, so what *it* acknowledged
+//! survives its own SIGKILL; what these tests measure is the ingress.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use http::StatusCode;
+use support::*;
+use tether_ingress::config::RawConfig;
+
+const KEY: &str = "user_faults";
+const BODY: &str = r#"{"webhookId":"wh_1","email":"lead@example.com","n":12345678901234567890123}"#;
+const STREAM: &str = "tether:jobs:workflow";
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn seed(redis: &RedisServer) {
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    // Two workflows: each request writes two entries, so a request can be
+    // half in Redis and half spooled.
+    add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
+}
+
+/// Every 202 of `outcomes` has both its entries in the stream (polled, as
+/// the spool may still be replaying). Returns how many requests were accepted.
+async fn assert_every_202_stored(redis: &RedisServer, outcomes: &[support::Outcome]) -> usize {
+    let accepted: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.status == Some(StatusCode::ACCEPTED))
+        .map(|o| o.request_id.as_str())
+        .collect();
+    let r = redis.client().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let (complete, stored) = loop {
+        let stored: HashMap<String, usize> = request_ids_in(&r, STREAM).await;
+        let complete = accepted
+            .iter()
+            .all(|id| stored.get(*id).copied().unwrap_or(0) >= 2);
+        if complete || std::time::Instant::now() > deadline {
+            break (complete, stored);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let missing: Vec<_> = accepted
+        .iter()
+        .filter(|id| stored.get(**id).copied().unwrap_or(0) < 2)
+        .take(5)
+        .collect();
+    assert!(
+        complete,
+        "{} of {} accepted requests lack jobs, e.g. {missing:?}",
+        accepted
+            .iter()
+            .filter(|id| stored.get(**id).copied().unwrap_or(0) < 2)
+            .count(),
+        accepted.len()
+    );
+    accepted.len()
+}
+
+fn spool_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_with_a_spool_loses_no_accepted_job() {
+    let mut redis = RedisServer::start_durable();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.redis.command_timeout_ms = 500;
+    raw.spool.dir = spool.path().display().to_string();
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let load = Load::start(&ingress.uri(""), KEY, BODY, 16, "spool");
+    load.until_accepted(300, WAIT).await;
+    redis.kill();
+    // Redis is down: the ingress keeps answering 202 from the spool.
+    load.until_accepted(300, WAIT).await;
+    assert!(spool_files(spool.path()) > 0, "nothing was spooled");
+    redis.restart();
+    load.until_accepted(300, WAIT).await;
+    let outcomes = load.stop().await;
+    let other: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.status != Some(StatusCode::ACCEPTED))
+        .take(5)
+        .collect();
+    assert!(
+        other.is_empty(),
+        "with a spool every answer is 202: {other:?}"
+    );
+    let accepted = assert_every_202_stored(&redis, &outcomes).await;
+    assert!(accepted >= 900);
+    // Replayed segments are deleted once Redis acknowledged them.
+    assert!(
+        eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
+        "spool not drained"
+    );
+    let metrics = String::from_utf8(ingress.get("/metrics").await.2.to_vec()).unwrap();
+    let replayed = metrics
+        .lines()
+        .find(|l| l.starts_with("tether_spool_jobs_replayed_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(replayed > 0.0, "no replay counted:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_without_a_spool_answers_503_with_retry_after() {
+    let mut redis = RedisServer::start_durable();
+    seed(&redis).await;
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.redis.command_timeout_ms = 500;
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let load = Load::start(&ingress.uri(""), KEY, BODY, 16, "nospool");
+    load.until_accepted(300, WAIT).await;
+    redis.kill();
+    load.until_answered(300, WAIT).await;
+    redis.restart();
+    load.until_accepted(300, WAIT).await;
+    let outcomes = load.stop().await;
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.status == Some(StatusCode::SERVICE_UNAVAILABLE))
+        .count();
+    assert!(refused > 0, "no 503 while Redis was down");
+    for o in &outcomes {
+        match o.status {
+            Some(StatusCode::ACCEPTED) => {}
+            Some(StatusCode::SERVICE_UNAVAILABLE) => {
+                assert!(o.retry_after, "503 without Retry-After: {o:?}")
+            }
+            other => panic!("unexpected answer {other:?} for {}", o.request_id),
+        }
+    }
+    assert_every_202_stored(&redis, &outcomes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_sigkilled_under_load_keeps_every_accepted_job() {
+    let mut redis = RedisServer::start_durable();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        (
+            "TETHER_INGRESS_SPOOL_DIR",
+            spool.path().display().to_string(),
+        ),
+    ];
+    let mut ingress = IngressProcess::spawn(&env);
+    ingress.wait_ready().await;
+    let load = Load::start(&ingress.base(), KEY, BODY, 16, "sigkill");
+    load.until_accepted(300, WAIT).await;
+    // Redis goes away, so the accepted jobs now live only in the spool...
+    redis.kill();
+    load.until_accepted(300, WAIT).await;
+    // ...and the ingress is killed mid-load with them there.
+    ingress.kill9();
+    let outcomes = load.stop().await;
+    assert!(spool_files(spool.path()) > 0, "nothing was spooled");
+    redis.restart();
+    let ingress = IngressProcess::spawn(&env);
+    ingress.wait_ready().await;
+    let accepted = assert_every_202_stored(&redis, &outcomes).await;
+    assert!(accepted >= 600);
+    assert!(
+        eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
+        "spool not drained after the restart"
+    );
+}
