@@ -98,7 +98,7 @@ pub fn install() -> Option<PrometheusHandle> {
 #[cfg(test)]
 mod tests {
     /// Every metric family the code registers.
-    const ALL: [&str; 16] = [
+    const ALL: [&str; 24] = [
         super::SINK_BATCH,
         super::HTTP_REQUESTS,
         super::HTTP_IN_FLIGHT,
@@ -115,6 +115,14 @@ mod tests {
         super::REPLICA_INVALIDATIONS,
         super::CONNECTIONS_OPEN,
         super::CONNECTIONS_SILENT,
+        super::CONNECTIONS_REFUSED,
+        super::SPOOL_BYTES,
+        super::SPOOL_WRITTEN,
+        super::SPOOL_REPLAYED,
+        super::SPOOL_SYNCS,
+        super::SPOOL_CORRUPT,
+        super::IDEMPOTENT_REPLAYS,
+        super::FAIL_CLOSED,
     ];
 
     #[test]
