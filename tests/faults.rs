@@ -207,3 +207,85 @@ async fn ingress_sigkilled_under_load_keeps_every_accepted_job() {
         "spool not drained after the restart"
     );
 }
+
+#[tokio::test]
+async fn a_torn_tail_left_by_a_crash_is_skipped_and_the_rest_replayed() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    // What a crash mid-write leaves: two whole records, then half of a third.
+    let mut data = Vec::new();
+    for id in ["torn-1", "torn-2", "torn-3"] {
+        tether_ingress::spool::encode(
+            &mut data,
+            STREAM.as_bytes(),
+            [
+                (&b"workflowId"[..], &b"wf_a"[..]),
+                (b"orgId", b"o_1"),
+                (b"userId", b"u_1"),
+                (b"webhookId", b"wh_1"),
+                (b"payload", br#"{"n":1.10}"#),
+                (b"receivedAt", b"1700000000000"),
+                (b"requestId", id.as_bytes()),
+            ]
+            .into_iter(),
+        );
+    }
+    let cut = data.len() - 20;
+    std::fs::write(
+        spool.path().join("spool-00000000000000000007.log"),
+        &data[..cut],
+    )
+    .unwrap();
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.spool.dir = spool.path().display().to_string();
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    assert!(
+        eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
+        "spool not replayed at start-up"
+    );
+    let r = redis.client().await;
+    let e = entries(&r, STREAM).await;
+    let ids: Vec<&str> = e.iter().map(|(_, f)| field(f, "requestId")).collect();
+    assert_eq!(ids, ["torn-1", "torn-2"]);
+    assert_eq!(field(&e[0].1, "payload"), r#"{"n":1.10}"#);
+    let metrics = String::from_utf8(ingress.get("/metrics").await.2.to_vec()).unwrap();
+    assert!(
+        metrics.contains("tether_spool_corrupt_records_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_spool_answers_503_with_retry_after() {
+    let mut redis = RedisServer::start();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.spool.dir = spool.path().display().to_string();
+    raw.spool.max_bytes = 1 << 20;
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    redis.kill();
+    // 200 KB per request (two jobs of 100 KB): the 1 MiB spool takes five.
+    let body = format!(r#"{{"webhookId":"wh_1","blob":"{}"}}"#, "x".repeat(100_000));
+    let mut spooled = 0;
+    let mut full = None;
+    for _ in 0..20 {
+        let (s, h, b) = ingress.workflow(Some(KEY), &body).await;
+        match s {
+            StatusCode::ACCEPTED => spooled += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(h.contains_key("retry-after"));
+                full = Some(json(&b)["code"].clone());
+                break;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(spooled, 5, "the spool took {spooled} requests");
+    assert_eq!(full.unwrap(), "JOB_STORE_UNAVAILABLE");
+}
