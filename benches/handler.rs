@@ -76,7 +76,16 @@ async fn baseline_xadd(redis: &Client) -> String {
 fn handler(c: &mut Criterion) {
     let port = free_port();
     let Ok(child) = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
     else {
@@ -91,7 +100,9 @@ fn handler(c: &mut Criterion) {
         .build()
         .unwrap();
     let (app, redis, _background) = rt.block_on(async {
-        let redis = Builder::from_config(Config::from_url(&url).unwrap()).build().unwrap();
+        let redis = Builder::from_config(Config::from_url(&url).unwrap())
+            .build()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis.init().await.is_err() {
             assert!(Instant::now() < deadline, "redis did not start");
@@ -102,7 +113,13 @@ fn handler(c: &mut Criterion) {
             .map(|b| format!("{b:02x}"))
             .collect();
         let _: () = redis
-            .set(format!("tether:apikey:{digest}"), r#"{"userId":"u_1","orgId":"o_1"}"#, None, None, false)
+            .set(
+                format!("tether:apikey:{digest}"),
+                r#"{"userId":"u_1","orgId":"o_1"}"#,
+                None,
+                None,
+                false,
+            )
             .await
             .unwrap();
         let _: () = redis
@@ -119,29 +136,33 @@ fn handler(c: &mut Criterion) {
         (app, redis, background)
     });
     let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
-    let no_match: &'static str =
-        Box::leak(LEAD_440.replace("wh_64d2f9c5e8a1d4e001a0b1c3", "wh_nothing").into_boxed_str());
+    let no_match: &'static str = Box::leak(
+        LEAD_440
+            .replace("wh_64d2f9c5e8a1d4e001a0b1c3", "wh_nothing")
+            .into_boxed_str(),
+    );
 
     let mut g = c.benchmark_group("handler");
     g.bench_function("refused_key", |b| {
         b.to_async(&rt).iter(|| async {
-            black_box(app.dispatch(request(LEAD_440, "user_wrong"), peer).await.status())
+            black_box(
+                app.dispatch(request(LEAD_440, "user_wrong"), peer)
+                    .await
+                    .status(),
+            )
         })
     });
     g.bench_function("lead_440_no_match", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(app.dispatch(request(no_match, KEY), peer).await.status())
-        })
+        b.to_async(&rt)
+            .iter(|| async { black_box(app.dispatch(request(no_match, KEY), peer).await.status()) })
     });
     g.bench_function("lead_440_one_match", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(app.dispatch(request(LEAD_440, KEY), peer).await.status())
-        })
+        b.to_async(&rt)
+            .iter(|| async { black_box(app.dispatch(request(LEAD_440, KEY), peer).await.status()) })
     });
     g.bench_function("baseline_fred_xadd", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(baseline_xadd(&redis).await)
-        })
+        b.to_async(&rt)
+            .iter(|| async { black_box(baseline_xadd(&redis).await) })
     });
     g.throughput(Throughput::Elements(64));
     g.bench_function("lead_440_one_match_64_concurrent", |b| {
@@ -151,7 +172,9 @@ fn handler(c: &mut Criterion) {
                 let tasks: Vec<_> = (0..64)
                     .map(|_| {
                         let app = app.clone();
-                        tokio::spawn(async move { app.dispatch(request(LEAD_440, KEY), peer).await.status() })
+                        tokio::spawn(async move {
+                            app.dispatch(request(LEAD_440, KEY), peer).await.status()
+                        })
                     })
                     .collect();
                 for t in tasks {
