@@ -289,3 +289,56 @@ async fn a_full_spool_answers_503_with_retry_after() {
     assert_eq!(spooled, 5, "the spool took {spooled} requests");
     assert_eq!(full.unwrap(), "JOB_STORE_UNAVAILABLE");
 }
+
+#[tokio::test]
+async fn outreach_is_spooled_too_and_says_so() {
+    let mut redis = RedisServer::start_durable();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    let _: () = fred::prelude::KeysInterface::set(
+        &r,
+        "tether:outreach:config:cfg_1",
+        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
+        None,
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.spool.dir = spool.path().display().to_string();
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    redis.kill();
+    let req = http::Request::post(ingress.uri("/api/webhook/outreach"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("x-request-id", "outreach-spooled-1")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"configurationId":"cfg_1","email":"a@b.c","phone":12345678901234567890}"#,
+        )))
+        .unwrap();
+    let (s, _, b) = ingress.request(req).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b:?}");
+    let v = json(&b);
+    assert_eq!(v["success"], true);
+    assert_eq!(v["data"]["configurationId"], "cfg_1");
+    assert!(v["data"]["jobId"].is_null(), "{v}");
+    redis.restart();
+    let r = redis.client().await;
+    assert!(
+        eventually(WAIT, || async {
+            xlen(&r, "tether:jobs:outreach").await == 1
+        })
+        .await,
+        "spooled outreach job not replayed"
+    );
+    let e = entries(&r, "tether:jobs:outreach").await;
+    assert_eq!(field(&e[0].1, "requestId"), "outreach-spooled-1");
+    assert_eq!(
+        field(&e[0].1, "contacts"),
+        r#"{"email":"a@b.c","phone":12345678901234567890}"#
+    );
+    assert_eq!(field(&e[0].1, "format"), "raw");
+}
