@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::{
-    auth::digest_key,
+    auth::{digest_key, push_hex},
     config::{Config, redact_url},
 };
 
@@ -87,11 +87,9 @@ impl Admin {
     }
 
     fn key_of(&self, api_key: &str) -> String {
-        let hex: String = digest_key(api_key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{}apikey:{hex}", self.prefix)
+        let mut key = format!("{}apikey:", self.prefix);
+        push_hex(&mut key, &digest_key(api_key.as_bytes()));
+        key
     }
 
     /// Creates a key for `user` in `org`; returns the plain key (shown once).
@@ -105,10 +103,8 @@ impl Admin {
         SystemRandom::new()
             .fill(&mut raw)
             .map_err(|_| AdminError::Refused("the system random generator failed".into()))?;
-        let key = format!(
-            "user_{}",
-            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        let mut key = String::from("user_");
+        push_hex(&mut key, &raw);
         let mut record = serde_json::json!({"userId": user, "orgId": org, "active": true});
         if let Some(n) = rate_limit {
             record["rateLimitPerSec"] = n.into();

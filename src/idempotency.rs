@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use ring::digest;
 use tracing::debug;
 
-use crate::{error::Reject, metrics as m};
+use crate::{auth::push_hex, error::Reject, metrics as m};
 
 /// Header name.
 pub const HEADER: &str = "idempotency-key";
@@ -87,9 +87,7 @@ pub fn redis_key(
     key.push(':');
     key.push_str(route);
     key.push(':');
-    for b in hash.as_ref() {
-        key.push_str(&format!("{b:02x}"));
-    }
+    push_hex(&mut key, hash.as_ref());
     Ok(Some(key))
 }
 

@@ -266,6 +266,7 @@ impl Spool {
             dir: dir.to_owned(),
             next_seq,
             current: None,
+            synced: metrics::counter!(m::SPOOL_SYNCS),
         };
         std::thread::Builder::new()
             .name("tether-spool".into())
@@ -362,11 +363,12 @@ struct Writer {
     dir: PathBuf,
     next_seq: u64,
     current: Option<(File, u64)>,
+    /// Group commits made (one write + sync each).
+    synced: metrics::Counter,
 }
 
 impl Writer {
     fn run(mut self, rx: &mpsc::Receiver<Command>) {
-        let synced = metrics::counter!(m::SPOOL_SYNCS);
         let mut buf = Vec::new();
         let mut waiters = Vec::new();
         while let Ok(first) = rx.recv() {
@@ -379,7 +381,6 @@ impl Writer {
                     }
                     Command::Seal(done) => {
                         self.flush(&mut buf, &mut waiters);
-                        synced.increment(1);
                         self.current = None;
                         let list = segments(&self.dir)
                             .map(|v| v.into_iter().map(|(_, p)| p).collect())
@@ -389,10 +390,7 @@ impl Writer {
                 }
                 next = rx.try_recv().ok();
             }
-            if !waiters.is_empty() {
-                self.flush(&mut buf, &mut waiters);
-                synced.increment(1);
-            }
+            self.flush(&mut buf, &mut waiters);
         }
     }
 
@@ -406,6 +404,7 @@ impl Writer {
             return;
         }
         let result = self.write(buf);
+        self.synced.increment(1);
         if let Err(e) = &result {
             error!(error = %e, dir = %self.dir.display(), "spool write failed; answering 503");
             // Whatever reached the file is a torn record replay will skip;

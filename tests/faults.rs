@@ -116,21 +116,11 @@ async fn redis_killed_under_load_with_a_spool_loses_no_accepted_job() {
          300 in {down:?} from the spool with Redis down; spool drained {:?} after the restart",
         t2.elapsed()
     );
-    let metrics = String::from_utf8(ingress.get("/metrics").await.2.to_vec()).unwrap();
-    let value = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let replayed = value("tether_spool_jobs_replayed_total");
-    assert!(replayed > 0.0, "no replay counted:\n{metrics}");
+    let replayed = metric_value(&ingress, "tether_spool_jobs_replayed_total").await;
+    assert!(replayed > 0.0, "no replay counted");
     // Group commit: one fsync serves many concurrent requests.
-    let (spooled, syncs) = (
-        value("tether_spool_jobs_written_total"),
-        value("tether_spool_syncs_total"),
-    );
+    let spooled = metric_value(&ingress, "tether_spool_jobs_written_total").await;
+    let syncs = metric_value(&ingress, "tether_spool_syncs_total").await;
     assert!(
         syncs > 0.0 && spooled > syncs,
         "{spooled} spooled requests, {syncs} syncs"
@@ -251,10 +241,9 @@ async fn a_torn_tail_left_by_a_crash_is_skipped_and_the_rest_replayed() {
     let ids: Vec<&str> = e.iter().map(|(_, f)| field(f, "requestId")).collect();
     assert_eq!(ids, ["torn-1", "torn-2"]);
     assert_eq!(field(&e[0].1, "payload"), r#"{"n":1.10}"#);
-    let metrics = String::from_utf8(ingress.get("/metrics").await.2.to_vec()).unwrap();
-    assert!(
-        metrics.contains("tether_spool_corrupt_records_total 1"),
-        "{metrics}"
+    assert_eq!(
+        metric_value(&ingress, "tether_spool_corrupt_records_total").await,
+        1.0
     );
 }
 
@@ -295,16 +284,12 @@ async fn outreach_is_spooled_too_and_says_so() {
     let mut redis = RedisServer::start_durable();
     let r = redis.client().await;
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    let _: () = fred::prelude::KeysInterface::set(
+    put_outreach_config(
         &r,
-        "tether:outreach:config:cfg_1",
+        "cfg_1",
         r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
-        None,
-        None,
-        false,
     )
-    .await
-    .unwrap();
+    .await;
     let spool = tempfile::tempdir().unwrap();
     let mut raw = RawConfig::default();
     raw.redis.url = redis.url();

@@ -132,16 +132,12 @@ async fn real_responses_match_the_document() {
     let r = redis.client().await;
     put_key(&r, "user_oa", r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
-    let _: () = fred::prelude::KeysInterface::set(
+    put_outreach_config(
         &r,
-        "tether:outreach:config:cfg_1",
+        "cfg_1",
         r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p","promptId":null}"#,
-        None,
-        None,
-        false,
     )
-    .await
-    .unwrap();
+    .await;
     let mut raw = tether_ingress::config::RawConfig::default();
     raw.redis.url = redis.url();
     raw.server.max_body_bytes = 512;

@@ -85,6 +85,16 @@ pub fn digest_key(key: &[u8]) -> KeyDigest {
     out
 }
 
+/// Appends `bytes` as lowercase hex to `out` (no allocation beyond `out`'s growth).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+}
+
 /// Extracts the bearer token. Scheme is case-insensitive (RFC 7235);
 /// surrounding spaces are ignored.
 pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Reject> {
@@ -347,6 +357,17 @@ mod tests {
         ));
         assert_eq!(bearer_token(&headers("bearer  k1 ")).unwrap(), b"k1");
         assert_eq!(bearer_token(&headers("Bearer k1")).unwrap(), b"k1");
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_complete() {
+        let mut s = String::from("x:");
+        push_hex(&mut s, &[0x00, 0x0f, 0xa5, 0xff]);
+        assert_eq!(s, "x:000fa5ff");
+        let d = digest_key(b"k");
+        let mut h = String::new();
+        push_hex(&mut h, &d);
+        assert_eq!(h, hex(&d));
     }
 
     #[test]

@@ -623,3 +623,26 @@ pub async fn request_ids_in(
     }
     out
 }
+
+/// SET `tether:outreach:config:<id>` to `record`.
+pub async fn put_outreach_config(r: &fred::clients::Client, id: &str, record: &str) {
+    let _: () = r
+        .set(
+            format!("tether:outreach:config:{id}"),
+            record,
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+}
+
+/// The value of the first `/metrics` line starting with `series` (0 if none).
+pub async fn metric_value(ingress: &Ingress, series: &str) -> f64 {
+    let text = String::from_utf8(ingress.get("/metrics").await.2.to_vec()).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
