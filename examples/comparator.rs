@@ -41,15 +41,53 @@ async fn handle(
         Mode::Accept => (StatusCode::ACCEPTED, &br#"{"success":true}"#[..]),
         Mode::Xadd => {
             let client = redis.unwrap();
-            let r: Result<Value, Error> = client
-                .xadd(
-                    "comparator:jobs",
-                    false,
-                    ("MAXLEN", "~", 1_000_000),
-                    "*",
-                    vec![("payload", body)],
-                )
-                .await;
+            let fields: Vec<(&str, Bytes)> = if std::env::var_os("COMPARATOR_ONE_FIELD").is_some() {
+                vec![("payload", body)]
+            } else {
+                vec![
+                    ("workflowId", Bytes::from_static(b"wf_one")),
+                    ("orgId", Bytes::from_static(b"o_0")),
+                    ("userId", Bytes::from_static(b"u_0")),
+                    ("webhookId", Bytes::from_static(b"wh_one")),
+                    ("payload", body),
+                    ("receivedAt", Bytes::from_static(b"1795425600000")),
+                    (
+                        "requestId",
+                        Bytes::from_static(b"0193f1d2-7c3a-7b6e-9a51-3f0c2d4e5a6b"),
+                    ),
+                ]
+            };
+            let r: Result<Value, Error> = match std::env::var("COMPARATOR_TIMEOUT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                Some(ms) => {
+                    client
+                        .with_options(&Options {
+                            timeout: Some(std::time::Duration::from_millis(ms)),
+                            ..Default::default()
+                        })
+                        .xadd(
+                            "comparator:jobs",
+                            false,
+                            ("MAXLEN", "~", 1_000_000),
+                            "*",
+                            fields,
+                        )
+                        .await
+                }
+                None => {
+                    client
+                        .xadd(
+                            "comparator:jobs",
+                            false,
+                            ("MAXLEN", "~", 1_000_000),
+                            "*",
+                            fields,
+                        )
+                        .await
+                }
+            };
             match r {
                 Ok(_) => (StatusCode::ACCEPTED, &br#"{"success":true}"#[..]),
                 Err(_) => (StatusCode::SERVICE_UNAVAILABLE, &b"{}"[..]),

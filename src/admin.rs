@@ -372,6 +372,10 @@ pub fn describe(config: &Config) -> String {
             config.resync_interval.as_secs().to_string(),
         ),
         (
+            "redis.resync_busy_percent",
+            config.resync_busy_percent.to_string(),
+        ),
+        (
             "redis.max_pending_commands",
             config.max_pending_commands.to_string(),
         ),

@@ -184,6 +184,9 @@ pub struct RawRedis {
     pub connect_timeout_ms: u64,
     /// Safety-net full resync period, s.
     pub resync_interval_secs: u64,
+    /// Share of the time (percent) a resync after the first load may keep
+    /// busy; it pauses between pages for the rest.
+    pub resync_busy_percent: u8,
     /// Cap on commands queued towards Redis.
     pub max_pending_commands: usize,
     /// Retry-After on 503, s.
@@ -198,6 +201,7 @@ impl Default for RawRedis {
             command_timeout_ms: 2_000,
             connect_timeout_ms: 2_000,
             resync_interval_secs: 300,
+            resync_busy_percent: 20,
             max_pending_commands: 100_000,
             retry_after_secs: 1,
         }
@@ -446,6 +450,9 @@ impl RawConfig {
         if r.resync_interval_secs == 0 {
             problems.push("redis.resync_interval_secs: must be at least 1".into());
         }
+        if !(1..=100).contains(&r.resync_busy_percent) {
+            problems.push("redis.resync_busy_percent: must be between 1 and 100".into());
+        }
         let max_pending = nonzero(
             r.max_pending_commands,
             "redis.max_pending_commands",
@@ -556,6 +563,7 @@ impl RawConfig {
             command_timeout: Duration::from_millis(r.command_timeout_ms),
             connect_timeout: Duration::from_millis(r.connect_timeout_ms),
             resync_interval: Duration::from_secs(r.resync_interval_secs),
+            resync_busy_percent: r.resync_busy_percent,
             max_pending_commands: max_pending,
             retry_after_secs: r.retry_after_secs,
             workflow_stream: self.streams.workflow,
@@ -613,6 +621,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Safety-net resync period.
     pub resync_interval: Duration,
+    /// Share of the time (percent) a resync after the first load keeps busy.
+    pub resync_busy_percent: u8,
     /// Cap on commands queued towards Redis.
     pub max_pending_commands: NonZeroUsize,
     /// Retry-After on 503, seconds.

@@ -96,6 +96,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
             resync_interval: config.resync_interval,
+            resync_busy_percent: config.resync_busy_percent,
         },
     );
     let settings = Settings::shared(config);

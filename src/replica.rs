@@ -26,6 +26,7 @@
 //! across an await, and the writer never blocks them for more than one shard.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -171,27 +172,59 @@ pub struct ReplicaSettings {
     pub command_timeout: Duration,
     /// Safety-net resync period.
     pub resync_interval: Duration,
+    /// Share of the time (percent, 1..=100) a resync after the first load
+    /// may keep busy.
+    pub resync_busy_percent: u8,
 }
 
-/// Reads a page of SET and HASH keys in one call: `KEYS[i]` is read if its
-/// type is `ARGV[i]`, else answered nil (missing, or not control-plane data).
+/// Reads a page of SET and HASH keys in one call: `KEYS[i]` is read as the
+/// type `ARGV[i]` names; a missing key reads empty and a key of another type
+/// (not control-plane data) is answered nil. No TYPE call per key: the
+/// common case costs one command, a wrong type one caught error.
 const READ_PAGE_SCRIPT: &str = r#"
 local out = {}
 for i, key in ipairs(KEYS) do
-  local kind = redis.call('TYPE', key).ok
-  if kind == ARGV[i] and kind == 'set' then
-    out[i] = redis.call('SMEMBERS', key)
-  elseif kind == ARGV[i] and kind == 'hash' then
-    out[i] = redis.call('HGETALL', key)
+  local r
+  if ARGV[i] == 'set' then
+    r = redis.pcall('SMEMBERS', key)
   else
+    r = redis.pcall('HGETALL', key)
+  end
+  if type(r) == 'table' and r.err then
     out[i] = false
+  else
+    out[i] = r
   end
 end
 return out
 "#;
 
+/// Keys re-read during a resync (after an invalidation), by the page read
+/// sequence number current when their re-read was sent.
+#[derive(Default)]
+struct Reread {
+    at: HashMap<Bytes, u64>,
+}
+
+impl Reread {
+    fn record(&mut self, keys: Vec<Bytes>, seq: u64) {
+        self.at.extend(keys.into_iter().map(|k| (k, seq)));
+    }
+
+    /// True when the page read sent at `seq` must not be applied for `key`:
+    /// the key was re-read since, and that re-read is as new or newer.
+    fn supersedes(&self, key: &Bytes, seq: u64) -> bool {
+        self.at.get(key).is_some_and(|&at| at >= seq)
+    }
+}
+
+/// Values read for a page: (view index, key, value).
+type PageValues = Vec<(usize, Bytes, Value)>;
+
 /// Keys read per SCAN page and per pipelined read.
 const SCAN_COUNT: u32 = 1000;
+/// Keys per SCAN page of a resync after the first load.
+const BACKGROUND_SCAN_COUNT: u32 = 100;
 /// Invalidation events buffered before the channel lags (which forces a resync).
 const INVALIDATION_CAPACITY: usize = 1 << 16;
 
@@ -279,7 +312,10 @@ impl Replica {
                 // This resync covers every reconnect reported so far (including
                 // the first connect, reported too); later ones trigger another.
                 while reconnects.try_recv().is_ok() {}
-                match self.resync(&client, &mut invalidations).await {
+                match self
+                    .resync(&client, &mut invalidations, &mut shutdown)
+                    .await
+                {
                     Ok(()) => {
                         resync_due = false;
                         self.status.mark_in_touch();
@@ -345,8 +381,16 @@ impl Replica {
         &mut self,
         client: &Client,
         invalidations: &mut tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let started = std::time::Instant::now();
+        // The first load runs at full speed (nothing is served before it);
+        // later ones pause between pages so requests keep the CPU.
+        let busy_percent = if self.status.is_ready() {
+            u32::from(self.settings.resync_busy_percent.clamp(1, 100))
+        } else {
+            100
+        };
         let prefixes: Vec<String> = self.views.iter().map(|v| v.prefix().to_owned()).collect();
         // Tracking first, so that a write racing the scan still invalidates.
         // Turning it off first makes the call idempotent on a live connection.
@@ -359,14 +403,64 @@ impl Replica {
         let generation = self.generation;
         // One pass over the views' common prefix (four passes over a large
         // keyspace cost four times the SCANs); keys are routed by prefix.
-        let mut pages = client.scan(self.scan_pattern(), Some(SCAN_COUNT), None);
-        while let Some(mut page) = pages.try_next().await? {
-            let keys = page.take_results().unwrap_or_default();
-            let keys: Vec<Bytes> = keys.into_iter().filter_map(|k| key_bytes(&k)).collect();
-            self.read_and_apply(client, &keys, generation).await?;
-            // Writes that raced this page are applied right after it.
-            self.drain(client, invalidations, generation).await?;
-            page.next();
+        //
+        // Pages are pipelined: while page N's values are applied (CPU here),
+        // page N+1 is read (work in Redis) and page N+2 scanned. A value read
+        // before an invalidation could land after the re-read that
+        // invalidation caused, so a page skips every key invalidated since
+        // its read was sent: that key's re-read is as new or newer.
+        // Background resyncs read small pages: each SCAN and read occupies
+        // single-threaded Redis for a tenth of the time, so job writes queued
+        // behind one wait that much less.
+        let count = if busy_percent < 100 {
+            BACKGROUND_SCAN_COUNT
+        } else {
+            SCAN_COUNT
+        };
+        let mut pages = client.scan(self.scan_pattern(), Some(count), None);
+        let mut reread = Reread::default();
+        let mut read_seq = 0u64;
+        let mut previous: Option<(u64, PageValues)> = None;
+        loop {
+            let page_started = std::time::Instant::now();
+            let keys = match pages.try_next().await? {
+                Some(mut page) => {
+                    let keys = page.take_results().unwrap_or_default();
+                    page.next();
+                    Some(keys.iter().filter_map(key_bytes).collect::<Vec<Bytes>>())
+                }
+                None => None,
+            };
+            read_seq += 1;
+            let read = async {
+                match &keys {
+                    Some(keys) => self.read(client, keys).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let apply_previous = async {
+                if let Some((seq, values)) = previous.take() {
+                    self.apply_values(values, generation, |key| reread.supersedes(key, seq));
+                }
+                // Writes that raced the pages so far are applied right after them.
+                let keys = self.drain(client, invalidations, generation).await?;
+                reread.record(keys, read_seq);
+                Ok::<_, Error>(())
+            };
+            let (read, applied) = tokio::join!(read, apply_previous);
+            applied?;
+            match read? {
+                Some(values) => previous = Some((read_seq, values)),
+                None => break,
+            }
+            if busy_percent < 100 {
+                let pause = page_started.elapsed() * (100 - busy_percent) / busy_percent;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    // Shutting down: leave the resync unfinished (no sweep).
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
         }
         for view in &self.views {
             view.sweep(generation);
@@ -392,7 +486,7 @@ impl Replica {
         client: &Client,
         invalidations: &mut tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
         generation: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<Bytes>, Error> {
         let mut keys = Vec::new();
         loop {
             match invalidations.try_recv() {
@@ -411,7 +505,7 @@ impl Replica {
             keys.dedup();
             self.read_and_apply(client, &keys, generation).await?;
         }
-        Ok(())
+        Ok(keys)
     }
 
     /// Re-reads invalidated keys (plus any queued behind them) and applies them.
@@ -425,34 +519,41 @@ impl Replica {
         keys.sort_unstable();
         keys.dedup();
         self.read_and_apply(client, &keys, self.generation).await?;
-        self.drain(client, invalidations, self.generation).await?;
+        let _ = self.drain(client, invalidations, self.generation).await?;
         metrics::counter!(m::REPLICA_INVALIDATIONS).increment(keys.len() as u64);
         self.status.touch();
         self.export_sizes();
         Ok(())
     }
 
-    /// Reads `keys` in pipelined chunks and applies each to its view.
+    /// Reads `keys` and applies each to its view.
     async fn read_and_apply(
         &self,
         client: &Client,
         keys: &[Bytes],
         generation: u64,
     ) -> Result<(), Error> {
+        let values = self.read(client, keys).await?;
+        self.apply_values(values, generation, |_| false);
+        Ok(())
+    }
+
+    /// Reads `keys` in pipelined chunks: per chunk, STRING keys in one MGET
+    /// (nil for missing or other types) and sets and hashes in one script
+    /// call, written in one batch, one round trip.
+    async fn read(&self, client: &Client, keys: &[Bytes]) -> Result<PageValues, Error> {
+        let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(SCAN_COUNT as usize) {
-            let routed: Vec<(&Arc<dyn View>, &Bytes)> = chunk
+            let routed: Vec<(usize, &Bytes)> = chunk
                 .iter()
-                .filter_map(|k| self.view_for(k).map(|v| (v, k)))
+                .filter_map(|k| self.view_index(k).map(|v| (v, k)))
                 .collect();
             if routed.is_empty() {
                 continue;
             }
-            // STRING keys in one MGET (nil for missing or other types); sets and
-            // hashes one command each. All in one pipeline, one round trip.
             let (strings, others): (Vec<_>, Vec<_>) = routed
                 .into_iter()
-                .partition(|(view, _)| view.kind() == KeyKind::String);
-            // Two concurrent commands: fred writes them in one batch.
+                .partition(|(view, _)| self.views[*view].kind() == KeyKind::String);
             let string_names: Vec<Key> = strings
                 .iter()
                 .map(|(_, k)| Key::from((*k).clone()))
@@ -464,7 +565,7 @@ impl Replica {
             let kinds: Vec<&str> = others
                 .iter()
                 .map(|(v, _)| {
-                    if v.kind() == KeyKind::Set {
+                    if self.views[*v].kind() == KeyKind::Set {
                         "set"
                     } else {
                         "hash"
@@ -485,6 +586,7 @@ impl Replica {
                     .eval::<Value, _, _, _>(READ_PAGE_SCRIPT, other_names, kinds)
                     .await
             };
+            // Two concurrent commands: fred writes them in one batch.
             let (string_values, other_values) = tokio::join!(read_strings, read_others);
             for (batch, values) in [(strings, string_values?), (others, other_values?)] {
                 let values = match values {
@@ -493,12 +595,26 @@ impl Replica {
                     v if batch.len() == 1 => vec![v],
                     _ => return Err(Error::new(ErrorKind::Unknown, "page read answer shape")),
                 };
-                for ((view, key), value) in batch.into_iter().zip(values) {
-                    apply(view, key, to_fetched(view.kind(), value), generation);
-                }
+                out.extend(
+                    batch
+                        .into_iter()
+                        .zip(values)
+                        .map(|((view, key), value)| (view, key.clone(), value)),
+                );
             }
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Applies read values to their views, except keys `skip` names.
+    fn apply_values(&self, values: PageValues, generation: u64, skip: impl Fn(&Bytes) -> bool) {
+        for (view, key, value) in values {
+            if skip(&key) {
+                continue;
+            }
+            let view = &self.views[view];
+            apply(view, &key, to_fetched(view.kind(), value), generation);
+        }
     }
 
     /// SCAN MATCH pattern covering every view: their longest common prefix.
@@ -516,11 +632,11 @@ impl Replica {
         format!("{}*", escape_glob(common))
     }
 
-    fn view_for(&self, key: &[u8]) -> Option<&Arc<dyn View>> {
+    fn view_index(&self, key: &[u8]) -> Option<usize> {
         let key = std::str::from_utf8(key).ok()?;
         self.views
             .iter()
-            .find(|v| key.strip_prefix(v.prefix()).is_some_and(|s| v.wants(s)))
+            .position(|v| key.strip_prefix(v.prefix()).is_some_and(|s| v.wants(s)))
     }
 
     fn export_sizes(&self) {
@@ -612,6 +728,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reread_supersedes_only_page_reads_sent_before_it() {
+        let mut r = Reread::default();
+        let k = Bytes::from_static(b"tether:apikey:k");
+        assert!(!r.supersedes(&k, 1));
+        // Re-read while page 3's read was in flight.
+        r.record(vec![k.clone()], 3);
+        assert!(r.supersedes(&k, 3), "page 3 was read before the re-read");
+        assert!(r.supersedes(&k, 2));
+        assert!(!r.supersedes(&k, 4), "page 4 was read after it");
+        assert!(!r.supersedes(&Bytes::from_static(b"tether:apikey:other"), 3));
+    }
+
+    #[test]
     fn glob_metacharacters_are_escaped() {
         assert_eq!(escape_glob("tether:"), "tether:");
         assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
@@ -643,6 +772,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
             resync_interval: Duration::from_secs(1),
+            resync_busy_percent: 100,
         };
         let views: Vec<Arc<dyn View>> = vec![
             Arc::new(Named("tether:apikey:")),
@@ -651,9 +781,10 @@ mod tests {
         ];
         let r = Replica::new(views, settings.clone());
         assert_eq!(r.scan_pattern(), "tether:*");
-        assert!(r.view_for(b"tether:jobs:workflow").is_none());
+        assert!(r.view_index(b"tether:jobs:workflow").is_none());
         assert_eq!(
-            r.view_for(b"tether:org:o1:x").map(|v| v.prefix()),
+            r.view_index(b"tether:org:o1:x")
+                .map(|v| r.views[v].prefix()),
             Some("tether:org:")
         );
         let r = Replica::new(

@@ -121,6 +121,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.resync_interval != new.resync_interval {
         out.push("redis.resync_interval_secs");
     }
+    if running.resync_busy_percent != new.resync_busy_percent {
+        out.push("redis.resync_busy_percent");
+    }
     if running.max_pending_commands != new.max_pending_commands {
         out.push("redis.max_pending_commands");
     }
