@@ -313,7 +313,7 @@ impl Replica {
                 // the first connect, reported too); later ones trigger another.
                 while reconnects.try_recv().is_ok() {}
                 match self
-                    .resync(&client, &mut invalidations, &mut shutdown)
+                    .resync(&client, &mut invalidations, &mut reconnects, &mut shutdown)
                     .await
                 {
                     Ok(()) => {
@@ -381,6 +381,7 @@ impl Replica {
         &mut self,
         client: &Client,
         invalidations: &mut tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
+        reconnects: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let started = std::time::Instant::now();
@@ -422,6 +423,14 @@ impl Replica {
         let mut read_seq = 0u64;
         let mut previous: Option<(u64, PageValues)> = None;
         loop {
+            // fred re-sends a command cut by a reconnect on the new
+            // connection, which has no tracking: this pass would miss writes.
+            if reconnects.try_recv().is_ok() {
+                return Err(Error::new(
+                    ErrorKind::IO,
+                    "reconnected during the resync; starting over",
+                ));
+            }
             let page_started = std::time::Instant::now();
             let keys = match pages.try_next().await? {
                 Some(mut page) => {

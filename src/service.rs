@@ -282,15 +282,16 @@ impl App {
             (Route::Ready, &Method::GET | &Method::HEAD) => Ok(self.readiness()),
             (Route::Metrics, &Method::GET) => Ok(self.render_metrics()),
             _ => match &self.proxy {
-                Some(proxy) => proxy
-                    .forward(
-                        req,
-                        peer,
-                        &request_id,
-                        self.settings.load().upstream_response_timeout,
-                    )
-                    .await
-                    .map(|r| r.map(Either::Right)),
+                // Boxed: inline, the proxy's future would grow every
+                // request's future (webhooks included) to its size.
+                Some(proxy) => Box::pin(proxy.forward(
+                    req,
+                    peer,
+                    &request_id,
+                    self.settings.load().upstream_response_timeout,
+                ))
+                .await
+                .map(|r| r.map(Either::Right)),
                 None => Err(Reject::NotFound),
             },
         };

@@ -375,23 +375,25 @@ impl StreamSink {
     ) -> Result<Stored, SinkError> {
         let stream = &settings.workflow_stream;
         if !self.client.is_connected() {
-            return self
-                .spool_or(SinkError::Disconnected, |out| {
-                    for job in jobs {
-                        spool_frame(out, stream, job.pairs());
-                    }
-                })
-                .await;
+            return Box::pin(self.spool_or(SinkError::Disconnected, |out| {
+                for job in jobs {
+                    spool_frame(out, stream, job.pairs());
+                }
+            }))
+            .await;
         }
         let client = self.client.with_options(&options(settings));
+        // Each of fred's command futures is kilobytes; boxed, it is moved
+        // once, instead of growing every future that awaits this one (each
+        // is moved whole when created).
         let add = |job: &WorkflowJob| {
-            client.xadd::<Value, _, _, _, _>(
+            Box::pin(client.xadd::<Value, _, _, _, _>(
                 stream.clone(),
                 false,
                 cap(settings),
                 "*",
                 fields(job.pairs()),
-            )
+            ))
         };
         // Concurrent single commands, not an explicit `Pipeline`: fred
         // writes them in one batch all the same, and unlike a pipeline each
@@ -414,11 +416,11 @@ impl StreamSink {
             return Ok(Stored::Redis);
         };
         // What Redis took stays there; only the rest is spooled.
-        self.spool_or(error, |out| {
+        Box::pin(self.spool_or(error, |out| {
             for job in failed {
                 spool_frame(out, stream, job.pairs());
             }
-        })
+        }))
         .await
     }
 

@@ -71,10 +71,16 @@ where
         // (the backend decides), or is refused when there is none either.
         (Kind::Workflow, Credential::UnverifiedJwt) => {
             return match &app.proxy {
-                Some(proxy) => proxy
-                    .forward(req, peer, request_id, settings.upstream_response_timeout)
-                    .await
-                    .map(|r| r.map(Either::Right)),
+                // Boxed, like every path off the hot one: an inline future
+                // would grow every request's future to its size.
+                Some(proxy) => Box::pin(proxy.forward(
+                    req,
+                    peer,
+                    request_id,
+                    settings.upstream_response_timeout,
+                ))
+                .await
+                .map(|r| r.map(Either::Right)),
                 None => Err(Reject::JwtNotAccepted),
             };
         }
@@ -101,6 +107,22 @@ where
         let (status, body) = process(app, kind, &principal, body, request_id, &settings).await?;
         return Ok(json(status, body));
     };
+    Box::pin(idempotent(
+        app, kind, &principal, body, key, request_id, &settings,
+    ))
+    .await
+}
+
+/// The rest of a request that carries an Idempotency-Key.
+async fn idempotent(
+    app: &App,
+    kind: Kind,
+    principal: &Principal,
+    body: bytes::BytesMut,
+    key: String,
+    request_id: &HeaderValue,
+    settings: &Settings,
+) -> Result<http::Response<ResponseBody>, Reject> {
     let fp = idempotency::fingerprint(&body);
     let claim = match idempotency::begin(
         app.sink.redis(),
@@ -121,7 +143,7 @@ where
         }
         Begin::Fresh(claim) => claim,
     };
-    let result = process(app, kind, &principal, body, request_id, &settings).await;
+    let result = process(app, kind, principal, body, request_id, settings).await;
     let (status, body) = match &result {
         Ok((status, body)) => (*status, body.clone()),
         // A refusal of the request itself is its answer, kept like a success.
@@ -170,6 +192,11 @@ async fn process(
 ) -> Result<(StatusCode, Bytes), Reject> {
     match kind {
         Kind::Workflow => workflow::process(app, principal, body, request_id, settings).await,
-        Kind::Outreach => outreach::process(app, principal, body, request_id, settings).await,
+        Kind::Outreach => {
+            Box::pin(outreach::process(
+                app, principal, body, request_id, settings,
+            ))
+            .await
+        }
     }
 }
