@@ -57,37 +57,15 @@ async fn handle(
                     ),
                 ]
             };
-            let r: Result<Value, Error> = match std::env::var("COMPARATOR_TIMEOUT_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                Some(ms) => {
-                    client
-                        .with_options(&Options {
-                            timeout: Some(std::time::Duration::from_millis(ms)),
-                            ..Default::default()
-                        })
-                        .xadd(
-                            "comparator:jobs",
-                            false,
-                            ("MAXLEN", "~", 1_000_000),
-                            "*",
-                            fields,
-                        )
-                        .await
-                }
-                None => {
-                    client
-                        .xadd(
-                            "comparator:jobs",
-                            false,
-                            ("MAXLEN", "~", 1_000_000),
-                            "*",
-                            fields,
-                        )
-                        .await
-                }
-            };
+            let r: Result<Value, Error> = client
+                .xadd(
+                    "comparator:jobs",
+                    false,
+                    ("MAXLEN", "~", 1_000_000),
+                    "*",
+                    fields,
+                )
+                .await;
             match r {
                 Ok(_) => (StatusCode::ACCEPTED, &br#"{"success":true}"#[..]),
                 Err(_) => (StatusCode::SERVICE_UNAVAILABLE, &b"{}"[..]),

@@ -10,17 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use support::*;
 
-const KEY: &str = "user_test_key_0123456789";
 const WITHIN: Duration = Duration::from_secs(1);
-
-async fn setup() -> (RedisServer, fred::clients::Client, Ingress) {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_b", "wf_a"]).await;
-    let ingress = Ingress::start(&redis.url()).await;
-    (redis, r, ingress)
-}
 
 /// A resync after the first load is paced and reads small pages, with the
 /// next page read while the previous one is applied. Writes that race it
@@ -29,7 +19,7 @@ async fn setup() -> (RedisServer, fred::clients::Client, Ingress) {
 /// re-read that write caused.
 #[tokio::test]
 async fn writes_racing_a_paced_resync_are_never_lost() {
-    let (redis, r, ingress) = setup().await;
+    let (redis, r, ingress) = start_with_key_and_trigger().await;
     const N: usize = 20_000;
     let record = r#"{"userId":"u_bulk","orgId":"o_1"}"#;
     for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {

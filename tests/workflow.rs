@@ -10,17 +10,12 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use support::*;
 
-const KEY: &str = "user_test_key_0123456789";
+const KEY: &str = TEST_KEY;
 const STREAM: &str = "tether:jobs:workflow";
 const WITHIN: Duration = Duration::from_secs(1);
 
 async fn setup() -> (RedisServer, fred::clients::Client, Ingress) {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_b", "wf_a"]).await;
-    let ingress = Ingress::start(&redis.url()).await;
-    (redis, r, ingress)
+    start_with_key_and_trigger().await
 }
 
 #[tokio::test]
