@@ -5,6 +5,7 @@
 # free ones picked at start; every process started here is stopped at the end.
 #
 #   loadtest/proxy-bench.sh [DURATION_SECONDS=10] [CONNECTIONS=64]
+#   INGRESS_BIN=/path/to/other/build loadtest/proxy-bench.sh   # A/B of two builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -35,7 +36,7 @@ pids+=($!)
 up_pid=$!
 pids+=($up_pid)
 TETHER_INGRESS_LISTEN="127.0.0.1:$ING" TETHER_INGRESS_REDIS_URL="redis://127.0.0.1:$RDS" \
-TETHER_INGRESS_UPSTREAM_URL="http://127.0.0.1:$UP" TETHER_INGRESS_LOG=warn ./target/release/tether-ingress &
+TETHER_INGRESS_UPSTREAM_URL="http://127.0.0.1:$UP" TETHER_INGRESS_LOG=warn "${INGRESS_BIN:-./target/release/tether-ingress}" &
 ingress_pid=$!
 pids+=($ingress_pid)
 cat > "$work/nginx.conf" <<NGINX

@@ -11,8 +11,10 @@
 //!   there is no size cap. Trailers pass through.
 //! - `Upgrade` requests (WebSocket) are forwarded with their upgrade headers;
 //!   on `101` both connections are taken over and spliced until either closes.
-//! - A pooled keep-alive client with a connect timeout; no response head
-//!   within the response timeout: 504; upstream unreachable: 502.
+//! - Keep-alive to the upstream with a connect timeout: each downstream
+//!   connection has an upstream connection of its own ([`Lane`]), and a
+//!   shared pool serves concurrent HTTP/2 streams and upgrades. No response
+//!   head within the response timeout: 504; upstream unreachable: 502.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -25,7 +27,10 @@ use http::{
     uri::{Authority, Scheme},
 };
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
-use hyper::body::{Body, Incoming};
+use hyper::{
+    body::{Body, Incoming},
+    client::conn::http1::SendRequest,
+};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
@@ -67,6 +72,30 @@ pub struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
     scheme: Scheme,
     authority: Authority,
+    connect_timeout: Duration,
+}
+
+/// One downstream connection's own keep-alive connection to the upstream.
+///
+/// An HTTP/1 downstream connection sends one request at a time, so its
+/// requests go out on one upstream connection of its own: no pool lookup,
+/// no lock held across an await (the sender is taken, then put back), no
+/// hop through the pool's dispatch. A request that finds the lane busy (an
+/// HTTP/2 connection's concurrent streams) or an upgrade goes through the
+/// shared pool instead.
+#[derive(Default)]
+pub struct Lane(std::sync::Mutex<Option<SendRequest<UpstreamBody>>>);
+
+impl Lane {
+    fn take(&self) -> Option<SendRequest<UpstreamBody>> {
+        self.0.lock().ok()?.take()
+    }
+
+    fn put(&self, sender: SendRequest<UpstreamBody>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(sender);
+        }
+    }
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -128,6 +157,7 @@ impl Proxy {
             client,
             scheme: parts.scheme?,
             authority: parts.authority?,
+            connect_timeout: settings.connect_timeout,
         })
     }
 
@@ -139,6 +169,7 @@ impl Proxy {
         peer: SocketAddr,
         request_id: &HeaderValue,
         response_timeout: Duration,
+        lane: Option<&Lane>,
     ) -> Result<Response<Incoming>, Reject>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -186,7 +217,13 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
-        let mut res = match tokio::time::timeout(response_timeout, self.client.request(out)).await {
+        let sent = async {
+            match lane {
+                Some(lane) if !upgrade => self.via_lane(lane, out).await,
+                _ => self.client.request(out).await.map_err(Into::into),
+            }
+        };
+        let mut res = match tokio::time::timeout(response_timeout, sent).await {
             Err(_) => return Err(Reject::GatewayTimeout),
             Ok(Err(e)) => {
                 debug!(?request_id, error = %e, "upstream request failed");
@@ -220,6 +257,73 @@ impl Proxy {
         }
         strip_hop_by_hop(res.headers_mut(), false);
         Ok(res)
+    }
+}
+
+impl Proxy {
+    /// Sends `req` on the lane's connection (opened on first use, reopened
+    /// when the upstream closed it), or through the pool when the lane is
+    /// busy.
+    async fn via_lane(
+        &self,
+        lane: &Lane,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        // A connection of our own is sent the origin form (the pool makes
+        // it from the absolute form itself); Host is already set.
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
+        }
+        if let Some(mut sender) = lane.take()
+            && !sender.is_closed()
+        {
+            if !sender.is_ready() {
+                // Another stream of this connection is using it.
+                lane.put(sender);
+                return Ok(self.client.request(req).await?);
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    lane.put(sender);
+                    return Ok(res);
+                }
+                // Not sent (the upstream closed the idle connection
+                // first): send it on a fresh one.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut sender = self.open().await?;
+        let res = sender.send_request(req).await?;
+        lane.put(sender);
+        Ok(res)
+    }
+
+    /// Opens a keep-alive HTTP/1 connection to the upstream.
+    async fn open(&self) -> Result<SendRequest<UpstreamBody>, BoxError> {
+        let port = self
+            .authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+        let addr = (self.authority.host(), port);
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| "upstream connect timed out")??;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
     error::Reject,
     metrics as m,
     outreach::{OrgProperties, OutreachConfigs},
-    proxy::{BoxError, Proxy},
+    proxy::{BoxError, Lane, Proxy},
     replica::ReplicaStatus,
     response::{REQUEST_ID, RequestIds},
     route::WebhookIndex,
@@ -250,12 +250,31 @@ impl Drop for InFlight<'_> {
 
 impl App {
     /// Answers one request from `peer`; never fails (errors become responses here).
-    pub async fn call(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        self.dispatch(req, peer).await
+    pub async fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        lane: &Lane,
+    ) -> Response<ResponseBody> {
+        self.dispatch_on(req, peer, Some(lane)).await
     }
 
     /// Generic over the body so tests and benchmarks can call it without a socket.
     pub async fn dispatch<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.dispatch_on(req, peer, None).await
+    }
+
+    /// [`App::dispatch`] with the connection's own upstream lane, if any.
+    async fn dispatch_on<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+        lane: Option<&Lane>,
+    ) -> Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -289,6 +308,7 @@ impl App {
                     peer,
                     &request_id,
                     self.settings.load().upstream_response_timeout,
+                    lane,
                 ))
                 .await
                 .map(|r| r.map(Either::Right)),
@@ -428,6 +448,7 @@ impl App {
 pub struct Svc {
     app: Arc<App>,
     peer: SocketAddr,
+    lane: Arc<Lane>,
 }
 
 impl Svc {
@@ -436,6 +457,7 @@ impl Svc {
         Self {
             app,
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            lane: Arc::default(),
         }
     }
 
@@ -444,6 +466,7 @@ impl Svc {
         Self {
             app: self.app.clone(),
             peer,
+            lane: Arc::default(),
         }
     }
 }
@@ -474,7 +497,7 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let (app, peer) = (self.app.clone(), self.peer);
-        Box::pin(async move { Ok(app.call(req, peer).await) })
+        let (app, peer, lane) = (self.app.clone(), self.peer, self.lane.clone());
+        Box::pin(async move { Ok(app.call(req, peer, &lane).await) })
     }
 }

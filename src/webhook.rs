@@ -78,6 +78,7 @@ where
                     peer,
                     request_id,
                     settings.upstream_response_timeout,
+                    None,
                 ))
                 .await
                 .map(|r| r.map(Either::Right)),

@@ -216,6 +216,27 @@ async fn websocket_upgrade_is_spliced() {
     }
 }
 
+/// A downstream keep-alive connection sends its requests on one upstream
+/// connection of its own; when the upstream closes that connection, the next
+/// request opens a new one instead of failing.
+#[tokio::test]
+async fn a_connections_upstream_lane_is_reused_and_reopened() {
+    let up = Upstream::start().await;
+    let (_redis, _r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    // The harness's client keeps one connection to the ingress.
+    // (The test upstream answers its echo route with 418.)
+    for path in ["/a", "/b", "/c"] {
+        assert_eq!(ingress.get(path).await.0, StatusCode::IM_A_TEAPOT);
+    }
+    assert_eq!(up.state.connections.load(Ordering::SeqCst), 1);
+    let (status, _, body) = ingress.get("/close").await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"closing"[..]));
+    for path in ["/d", "/e"] {
+        assert_eq!(ingress.get(path).await.0, StatusCode::IM_A_TEAPOT, "{path}");
+    }
+    assert_eq!(up.state.connections.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn upstream_failures_are_502_and_504() {
     let up = Upstream::start().await;

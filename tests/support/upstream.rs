@@ -32,6 +32,8 @@ pub struct UpstreamState {
     pub upload_progress: Notify,
     /// Chunks for `/download`, fed by the test.
     pub download: tokio::sync::Mutex<Option<mpsc::Receiver<Bytes>>>,
+    /// Connections accepted so far.
+    pub connections: AtomicU64,
 }
 
 pub struct Upstream {
@@ -84,6 +86,11 @@ async fn handle(
             });
             Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
+        // Answers, then closes the connection.
+        "/close" => Response::builder()
+            .header("connection", "close")
+            .body(full("closing"))
+            .unwrap(),
         "/slow" => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -157,6 +164,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
