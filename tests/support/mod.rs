@@ -227,17 +227,13 @@ pub fn sha256_hex(key: &str) -> String {
         .collect()
 }
 
+/// SET of one control-plane string key.
+pub async fn set_string(r: &fred::clients::Client, key: String, value: &str) {
+    let _: () = r.set(key, value, None, None, false).await.unwrap();
+}
+
 pub async fn put_key(r: &fred::clients::Client, key: &str, record: &str) {
-    let _: () = r
-        .set(
-            format!("tether:apikey:{}", sha256_hex(key)),
-            record,
-            None,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
+    set_string(r, format!("tether:apikey:{}", sha256_hex(key)), record).await;
 }
 
 pub async fn add_trigger(r: &fred::clients::Client, org: &str, webhook: &str, workflows: &[&str]) {
@@ -640,16 +636,7 @@ pub async fn request_ids_in(
 
 /// SET `tether:outreach:config:<id>` to `record`.
 pub async fn put_outreach_config(r: &fred::clients::Client, id: &str, record: &str) {
-    let _: () = r
-        .set(
-            format!("tether:outreach:config:{id}"),
-            record,
-            None,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
+    set_string(r, format!("tether:outreach:config:{id}"), record).await;
 }
 
 /// The value of the first `/metrics` line starting with `series` (0 if none).
