@@ -6,6 +6,7 @@
 #
 #   loadtest/proxy-bench.sh [DURATION_SECONDS=10] [CONNECTIONS=64]
 #   INGRESS_BIN=/path/to/other/build loadtest/proxy-bench.sh   # A/B of two builds
+#   SERVING_THREADS=2 loadtest/proxy-bench.sh                  # server.serving_threads
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -35,8 +36,9 @@ pids+=($!)
 ./target/release/examples/comparator ok "127.0.0.1:$UP" &
 up_pid=$!
 pids+=($up_pid)
+printf '[server]\nserving_threads = %d\n' "${SERVING_THREADS:-0}" > "$work/ingress.toml"
 TETHER_INGRESS_LISTEN="127.0.0.1:$ING" TETHER_INGRESS_REDIS_URL="redis://127.0.0.1:$RDS" \
-TETHER_INGRESS_UPSTREAM_URL="http://127.0.0.1:$UP" TETHER_INGRESS_LOG=warn "${INGRESS_BIN:-./target/release/tether-ingress}" &
+TETHER_INGRESS_UPSTREAM_URL="http://127.0.0.1:$UP" TETHER_INGRESS_LOG=warn "${INGRESS_BIN:-./target/release/tether-ingress}" --config "$work/ingress.toml" &
 ingress_pid=$!
 pids+=($ingress_pid)
 cat > "$work/nginx.conf" <<NGINX

@@ -336,6 +336,7 @@ pub fn describe(config: &Config) -> String {
     let lines = [
         ("server.listen", config.listen.to_string()),
         ("server.max_connections", config.max_connections.to_string()),
+        ("server.serving_threads", config.serving_threads.to_string()),
         (
             "server.first_byte_timeout_ms",
             config.first_byte_timeout.as_millis().to_string(),

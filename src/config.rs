@@ -151,6 +151,9 @@ pub struct RawServer {
     pub body_read_timeout_ms: u64,
     /// Time a connection may wait for a slot at the cap before it is refused, ms.
     pub connection_queue_timeout_ms: u64,
+    /// Threads with a single-threaded runtime each that serve connections
+    /// (0: connections are served on the shared multi-threaded runtime).
+    pub serving_threads: usize,
 }
 
 impl Default for RawServer {
@@ -166,6 +169,7 @@ impl Default for RawServer {
             http2_max_concurrent_streams: 256,
             body_read_timeout_ms: 30_000,
             connection_queue_timeout_ms: 1_000,
+            serving_threads: 0,
         }
     }
 }
@@ -420,6 +424,9 @@ impl RawConfig {
         if s.max_header_bytes < 8192 {
             problems.push("server.max_header_bytes: must be at least 8192".into());
         }
+        if s.serving_threads > 256 {
+            problems.push("server.serving_threads: must be at most 256".into());
+        }
         if s.http2_max_concurrent_streams == 0 {
             problems.push("server.http2_max_concurrent_streams: must be at least 1".into());
         }
@@ -558,6 +565,7 @@ impl RawConfig {
             max_body_bytes,
             max_header_bytes: s.max_header_bytes,
             http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+            serving_threads: s.serving_threads,
             redis_url: r.url.clone(),
             key_prefix: r.key_prefix.clone(),
             command_timeout: Duration::from_millis(r.command_timeout_ms),
@@ -611,6 +619,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// HTTP/2 streams per connection.
     pub http2_max_concurrent_streams: u32,
+    /// Single-threaded serving runtimes (0: the shared runtime serves).
+    pub serving_threads: usize,
     /// Redis URL.
     pub redis_url: String,
     /// Control-plane key prefix, e.g. `tether:`.

@@ -203,6 +203,7 @@ pub async fn run_with_reloads(
         listener,
         Svc::new(app.clone()),
         config.max_connections.get(),
+        config.serving_threads,
         app.settings.clone(),
         shutdown,
     )

@@ -23,7 +23,9 @@ use std::fmt::Write;
 use bytes::{Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
-    header::{CONNECTION, HOST, TE, UPGRADE},
+    header::{
+        CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
+    },
     uri::{Authority, Scheme},
 };
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
@@ -39,7 +41,9 @@ use tracing::debug;
 
 use crate::{error::Reject, response::REQUEST_ID};
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Error type of bodies sent upstream.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,14 +52,15 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1). `Trailer` is end-to-end and must
 /// pass: hyper sends only the trailer fields it declares.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+/// Names, not strings: a string key is parsed on every lookup.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Settings of the proxy.
@@ -101,6 +106,10 @@ impl Lane {
 /// Removes hop-by-hop headers, including those named in `Connection`.
 /// Keeps `TE: trailers`, and the upgrade pair when `keep_upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names, no removals.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -118,7 +127,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -188,12 +197,12 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if let Some(host) = &host {
             parts.headers.insert(HOST, host.clone());
-            if !parts.headers.contains_key("x-forwarded-host") {
-                parts.headers.insert("x-forwarded-host", host.clone());
+            if !parts.headers.contains_key(&X_FORWARDED_HOST) {
+                parts.headers.insert(X_FORWARDED_HOST, host.clone());
             }
         }
         let mut xff = BytesMut::with_capacity(64);
-        if let Some(prev) = parts.headers.get(X_FORWARDED_FOR) {
+        if let Some(prev) = parts.headers.get(&X_FORWARDED_FOR) {
             xff.extend_from_slice(prev.as_bytes());
             xff.extend_from_slice(b", ");
         }
@@ -202,10 +211,10 @@ impl Proxy {
             parts.headers.insert(X_FORWARDED_FOR, v);
         }
         parts.headers.insert(REQUEST_ID, request_id.clone());
-        if !parts.headers.contains_key("x-forwarded-proto") {
+        if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
             parts
                 .headers
-                .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         let mut uri = Uri::builder()
             .scheme(self.scheme.clone())
@@ -295,7 +304,9 @@ impl Proxy {
                 },
             }
         }
-        let mut sender = self.open().await?;
+        // Boxed: rare, and its connect and handshake would otherwise
+        // grow every proxied request's future.
+        let mut sender = Box::pin(self.open()).await?;
         let res = sender.send_request(req).await?;
         lane.put(sender);
         Ok(res)

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 
 /// Header carrying the request id, both ways.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 /// Longest caller-supplied request id that is kept.
 const MAX_REQUEST_ID: usize = 128;
 

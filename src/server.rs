@@ -57,6 +57,7 @@ pub async fn serve(
     listener: TcpListener,
     svc: Svc,
     max_connections: usize,
+    serving_threads: usize,
     settings: SharedSettings,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
@@ -66,6 +67,8 @@ pub async fn serve(
     let silent = metrics::counter!(m::CONNECTIONS_SILENT);
     let refused = metrics::counter!(m::CONNECTIONS_REFUSED);
     let mut backoff = Duration::from_millis(5);
+    // Dropped when this returns (after the drain): the threads then stop.
+    let mut cores = Cores::start(serving_threads);
     tokio::pin!(shutdown);
     loop {
         let permit = match permits.clone().try_acquire_owned() {
@@ -125,8 +128,22 @@ pub async fn serve(
         let svc = svc.for_peer(peer);
         let open = open.clone();
         let silent = silent.clone();
-        tokio::spawn(async move {
+        let (handle, stream) = match cores.as_mut() {
+            Some(c) => match stream.into_std() {
+                Ok(s) => (c.next(), Accepted::Std(s)),
+                Err(_) => continue,
+            },
+            None => (tokio::runtime::Handle::current(), Accepted::Tokio(stream)),
+        };
+        handle.spawn(async move {
             let _permit = permit;
+            let stream = match stream {
+                Accepted::Tokio(s) => s,
+                Accepted::Std(s) => match tokio::net::TcpStream::from_std(s) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                },
+            };
             let mut probe = [0u8; 1];
             tokio::select! {
                 r = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => match r {
@@ -159,6 +176,59 @@ pub async fn serve(
     }
     drop(listener);
     drain(stop_tx, permits, max_connections, &settings).await
+}
+
+/// An accepted connection, moved to another runtime as a std socket.
+enum Accepted {
+    Tokio(tokio::net::TcpStream),
+    Std(std::net::TcpStream),
+}
+
+/// Serving threads, each with a single-threaded runtime: a connection, the
+/// tasks its requests spawn (the upstream lane's connection) and their
+/// timers stay on one thread, so their wakeups never cross threads.
+/// Connections are dealt round-robin. Dropping it stops the threads.
+struct Cores {
+    handles: Vec<tokio::runtime::Handle>,
+    next: usize,
+    _stop: watch::Sender<()>,
+}
+
+impl Cores {
+    /// `None` for 0 threads, or when no runtime could be started.
+    fn start(n: usize) -> Option<Self> {
+        let (stop, stopped) = watch::channel(());
+        let handles: Vec<_> = (0..n)
+            .filter_map(|i| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| warn!(error = %e, "cannot start a serving runtime"))
+                    .ok()?;
+                let handle = rt.handle().clone();
+                let mut stopped = stopped.clone();
+                std::thread::Builder::new()
+                    .name(format!("tether-serve-{i}"))
+                    .spawn(move || {
+                        // Runs until the sender is dropped.
+                        rt.block_on(async move { while stopped.changed().await.is_ok() {} });
+                    })
+                    .map_err(|e| warn!(error = %e, "cannot start a serving thread"))
+                    .ok()?;
+                Some(handle)
+            })
+            .collect();
+        (!handles.is_empty()).then_some(Self {
+            handles,
+            next: 0,
+            _stop: stop,
+        })
+    }
+
+    fn next(&mut self) -> tokio::runtime::Handle {
+        self.next = (self.next + 1) % self.handles.len();
+        self.handles[self.next].clone()
+    }
 }
 
 /// Answers a connection refused at the cap and closes it.

@@ -279,9 +279,14 @@ impl App {
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let route = Route::of(req.uri().path());
+        if route == Route::Other {
+            // Boxed: inline, the proxy's future would grow every
+            // request's future (webhooks included) to its size.
+            return Box::pin(self.proxied(req, peer, lane)).await;
+        }
         let started = Instant::now();
         let request_id = self.request_ids.for_request(req.headers());
-        let route = Route::of(req.uri().path());
         let head_limit = self.settings.load().max_header_bytes;
         let result = match (route, req.method()) {
             _ if head_size(&req) > head_limit => Err(Reject::HeadersTooLarge),
@@ -300,21 +305,49 @@ impl App {
             )),
             (Route::Ready, &Method::GET | &Method::HEAD) => Ok(self.readiness()),
             (Route::Metrics, &Method::GET) => Ok(self.render_metrics()),
-            _ => match &self.proxy {
-                // Boxed: inline, the proxy's future would grow every
-                // request's future (webhooks included) to its size.
-                Some(proxy) => Box::pin(proxy.forward(
-                    req,
-                    peer,
-                    &request_id,
-                    self.settings.load().upstream_response_timeout,
-                    lane,
-                ))
-                .await
-                .map(|r| r.map(Either::Right)),
-                None => Err(Reject::NotFound),
-            },
+            _ => Err(Reject::NotFound),
         };
+        self.finish(route, started, request_id, result)
+    }
+
+    /// A request for the upstream (any path but the ingress's own).
+    async fn proxied<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+        lane: Option<&Lane>,
+    ) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let request_id = self.request_ids.for_request(req.headers());
+        let settings = self.settings.load();
+        let result = match &self.proxy {
+            _ if head_size(&req) > settings.max_header_bytes => Err(Reject::HeadersTooLarge),
+            Some(proxy) => {
+                let timeout = settings.upstream_response_timeout;
+                drop(settings);
+                proxy
+                    .forward(req, peer, &request_id, timeout, lane)
+                    .await
+                    .map(|r| r.map(Either::Right))
+            }
+            None => Err(Reject::NotFound),
+        };
+        self.finish(Route::Other, started, request_id, result)
+    }
+
+    /// Turns a route's result into the response: refusals answered in one
+    /// place, the request id set, the request counted and logged.
+    fn finish(
+        &self,
+        route: Route,
+        started: Instant,
+        request_id: HeaderValue,
+        result: Result<Response<ResponseBody>, Reject>,
+    ) -> Response<ResponseBody> {
         let mut res = match result {
             Ok(res) => res,
             Err(reject) => self.refuse(&reject, &request_id),
@@ -498,6 +531,12 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let (app, peer, lane) = (self.app.clone(), self.peer, self.lane.clone());
-        Box::pin(async move { Ok(app.call(req, peer, &lane).await) })
+        // Proxied requests get a future of their own size (one box, not the
+        // webhook routes' larger future around the proxy's).
+        if Route::of(req.uri().path()) == Route::Other {
+            Box::pin(async move { Ok(app.proxied(req, peer, Some(&lane)).await) })
+        } else {
+            Box::pin(async move { Ok(app.call(req, peer, &lane).await) })
+        }
     }
 }

@@ -106,6 +106,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.listen != new.listen {
         out.push("server.listen");
     }
+    if running.serving_threads != new.serving_threads {
+        out.push("server.serving_threads");
+    }
     if running.max_connections != new.max_connections {
         out.push("server.max_connections");
     }

@@ -390,3 +390,22 @@ async fn without_a_secret_jwts_go_to_the_upstream_unchanged() {
         StatusCode::ACCEPTED
     );
 }
+
+#[tokio::test]
+async fn serving_threads_proxy_write_jobs_and_drain() {
+    let up = Upstream::start().await;
+    let (_redis, r, ingress) =
+        start(Some(&up.url()), None, |raw| raw.server.serving_threads = 2).await;
+    // Proxied requests run on a serving thread with their lane there too.
+    for path in ["/a", "/b", "/c"] {
+        assert_eq!(ingress.get(path).await.0, StatusCode::IM_A_TEAPOT);
+    }
+    assert_eq!(up.state.connections.load(Ordering::SeqCst), 1);
+    // Webhooks awaited on a serving thread get their jobs from the shared writer.
+    let (status, _, body) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","lead":{"n":1}}"#)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 1);
+    assert!(ingress.shutdown().await, "drain across serving threads");
+}
