@@ -132,13 +132,18 @@ impl Route {
         }
     }
 
-    fn of(path: &str) -> Self {
+    /// The route of a request. Health, readiness and metrics answer only
+    /// their read methods; any other method on those paths is the
+    /// upstream's, like every path that is not the ingress's own.
+    fn of<B>(req: &Request<B>) -> Self {
+        let path = req.uri().path();
+        let read = matches!(*req.method(), Method::GET | Method::HEAD);
         match path.strip_suffix('/').unwrap_or(path) {
             WORKFLOW_PATH => Route::Workflow,
             OUTREACH_PATH => Route::Outreach,
-            "/healthz" => Route::Health,
-            "/readyz" => Route::Ready,
-            "/metrics" => Route::Metrics,
+            "/healthz" if read => Route::Health,
+            "/readyz" if read => Route::Ready,
+            "/metrics" if *req.method() == Method::GET => Route::Metrics,
             _ => Route::Other,
         }
     }
@@ -279,7 +284,7 @@ impl App {
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let route = Route::of(req.uri().path());
+        let route = Route::of(&req);
         if route == Route::Other {
             // Boxed: inline, the proxy's future would grow every
             // request's future (webhooks included) to its size.
@@ -299,13 +304,14 @@ impl App {
                 webhook::handle(self, Kind::Outreach, req, &request_id, peer).await
             }
             (Route::Workflow | Route::Outreach, _) => Err(Reject::MethodNotAllowed),
-            (Route::Health, &Method::GET | &Method::HEAD) => Ok(json(
+            (Route::Health, _) => Ok(json(
                 StatusCode::OK,
                 Bytes::from_static(br#"{"status":"ok"}"#),
             )),
-            (Route::Ready, &Method::GET | &Method::HEAD) => Ok(self.readiness()),
-            (Route::Metrics, &Method::GET) => Ok(self.render_metrics()),
-            _ => Err(Reject::NotFound),
+            (Route::Ready, _) => Ok(self.readiness()),
+            (Route::Metrics, _) => Ok(self.render_metrics()),
+            // Answered by `proxied` above.
+            (Route::Other, _) => Err(Reject::NotFound),
         };
         self.finish(route, started, request_id, result)
     }
@@ -533,7 +539,7 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
         let (app, peer, lane) = (self.app.clone(), self.peer, self.lane.clone());
         // Proxied requests get a future of their own size (one box, not the
         // webhook routes' larger future around the proxy's).
-        if Route::of(req.uri().path()) == Route::Other {
+        if Route::of(&req) == Route::Other {
             Box::pin(async move { Ok(app.proxied(req, peer, Some(&lane)).await) })
         } else {
             Box::pin(async move { Ok(app.call(req, peer, &lane).await) })

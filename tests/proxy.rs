@@ -86,6 +86,17 @@ async fn other_requests_are_forwarded_unchanged() {
     assert!(h.get("keep-alive").is_none());
     // The ingress still answers its own routes.
     assert_eq!(ingress.get("/healthz").await.0, StatusCode::OK);
+    // Other methods on those paths are the upstream's (its echo route: 418).
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let req = Request::post(ingress.uri(path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(
+            ingress.request(req).await.0,
+            StatusCode::IM_A_TEAPOT,
+            "{path}"
+        );
+    }
     assert_eq!(
         ingress
             .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
