@@ -4,9 +4,14 @@
 # by wrk with the same connections. Everything runs on this machine; ports are
 # free ones picked at start; every process started here is stopped at the end.
 #
-#   loadtest/proxy-bench.sh [DURATION_SECONDS=10] [CONNECTIONS=64]
+#   loadtest/proxy-bench.sh [DURATION_SECONDS=10] [CONNECTIONS=64] [ROUNDS=3]
+#
+# The ingress and nginx are run alternately ROUNDS times (the machine is
+# noisy); the ratios printed are the medians of the per-round ratios. The
+# overhead a proxy adds is the mean latency it adds per request at these
+# connections: CONNECTIONS/rps(proxy) - CONNECTIONS/rps(direct).
 #   INGRESS_BIN=/path/to/other/build loadtest/proxy-bench.sh   # A/B of two builds
-#   SERVING_THREADS=2 loadtest/proxy-bench.sh                  # server.serving_threads
+#   SERVING_THREADS=0 loadtest/proxy-bench.sh                  # server.serving_threads (default "auto")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -17,6 +22,7 @@ for tool in wrk nginx; do
 done
 DURATION=${1:-10}
 CONNS=${2:-64}
+ROUNDS=${3:-3}
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 work=$(mktemp -d)
 pids=()
@@ -36,7 +42,11 @@ pids+=($!)
 ./target/release/examples/comparator ok "127.0.0.1:$UP" &
 up_pid=$!
 pids+=($up_pid)
-printf '[server]\nserving_threads = %d\n' "${SERVING_THREADS:-0}" > "$work/ingress.toml"
+if [ -n "${SERVING_THREADS:-}" ]; then
+    printf '[server]\nserving_threads = %d\n' "$SERVING_THREADS" > "$work/ingress.toml"
+else
+    : > "$work/ingress.toml"
+fi
 TETHER_INGRESS_LISTEN="127.0.0.1:$ING" TETHER_INGRESS_REDIS_URL="redis://127.0.0.1:$RDS" \
 TETHER_INGRESS_UPSTREAM_URL="http://127.0.0.1:$UP" TETHER_INGRESS_LOG=warn "${INGRESS_BIN:-./target/release/tether-ingress}" --config "$work/ingress.toml" &
 ingress_pid=$!
@@ -102,18 +112,32 @@ run() { # name url
     cpu_us=$(awk -v t="$((after - before))" -v n="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     echo "$1 $rps $p50 $p99 ${non2xx:-0} $cpu_us"
 }
-echo "wrk -t2 -c$CONNS -d${DURATION}s, GET /api/leads?page=1 (upstream answers 200 \"ok\")" >&2
+echo "wrk -t2 -c$CONNS -d${DURATION}s, GET /api/leads?page=1 (upstream answers 200 \"ok\"), $ROUNDS alternating rounds" >&2
 results=$(
     run direct "http://127.0.0.1:$UP/api/leads?page=1"
-    run tether-ingress "http://127.0.0.1:$ING/api/leads?page=1"
-    run nginx "http://127.0.0.1:$NGX/api/leads?page=1"
+    for _ in $(seq "$ROUNDS"); do
+        run tether-ingress "http://127.0.0.1:$ING/api/leads?page=1"
+        run nginx "http://127.0.0.1:$NGX/api/leads?page=1"
+    done
 )
-awk '
+awk -v c="$CONNS" '
+    function median(a, n,    i, j, t) {
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
     { name[NR]=$1; rps[NR]=$2; p50[NR]=$3; p99[NR]=$4; bad[NR]=$5; cpu[NR]=$6 }
     END {
-        printf "%-16s %12s %10s %10s %8s %24s\n", "path", "requests/s", "p50", "p99", "non-2xx", "proxy CPU/request (us)"
+        printf "%-16s %12s %10s %10s %8s %24s %18s\n", "path", "requests/s", "p50", "p99", "non-2xx", "proxy CPU/request (us)", "added latency (us)"
         for (i = 1; i <= NR; i++) {
-            printf "%-16s %12.0f %10s %10s %8s %24s\n", name[i], rps[i], p50[i], p99[i], bad[i], (i == 1) ? "-" : cpu[i]
+            added = (i == 1) ? "-" : sprintf("%.1f", (c / rps[i] - c / rps[1]) * 1e6)
+            printf "%-16s %12.0f %10s %10s %8s %24s %18s\n", name[i], rps[i], p50[i], p99[i], bad[i], (i == 1) ? "-" : cpu[i], added
         }
-        printf "\ningress/nginx: throughput %.2fx, proxy CPU per request %.2fx (below 1 = the ingress costs less)\n", rps[2] / rps[3], cpu[2] / cpu[3]
+        n = 0
+        for (i = 2; i + 1 <= NR; i += 2) {
+            n++
+            tr[n] = rps[i] / rps[i + 1]
+            cr[n] = cpu[i] / cpu[i + 1]
+            or[n] = (c / rps[i] - c / rps[1]) / (c / rps[i + 1] - c / rps[1])
+        }
+        printf "\ningress/nginx over %d rounds (medians): throughput %.2fx, added latency %.2fx, proxy CPU per request %.2fx (below 1 = the ingress costs less)\n", n, median(tr, n), median(or, n), median(cr, n)
     }' <<<"$results"

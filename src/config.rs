@@ -151,9 +151,25 @@ pub struct RawServer {
     pub body_read_timeout_ms: u64,
     /// Time a connection may wait for a slot at the cap before it is refused, ms.
     pub connection_queue_timeout_ms: u64,
-    /// Threads with a single-threaded runtime each that serve connections
-    /// (0: connections are served on the shared multi-threaded runtime).
-    pub serving_threads: usize,
+    /// Threads with a single-threaded runtime each that serve connections:
+    /// `"auto"` (one per core), a count, or 0 (the shared runtime serves).
+    pub serving_threads: RawThreads,
+}
+
+/// `server.serving_threads` as written: `"auto"` or a count.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawThreads {
+    /// A number of threads (0: none).
+    Count(usize),
+    /// A name; only `"auto"` (one per core) is valid.
+    Named(String),
+}
+
+impl Default for RawThreads {
+    fn default() -> Self {
+        RawThreads::Named("auto".into())
+    }
 }
 
 impl Default for RawServer {
@@ -169,7 +185,7 @@ impl Default for RawServer {
             http2_max_concurrent_streams: 256,
             body_read_timeout_ms: 30_000,
             connection_queue_timeout_ms: 1_000,
-            serving_threads: 0,
+            serving_threads: RawThreads::default(),
         }
     }
 }
@@ -424,9 +440,18 @@ impl RawConfig {
         if s.max_header_bytes < 8192 {
             problems.push("server.max_header_bytes: must be at least 8192".into());
         }
-        if s.serving_threads > 256 {
-            problems.push("server.serving_threads: must be at most 256".into());
-        }
+        let serving_threads = match &s.serving_threads {
+            RawThreads::Count(n) if *n > 256 => {
+                problems.push("server.serving_threads: must be at most 256".into());
+                0
+            }
+            RawThreads::Count(n) => *n,
+            RawThreads::Named(name) if name == "auto" => crate::cores::per_core(),
+            RawThreads::Named(_) => {
+                problems.push(r#"server.serving_threads: must be "auto" or a number"#.into());
+                0
+            }
+        };
         if s.http2_max_concurrent_streams == 0 {
             problems.push("server.http2_max_concurrent_streams: must be at least 1".into());
         }
@@ -565,7 +590,7 @@ impl RawConfig {
             max_body_bytes,
             max_header_bytes: s.max_header_bytes,
             http2_max_concurrent_streams: s.http2_max_concurrent_streams,
-            serving_threads: s.serving_threads,
+            serving_threads,
             redis_url: r.url.clone(),
             key_prefix: r.key_prefix.clone(),
             command_timeout: Duration::from_millis(r.command_timeout_ms),
@@ -619,7 +644,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// HTTP/2 streams per connection.
     pub http2_max_concurrent_streams: u32,
-    /// Single-threaded serving runtimes (0: the shared runtime serves).
+    /// Single-threaded serving runtimes (0: the shared runtime serves);
+    /// `"auto"` resolved to the number of cores.
     pub serving_threads: usize,
     /// Redis URL.
     pub redis_url: String,
@@ -767,5 +793,22 @@ mod tests {
             panic!("expected Invalid");
         };
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn serving_threads_auto_count_or_refused() {
+        let threads = |text: &str| {
+            RawConfig::from_toml(&format!("[server]\nserving_threads = {text}\n"), "t")
+                .map_err(|e| e.to_string())
+                .and_then(|raw| raw.validate().map_err(|e| e.to_string()))
+                .map(|c| c.serving_threads)
+        };
+        assert_eq!(threads(r#""auto""#), Ok(crate::cores::per_core()));
+        assert_eq!(threads("3"), Ok(3));
+        assert_eq!(threads("0"), Ok(0));
+        for bad in [r#""many""#, "257", "-1"] {
+            let err = threads(bad).unwrap_err();
+            assert!(err.contains("serving_threads"), "{bad}: {err}");
+        }
     }
 }

@@ -18,12 +18,15 @@
 //! - [`replica`]: the live Redis replica; [`auth::KeyTable`] and
 //!   [`route::WebhookIndex`] are two of its views.
 //! - [`sink`]: the job writer (the seam for a spool).
+//! - [`cores`]: the serving threads (one single-threaded runtime per core,
+//!   each with its own Redis writer) that connections are dealt to.
 //! - [`error`]: every refusal and its response.
 
 pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod cores;
 pub mod error;
 pub mod fuzzing;
 pub mod id;
@@ -54,6 +57,7 @@ use tracing::info;
 use crate::{
     auth::{Authenticator, KeyTable},
     config::Config,
+    cores::Cores,
     outreach::{OrgProperties, OutreachConfigs},
     replica::{Replica, ReplicaSettings, View},
     route::WebhookIndex,
@@ -104,6 +108,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         Some(dir) => Some(Spool::open(dir, config.spool_max_bytes)?),
         None => None,
     };
+    let cores = Cores::start(config.serving_threads);
     let sink = StreamSink::connect(
         &SinkSettings {
             redis_url: config.redis_url.clone(),
@@ -112,6 +117,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             max_pending_commands: config.max_pending_commands.get(),
         },
         spool,
+        cores.handles(),
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = replica.status();
@@ -142,20 +148,30 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             stop: stop_tx,
             replica_task,
             replay_task,
+            cores,
         },
     ))
 }
 
-/// Background tasks owned by a running ingress.
+/// Background tasks and serving threads owned by a running ingress.
 pub struct Background {
     stop: watch::Sender<bool>,
     replica_task: tokio::task::JoinHandle<()>,
     replay_task: Option<tokio::task::JoinHandle<()>>,
+    cores: Cores,
 }
 
 impl Background {
-    /// Stops the background tasks, waiting a bounded time for them.
-    pub async fn stop(self) {
+    /// The serving threads' runtimes (empty when connections are served on
+    /// the shared runtime).
+    pub fn cores(&self) -> &[tokio::runtime::Handle] {
+        self.cores.handles()
+    }
+
+    /// Stops the background tasks, waiting a bounded time for them, closes
+    /// the app's Redis writers, then stops the serving threads (the writers'
+    /// connection tasks run on them).
+    pub async fn stop(self, app: &App) {
         let _ = self.stop.send(true);
         for mut task in std::iter::once(self.replica_task).chain(self.replay_task) {
             if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
@@ -165,6 +181,8 @@ impl Background {
                 task.abort();
             }
         }
+        app.sink.close().await;
+        drop(self.cores);
     }
 }
 
@@ -203,14 +221,13 @@ pub async fn run_with_reloads(
         listener,
         Svc::new(app.clone()),
         config.max_connections.get(),
-        config.serving_threads,
+        background.cores(),
         app.settings.clone(),
         shutdown,
     )
     .await;
     reloader.abort();
-    background.stop().await;
-    app.sink.close().await;
+    background.stop(&app).await;
     info!(drained, "tether-ingress stopped");
     Ok(drained)
 }

@@ -48,6 +48,8 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
 
 /// Serves `listener` until `shutdown` resolves, then drains connections for
 /// at most `shutdown_grace`. Returns true when every connection finished.
+/// With `cores` (the serving threads' runtimes, [`crate::cores`]) each
+/// connection is served on one of them; without, on the current runtime.
 ///
 /// Connections are served with upgrade support (WebSocket through the proxy),
 /// so the drain is done here: each connection watches a shutdown signal and
@@ -57,7 +59,7 @@ pub async fn serve(
     listener: TcpListener,
     svc: Svc,
     max_connections: usize,
-    serving_threads: usize,
+    cores: &[tokio::runtime::Handle],
     settings: SharedSettings,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
@@ -67,8 +69,8 @@ pub async fn serve(
     let silent = metrics::counter!(m::CONNECTIONS_SILENT);
     let refused = metrics::counter!(m::CONNECTIONS_REFUSED);
     let mut backoff = Duration::from_millis(5);
-    // Dropped when this returns (after the drain): the threads then stop.
-    let mut cores = Cores::start(serving_threads);
+    // Connections are dealt to the serving threads round-robin.
+    let mut dealt = 0usize;
     tokio::pin!(shutdown);
     loop {
         let permit = match permits.clone().try_acquire_owned() {
@@ -128,12 +130,14 @@ pub async fn serve(
         let svc = svc.for_peer(peer);
         let open = open.clone();
         let silent = silent.clone();
-        let (handle, stream) = match cores.as_mut() {
-            Some(c) => match stream.into_std() {
-                Ok(s) => (c.next(), Accepted::Std(s)),
+        let (handle, stream) = if cores.is_empty() {
+            (tokio::runtime::Handle::current(), Accepted::Tokio(stream))
+        } else {
+            dealt = dealt.wrapping_add(1);
+            match stream.into_std() {
+                Ok(s) => (cores[dealt % cores.len()].clone(), Accepted::Std(s)),
                 Err(_) => continue,
-            },
-            None => (tokio::runtime::Handle::current(), Accepted::Tokio(stream)),
+            }
         };
         handle.spawn(async move {
             let _permit = permit;
@@ -182,53 +186,6 @@ pub async fn serve(
 enum Accepted {
     Tokio(tokio::net::TcpStream),
     Std(std::net::TcpStream),
-}
-
-/// Serving threads, each with a single-threaded runtime: a connection, the
-/// tasks its requests spawn (the upstream lane's connection) and their
-/// timers stay on one thread, so their wakeups never cross threads.
-/// Connections are dealt round-robin. Dropping it stops the threads.
-struct Cores {
-    handles: Vec<tokio::runtime::Handle>,
-    next: usize,
-    _stop: watch::Sender<()>,
-}
-
-impl Cores {
-    /// `None` for 0 threads, or when no runtime could be started.
-    fn start(n: usize) -> Option<Self> {
-        let (stop, stopped) = watch::channel(());
-        let handles: Vec<_> = (0..n)
-            .filter_map(|i| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| warn!(error = %e, "cannot start a serving runtime"))
-                    .ok()?;
-                let handle = rt.handle().clone();
-                let mut stopped = stopped.clone();
-                std::thread::Builder::new()
-                    .name(format!("tether-serve-{i}"))
-                    .spawn(move || {
-                        // Runs until the sender is dropped.
-                        rt.block_on(async move { while stopped.changed().await.is_ok() {} });
-                    })
-                    .map_err(|e| warn!(error = %e, "cannot start a serving thread"))
-                    .ok()?;
-                Some(handle)
-            })
-            .collect();
-        (!handles.is_empty()).then_some(Self {
-            handles,
-            next: 0,
-            _stop: stop,
-        })
-    }
-
-    fn next(&mut self) -> tokio::runtime::Handle {
-        self.next = (self.next + 1) % self.handles.len();
-        self.handles[self.next].clone()
-    }
 }
 
 /// Answers a connection refused at the cap and closes it.

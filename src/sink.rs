@@ -29,7 +29,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -303,54 +303,81 @@ fn options(settings: &Settings) -> Options {
 
 // === impl StreamSink ===
 
-/// Writes jobs to Redis Streams through one shared, auto-pipelining client.
+/// Writes jobs to Redis Streams through auto-pipelining clients: one per
+/// serving thread ([`crate::cores`]), connected from that thread so its
+/// replies wake requests without crossing threads, and one shared client for
+/// everything off those threads (the spool replay, idempotency records).
 #[derive(Clone)]
 pub struct StreamSink {
     client: Client,
-    connected_once: Arc<AtomicBool>,
-    waiter: Arc<tokio::task::JoinHandle<()>>,
+    /// Indexed by [`crate::cores::current`].
+    writers: Arc<[Client]>,
+    /// Clients that have connected at least once.
+    connected: Arc<AtomicUsize>,
+    waiters: Arc<[tokio::task::JoinHandle<()>]>,
     spool: Option<Spool>,
 }
 
+/// One fred client with the sink's settings (not connected yet).
+fn new_client(settings: &SinkSettings) -> Result<Client, Error> {
+    let mut config = Config::from_url(&settings.redis_url)?;
+    config.fail_fast = false;
+    let s = settings.clone();
+    Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = s.connect_timeout;
+            c.internal_command_timeout = s.command_timeout;
+            c.max_command_buffer_len = s.max_pending_commands;
+            // Never replay a write after a reconnect: its caller may
+            // already have been told 503 and be retrying.
+            c.max_command_attempts = 1;
+            c.tcp = TcpConfig {
+                nodelay: Some(true),
+                ..Default::default()
+            };
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = s.command_timeout;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
+        .build()
+}
+
 impl StreamSink {
-    /// Builds the client and starts connecting in the background (requests
-    /// get [`SinkError::Disconnected`] until it is up).
-    pub fn connect(settings: &SinkSettings, spool: Option<Spool>) -> Result<Self, Error> {
-        let mut config = Config::from_url(&settings.redis_url)?;
-        config.fail_fast = false;
-        let s = settings.clone();
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = s.connect_timeout;
-                c.internal_command_timeout = s.command_timeout;
-                c.max_command_buffer_len = s.max_pending_commands;
-                // Never replay a write after a reconnect: its caller may
-                // already have been told 503 and be retrying.
-                c.max_command_attempts = 1;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..Default::default()
-                };
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = s.command_timeout;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
-            .build()?;
-        let _task = client.connect();
-        let connected_once = Arc::new(AtomicBool::new(false));
-        let waiter = {
-            let (client, flag) = (client.clone(), connected_once.clone());
-            tokio::spawn(async move {
+    /// Builds the clients and starts connecting them in the background
+    /// (requests get [`SinkError::Disconnected`] until theirs is up): the
+    /// shared one on the current runtime, one writer on each of `cores`.
+    pub fn connect(
+        settings: &SinkSettings,
+        spool: Option<Spool>,
+        cores: &[tokio::runtime::Handle],
+    ) -> Result<Self, Error> {
+        let client = new_client(settings)?;
+        let writers = cores
+            .iter()
+            .map(|_| new_client(settings))
+            .collect::<Result<Vec<_>, _>>()?;
+        let connected = Arc::new(AtomicUsize::new(0));
+        // fred spawns a client's connection task on the runtime it is
+        // connected from.
+        let start = |client: &Client, runtime: &tokio::runtime::Handle| {
+            let _entered = runtime.enter();
+            let _task = client.connect();
+            let (client, connected) = (client.clone(), connected.clone());
+            runtime.spawn(async move {
                 if client.wait_for_connect().await.is_ok() {
-                    flag.store(true, Ordering::Release);
+                    connected.fetch_add(1, Ordering::Release);
                 }
             })
         };
+        let waiters = std::iter::once(start(&client, &tokio::runtime::Handle::current()))
+            .chain(writers.iter().zip(cores).map(|(w, rt)| start(w, rt)))
+            .collect();
         Ok(Self {
             client,
-            connected_once,
-            waiter: Arc::new(waiter),
+            writers: writers.into(),
+            connected,
+            waiters,
             spool,
         })
     }
@@ -360,9 +387,16 @@ impl StreamSink {
         &self.client
     }
 
-    /// True once the first connection to Redis succeeded.
+    /// The client job writes use on this thread.
+    fn writer(&self) -> &Client {
+        crate::cores::current()
+            .and_then(|i| self.writers.get(i))
+            .unwrap_or(&self.client)
+    }
+
+    /// True once every client connected to Redis at least once.
     pub fn has_connected(&self) -> bool {
-        self.connected_once.load(Ordering::Acquire)
+        self.connected.load(Ordering::Acquire) == 1 + self.writers.len()
     }
 
     /// Stores every job on the workflow stream of `settings`; `Ok` only once
@@ -374,7 +408,8 @@ impl StreamSink {
         settings: &Settings,
     ) -> Result<Stored, SinkError> {
         let stream = &settings.workflow_stream;
-        if !self.client.is_connected() {
+        let writer = self.writer();
+        if !writer.is_connected() {
             return Box::pin(self.spool_or(SinkError::Disconnected, |out| {
                 for job in jobs {
                     spool_frame(out, stream, job.pairs());
@@ -382,7 +417,7 @@ impl StreamSink {
             }))
             .await;
         }
-        let client = self.client.with_options(&options(settings));
+        let client = writer.with_options(&options(settings));
         // Each of fred's command futures is kilobytes; boxed, it is moved
         // once, instead of growing every future that awaits this one (each
         // is moved whole when created).
@@ -432,9 +467,9 @@ impl StreamSink {
         settings: &Settings,
     ) -> Result<Option<Bytes>, SinkError> {
         let stream = &settings.outreach_stream;
-        let error = if self.client.is_connected() {
-            let added: Result<Bytes, Error> = self
-                .client
+        let writer = self.writer();
+        let error = if writer.is_connected() {
+            let added: Result<Bytes, Error> = writer
                 .with_options(&options(settings))
                 .xadd(
                     stream.clone(),
@@ -514,12 +549,18 @@ impl StreamSink {
             }
         }))
     }
-    /// Closes the connection (after in-flight commands were answered).
+    /// Closes the connections (after in-flight commands were answered).
+    /// Call it before the serving threads stop: their writers' connection
+    /// tasks run there.
     pub async fn close(&self) {
-        self.waiter.abort();
-        // QUIT on a client that never connected would wait for a connection.
-        if self.client.is_connected() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.client.quit()).await;
+        for waiter in self.waiters.iter() {
+            waiter.abort();
         }
+        let quits = std::iter::once(&self.client)
+            .chain(self.writers.iter())
+            // QUIT on a client that never connected would wait for a connection.
+            .filter(|c| c.is_connected())
+            .map(|c| tokio::time::timeout(Duration::from_secs(2), c.quit()));
+        futures::future::join_all(quits).await;
     }
 }

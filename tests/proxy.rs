@@ -11,7 +11,10 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use support::{upstream::Upstream, *};
-use tether_ingress::{auth::jwt::sign, config::RawConfig};
+use tether_ingress::{
+    auth::jwt::sign,
+    config::{RawConfig, RawThreads},
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "jwt-test-secret";
@@ -405,8 +408,10 @@ async fn without_a_secret_jwts_go_to_the_upstream_unchanged() {
 #[tokio::test]
 async fn serving_threads_proxy_write_jobs_and_drain() {
     let up = Upstream::start().await;
-    let (_redis, r, ingress) =
-        start(Some(&up.url()), None, |raw| raw.server.serving_threads = 2).await;
+    let (_redis, r, ingress) = start(Some(&up.url()), None, |raw| {
+        raw.server.serving_threads = RawThreads::Count(2)
+    })
+    .await;
     // Proxied requests run on a serving thread with their lane there too.
     for path in ["/a", "/b", "/c"] {
         assert_eq!(ingress.get(path).await.0, StatusCode::IM_A_TEAPOT);

@@ -651,3 +651,47 @@ async fn control_plane_keys_of_the_wrong_type_are_ignored() {
     let (_, _, resp) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
     assert_eq!(json(&resp)["data"]["matchedCount"], 1);
 }
+
+/// Each serving thread writes its requests' jobs through a Redis connection
+/// of its own: two connections accepted one after the other are dealt to
+/// the two threads, and Redis sees XADD from two writer connections (the
+/// shared client alone would be one).
+#[tokio::test]
+async fn each_serving_thread_writes_through_its_own_redis_connection() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let mut config = config_for(&redis.url());
+    config.serving_threads = 2;
+    let ingress = Ingress::start_with(config).await;
+    // Both connections are open before either sends, so they are accepted
+    // back to back and land on different threads.
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        senders.push(sender);
+    }
+    for sender in &mut senders {
+        let req = Request::post("/api/webhook/workflow")
+            .header("host", ingress.addr.to_string())
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(Full::new(Bytes::from_static(br#"{"webhookId":"wh_1"}"#)))
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+    }
+    assert_eq!(xlen(&r, STREAM).await, 2);
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let writers = clients
+        .lines()
+        .filter(|l| l.split_whitespace().any(|f| f == "cmd=xadd"))
+        .count();
+    assert_eq!(writers, 2, "{clients}");
+    assert!(ingress.shutdown().await);
+}
