@@ -16,6 +16,15 @@ impl Id {
         Some(Self(bytes))
     }
 
+    /// Copies `bytes` into an id of its own allocation, if they are UTF-8.
+    /// For ids kept long (the replica's views): a slice of a Redis reply
+    /// would keep the client's whole read buffer alive, and with it every
+    /// other reply that arrived in the same read.
+    pub fn copied(bytes: &[u8]) -> Option<Self> {
+        std::str::from_utf8(bytes).ok()?;
+        Some(Self(Bytes::copy_from_slice(bytes)))
+    }
+
     /// Copies a string into a new id.
     pub fn from_str_copy(s: &str) -> Self {
         Self(Bytes::copy_from_slice(s.as_bytes()))

@@ -70,7 +70,8 @@ impl View for WebhookIndex {
         }
         let workflows: Option<Workflows> = match value {
             Fetched::Set(members) => {
-                let mut ids: Vec<Id> = members.into_iter().filter_map(Id::new).collect();
+                // Copied: the members are slices of the client's read buffer.
+                let mut ids: Vec<Id> = members.iter().filter_map(|m| Id::copied(m)).collect();
                 // Stable order, so entries of one request are written in a
                 // predictable sequence.
                 ids.sort_unstable();
@@ -132,6 +133,20 @@ mod tests {
         assert_eq!(got.iter().map(Id::as_str).collect::<Vec<_>>(), ["w1", "w2"]);
         assert!(idx.lookup("o2", "wh").is_none());
         assert!(idx.lookup("o1", "other").is_none());
+    }
+
+    #[test]
+    fn kept_ids_do_not_pin_the_reply_buffer() {
+        // Members arrive as slices of the Redis client's read buffer.
+        let reply = Bytes::from(b"*2\r\n$2\r\nw1\r\n$2\r\nw2\r\n".to_vec());
+        let idx = WebhookIndex::new("tether:");
+        idx.apply(
+            "o1:wh",
+            Fetched::Set(vec![reply.slice(8..10), reply.slice(16..18)]),
+            1,
+        );
+        assert_eq!(idx.lookup("o1", "wh").unwrap().len(), 2);
+        assert!(reply.is_unique(), "the index holds a slice of the reply");
     }
 
     #[test]
