@@ -15,8 +15,8 @@
 //!   (GET / SMEMBERS / HGETALL, pipelined) and applies what it read. Because
 //!   the reads and the invalidation pushes share one connection and the task
 //!   applies results in order, a value is never replaced by an older one.
-//! - A full resync (SCAN + pipelined reads, page by page, invalidations
-//!   drained between pages) runs at start, after every reconnect, after a
+//! - A full resync (SCAN + pipelined reads, two pages in flight while a third
+//!   is applied, invalidations drained between pages) runs at start, after every reconnect, after a
 //!   lagged invalidation channel, and every `resync_interval` as a safety net
 //!   (it also catches FLUSHALL, whose invalidation fred does not deliver).
 //!   Entries the resync did not see are swept by generation.
@@ -36,11 +36,10 @@ use std::{
 
 use bytes::Bytes;
 use fred::{
-    interfaces::LuaInterface,
     prelude::*,
-    types::{RespVersion, scan::Scanner},
+    types::{ClusterHash, CustomCommand, RespVersion, scan::Scanner},
 };
-use futures::TryStreamExt;
+use futures::{FutureExt, TryStreamExt};
 use tokio::sync::{broadcast::error::RecvError, watch};
 use tracing::{debug, info, warn};
 
@@ -218,8 +217,21 @@ impl Reread {
     }
 }
 
+/// `EVAL` as a command fred may pipeline. fred holds every later command on
+/// a connection until an `EVAL` of its own kind is answered (a guard for
+/// `EVALSHA`'s NOSCRIPT in pipelines), which stalled the resync's SCAN and
+/// MGET behind each page's script call. The page script is sent whole and
+/// only reads, so it is safe to pipeline.
+fn eval_pipelined() -> CustomCommand {
+    CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false)
+}
+
 /// Values read for a page: (view index, key, value).
 type PageValues = Vec<(usize, Bytes, Value)>;
+
+/// A page read sent and not yet awaited, holding its values once done.
+type PageRead<'a> =
+    futures::future::MaybeDone<futures::future::BoxFuture<'a, Result<PageValues, Error>>>;
 
 /// Keys read per SCAN page and per pipelined read.
 const SCAN_COUNT: u32 = 1000;
@@ -419,8 +431,18 @@ impl Replica {
             SCAN_COUNT
         };
         let mut pages = client.scan(self.scan_pattern(), Some(count), None);
+        let this = &*self;
         let mut reread = Reread::default();
         let mut read_seq = 0u64;
+        let mut scanning = true;
+        // Two page reads are in flight at once, so Redis has the next page's
+        // read queued while this side applies a page. Page k's read is sent
+        // in iteration k (all its commands on its first poll, after page
+        // k-1's), awaited in k+1 and applied in k+2: reads reach Redis in
+        // page order on this one connection, and every invalidation drained
+        // between sending and applying page k is tagged k or later, so
+        // `Reread` skips those keys in page k.
+        let mut in_flight: Option<(u64, PageRead<'_>)> = None;
         let mut previous: Option<(u64, PageValues)> = None;
         loop {
             // fred re-sends a command cut by a reconnect on the new
@@ -432,35 +454,50 @@ impl Replica {
                 ));
             }
             let page_started = std::time::Instant::now();
-            let keys = match pages.try_next().await? {
-                Some(mut page) => {
-                    let keys = page.take_results().unwrap_or_default();
-                    page.next();
-                    Some(keys.iter().filter_map(key_bytes).collect::<Vec<Bytes>>())
+            let mut sent = None;
+            if scanning {
+                match pages.try_next().await? {
+                    Some(mut page) => {
+                        let keys = page.take_results().unwrap_or_default();
+                        page.next();
+                        let keys: Vec<Bytes> = keys.iter().filter_map(key_bytes).collect();
+                        read_seq += 1;
+                        let mut read: PageRead<'_> = futures::future::maybe_done(
+                            async move { this.read(client, &keys).await }.boxed(),
+                        );
+                        // Sends the page's commands now, behind the read in flight.
+                        let _ = futures::poll!(&mut read);
+                        sent = Some((read_seq, read));
+                    }
+                    None => scanning = false,
                 }
-                None => None,
-            };
-            read_seq += 1;
-            let read = async {
-                match &keys {
-                    Some(keys) => self.read(client, keys).await.map(Some),
-                    None => Ok(None),
+            }
+            let finish_in_flight = async {
+                if let Some((_, read)) = in_flight.as_mut() {
+                    read.await;
                 }
             };
             let apply_previous = async {
                 if let Some((seq, values)) = previous.take() {
-                    self.apply_values(values, generation, |key| reread.supersedes(key, seq));
+                    this.apply_values(values, generation, |key| reread.supersedes(key, seq));
                 }
                 // Writes that raced the pages so far are applied right after them.
-                let keys = self.drain(client, invalidations, generation).await?;
+                let keys = this.drain(client, invalidations, generation).await?;
                 reread.record(keys, read_seq);
                 Ok::<_, Error>(())
             };
-            let (read, applied) = tokio::join!(read, apply_previous);
+            let ((), applied) = tokio::join!(finish_in_flight, apply_previous);
             applied?;
-            match read? {
-                Some(values) => previous = Some((read_seq, values)),
-                None => break,
+            previous = match in_flight.take() {
+                Some((seq, mut read)) => match std::pin::Pin::new(&mut read).take_output() {
+                    Some(values) => Some((seq, values?)),
+                    None => return Err(Error::new(ErrorKind::Unknown, "page read lost")),
+                },
+                None => None,
+            };
+            in_flight = sent;
+            if !scanning && in_flight.is_none() && previous.is_none() {
+                break;
             }
             if busy_percent < 100 {
                 let pause = page_started.elapsed() * (100 - busy_percent) / busy_percent;
@@ -549,68 +586,85 @@ impl Replica {
 
     /// Reads `keys` in pipelined chunks: per chunk, STRING keys in one MGET
     /// (nil for missing or other types) and sets and hashes in one script
-    /// call, written in one batch, one round trip.
+    /// call. Every chunk's commands are sent on the first poll, in order
+    /// (the resync relies on reads reaching Redis in the order they are
+    /// first polled), and written in one batch.
     async fn read(&self, client: &Client, keys: &[Bytes]) -> Result<PageValues, Error> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(SCAN_COUNT as usize) {
-            let routed: Vec<(usize, &Bytes)> = chunk
-                .iter()
-                .filter_map(|k| self.view_index(k).map(|v| (v, k)))
-                .collect();
-            if routed.is_empty() {
-                continue;
-            }
-            let (strings, others): (Vec<_>, Vec<_>) = routed
-                .into_iter()
-                .partition(|(view, _)| self.views[*view].kind() == KeyKind::String);
-            let string_names: Vec<Key> = strings
-                .iter()
-                .map(|(_, k)| Key::from((*k).clone()))
-                .collect();
-            let other_names: Vec<Key> = others
-                .iter()
-                .map(|(_, k)| Key::from((*k).clone()))
-                .collect();
-            let kinds: Vec<&str> = others
-                .iter()
-                .map(|(v, _)| {
-                    if self.views[*v].kind() == KeyKind::Set {
-                        "set"
-                    } else {
-                        "hash"
-                    }
-                })
-                .collect();
-            let read_strings = async {
-                if string_names.is_empty() {
-                    return Ok(Value::Array(Vec::new()));
+        let chunks = futures::future::try_join_all(
+            keys.chunks(SCAN_COUNT as usize)
+                .map(|chunk| self.read_chunk(client, chunk)),
+        )
+        .await?;
+        Ok(chunks.into_iter().flatten().collect())
+    }
+
+    /// One chunk of [`Replica::read`].
+    async fn read_chunk(&self, client: &Client, chunk: &[Bytes]) -> Result<PageValues, Error> {
+        let mut out = Vec::with_capacity(chunk.len());
+        let routed: Vec<(usize, &Bytes)> = chunk
+            .iter()
+            .filter_map(|k| self.view_index(k).map(|v| (v, k)))
+            .collect();
+        if routed.is_empty() {
+            return Ok(out);
+        }
+        let (strings, others): (Vec<_>, Vec<_>) = routed
+            .into_iter()
+            .partition(|(view, _)| self.views[*view].kind() == KeyKind::String);
+        let string_names: Vec<Key> = strings
+            .iter()
+            .map(|(_, k)| Key::from((*k).clone()))
+            .collect();
+        let other_names: Vec<Key> = others
+            .iter()
+            .map(|(_, k)| Key::from((*k).clone()))
+            .collect();
+        let kinds: Vec<&str> = others
+            .iter()
+            .map(|(v, _)| {
+                if self.views[*v].kind() == KeyKind::Set {
+                    "set"
+                } else {
+                    "hash"
                 }
-                client.mget::<Value, _>(string_names).await
-            };
-            let read_others = async {
-                if other_names.is_empty() {
-                    return Ok(Value::Array(Vec::new()));
-                }
-                client
-                    .eval::<Value, _, _, _>(READ_PAGE_SCRIPT, other_names, kinds)
-                    .await
-            };
-            // Two concurrent commands: fred writes them in one batch.
-            let (string_values, other_values) = tokio::join!(read_strings, read_others);
-            for (batch, values) in [(strings, string_values?), (others, other_values?)] {
-                let values = match values {
-                    Value::Array(values) if values.len() == batch.len() => values,
-                    // A one-key MGET may come back unwrapped.
-                    v if batch.len() == 1 => vec![v],
-                    _ => return Err(Error::new(ErrorKind::Unknown, "page read answer shape")),
-                };
-                out.extend(
-                    batch
-                        .into_iter()
-                        .zip(values)
-                        .map(|((view, key), value)| (view, key.clone(), value)),
-                );
+            })
+            .collect();
+        let read_strings = async {
+            if string_names.is_empty() {
+                return Ok(Value::Array(Vec::new()));
             }
+            client.mget::<Value, _>(string_names).await
+        };
+        let read_others = async {
+            if other_names.is_empty() {
+                return Ok(Value::Array(Vec::new()));
+            }
+            let mut args: Vec<Value> = Vec::with_capacity(2 + 2 * other_names.len());
+            args.push(Value::from_static_str(READ_PAGE_SCRIPT));
+            args.push(Value::Integer(other_names.len() as i64));
+            args.extend(
+                other_names
+                    .into_iter()
+                    .map(|k| Value::Bytes(k.into_bytes())),
+            );
+            args.extend(kinds.into_iter().map(Value::from_static_str));
+            client.custom::<Value, _>(eval_pipelined(), args).await
+        };
+        // Two concurrent commands: fred writes them in one batch.
+        let (string_values, other_values) = tokio::join!(read_strings, read_others);
+        for (batch, values) in [(strings, string_values?), (others, other_values?)] {
+            let values = match values {
+                Value::Array(values) if values.len() == batch.len() => values,
+                // A one-key MGET may come back unwrapped.
+                v if batch.len() == 1 => vec![v],
+                _ => return Err(Error::new(ErrorKind::Unknown, "page read answer shape")),
+            };
+            out.extend(
+                batch
+                    .into_iter()
+                    .zip(values)
+                    .map(|((view, key), value)| (view, key.clone(), value)),
+            );
         }
         Ok(out)
     }
