@@ -28,7 +28,11 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
     # Newest first: the ingress goes before the Redis it talks to.
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
+    # Each is waited for, so the ingress has drained before Redis goes away.
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill "${pids[$i]}" 2>/dev/null || true
+        wait "${pids[$i]}" 2>/dev/null || true
+    done
     [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
     rm -rf "$work"
 }
@@ -129,15 +133,15 @@ awk -v c="$CONNS" '
     END {
         printf "%-16s %12s %10s %10s %8s %24s %18s\n", "path", "requests/s", "p50", "p99", "non-2xx", "proxy CPU/request (us)", "added latency (us)"
         for (i = 1; i <= NR; i++) {
-            added = (i == 1) ? "-" : sprintf("%.1f", (c / rps[i] - c / rps[1]) * 1e6)
-            printf "%-16s %12.0f %10s %10s %8s %24s %18s\n", name[i], rps[i], p50[i], p99[i], bad[i], (i == 1) ? "-" : cpu[i], added
+            extra = (i == 1) ? "-" : sprintf("%.1f", (c / rps[i] - c / rps[1]) * 1e6)
+            printf "%-16s %12.0f %10s %10s %8s %24s %18s\n", name[i], rps[i], p50[i], p99[i], bad[i], (i == 1) ? "-" : cpu[i], extra
         }
         n = 0
         for (i = 2; i + 1 <= NR; i += 2) {
             n++
             tr[n] = rps[i] / rps[i + 1]
             cr[n] = cpu[i] / cpu[i + 1]
-            or[n] = (c / rps[i] - c / rps[1]) / (c / rps[i + 1] - c / rps[1])
+            added[n] = (c / rps[i] - c / rps[1]) / (c / rps[i + 1] - c / rps[1])
         }
-        printf "\ningress/nginx over %d rounds (medians): throughput %.2fx, added latency %.2fx, proxy CPU per request %.2fx (below 1 = the ingress costs less)\n", n, median(tr, n), median(or, n), median(cr, n)
+        printf "\ningress/nginx over %d rounds (medians): throughput %.2fx, added latency %.2fx, proxy CPU per request %.2fx (below 1 = the ingress costs less)\n", n, median(tr, n), median(added, n), median(cr, n)
     }' <<<"$results"
