@@ -220,9 +220,10 @@ impl Reread {
 /// `EVAL` as a command fred may pipeline. fred holds every later command on
 /// a connection until an `EVAL` of its own kind is answered (a guard for
 /// `EVALSHA`'s NOSCRIPT in pipelines), which stalled the resync's SCAN and
-/// MGET behind each page's script call. The page script is sent whole and
-/// only reads, so it is safe to pipeline.
-fn eval_pipelined() -> CustomCommand {
+/// MGET behind each page's script call, and would stall every job write
+/// behind a multi-match request's. A script sent whole has no NOSCRIPT case,
+/// so it is safe to pipeline.
+pub(crate) fn eval_pipelined() -> CustomCommand {
     CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false)
 }
 

@@ -695,3 +695,25 @@ async fn each_serving_thread_writes_through_its_own_redis_connection() {
     assert_eq!(writers, 2, "{clients}");
     assert!(ingress.shutdown().await);
 }
+
+/// A request's jobs leave in one script call (the payload sent once), not
+/// a command per match.
+#[tokio::test]
+async fn a_requests_jobs_are_written_by_one_call() {
+    let (redis, r, ingress) = setup().await;
+    let evals = || {
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_eval:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = evals();
+    let (status, _, _) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":1}"#)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(xlen(&r, STREAM).await, 2);
+    assert_eq!(evals() - before, 1);
+}
