@@ -25,10 +25,7 @@ async fn start(
     secret: Option<&str>,
     tweak: impl FnOnce(&mut RawConfig),
 ) -> (RedisServer, fred::clients::Client, Ingress) {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let mut raw = RawConfig::default();
     raw.redis.url = redis.url();
     if let Some(u) = upstream {

@@ -19,10 +19,7 @@ const KEY: &str = "user_reload_key";
 
 #[tokio::test]
 async fn limits_streams_and_jwt_secret_change_without_dropping_requests() {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let mut raw = RawConfig::default();
     raw.redis.url = redis.url();
     raw.auth.jwt_secret = Secret::new("old-secret");

@@ -15,10 +15,7 @@ const KEY: &str = "user_server_key";
 
 #[tokio::test]
 async fn http2_prior_knowledge_on_the_same_port() {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let ingress = Ingress::start(&redis.url()).await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
@@ -129,10 +126,7 @@ fn invalid_configuration_exits_2_with_every_problem() {
 
 #[tokio::test]
 async fn the_binary_serves_from_env_and_exits_0_on_sigterm() {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("tether-bin-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

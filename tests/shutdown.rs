@@ -22,10 +22,7 @@ fn in_flight(metrics: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn shutdown_finishes_requests_in_flight_and_loses_nothing() {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a", "wf_b"]).await;
     let mut raw = tether_ingress::config::RawConfig::default();
     raw.redis.url = redis.url();
     raw.redis.command_timeout_ms = 30_000;

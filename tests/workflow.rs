@@ -467,10 +467,7 @@ async fn two_thousand_concurrent_requests_write_exactly_their_entries() {
 
 #[tokio::test]
 async fn oversized_bodies_get_413() {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let mut raw = tether_ingress::config::RawConfig::default();
     raw.redis.url = redis.url();
     raw.server.max_body_bytes = 1024;
@@ -610,10 +607,7 @@ async fn the_first_connect_loads_the_replica_exactly_once() {
 
 #[tokio::test]
 async fn control_plane_keys_of_the_wrong_type_are_ignored() {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     // A key record stored as a set, a trigger stored as a string, properties as a list.
     let _: () = fred::prelude::SetsInterface::sadd(
         &r,
@@ -658,10 +652,7 @@ async fn control_plane_keys_of_the_wrong_type_are_ignored() {
 /// shared client alone would be one).
 #[tokio::test]
 async fn each_serving_thread_writes_through_its_own_redis_connection() {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let mut config = config_for(&redis.url());
     config.serving_threads = 2;
     let ingress = Ingress::start_with(config).await;

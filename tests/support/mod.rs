@@ -206,16 +206,26 @@ impl Drop for RedisServer {
 
 // === control-plane helpers ===
 
+/// A Redis holding `key` (user `u_1`, org `o_1`) and trigger `wh_1` →
+/// `workflows`, and a client of that Redis.
+pub async fn redis_with_key_and_trigger(
+    key: &str,
+    workflows: &[&str],
+) -> (RedisServer, fred::clients::Client) {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, key, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", workflows).await;
+    (redis, r)
+}
+
 /// The API key [`start_with_key_and_trigger`] seeds (org `o_1`).
 pub const TEST_KEY: &str = "user_test_key_0123456789";
 
 /// A Redis holding [`TEST_KEY`] (user `u_1`, org `o_1`) and trigger `wh_1` →
 /// `wf_b`, `wf_a`, an ingress ready on it, and a client of that Redis.
 pub async fn start_with_key_and_trigger() -> (RedisServer, fred::clients::Client, Ingress) {
-    let redis = RedisServer::start();
-    let r = redis.client().await;
-    put_key(&r, TEST_KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_b", "wf_a"]).await;
+    let (redis, r) = redis_with_key_and_trigger(TEST_KEY, &["wf_b", "wf_a"]).await;
     let ingress = Ingress::start(&redis.url()).await;
     (redis, r, ingress)
 }
