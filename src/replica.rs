@@ -436,8 +436,9 @@ impl Replica {
         let mut reread = Reread::default();
         let mut read_seq = 0u64;
         let mut scanning = true;
-        // Two page reads are in flight at once, so Redis has the next page's
-        // read queued while this side applies a page. Page k's read is sent
+        // Two page reads are in flight at once (the first load; one when
+        // paced, below), so Redis has the next page's read queued while
+        // this side applies a page. Page k's read is sent
         // in iteration k (all its commands on its first poll, after page
         // k-1's), awaited in k+1 and applied in k+2: reads reach Redis in
         // page order on this one connection, and every invalidation drained
@@ -472,6 +473,13 @@ impl Replica {
                     }
                     None => scanning = false,
                 }
+            }
+            // A paced resync keeps one read in flight, awaited in the
+            // iteration that sends it: the pause is a multiple of the time a
+            // page takes, and overlapped reads would make that time shorter
+            // and the resync's share of Redis larger.
+            if busy_percent < 100 {
+                in_flight = sent.take();
             }
             let finish_in_flight = async {
                 if let Some((_, read)) = in_flight.as_mut() {

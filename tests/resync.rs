@@ -12,14 +12,26 @@ use support::*;
 
 const WITHIN: Duration = Duration::from_secs(1);
 
-/// A resync after the first load is paced and reads small pages, with the
-/// next page read while the previous one is applied. Writes that race it
-/// (keys revoked and added while their pages are in flight) must end up as
-/// Redis holds them: a page read before a write is never applied over the
-/// re-read that write caused.
+/// Writes that race a resync (keys revoked and added while their pages are
+/// in flight) must end up as Redis holds them: a page read before a write is
+/// never applied over the re-read that write caused. Run for a paced resync
+/// (small pages, one read in flight) and one at full speed (two reads in
+/// flight, as in the first load), one after the other: the resync counter
+/// is process-wide.
 #[tokio::test]
-async fn writes_racing_a_paced_resync_are_never_lost() {
-    let (redis, r, ingress) = start_with_key_and_trigger().await;
+async fn writes_racing_a_resync_are_never_lost() {
+    race_a_resync(20, 20).await;
+    // A full-speed resync is over quickly: denser writes, so that enough of
+    // them land while their pages are in flight.
+    race_a_resync(100, 100).await;
+}
+
+/// Revokes `per_round` keys and adds one per round until the resync ends.
+async fn race_a_resync(busy_percent: u8, per_round: usize) {
+    let (redis, r) = redis_with_key_and_trigger(TEST_KEY, &["wf_a"]).await;
+    let mut config = config_for(&redis.url());
+    config.resync_busy_percent = busy_percent;
+    let ingress = Ingress::start_with(config).await;
     const N: usize = 20_000;
     let record = r#"{"userId":"u_bulk","orgId":"o_1"}"#;
     for chunk in (0..N).collect::<Vec<_>>().chunks(1000) {
@@ -60,14 +72,14 @@ async fn writes_racing_a_paced_resync_are_never_lost() {
         .to_owned();
     redis.cli(&["CLIENT", "KILL", "ID", &tracking]);
 
-    // Revoke keys (twenty per round, spread over the keyspace) and add one,
-    // until the resync is done.
+    // Revoke keys (spread over the keyspace) and add one per round, until
+    // the resync is done.
     let mut revoked = Vec::new();
     let mut added = Vec::new();
     let mut during = 0;
-    for round in 0..N / 20 {
-        let doomed: Vec<String> = (0..20)
-            .map(|j| format!("bulk_{}", ((round * 20 + j) * 7919) % N))
+    for round in 0..N / per_round {
+        let doomed: Vec<String> = (0..per_round)
+            .map(|j| format!("bulk_{}", ((round * per_round + j) * 7919) % N))
             .collect();
         let names: Vec<String> = doomed
             .iter()
@@ -84,7 +96,10 @@ async fn writes_racing_a_paced_resync_are_never_lost() {
         }
         during += 1;
     }
-    assert!(during > 10, "the writes raced the resync ({during} rounds)");
+    assert!(
+        during > 10,
+        "the writes raced the resync ({during} rounds, busy {busy_percent}%)"
+    );
     assert!(
         eventually(Duration::from_secs(60), || async {
             metric_value(&ingress, "tether_replica_resyncs_total").await > resyncs
