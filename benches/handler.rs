@@ -100,14 +100,25 @@ fn handler(c: &mut Criterion) {
         .build()
         .unwrap();
     let (app, redis, _background) = rt.block_on(async {
-        let redis = Builder::from_config(Config::from_url(&url).unwrap())
-            .build()
-            .unwrap();
+        // Wait for the server to answer before the client's first connect:
+        // fred's init() retried after a refused connection could wait
+        // forever for a connect notice it had missed.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.init().await.is_err() {
+        while !Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ping"])
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+        {
             assert!(Instant::now() < deadline, "redis did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let redis = Builder::from_config(Config::from_url(&url).unwrap())
+            .build()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), redis.init())
+            .await
+            .expect("redis client did not connect")
+            .unwrap();
         let digest: String = tether_ingress::auth::digest_key(KEY.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
