@@ -21,8 +21,7 @@ impl Id {
     /// would keep the client's whole read buffer alive, and with it every
     /// other reply that arrived in the same read.
     pub fn copied(bytes: &[u8]) -> Option<Self> {
-        std::str::from_utf8(bytes).ok()?;
-        Some(Self(Bytes::copy_from_slice(bytes)))
+        std::str::from_utf8(bytes).ok().map(Self::from_str_copy)
     }
 
     /// Copies a string into a new id.

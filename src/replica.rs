@@ -46,6 +46,10 @@ use tracing::{debug, info, warn};
 use crate::metrics as m;
 
 /// The value of one control-plane key as read from Redis.
+///
+/// The bytes are slices of the client's read buffer: a view copies what it
+/// keeps, or it keeps that whole buffer, and every other reply read with it,
+/// alive (see [`crate::id::Id::copied`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fetched {
     /// The key does not exist (or holds the wrong type).
