@@ -41,7 +41,9 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::{
+    id::Id,
     metrics as m,
+    route::Workflows,
     settings::{Settings, SharedSettings},
     spool::{self, Spool, SpoolError},
 };
@@ -104,11 +106,12 @@ impl From<Error> for SinkError {
     }
 }
 
-/// One `tether:jobs:workflow` entry, fields as the contract names them.
+/// One request's `tether:jobs:workflow` entries: one per matched workflow,
+/// every other field shared, as the contract names them.
 #[derive(Debug, Clone)]
-pub struct WorkflowJob {
-    /// `workflowId`
-    pub workflow_id: Bytes,
+pub struct WorkflowJobs {
+    /// `workflowId` of each entry, in the order they are written.
+    pub workflows: Workflows,
     /// `orgId`
     pub org_id: Bytes,
     /// `userId`
@@ -123,11 +126,11 @@ pub struct WorkflowJob {
     pub request_id: Bytes,
 }
 
-impl WorkflowJob {
-    /// The entry's fields, in the contract's order.
-    pub fn pairs(&self) -> [(&'static str, &Bytes); 7] {
+impl WorkflowJobs {
+    /// The fields of `workflow`'s entry, in the contract's order.
+    pub fn pairs<'a>(&'a self, workflow: &'a Id) -> [(&'static str, &'a Bytes); 7] {
         [
-            ("workflowId", &self.workflow_id),
+            ("workflowId", workflow.bytes()),
             ("orgId", &self.org_id),
             ("userId", &self.user_id),
             ("webhookId", &self.webhook_id),
@@ -135,6 +138,16 @@ impl WorkflowJob {
             ("receivedAt", &self.received_at),
             ("requestId", &self.request_id),
         ]
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.workflows.len()
+    }
+
+    /// True when there is none to write.
+    pub fn is_empty(&self) -> bool {
+        self.workflows.is_empty()
     }
 }
 
@@ -179,7 +192,7 @@ impl OutreachJob {
 }
 
 /// Adds one `tether:jobs:workflow` entry per workflow id, in the contract's
-/// field order, for a request whose jobs share every other field.
+/// field order, every other field shared.
 /// `KEYS[1]`: the stream; `ARGV`: maxlen, orgId, userId, webhookId, payload,
 /// receivedAt, requestId, then the workflow ids. Answers how many it added.
 const ADD_JOBS_SCRIPT: &str = r#"
@@ -192,52 +205,34 @@ end
 return #ARGV - 7
 "#;
 
-/// True when every job carries the first one's fields but `workflowId`
-/// (always so for one request's jobs), so [`ADD_JOBS_SCRIPT`] can write them.
-fn share_fields(jobs: &[WorkflowJob]) -> bool {
-    let Some((first, rest)) = jobs.split_first() else {
-        return false;
-    };
-    // One request's jobs hold the same slices: compared by identity first,
-    // so a large payload is not compared byte by byte per match.
-    let same = |a: &Bytes, b: &Bytes| (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b;
-    rest.iter().all(|j| {
-        same(&j.org_id, &first.org_id)
-            && same(&j.user_id, &first.user_id)
-            && same(&j.webhook_id, &first.webhook_id)
-            && same(&j.payload, &first.payload)
-            && same(&j.received_at, &first.received_at)
-            && same(&j.request_id, &first.request_id)
-    })
-}
-
-/// Writes `jobs` (which [`share_fields`]) in one script call: one command
-/// and the payload sent once, instead of a command per job.
+/// Writes every entry of `jobs` in one script call: one command and the
+/// payload sent once, instead of a command per entry.
 async fn add_all(
     client: &Client,
     stream: &Key,
     settings: &Settings,
-    jobs: &[WorkflowJob],
+    jobs: &WorkflowJobs,
 ) -> Result<(), Error> {
-    let Some(first) = jobs.first() else {
-        return Ok(());
-    };
     let mut args = Vec::with_capacity(10 + jobs.len());
     args.push(Value::from_static_str(ADD_JOBS_SCRIPT));
     args.push(Value::Integer(1));
     args.push(Value::Bytes(stream.clone().into_bytes()));
     args.push(Value::Integer(settings.stream_maxlen));
     for field in [
-        &first.org_id,
-        &first.user_id,
-        &first.webhook_id,
-        &first.payload,
-        &first.received_at,
-        &first.request_id,
+        &jobs.org_id,
+        &jobs.user_id,
+        &jobs.webhook_id,
+        &jobs.payload,
+        &jobs.received_at,
+        &jobs.request_id,
     ] {
         args.push(Value::Bytes(field.clone()));
     }
-    args.extend(jobs.iter().map(|j| Value::Bytes(j.workflow_id.clone())));
+    args.extend(
+        jobs.workflows
+            .iter()
+            .map(|w| Value::Bytes(w.bytes().clone())),
+    );
     let added: i64 = client
         .custom(crate::replica::eval_pipelined(), args)
         .await?;
@@ -475,78 +470,49 @@ impl StreamSink {
         self.connected.load(Ordering::Acquire) == 1 + self.writers.len()
     }
 
-    /// Stores every job on the workflow stream of `settings`; `Ok` only once
-    /// Redis acknowledged all of them, or (with a spool) the ones Redis did
-    /// not take are synced to the spool.
+    /// Stores every entry of `jobs` on the workflow stream of `settings`;
+    /// `Ok` only once Redis acknowledged all of them, or (with a spool) they
+    /// are synced to the spool. One entry is one `XADD`; several are one
+    /// script call, so they are acknowledged, spooled or refused together
+    /// (should Redis fail midway through the script, what it wrote stays and
+    /// the spooled copies are duplicates a worker drops by requestId and
+    /// workflowId).
     pub async fn enqueue(
         &self,
-        jobs: &[WorkflowJob],
+        jobs: &WorkflowJobs,
         settings: &Settings,
     ) -> Result<Stored, SinkError> {
         let stream = &settings.workflow_stream;
+        let spool_all = |out: &mut Vec<u8>| {
+            for workflow in jobs.workflows.iter() {
+                spool_frame(out, stream, jobs.pairs(workflow));
+            }
+        };
         let writer = self.writer();
         if !writer.is_connected() {
-            return Box::pin(self.spool_or(SinkError::Disconnected, |out| {
-                for job in jobs {
-                    spool_frame(out, stream, job.pairs());
-                }
-            }))
-            .await;
+            return Box::pin(self.spool_or(SinkError::Disconnected, spool_all)).await;
         }
         let client = writer.with_options(&options(settings));
         // Each of fred's command futures is kilobytes; boxed, it is moved
         // once, instead of growing every future that awaits this one (each
         // is moved whole when created).
-        let add = |job: &WorkflowJob| {
-            Box::pin(client.xadd::<Value, _, _, _, _>(
+        let written = match &jobs.workflows[..] {
+            [] => return Ok(Stored::Redis),
+            [workflow] => Box::pin(client.xadd::<Value, _, _, _, _>(
                 stream.clone(),
                 false,
                 cap(settings),
                 "*",
-                fields(job.pairs()),
+                fields(jobs.pairs(workflow)),
             ))
+            .await
+            .map(drop),
+            _ => Box::pin(add_all(&client, stream, settings, jobs)).await,
         };
-        // Concurrent single commands, not an explicit `Pipeline`: fred
-        // writes them in one batch all the same, and unlike a pipeline each
-        // keeps its own deadline and is never replayed after a reconnect
-        // once its caller has given up on it.
-        let results = match jobs {
-            [] => return Ok(Stored::Redis),
-            [job] => vec![add(job).await],
-            // One request's jobs: one script call writes them all, or none
-            // were acknowledged and all are spooled (a worker drops any
-            // that landed anyway by requestId and workflowId).
-            many if share_fields(many) => {
-                let Err(e) = Box::pin(add_all(&client, stream, settings, many)).await else {
-                    return Ok(Stored::Redis);
-                };
-                return Box::pin(self.spool_or(SinkError::from(e), |out| {
-                    for job in many {
-                        spool_frame(out, stream, job.pairs());
-                    }
-                }))
-                .await;
-            }
-            many => futures::future::join_all(many.iter().map(add)).await,
-        };
-        let mut error = None;
-        let mut failed = Vec::new();
-        for (result, job) in results.into_iter().zip(jobs) {
-            if let Err(e) = result {
-                error.get_or_insert(SinkError::from(e));
-                failed.push(job);
-            }
+        match written {
+            Ok(()) => Ok(Stored::Redis),
+            Err(e) => Box::pin(self.spool_or(SinkError::from(e), spool_all)).await,
         }
-        let Some(error) = error else {
-            return Ok(Stored::Redis);
-        };
-        // What Redis took stays there; only the rest is spooled.
-        Box::pin(self.spool_or(error, |out| {
-            for job in failed {
-                spool_frame(out, stream, job.pairs());
-            }
-        }))
-        .await
     }
 
     /// Stores one outreach job; returns its stream entry id once Redis

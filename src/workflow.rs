@@ -3,7 +3,8 @@
 //! ```text
 //! [webhook: ready? → auth → rate limit → body → idempotency]
 //!   → parse (simd-json, splice webhookId) → match (WebhookIndex, caller's
-//!   org) → sink (XADD × N, acknowledged, or spooled) → 202
+//!   org) → sink (one XADD, or one script call for several matches;
+//!   acknowledged, or spooled) → 202
 //! ```
 //! Authentication runs before the body is read ([`crate::webhook`]), so a
 //! flood of bad keys costs a hash and a map lookup each and never reaches Redis.
@@ -20,7 +21,7 @@ use crate::{
     response::{decimal, workflow_accepted},
     service::App,
     settings::Settings,
-    sink::{Stored, WorkflowJob},
+    sink::{Stored, WorkflowJobs},
 };
 
 /// Does the route's work on an authenticated request's body: parse, match
@@ -41,20 +42,15 @@ pub async fn process(
     let matched = workflows.as_ref().map_or(0, |w| w.len());
     if let Some(workflows) = workflows {
         let mut digits = [0u8; 20];
-        let received_at = Bytes::copy_from_slice(decimal(received_at, &mut digits));
-        let request_id = Bytes::copy_from_slice(request_id.as_bytes());
-        let jobs: Vec<WorkflowJob> = workflows
-            .iter()
-            .map(|w| WorkflowJob {
-                workflow_id: w.bytes().clone(),
-                org_id: principal.org_id.bytes().clone(),
-                user_id: principal.user_id.bytes().clone(),
-                webhook_id: envelope.webhook_id.bytes().clone(),
-                payload: envelope.payload.clone(),
-                received_at: received_at.clone(),
-                request_id: request_id.clone(),
-            })
-            .collect();
+        let jobs = WorkflowJobs {
+            workflows,
+            org_id: principal.org_id.bytes().clone(),
+            user_id: principal.user_id.bytes().clone(),
+            webhook_id: envelope.webhook_id.bytes().clone(),
+            payload: envelope.payload.clone(),
+            received_at: Bytes::copy_from_slice(decimal(received_at, &mut digits)),
+            request_id: Bytes::copy_from_slice(request_id.as_bytes()),
+        };
         let started = std::time::Instant::now();
         match app.sink.enqueue(&jobs, settings).await {
             Ok(Stored::Spooled) => {}
