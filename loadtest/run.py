@@ -271,6 +271,7 @@ def main():
 
         for pace in paces:
             label = f"ingress 1, {pace} ms pace"
+            warm_up(f"http://127.0.0.1:{iport}", opts.connections, [LOAD_KEY, "wh_one", str(pace)])
             r = run_wrk(f"http://127.0.0.1:{iport}", opts.duration, opts.connections, [LOAD_KEY, "wh_one", str(pace)], [ingress.pid, redis.pid])
             rows.append((label, r, r["rps"], r["cpu"][ingress.pid], r["cpu"][redis.pid]))
             subprocess.run(["redis-cli", "-p", str(rport), "DEL", "tether:jobs:workflow"], capture_output=True)
@@ -325,6 +326,7 @@ def main():
             rows.append((label, r, r["rps"] if mode == "xadd" else 0, r["cpu"][p.pid], r["cpu"][redis.pid]))
             if mode == "xadd" and not env:
                 for pace in paces:
+                    warm_up(f"http://127.0.0.1:{port}", opts.connections, [LOAD_KEY, "wh_one", str(pace)])
                     r = run_wrk(f"http://127.0.0.1:{port}", opts.duration, opts.connections, [LOAD_KEY, "wh_one", str(pace)], [p.pid, redis.pid])
                     rows.append((f"hyper+xadd, {pace} ms pace", r, r["rps"], r["cpu"][p.pid], r["cpu"][redis.pid]))
             procs.stop(p)
