@@ -74,9 +74,14 @@ async fn quick_start_loop_key_trigger_request_job() {
         .spawn()
         .unwrap();
     let body = r#"{"webhookId":"wh_1","n":12345678901234567890}"#;
+    // The key and the trigger reach the replica separately: until the
+    // trigger has, the request is accepted with no match and writes nothing.
     assert!(
         eventually(Duration::from_secs(2), || async {
-            ingress.workflow(Some(&key), body).await.0 == StatusCode::ACCEPTED
+            let (status, _, answer) = ingress.workflow(Some(&key), body).await;
+            status == StatusCode::ACCEPTED
+                && serde_json::from_slice::<serde_json::Value>(&answer)
+                    .is_ok_and(|v| v["data"]["matchedCount"] == 2)
         })
         .await
     );
