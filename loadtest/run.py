@@ -388,6 +388,21 @@ def main():
         sys.exit(1)
 
 
+def seeded_redis(n_keys):
+    """The A/B scripts' own redis-server on a free port, seeded with n_keys
+    keys and triggers, and a work directory holding the ingress's load.toml.
+    Returns (process, port, work directory)."""
+    work = tempfile.mkdtemp(prefix="tether-ab-")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
+    assert wait_redis(port), "redis-server did not start"
+    seed(port, n_keys)
+    with open(os.path.join(work, "load.toml"), "w") as f:
+        f.write("[streams]\nmaxlen = 1000000\n")
+    return proc, port, work
+
+
 def wait_redis(port, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -11,11 +11,7 @@ import sys, os, subprocess, time, re
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import run
 bins = sys.argv[1].split(","); rounds = int(sys.argv[2]); keys = int(sys.argv[3])
-import tempfile; work = tempfile.mkdtemp(prefix="tether-ab-")
-rport = run.free_port()
-r = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
-assert run.wait_redis(rport)
-run.seed(rport, keys)
+r, rport, work = run.seeded_redis(keys)
 try:
   for rd in range(rounds):
     for b in bins:

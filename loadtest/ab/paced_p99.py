@@ -16,7 +16,6 @@ A binary written `BIN|NAME=VALUE` gets that environment variable (e.g.
 import os
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import run  # noqa: E402
@@ -25,13 +24,7 @@ bins = sys.argv[1].split(",")
 rounds, dur, keys, pace = (int(a) for a in sys.argv[2:6])
 webhook = sys.argv[6] if len(sys.argv) > 6 else "wh_one"
 comparator = os.path.join(run.ROOT, "target", "release", "examples", "comparator")
-work = tempfile.mkdtemp(prefix="tether-ab-")
-rport = run.free_port()
-r = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                      "--dir", work], stdout=subprocess.DEVNULL)
-assert run.wait_redis(rport)
-run.seed(rport, keys)
-open(work + "/load.toml", "w").write("[streams]\nmaxlen = 1000000\n")
+r, rport, work = run.seeded_redis(keys)
 try:
     for _ in range(rounds):
         for spec in bins:

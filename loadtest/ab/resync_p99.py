@@ -10,12 +10,7 @@ import sys, os, subprocess, time, threading
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import run
 bins = sys.argv[1].split(","); rounds = int(sys.argv[2]); keys = int(sys.argv[3]); dur = 8
-import tempfile; work = tempfile.mkdtemp(prefix="tether-ab-")
-rport = run.free_port()
-r = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
-assert run.wait_redis(rport)
-run.seed(rport, keys)
-open(work + "/load.toml", "w").write("[streams]\nmaxlen = 1000000\n")
+r, rport, work = run.seeded_redis(keys)
 def kill():
     time.sleep(dur / 4)
     clients = subprocess.run(["redis-cli", "-p", str(rport), "CLIENT", "LIST"], capture_output=True, text=True).stdout

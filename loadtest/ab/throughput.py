@@ -9,12 +9,7 @@ import sys, os, subprocess, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import run
 bins = sys.argv[1].split(","); rounds = int(sys.argv[2]); dur = int(sys.argv[3]); hooks = sys.argv[4].split(",") if len(sys.argv) > 4 else ["wh_one", "wh_ten"]
-import tempfile; work = tempfile.mkdtemp(prefix="tether-ab-")
-rport = run.free_port()
-r = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
-assert run.wait_redis(rport)
-run.seed(rport, 100000)
-open(work + "/load.toml", "w").write("[streams]\nmaxlen = 1000000\n")
+r, rport, work = run.seeded_redis(100000)
 res = {}
 try:
   for rd in range(rounds):
