@@ -122,6 +122,9 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = replica.status();
     let replay_task = sink.spawn_replay(settings.clone(), stop_rx.clone());
+    let upkeep_task = prometheus
+        .clone()
+        .map(|handle| metrics::spawn_upkeep(handle, stop_rx.clone()));
     let replica_task = replica.spawn(stop_rx);
     let app = Arc::new(App {
         auth: Authenticator::new(keys),
@@ -148,6 +151,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             stop: stop_tx,
             replica_task,
             replay_task,
+            upkeep_task,
             cores,
         },
     ))
@@ -158,6 +162,7 @@ pub struct Background {
     stop: watch::Sender<bool>,
     replica_task: tokio::task::JoinHandle<()>,
     replay_task: Option<tokio::task::JoinHandle<()>>,
+    upkeep_task: Option<tokio::task::JoinHandle<()>>,
     cores: Cores,
 }
 
@@ -173,7 +178,10 @@ impl Background {
     /// connection tasks run on them).
     pub async fn stop(self, app: &App) {
         let _ = self.stop.send(true);
-        for mut task in std::iter::once(self.replica_task).chain(self.replay_task) {
+        let tasks = std::iter::once(self.replica_task)
+            .chain(self.replay_task)
+            .chain(self.upkeep_task);
+        for mut task in tasks {
             if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
                 .await
                 .is_err()

@@ -4,10 +4,16 @@
 //! Labels are bounded: routes and statuses come from fixed sets, never from
 //! paths, keys or ids. Histograms have explicit buckets so they aggregate
 //! across instances.
+//!
+//! The recorder keeps every histogram sample until something drains it into
+//! its buckets. A scrape does, but an ingress nobody scrapes would keep them
+//! all (tens of bytes per request, without bound), so [`spawn_upkeep`] drains
+//! them every [`UPKEEP_INTERVAL`] whether or not anyone scrapes.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
 
 /// Counter: requests answered, by `route` and `status`.
 pub const HTTP_REQUESTS: &str = "tether_http_requests_total";
@@ -93,6 +99,32 @@ pub fn install() -> Option<PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+/// How often [`spawn_upkeep`] drains histogram samples into their buckets:
+/// at most this long's worth of samples is held (about 25 bytes per request).
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Drains `handle`'s histogram samples every [`UPKEEP_INTERVAL`] until `stop`
+/// turns true (or its sender is gone), so memory stays bounded with no scrape.
+pub fn spawn_upkeep(
+    handle: PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => handle.run_upkeep(),
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -358,6 +358,9 @@ impl Spool {
     }
 }
 
+/// Capacity the writer's group-commit buffer keeps between bursts.
+const KEEP_BUFFER_BYTES: usize = 256 * 1024;
+
 /// The writer thread's state.
 struct Writer {
     dir: PathBuf,
@@ -418,6 +421,11 @@ impl Writer {
             });
         }
         buf.clear();
+        // A burst grows the buffer to its group commit; give that back so a
+        // spike once does not hold its peak for the life of the process.
+        if buf.capacity() > KEEP_BUFFER_BYTES {
+            buf.shrink_to(KEEP_BUFFER_BYTES);
+        }
     }
 
     fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
