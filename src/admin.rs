@@ -61,18 +61,18 @@ impl Admin {
     /// Connects with the configuration's Redis settings (fails fast).
     pub async fn connect(config: &Config) -> Result<Self, AdminError> {
         let unreachable = |source| AdminError::Unreachable {
-            url: redact_url(&config.redis_url),
+            url: redact_url(&config.redis.url),
             source,
         };
         let client = Builder::from_config(
-            fred::prelude::Config::from_url(&config.redis_url).map_err(unreachable)?,
+            fred::prelude::Config::from_url(&config.redis.url).map_err(unreachable)?,
         )
-        .with_connection_config(|c| c.connection_timeout = config.connect_timeout)
+        .with_connection_config(|c| c.connection_timeout = config.redis.connect_timeout)
         .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(10))
         .build()
         .map_err(unreachable)?;
         tokio::time::timeout(
-            config.connect_timeout + Duration::from_secs(1),
+            config.redis.connect_timeout + Duration::from_secs(1),
             client.init(),
         )
         .await
@@ -80,9 +80,9 @@ impl Admin {
         .map_err(unreachable)?;
         Ok(Self {
             client,
-            prefix: config.key_prefix.clone(),
-            workflow_stream: config.workflow_stream.clone(),
-            outreach_stream: config.outreach_stream.clone(),
+            prefix: config.redis.key_prefix.clone(),
+            workflow_stream: config.streams.workflow.clone(),
+            outreach_stream: config.streams.outreach.clone(),
         })
     }
 
@@ -324,95 +324,6 @@ impl Admin {
     }
 }
 
-/// The effective configuration as `name = value` lines, secrets masked.
-pub fn describe(config: &Config) -> String {
-    let secret = |s: &Option<crate::config::Secret>| {
-        if s.is_some() {
-            "**REDACTED**"
-        } else {
-            "(none)"
-        }
-    };
-    let lines = [
-        ("server.listen", config.listen.to_string()),
-        ("server.max_connections", config.max_connections.to_string()),
-        ("server.serving_threads", config.serving_threads.to_string()),
-        (
-            "server.first_byte_timeout_ms",
-            config.first_byte_timeout.as_millis().to_string(),
-        ),
-        (
-            "server.header_read_timeout_ms",
-            config.header_read_timeout.as_millis().to_string(),
-        ),
-        (
-            "server.shutdown_grace_ms",
-            config.shutdown_grace.as_millis().to_string(),
-        ),
-        ("server.max_body_bytes", config.max_body_bytes.to_string()),
-        (
-            "server.max_header_bytes",
-            config.max_header_bytes.to_string(),
-        ),
-        (
-            "server.http2_max_concurrent_streams",
-            config.http2_max_concurrent_streams.to_string(),
-        ),
-        ("redis.url", redact_url(&config.redis_url)),
-        ("redis.key_prefix", config.key_prefix.clone()),
-        (
-            "redis.command_timeout_ms",
-            config.command_timeout.as_millis().to_string(),
-        ),
-        (
-            "redis.connect_timeout_ms",
-            config.connect_timeout.as_millis().to_string(),
-        ),
-        (
-            "redis.resync_interval_secs",
-            config.resync_interval.as_secs().to_string(),
-        ),
-        (
-            "redis.resync_busy_percent",
-            config.resync_busy_percent.to_string(),
-        ),
-        (
-            "redis.max_pending_commands",
-            config.max_pending_commands.to_string(),
-        ),
-        (
-            "redis.retry_after_secs",
-            config.retry_after_secs.to_string(),
-        ),
-        ("streams.workflow", config.workflow_stream.clone()),
-        ("streams.outreach", config.outreach_stream.clone()),
-        ("streams.maxlen", config.stream_maxlen.to_string()),
-        (
-            "upstream.url",
-            config
-                .upstream
-                .as_ref()
-                .map_or("(none)".into(), |u| u.to_string()),
-        ),
-        (
-            "upstream.connect_timeout_ms",
-            config.upstream_connect_timeout.as_millis().to_string(),
-        ),
-        (
-            "upstream.response_timeout_ms",
-            config.upstream_response_timeout.as_millis().to_string(),
-        ),
-        ("auth.jwt_secret", secret(&config.jwt_secret).to_owned()),
-        ("auth.jwt_leeway_secs", config.jwt_leeway_secs.to_string()),
-        ("log.level", config.log_level.clone()),
-        (
-            "log.format",
-            if config.log_json { "json" } else { "text" }.to_owned(),
-        ),
-    ];
-    lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,16 +336,5 @@ mod tests {
         );
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
-    }
-
-    #[test]
-    fn describe_masks_the_secret() {
-        let mut raw = crate::config::RawConfig::default();
-        raw.auth.jwt_secret = crate::config::Secret::new("top-secret");
-        raw.redis.url = "redis://u:pw@h:1".into();
-        let text = describe(&raw.validate().unwrap());
-        assert!(text.contains("auth.jwt_secret = **REDACTED**"));
-        assert!(!text.contains("top-secret"));
-        assert!(!text.contains("pw@"));
     }
 }

@@ -6,9 +6,15 @@
 //! (`Duration`, `NonZero*`, `SocketAddr`). Every problem is collected and
 //! reported at once, so an operator fixes a file in one pass.
 
-use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::Path, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    path::Path,
+    time::Duration,
+};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Environment variable overriding `server.listen`.
 pub const ENV_LISTEN: &str = "TETHER_INGRESS_LISTEN";
@@ -78,7 +84,7 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("**REDACTED**")
+        f.write_str(REDACTED)
     }
 }
 
@@ -99,6 +105,35 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Whether this build can honour a Redis URL; the error completes
+/// "redis.url: <url> …". A TLS scheme is refused rather than connected in
+/// plaintext, and a URL fred would refuse only at connect time is refused
+/// here, at start.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "redis" => {}
+        "redis+unix" => {
+            let path = url.split_once("://").map_or("", |(_, rest)| rest);
+            if !path.contains('/') {
+                return Err("must name the socket's path: redis+unix:///path/to/redis.sock".into());
+            }
+        }
+        "rediss" | "rediss-cluster" | "rediss-sentinel" => {
+            return Err("asks for TLS, which this build does not support yet; it would not fall back to plaintext".into());
+        }
+        "redis-cluster" | "redis-sentinel" => {
+            return Err(
+                "is a Cluster or Sentinel URL, which this build does not support yet".into(),
+            );
+        }
+        _ => return Err("must start with redis:// or redis+unix://".into()),
+    }
+    fred::types::config::Config::from_url(url)
+        .map(drop)
+        .map_err(|e| format!("is not a Redis URL: {}", e.details()))
 }
 
 // === RawConfig: the file ===
@@ -440,7 +475,7 @@ impl RawConfig {
         if s.max_header_bytes < 8192 {
             problems.push("server.max_header_bytes: must be at least 8192".into());
         }
-        let serving_threads = match &s.serving_threads {
+        let threads = match &s.serving_threads {
             RawThreads::Count(n) if *n > 256 => {
                 problems.push("server.serving_threads: must be at most 256".into());
                 0
@@ -452,9 +487,13 @@ impl RawConfig {
                 0
             }
         };
-        if s.http2_max_concurrent_streams == 0 {
-            problems.push("server.http2_max_concurrent_streams: must be at least 1".into());
-        }
+        let serving_threads =
+            NonZeroUsize::new(threads).map_or(ServingThreads::Shared, ServingThreads::PerThread);
+        let http2_max_concurrent_streams = NonZeroU32::new(s.http2_max_concurrent_streams)
+            .unwrap_or_else(|| {
+                problems.push("server.http2_max_concurrent_streams: must be at least 1".into());
+                NonZeroU32::MIN
+            });
         for (name, ms) in [
             ("server.body_read_timeout_ms", s.body_read_timeout_ms),
             ("server.first_byte_timeout_ms", s.first_byte_timeout_ms),
@@ -467,14 +506,8 @@ impl RawConfig {
             }
         }
         let r = &self.redis;
-        if !(r.url.starts_with("redis://")
-            || r.url.starts_with("rediss://")
-            || r.url.starts_with("redis+unix://"))
-        {
-            problems.push(format!(
-                "redis.url: {:?} must start with redis://, rediss:// or redis+unix:// (cluster mode is not supported yet)",
-                redact_url(&r.url)
-            ));
+        if let Err(problem) = check_redis_url(&r.url) {
+            problems.push(format!("redis.url: {:?} {problem}", redact_url(&r.url)));
         }
         if r.key_prefix.is_empty() {
             problems.push("redis.key_prefix: must not be empty".into());
@@ -560,14 +593,14 @@ impl RawConfig {
                 self.log.level
             ));
         }
-        let log_json = match self.log.format.as_str() {
-            "text" => false,
-            "json" => true,
+        let log_format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
             other => {
                 problems.push(format!(
                     "log.format: {other:?} must be \"text\" or \"json\""
                 ));
-                false
+                LogFormat::Text
             }
         };
         let spool_dir =
@@ -582,80 +615,170 @@ impl RawConfig {
             return Err(ConfigError::Invalid(problems));
         }
         Ok(Config {
-            listen,
-            max_connections,
-            first_byte_timeout: Duration::from_millis(s.first_byte_timeout_ms),
-            header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
-            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
-            max_body_bytes,
-            max_header_bytes: s.max_header_bytes,
-            http2_max_concurrent_streams: s.http2_max_concurrent_streams,
-            serving_threads,
-            redis_url: r.url.clone(),
-            key_prefix: r.key_prefix.clone(),
-            command_timeout: Duration::from_millis(r.command_timeout_ms),
-            connect_timeout: Duration::from_millis(r.connect_timeout_ms),
-            resync_interval: Duration::from_secs(r.resync_interval_secs),
-            resync_busy_percent: r.resync_busy_percent,
-            max_pending_commands: max_pending,
-            retry_after_secs: r.retry_after_secs,
-            workflow_stream: self.streams.workflow,
-            outreach_stream: self.streams.outreach,
-            stream_maxlen: self.streams.maxlen,
-            upstream,
-            upstream_connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
-            upstream_response_timeout: Duration::from_millis(self.upstream.response_timeout_ms),
-            jwt_secret,
-            jwt_leeway_secs: self.auth.jwt_leeway_secs,
-            log_level: self.log.level,
-            log_json,
-            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
-            connection_queue_timeout: Duration::from_millis(s.connection_queue_timeout_ms),
-            fail_closed_after: (self.auth.fail_closed_after_secs > 0)
-                .then(|| Duration::from_secs(self.auth.fail_closed_after_secs)),
-            spool_dir,
-            spool_max_bytes: self.spool.max_bytes,
-            idempotency_window: Duration::from_secs(self.idempotency.window_secs),
-            idempotency_wait: Duration::from_millis(self.idempotency.wait_ms),
-            rate_limit_default: self.rate_limit.default_per_sec,
-            rate_limit_burst: self.rate_limit.burst,
+            server: ServerConfig {
+                listen,
+                max_connections,
+                first_byte_timeout: Duration::from_millis(s.first_byte_timeout_ms),
+                header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+                shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+                max_body_bytes,
+                max_header_bytes: s.max_header_bytes,
+                http2_max_concurrent_streams,
+                body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+                connection_queue_timeout: Duration::from_millis(s.connection_queue_timeout_ms),
+                serving_threads,
+            },
+            redis: RedisConfig {
+                url: r.url.clone(),
+                key_prefix: r.key_prefix.clone(),
+                command_timeout: Duration::from_millis(r.command_timeout_ms),
+                connect_timeout: Duration::from_millis(r.connect_timeout_ms),
+                resync_interval: Duration::from_secs(r.resync_interval_secs),
+                resync_busy_percent: r.resync_busy_percent,
+                max_pending_commands: max_pending,
+                retry_after_secs: r.retry_after_secs,
+            },
+            streams: StreamsConfig {
+                workflow: self.streams.workflow,
+                outreach: self.streams.outreach,
+                maxlen: self.streams.maxlen,
+            },
+            upstream: UpstreamConfig {
+                url: upstream,
+                connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
+                response_timeout: Duration::from_millis(self.upstream.response_timeout_ms),
+            },
+            auth: AuthConfig {
+                jwt_secret,
+                jwt_secret_file: (!self.auth.jwt_secret_file.is_empty())
+                    .then(|| std::path::PathBuf::from(&self.auth.jwt_secret_file)),
+                jwt_leeway_secs: self.auth.jwt_leeway_secs,
+                fail_closed_after: (self.auth.fail_closed_after_secs > 0)
+                    .then(|| Duration::from_secs(self.auth.fail_closed_after_secs)),
+            },
+            spool: SpoolConfig {
+                dir: spool_dir,
+                max_bytes: self.spool.max_bytes,
+            },
+            idempotency: IdempotencyConfig {
+                window: Duration::from_secs(self.idempotency.window_secs),
+                wait: Duration::from_millis(self.idempotency.wait_ms),
+            },
+            rate_limit: RateLimitConfig {
+                default_per_sec: NonZeroU32::new(self.rate_limit.default_per_sec),
+                burst: NonZeroU32::new(self.rate_limit.burst),
+            },
+            log: LogConfig {
+                level: self.log.level,
+                format: log_format,
+            },
         })
     }
 }
 
 // === Config: validated ===
 
-/// The validated configuration.
-#[derive(Debug, Clone)]
+/// The validated configuration, one struct per section of the file, with
+/// real types (`Duration`, `Option` for what can be off, enums). It
+/// serialises back to the file's section and key names and units, secrets
+/// masked and the Redis password redacted: that is what `check-config`
+/// prints, so it cannot leave a setting out.
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[redis]`
+    pub redis: RedisConfig,
+    /// `[streams]`
+    pub streams: StreamsConfig,
+    /// `[upstream]`
+    pub upstream: UpstreamConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
+    /// `[spool]`
+    pub spool: SpoolConfig,
+    /// `[idempotency]`
+    pub idempotency: IdempotencyConfig,
+    /// `[rate_limit]`
+    pub rate_limit: RateLimitConfig,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[server]`: the listener and its connections.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
     /// Bind address.
     pub listen: SocketAddr,
     /// Connections served at once.
     pub max_connections: NonZeroUsize,
     /// A silent connection is closed after this.
+    #[serde(rename = "first_byte_timeout_ms", with = "as_ms")]
     pub first_byte_timeout: Duration,
     /// HTTP/1 head (and idle keep-alive) deadline.
+    #[serde(rename = "header_read_timeout_ms", with = "as_ms")]
     pub header_read_timeout: Duration,
     /// Drain deadline on shutdown.
+    #[serde(rename = "shutdown_grace_ms", with = "as_ms")]
     pub shutdown_grace: Duration,
     /// Webhook body cap, bytes.
     pub max_body_bytes: NonZeroUsize,
     /// Request head cap, bytes.
     pub max_header_bytes: usize,
     /// HTTP/2 streams per connection.
-    pub http2_max_concurrent_streams: u32,
-    /// Single-threaded serving runtimes (0: the shared runtime serves);
-    /// `"auto"` resolved to the number of cores.
-    pub serving_threads: usize,
-    /// Redis URL.
-    pub redis_url: String,
+    pub http2_max_concurrent_streams: NonZeroU32,
+    /// Whole-body deadline on the webhook routes.
+    #[serde(rename = "body_read_timeout_ms", with = "as_ms")]
+    pub body_read_timeout: Duration,
+    /// Wait for a connection slot at the cap before refusing.
+    #[serde(rename = "connection_queue_timeout_ms", with = "as_ms")]
+    pub connection_queue_timeout: Duration,
+    /// Where connections are served.
+    pub serving_threads: ServingThreads,
+}
+
+/// Where connections are served (`server.serving_threads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServingThreads {
+    /// On the shared multi-threaded runtime (written `0`).
+    Shared,
+    /// On this many threads with a single-threaded runtime each (`"auto"`
+    /// is resolved to one per core).
+    PerThread(NonZeroUsize),
+}
+
+impl ServingThreads {
+    /// The number of serving threads (0: the shared runtime serves).
+    pub fn count(self) -> usize {
+        match self {
+            ServingThreads::Shared => 0,
+            ServingThreads::PerThread(n) => n.get(),
+        }
+    }
+}
+
+impl Serialize for ServingThreads {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.count() as u64)
+    }
+}
+
+/// `[redis]`: the one Redis holding the control plane and the jobs.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisConfig {
+    /// Redis URL (may hold a password: printed redacted).
+    #[serde(serialize_with = "redacted_url")]
+    pub url: String,
     /// Control-plane key prefix, e.g. `tether:`.
     pub key_prefix: String,
     /// Per-command deadline.
+    #[serde(rename = "command_timeout_ms", with = "as_ms")]
     pub command_timeout: Duration,
     /// Connect deadline.
+    #[serde(rename = "connect_timeout_ms", with = "as_ms")]
     pub connect_timeout: Duration,
     /// Safety-net resync period.
+    #[serde(rename = "resync_interval_secs", with = "as_secs")]
     pub resync_interval: Duration,
     /// Share of the time (percent) a resync after the first load keeps busy.
     pub resync_busy_percent: u8,
@@ -663,44 +786,194 @@ pub struct Config {
     pub max_pending_commands: NonZeroUsize,
     /// Retry-After on 503, seconds.
     pub retry_after_secs: u32,
+}
+
+/// `[streams]`: where jobs go.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamsConfig {
     /// Workflow job stream.
-    pub workflow_stream: String,
+    pub workflow: String,
     /// Outreach job stream.
-    pub outreach_stream: String,
+    pub outreach: String,
     /// `MAXLEN ~` threshold.
-    pub stream_maxlen: i64,
-    /// Sidecar upstream, if any.
-    pub upstream: Option<http::Uri>,
+    pub maxlen: i64,
+}
+
+/// `[upstream]`: the sidecar's backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    /// Backend URL; `None`: no upstream (written `""`).
+    #[serde(serialize_with = "uri_or_empty")]
+    pub url: Option<http::Uri>,
     /// Upstream connect deadline.
-    pub upstream_connect_timeout: Duration,
+    #[serde(rename = "connect_timeout_ms", with = "as_ms")]
+    pub connect_timeout: Duration,
     /// Upstream response head deadline.
-    pub upstream_response_timeout: Duration,
-    /// HS256 secret, if any (from `jwt_secret` or `jwt_secret_file`).
+    #[serde(rename = "response_timeout_ms", with = "as_ms")]
+    pub response_timeout: Duration,
+}
+
+/// `[auth]`: JWT verification and fail-closed.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    /// HS256 secret, if any (from `jwt_secret` or `jwt_secret_file`;
+    /// printed masked).
+    #[serde(serialize_with = "masked")]
     pub jwt_secret: Option<Secret>,
+    /// The file the secret was read from, if any.
+    #[serde(serialize_with = "path_or_empty")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
     /// Clock skew allowed on `exp` and `nbf`, seconds.
     pub jwt_leeway_secs: u64,
-    /// tracing filter.
-    pub log_level: String,
-    /// JSON log lines instead of human-readable ones.
-    pub log_json: bool,
-    /// Whole-body deadline on the webhook routes.
-    pub body_read_timeout: Duration,
-    /// Wait for a connection slot at the cap before refusing.
-    pub connection_queue_timeout: Duration,
-    /// Refuse keys once the replica is out of touch this long; `None`: never.
+    /// Refuse keys once the replica is out of touch this long; `None`: never
+    /// (written `0`).
+    #[serde(rename = "fail_closed_after_secs", serialize_with = "secs_or_zero")]
     pub fail_closed_after: Option<Duration>,
-    /// Spool directory, if any.
-    pub spool_dir: Option<std::path::PathBuf>,
+}
+
+/// `[spool]`: the local durable spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpoolConfig {
+    /// Spool directory; `None`: no spool (written `""`).
+    #[serde(serialize_with = "path_or_empty")]
+    pub dir: Option<std::path::PathBuf>,
     /// Spool size cap, bytes.
-    pub spool_max_bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// `[idempotency]`: `Idempotency-Key` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdempotencyConfig {
     /// How long an idempotency key's answer is kept.
-    pub idempotency_window: Duration,
+    #[serde(rename = "window_secs", with = "as_secs")]
+    pub window: Duration,
     /// How long a concurrent duplicate waits before 409.
-    pub idempotency_wait: Duration,
-    /// Default requests per second per key; 0: unlimited.
-    pub rate_limit_default: u32,
-    /// Back-to-back allowance; 0: one second's worth.
-    pub rate_limit_burst: u32,
+    #[serde(rename = "wait_ms", with = "as_ms")]
+    pub wait: Duration,
+}
+
+/// `[rate_limit]`: per-key limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitConfig {
+    /// Requests per second for a key whose record sets none; `None`:
+    /// unlimited (written `0`).
+    #[serde(serialize_with = "count_or_zero")]
+    pub default_per_sec: Option<NonZeroU32>,
+    /// Back-to-back allowance; `None`: one second's worth (written `0`).
+    #[serde(serialize_with = "count_or_zero")]
+    pub burst: Option<NonZeroU32>,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    /// tracing filter.
+    pub level: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Durations written as whole milliseconds.
+mod as_ms {
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Durations written as whole seconds.
+mod as_secs {
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
+fn secs_or_zero<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.map_or(0, |d| d.as_secs()))
+}
+
+fn count_or_zero<S: serde::Serializer>(n: &Option<NonZeroU32>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u32(n.map_or(0, NonZeroU32::get))
+}
+
+fn path_or_empty<S: serde::Serializer>(
+    p: &Option<std::path::PathBuf>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(
+        &p.as_ref()
+            .map_or(std::borrow::Cow::Borrowed(""), |p| p.to_string_lossy()),
+    )
+}
+
+fn uri_or_empty<S: serde::Serializer>(u: &Option<http::Uri>, s: S) -> Result<S::Ok, S::Error> {
+    match u {
+        Some(u) => s.collect_str(u),
+        None => s.serialize_str(""),
+    }
+}
+
+fn masked<S: serde::Serializer>(secret: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_some() { REDACTED } else { "" })
+}
+
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+/// What a secret prints as.
+pub const REDACTED: &str = "**REDACTED**";
+
+/// The configuration as `section.key = value` lines, in the file's names
+/// and units, secrets masked: `check-config`'s output. It is the serialised
+/// [`Config`], so every setting is in it.
+pub fn describe(config: &Config) -> String {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut String) {
+        use std::fmt::Write as _;
+        match value {
+            toml::Value::Table(table) => {
+                for (key, v) in table {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, v, out);
+                }
+            }
+            toml::Value::String(s) if s.is_empty() => {
+                let _ = writeln!(out, "{prefix} = (none)");
+            }
+            toml::Value::String(s) => {
+                let _ = writeln!(out, "{prefix} = {s}");
+            }
+            other => {
+                let _ = writeln!(out, "{prefix} = {other}");
+            }
+        }
+    }
+    let mut out = String::new();
+    match toml::Value::try_from(config) {
+        Ok(value) => walk("", &value, &mut out),
+        // Every field serialises to a TOML scalar; this cannot happen.
+        Err(e) => out.push_str(&format!("(cannot describe the configuration: {e})\n")),
+    }
+    out
 }
 
 impl Config {
@@ -761,9 +1034,9 @@ mod tests {
         let mut raw = RawConfig::default();
         raw.apply_env(|k| env.get(k).map(|v| v.to_string()));
         let cfg = raw.validate().unwrap();
-        assert_eq!(cfg.listen.port(), 9999);
-        assert_eq!(cfg.redis_url, "redis://10.0.0.1:6380");
-        assert_eq!(cfg.jwt_secret.as_ref().unwrap().expose(), b"s3cret");
+        assert_eq!(cfg.server.listen.port(), 9999);
+        assert_eq!(cfg.redis.url, "redis://10.0.0.1:6380");
+        assert_eq!(cfg.auth.jwt_secret.as_ref().unwrap().expose(), b"s3cret");
         assert!(!format!("{cfg:?}").contains("s3cret"));
     }
 
@@ -774,7 +1047,7 @@ mod tests {
         let mut raw = RawConfig::default();
         raw.auth.jwt_secret_file = path.display().to_string();
         let cfg = raw.clone().validate().unwrap();
-        assert_eq!(cfg.jwt_secret.unwrap().expose(), b"file-secret");
+        assert_eq!(cfg.auth.jwt_secret.unwrap().expose(), b"file-secret");
         raw.auth.jwt_secret = Secret::new("inline");
         assert!(raw.validate().is_err(), "both set");
         let _ = std::fs::remove_file(&path);
@@ -796,12 +1069,36 @@ mod tests {
     }
 
     #[test]
+    fn redis_urls_this_build_cannot_honour_are_refused() {
+        let check = |url: &str| {
+            let mut raw = RawConfig::default();
+            raw.redis.url = url.into();
+            raw.validate().map(drop).map_err(|e| e.to_string())
+        };
+        assert!(check("redis://127.0.0.1:6379/0").is_ok());
+        assert!(check("redis://user:pw@127.0.0.1:6379").is_ok());
+        assert!(check("redis+unix:///tmp/redis.sock").is_ok());
+        for (url, says) in [
+            ("rediss://127.0.0.1:6379", "TLS"),
+            ("rediss://u:hunter2@h:1", "TLS"),
+            ("redis-cluster://h:1", "Cluster"),
+            ("redis-sentinel://h:1?sentinelServiceName=m", "Sentinel"),
+            ("http://h:1", "must start with"),
+            ("redis+unix://", "path"),
+        ] {
+            let err = check(url).unwrap_err();
+            assert!(err.contains(says), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
     fn serving_threads_auto_count_or_refused() {
         let threads = |text: &str| {
             RawConfig::from_toml(&format!("[server]\nserving_threads = {text}\n"), "t")
                 .map_err(|e| e.to_string())
                 .and_then(|raw| raw.validate().map_err(|e| e.to_string()))
-                .map(|c| c.serving_threads)
+                .map(|c| c.server.serving_threads.count())
         };
         assert_eq!(threads(r#""auto""#), Ok(crate::cores::per_core()));
         assert_eq!(threads("3"), Ok(3));
@@ -810,5 +1107,40 @@ mod tests {
             let err = threads(bad).unwrap_err();
             assert!(err.contains("serving_threads"), "{bad}: {err}");
         }
+    }
+    #[test]
+    fn describe_masks_the_secret() {
+        let mut raw = RawConfig::default();
+        raw.auth.jwt_secret = Secret::new("top-secret");
+        raw.redis.url = "redis://u:pw@h:1".into();
+        let text = describe(&raw.validate().unwrap());
+        assert!(text.contains("auth.jwt_secret = **REDACTED**"));
+        assert!(!text.contains("top-secret"));
+        assert!(!text.contains("pw@"));
+    }
+
+    #[test]
+    fn describe_names_every_setting_of_the_default_file() {
+        let text = describe(&Config::default());
+        let described: std::collections::BTreeSet<&str> =
+            text.lines().filter_map(|l| l.split(" = ").next()).collect();
+        let file: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+        let mut keys = Vec::new();
+        for (section, table) in &file {
+            for key in table.as_table().unwrap().keys() {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+        assert!(keys.len() > 30, "{keys:?}");
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| !described.contains(k.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "check-config leaves out {missing:?}:\n{text}"
+        );
+        // And nothing that is not a setting.
+        assert_eq!(described.len(), keys.len(), "{text}");
     }
 }

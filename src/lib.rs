@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod outreach;
 pub mod parse;
 pub mod proxy;
+pub mod reload;
 pub mod replica;
 pub mod response;
 pub mod route;
@@ -45,6 +46,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod telemetry;
 pub mod webhook;
 pub mod worker;
 pub mod workflow;
@@ -83,10 +85,10 @@ pub enum StartError {
 pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     // Before any metric handle is registered, or it binds to the no-op recorder.
     let prometheus = metrics::install();
-    let keys = Arc::new(KeyTable::new(&config.key_prefix));
-    let triggers = Arc::new(WebhookIndex::new(&config.key_prefix));
-    let outreach_configs = Arc::new(OutreachConfigs::new(&config.key_prefix));
-    let org_properties = Arc::new(OrgProperties::new(&config.key_prefix));
+    let keys = Arc::new(KeyTable::new(&config.redis.key_prefix));
+    let triggers = Arc::new(WebhookIndex::new(&config.redis.key_prefix));
+    let outreach_configs = Arc::new(OutreachConfigs::new(&config.redis.key_prefix));
+    let org_properties = Arc::new(OrgProperties::new(&config.redis.key_prefix));
     let views: Vec<Arc<dyn View>> = vec![
         keys.clone(),
         triggers.clone(),
@@ -96,25 +98,25 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let replica = Replica::new(
         views,
         ReplicaSettings {
-            redis_url: config.redis_url.clone(),
-            connect_timeout: config.connect_timeout,
-            command_timeout: config.command_timeout,
-            resync_interval: config.resync_interval,
-            resync_busy_percent: config.resync_busy_percent,
+            redis_url: config.redis.url.clone(),
+            connect_timeout: config.redis.connect_timeout,
+            command_timeout: config.redis.command_timeout,
+            resync_interval: config.redis.resync_interval,
+            resync_busy_percent: config.redis.resync_busy_percent,
         },
     );
     let settings = Settings::shared(config);
-    let spool = match &config.spool_dir {
-        Some(dir) => Some(Spool::open(dir, config.spool_max_bytes)?),
+    let spool = match &config.spool.dir {
+        Some(dir) => Some(Spool::open(dir, config.spool.max_bytes)?),
         None => None,
     };
-    let cores = Cores::start(config.serving_threads);
+    let cores = Cores::start(config.server.serving_threads.count());
     let sink = StreamSink::connect(
         &SinkSettings {
-            redis_url: config.redis_url.clone(),
-            connect_timeout: config.connect_timeout,
-            command_timeout: config.command_timeout,
-            max_pending_commands: config.max_pending_commands.get(),
+            redis_url: config.redis.url.clone(),
+            connect_timeout: config.redis.connect_timeout,
+            command_timeout: config.redis.command_timeout,
+            max_pending_commands: config.redis.max_pending_commands.get(),
         },
         spool,
         cores.handles(),
@@ -138,10 +140,10 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         request_ids: response::RequestIds::new(),
         metrics: Handles::register(),
         prometheus,
-        proxy: config.upstream.as_ref().and_then(|url| {
+        proxy: config.upstream.url.as_ref().and_then(|url| {
             proxy::Proxy::new(&proxy::ProxySettings {
                 url: url.clone(),
-                connect_timeout: config.upstream_connect_timeout,
+                connect_timeout: config.upstream.connect_timeout,
             })
         }),
     });
@@ -228,7 +230,7 @@ pub async fn run_with_reloads(
     let drained = server::serve(
         listener,
         Svc::new(app.clone()),
-        config.max_connections.get(),
+        config.server.max_connections.get(),
         background.cores(),
         app.settings.clone(),
         shutdown,

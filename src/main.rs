@@ -1,15 +1,16 @@
-//! `tether-ingress [--config PATH] [serve]`: loads the configuration, starts
-//! logging, binds, and serves until SIGINT/SIGTERM. The other subcommands are
-//! the admin CLI ([`tether_ingress::admin`]).
+//! `tether-ingress [--config PATH] [serve]`: the wiring only. Parses the
+//! command line, loads the configuration, then either serves (logging,
+//! bind, SIGHUP reloads, run until SIGINT/SIGTERM) or runs one admin
+//! command ([`tether_ingress::admin`]).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tether_ingress::{
-    admin::{self, Admin, AdminError},
-    config::Config,
+    admin::{Admin, AdminError},
+    config::{self, Config},
+    reload, telemetry,
 };
-use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::SubscriberInitExt};
 
 // mimalloc: measured against glibc malloc on the request path (BENCHMARKS.md).
 #[cfg(feature = "mimalloc")]
@@ -173,7 +174,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.config),
         Command::CheckConfig => {
-            print!("{}", admin::describe(&config));
+            print!("{}", config::describe(&config));
             ExitCode::SUCCESS
         }
         other => run_admin(config, other),
@@ -278,30 +279,22 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
 }
 
 fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
-    // The filter sits behind a reload handle so SIGHUP can change the level.
-    let (filter, filter_handle) = reload::Layer::new(EnvFilter::new(&config.log_level));
-    let registry = tracing_subscriber::registry().with(filter);
-    if config.log_json {
-        registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
-            .init();
-    } else {
-        registry.with(tracing_subscriber::fmt::layer()).init();
-    }
+    let log_level = telemetry::init(&config.log);
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("tether-ingress: cannot listen on {}: {e}", config.listen);
+                eprintln!(
+                    "tether-ingress: cannot listen on {}: {e}",
+                    config.server.listen
+                );
                 return ExitCode::FAILURE;
             }
         };
-        let reloads = sighup_reloads(path, move |level| {
-            let _ = filter_handle.reload(EnvFilter::new(level));
-        });
+        let reloads = reload::on_sighup(path, log_level);
         match tether_ingress::run_with_reloads(
             listener,
             config,
@@ -317,37 +310,4 @@ fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
             }
         }
     })
-}
-
-/// Each SIGHUP re-reads the configuration (same file, same environment). A
-/// valid one is yielded (and its log level applied); an invalid one is refused
-/// with a log line and the running configuration stays.
-fn sighup_reloads(
-    path: Option<PathBuf>,
-    set_level: impl Fn(&str) + Send + 'static,
-) -> impl futures::Stream<Item = Config> + Send + 'static {
-    #[cfg(unix)]
-    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    #[cfg(not(unix))]
-    let hup: Option<()> = None;
-    futures::stream::unfold(
-        (hup, path, set_level),
-        |(mut hup, path, set_level)| async move {
-            loop {
-                #[cfg(unix)]
-                hup.as_mut()?.recv().await?;
-                #[cfg(not(unix))]
-                hup?;
-                match Config::load(path.as_deref()) {
-                    Ok(config) => {
-                        set_level(&config.log_level);
-                        return Some((config, (hup, path, set_level)));
-                    }
-                    Err(e) => tracing::error!(
-                        "configuration reload refused; keeping the running one: {e}"
-                    ),
-                }
-            }
-        },
-    )
 }

@@ -7,7 +7,7 @@
 //! cap, Redis URL, key prefix, upstream URL, log format) is not reloaded:
 //! [`restart_needed`] names it so the operator knows.
 
-use std::{sync::Arc, time::Duration};
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use fred::types::Key;
@@ -52,10 +52,10 @@ pub struct Settings {
     pub idempotency_window: Duration,
     /// How long a concurrent duplicate waits before 409.
     pub idempotency_wait: Duration,
-    /// Default requests per second per key; 0: unlimited.
-    pub rate_limit_default: u32,
-    /// Back-to-back allowance; 0: one second's worth.
-    pub rate_limit_burst: u32,
+    /// Requests per second for a key whose record sets none; `None`: unlimited.
+    pub rate_limit_default: Option<NonZeroU32>,
+    /// Back-to-back allowance; `None`: one second's worth.
+    pub rate_limit_burst: Option<NonZeroU32>,
     /// Wait for a connection slot at the cap before refusing.
     pub connection_queue_timeout: Duration,
 }
@@ -67,29 +67,30 @@ impl Settings {
     /// The reloadable settings of `config`.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            max_body_bytes: config.max_body_bytes.get(),
-            retry_after: HeaderValue::from(config.retry_after_secs),
-            workflow_stream: Key::from(config.workflow_stream.as_str()),
-            outreach_stream: Key::from(config.outreach_stream.as_str()),
-            stream_maxlen: config.stream_maxlen,
-            command_timeout: config.command_timeout,
-            upstream_response_timeout: config.upstream_response_timeout,
+            max_body_bytes: config.server.max_body_bytes.get(),
+            retry_after: HeaderValue::from(config.redis.retry_after_secs),
+            workflow_stream: Key::from(config.streams.workflow.as_str()),
+            outreach_stream: Key::from(config.streams.outreach.as_str()),
+            stream_maxlen: config.streams.maxlen,
+            command_timeout: config.redis.command_timeout,
+            upstream_response_timeout: config.upstream.response_timeout,
             jwt: config
+                .auth
                 .jwt_secret
                 .as_ref()
-                .map(|s| JwtVerifier::new(s, config.jwt_leeway_secs)),
-            first_byte_timeout: config.first_byte_timeout,
-            header_read_timeout: config.header_read_timeout,
-            max_header_bytes: config.max_header_bytes,
-            http2_max_concurrent_streams: config.http2_max_concurrent_streams,
-            shutdown_grace: config.shutdown_grace,
-            body_read_timeout: config.body_read_timeout,
-            fail_closed_after: config.fail_closed_after,
-            idempotency_window: config.idempotency_window,
-            idempotency_wait: config.idempotency_wait,
-            rate_limit_default: config.rate_limit_default,
-            rate_limit_burst: config.rate_limit_burst,
-            connection_queue_timeout: config.connection_queue_timeout,
+                .map(|s| JwtVerifier::new(s, config.auth.jwt_leeway_secs)),
+            first_byte_timeout: config.server.first_byte_timeout,
+            header_read_timeout: config.server.header_read_timeout,
+            max_header_bytes: config.server.max_header_bytes,
+            http2_max_concurrent_streams: config.server.http2_max_concurrent_streams.get(),
+            shutdown_grace: config.server.shutdown_grace,
+            body_read_timeout: config.server.body_read_timeout,
+            fail_closed_after: config.auth.fail_closed_after,
+            idempotency_window: config.idempotency.window,
+            idempotency_wait: config.idempotency.wait,
+            rate_limit_default: config.rate_limit.default_per_sec,
+            rate_limit_burst: config.rate_limit.burst,
+            connection_queue_timeout: config.server.connection_queue_timeout,
         }
     }
 
@@ -103,43 +104,43 @@ impl Settings {
 /// without a restart.
 pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if running.listen != new.listen {
+    if running.server.listen != new.server.listen {
         out.push("server.listen");
     }
-    if running.serving_threads != new.serving_threads {
+    if running.server.serving_threads != new.server.serving_threads {
         out.push("server.serving_threads");
     }
-    if running.max_connections != new.max_connections {
+    if running.server.max_connections != new.server.max_connections {
         out.push("server.max_connections");
     }
-    if running.redis_url != new.redis_url {
+    if running.redis.url != new.redis.url {
         out.push("redis.url");
     }
-    if running.key_prefix != new.key_prefix {
+    if running.redis.key_prefix != new.redis.key_prefix {
         out.push("redis.key_prefix");
     }
-    if running.connect_timeout != new.connect_timeout {
+    if running.redis.connect_timeout != new.redis.connect_timeout {
         out.push("redis.connect_timeout_ms");
     }
-    if running.resync_interval != new.resync_interval {
+    if running.redis.resync_interval != new.redis.resync_interval {
         out.push("redis.resync_interval_secs");
     }
-    if running.resync_busy_percent != new.resync_busy_percent {
+    if running.redis.resync_busy_percent != new.redis.resync_busy_percent {
         out.push("redis.resync_busy_percent");
     }
-    if running.max_pending_commands != new.max_pending_commands {
+    if running.redis.max_pending_commands != new.redis.max_pending_commands {
         out.push("redis.max_pending_commands");
     }
-    if running.upstream != new.upstream {
+    if running.upstream.url != new.upstream.url {
         out.push("upstream.url");
     }
-    if running.upstream_connect_timeout != new.upstream_connect_timeout {
+    if running.upstream.connect_timeout != new.upstream.connect_timeout {
         out.push("upstream.connect_timeout_ms");
     }
-    if running.spool_dir != new.spool_dir || running.spool_max_bytes != new.spool_max_bytes {
+    if running.spool != new.spool {
         out.push("spool");
     }
-    if running.log_json != new.log_json {
+    if running.log.format != new.log.format {
         out.push("log.format");
     }
     out

@@ -92,7 +92,7 @@ where
     rate_limit(&principal, &settings)?;
     let idempotency_key = idempotency::redis_key(
         req.headers(),
-        &app.boot.key_prefix,
+        &app.boot.redis.key_prefix,
         principal.org_id.as_str(),
         kind.label(),
     )?;
@@ -174,12 +174,18 @@ async fn idempotent(
 fn rate_limit(principal: &Principal, settings: &Settings) -> Result<(), Reject> {
     let per_sec = match principal.rate_limit_per_sec {
         Some(r) => r,
-        None if settings.rate_limit_default > 0 => settings.rate_limit_default,
-        None => return Ok(()),
+        None => match settings.rate_limit_default {
+            Some(r) => r.get(),
+            None => return Ok(()),
+        },
     };
+    // A burst of 0 is the limiter's "one second's worth".
+    let burst = settings
+        .rate_limit_burst
+        .map_or(0, std::num::NonZeroU32::get);
     principal
         .limiter
-        .check(per_sec, settings.rate_limit_burst, limit::now_nanos())
+        .check(per_sec, burst, limit::now_nanos())
         .map_err(|retry_after_secs| Reject::RateLimited { retry_after_secs })
 }
 

@@ -274,3 +274,43 @@ fn check_config_prints_effective_values_with_secrets_masked() {
     assert!(text.contains("auth.jwt_secret = **REDACTED**"), "{text}");
     assert!(!text.contains("s3cr3t-value"));
 }
+
+#[test]
+fn a_tls_url_is_refused_at_start_never_served_in_plaintext() {
+    // A plaintext Redis is listening: the old behaviour connected to it.
+    let redis = RedisServer::start();
+    for args in [&["serve"][..], &["keys", "count"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+            .args(args)
+            .env(
+                "TETHER_INGRESS_REDIS_URL",
+                format!("rediss://u:hunter2@127.0.0.1:{}", redis.port),
+            )
+            .env(
+                "TETHER_INGRESS_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("redis.url") && err.contains("TLS"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+#[test]
+fn the_admin_cli_reaches_redis_over_a_unix_socket() {
+    let redis = RedisServer::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["keys", "create", "--user", "u_1", "--org", "o_1"])
+        .env("TETHER_INGRESS_REDIS_URL", redis.unix_url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(redis.cli(&["DBSIZE"]), "1");
+}

@@ -30,7 +30,7 @@ async fn writes_racing_a_resync_are_never_lost() {
 async fn race_a_resync(busy_percent: u8, per_round: usize) {
     let (redis, r) = redis_with_key_and_trigger(TEST_KEY, &["wf_a"]).await;
     let mut config = config_for(&redis.url());
-    config.resync_busy_percent = busy_percent;
+    config.redis.resync_busy_percent = busy_percent;
     let ingress = Ingress::start_with(config).await;
     const N: usize = 20_000;
     let record = r#"{"userId":"u_bulk","orgId":"o_1"}"#;

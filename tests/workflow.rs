@@ -654,7 +654,8 @@ async fn control_plane_keys_of_the_wrong_type_are_ignored() {
 async fn each_serving_thread_writes_through_its_own_redis_connection() {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let mut config = config_for(&redis.url());
-    config.serving_threads = 2;
+    config.server.serving_threads =
+        tether_ingress::config::ServingThreads::PerThread(std::num::NonZeroUsize::new(2).unwrap());
     let ingress = Ingress::start_with(config).await;
     // Both connections are open before either sends, so they are accepted
     // back to back and land on different threads.
@@ -707,4 +708,28 @@ async fn a_requests_jobs_are_written_by_one_call() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(xlen(&r, STREAM).await, 2);
     assert_eq!(evals() - before, 1);
+}
+
+#[tokio::test]
+async fn redis_over_a_unix_socket_serves_keys_and_takes_jobs() {
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_b", "wf_a"]).await;
+    let ingress = Ingress::start(&redis.unix_url()).await;
+    let body = r#"{"webhookId":"wh_1","lead":{"name":"Alex"}}"#;
+    let (status, _, resp) = ingress.workflow(Some(KEY), body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(json(&resp)["data"]["matchedCount"], 2);
+    assert_eq!(xlen(&r, STREAM).await, 2);
+    // The replica tracks over the socket too: a revoked key stops working.
+    let _: i64 =
+        fred::prelude::KeysInterface::del(&r, format!("tether:apikey:{}", sha256_hex(KEY)))
+            .await
+            .unwrap();
+    assert!(
+        eventually(WITHIN, || async {
+            ingress.workflow(Some(KEY), body).await.0 == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "a key revoked through Redis kept working over the unix socket"
+    );
+    assert!(ingress.shutdown().await);
 }

@@ -99,6 +99,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The same server through its unix socket.
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
     fn spawn(&mut self, tcp: bool) -> bool {
         let port = if tcp {
             self.port.to_string()
