@@ -14,6 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::{
     auth::{digest_key, push_hex},
     config::{Config, redact_url},
+    redis::{self, Role, Target},
 };
 
 /// Why an admin command failed; [`AdminError::exit_code`] is what scripts see.
@@ -64,13 +65,7 @@ impl Admin {
             url: redact_url(&config.redis.url),
             source,
         };
-        let client = Builder::from_config(
-            fred::prelude::Config::from_url(&config.redis.url).map_err(unreachable)?,
-        )
-        .with_connection_config(|c| c.connection_timeout = config.redis.connect_timeout)
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(10))
-        .build()
-        .map_err(unreachable)?;
+        let client = redis::client(&Target::of(&config.redis), Role::Admin).map_err(unreachable)?;
         tokio::time::timeout(
             config.redis.connect_timeout + Duration::from_secs(1),
             client.init(),

@@ -3,7 +3,7 @@
 //! A connection dealt to a serving thread stays on it with everything its
 //! requests touch: the tasks they spawn (the upstream lane's connection),
 //! their timers, and the thread's own Redis writer (see
-//! [`crate::sink::StreamSink`]), whose connection task runs there too. So a
+//! [`crate::sink::Sink`]), whose connection task runs there too. So a
 //! request's wakeups never cross threads, the way nginx's one event loop per
 //! worker avoids it. Work shared by all (the replica, the spool replay, the
 //! accept loop) stays on the multi-threaded runtime.

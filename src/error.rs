@@ -9,7 +9,7 @@
 
 use http::StatusCode;
 
-use crate::sink::SinkError;
+use crate::sink::error::SinkError;
 
 /// A request refused before (or instead of) doing its work.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod outreach;
 pub mod parse;
 pub mod proxy;
+pub mod redis;
 pub mod reload;
 pub mod replica;
 pub mod response;
@@ -65,7 +66,7 @@ use crate::{
     route::WebhookIndex,
     service::{App, Handles, Svc},
     settings::Settings,
-    sink::{SinkSettings, StreamSink},
+    sink::Sink,
     spool::Spool,
 };
 
@@ -98,9 +99,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let replica = Replica::new(
         views,
         ReplicaSettings {
-            redis_url: config.redis.url.clone(),
-            connect_timeout: config.redis.connect_timeout,
-            command_timeout: config.redis.command_timeout,
+            target: redis::Target::of(&config.redis),
             resync_interval: config.redis.resync_interval,
             resync_busy_percent: config.redis.resync_busy_percent,
         },
@@ -111,13 +110,9 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         None => None,
     };
     let cores = Cores::start(config.server.serving_threads.count());
-    let sink = StreamSink::connect(
-        &SinkSettings {
-            redis_url: config.redis.url.clone(),
-            connect_timeout: config.redis.connect_timeout,
-            command_timeout: config.redis.command_timeout,
-            max_pending_commands: config.redis.max_pending_commands.get(),
-        },
+    let sink = Sink::connect(
+        &redis::Target::of(&config.redis),
+        config.redis.max_pending_commands.get(),
         spool,
         cores.handles(),
     )?;

@@ -35,15 +35,15 @@ use std::{
 };
 
 use bytes::Bytes;
-use fred::{
-    prelude::*,
-    types::{ClusterHash, CustomCommand, RespVersion, scan::Scanner},
-};
+use fred::{prelude::*, types::scan::Scanner};
 use futures::{FutureExt, TryStreamExt};
 use tokio::sync::{broadcast::error::RecvError, watch};
 use tracing::{debug, info, warn};
 
-use crate::metrics as m;
+use crate::{
+    metrics as m,
+    redis::{self, Role, Target},
+};
 
 /// The value of one control-plane key as read from Redis.
 ///
@@ -167,12 +167,8 @@ pub fn now_ms() -> u64 {
 /// Settings of the replica task.
 #[derive(Debug, Clone)]
 pub struct ReplicaSettings {
-    /// Redis URL.
-    pub redis_url: String,
-    /// Connect deadline.
-    pub connect_timeout: Duration,
-    /// Per-command deadline.
-    pub command_timeout: Duration,
+    /// The Redis it replicates.
+    pub target: Target,
     /// Safety-net resync period.
     pub resync_interval: Duration,
     /// Share of the time (percent, 1..=100) a resync after the first load
@@ -219,16 +215,6 @@ impl Reread {
     fn supersedes(&self, key: &Bytes, seq: u64) -> bool {
         self.at.get(key).is_some_and(|&at| at >= seq)
     }
-}
-
-/// `EVAL` as a command fred may pipeline. fred holds every later command on
-/// a connection until an `EVAL` of its own kind is answered (a guard for
-/// `EVALSHA`'s NOSCRIPT in pipelines), which stalled the resync's SCAN and
-/// MGET behind each page's script call, and would stall every job write
-/// behind a multi-match request's. A script sent whole has no NOSCRIPT case,
-/// so it is safe to pipeline.
-pub(crate) fn eval_pipelined() -> CustomCommand {
-    CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false)
 }
 
 /// Values read for a page: (view index, key, value).
@@ -281,29 +267,12 @@ impl Replica {
     }
 
     fn build_client(&self) -> Result<Client, Error> {
-        let mut config = Config::from_url(&self.settings.redis_url)?;
-        config.version = RespVersion::RESP3;
-        // Keep retrying the first connection: the server must start (and
-        // answer /healthz) even while Redis is still coming up.
-        config.fail_fast = false;
-        let connect_timeout = self.settings.connect_timeout;
-        let command_timeout = self.settings.command_timeout;
-        Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = connect_timeout;
-                c.internal_command_timeout = command_timeout;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..Default::default()
-                };
-            })
-            .with_performance_config(|p| {
-                // Reads of a large resync page may take longer than one job write.
-                p.default_command_timeout = command_timeout.max(Duration::from_secs(10));
-                p.broadcast_channel_capacity = INVALIDATION_CAPACITY;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-            .build()
+        redis::client(
+            &self.settings.target,
+            Role::Replica {
+                invalidation_capacity: INVALIDATION_CAPACITY,
+            },
+        )
     }
 
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
@@ -661,7 +630,9 @@ impl Replica {
                     .map(|k| Value::Bytes(k.into_bytes())),
             );
             args.extend(kinds.into_iter().map(Value::from_static_str));
-            client.custom::<Value, _>(eval_pipelined(), args).await
+            client
+                .custom::<Value, _>(crate::redis::eval_pipelined(), args)
+                .await
         };
         // Two concurrent commands: fred writes them in one batch.
         let (string_values, other_values) = tokio::join!(read_strings, read_others);
@@ -844,9 +815,11 @@ mod tests {
     #[test]
     fn one_scan_covers_every_view() {
         let settings = ReplicaSettings {
-            redis_url: "redis://127.0.0.1:1".into(),
-            connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_secs(1),
+            target: Target {
+                url: "redis://127.0.0.1:1".into(),
+                connect_timeout: Duration::from_secs(1),
+                command_timeout: Duration::from_secs(1),
+            },
             resync_interval: Duration::from_secs(1),
             resync_busy_percent: 100,
         };

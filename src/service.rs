@@ -28,7 +28,7 @@ use crate::{
     response::{REQUEST_ID, RequestIds},
     route::WebhookIndex,
     settings::{Settings, SharedSettings, restart_needed},
-    sink::StreamSink,
+    sink::Sink,
     webhook::{self, Kind},
 };
 
@@ -74,7 +74,7 @@ pub struct App {
     /// Org dynamic properties.
     pub org_properties: Arc<OrgProperties>,
     /// Job writer.
-    pub sink: StreamSink,
+    pub sink: Sink,
     /// Readiness and staleness of the caches.
     pub replica: Arc<ReplicaStatus>,
     /// Reloadable settings (limits, timeouts, streams, JWT secret).

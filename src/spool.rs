@@ -41,6 +41,7 @@ use tokio::sync::{Notify, oneshot};
 use tracing::{error, warn};
 
 use crate::metrics as m;
+pub use crate::sink::error::SpoolError;
 
 const MAGIC: &[u8; 4] = b"TSP1";
 const HEADER: usize = 12;
@@ -49,20 +50,6 @@ const HEADER: usize = 12;
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// Largest payload a reader accepts (a length beyond it is corruption).
 const MAX_RECORD: usize = 256 << 20;
-
-/// Why the spool could not take or give records.
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    /// The size cap is reached.
-    #[error("spool is full")]
-    Full,
-    /// The disk refused a write or sync.
-    #[error("spool write failed: {0}")]
-    Io(#[source] std::io::Error),
-    /// The writer thread is gone (shutting down).
-    #[error("spool writer stopped")]
-    Stopped,
-}
 
 /// One record read back: the stream and its field/value pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,126 @@
+//! Redis connections: the one place a fred client is built.
+//!
+//! Every client of the process comes from [`client`]: the sink's per-core
+//! writers and its shared client ([`crate::sink`]), the replica's tracking
+//! connection ([`crate::replica`]) and the admin CLI's ([`crate::admin`],
+//! which the worker uses too). The URL, already checked by the
+//! configuration, names the server and its credentials; the [`Role`] decides
+//! how the connection behaves. A new transport or topology is added here
+//! once, for all of them.
+
+use std::time::Duration;
+
+use fred::{
+    prelude::*,
+    types::{ClusterHash, CustomCommand, RespVersion},
+};
+
+use crate::config::RedisConfig;
+
+/// The server and the deadlines every client of it shares.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Redis URL (may hold a password: never logged as is).
+    pub url: String,
+    /// Deadline of one connection attempt.
+    pub connect_timeout: Duration,
+    /// Deadline of one command.
+    pub command_timeout: Duration,
+}
+
+impl Target {
+    /// The target `[redis]` configures.
+    pub fn of(config: &RedisConfig) -> Self {
+        Self {
+            url: config.url.clone(),
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+        }
+    }
+}
+
+/// What a client is for, and so how its connection behaves.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// A job writer: a write is never re-sent after a reconnect (its caller
+    /// may already have been told 503 and be retrying), the queue towards
+    /// Redis is capped, and the first connection is retried until Redis
+    /// answers.
+    Writer {
+        /// Cap on commands queued towards Redis.
+        max_pending_commands: usize,
+    },
+    /// The replica: RESP3 for client tracking, a longer deadline for a
+    /// resync's large pages, and room for bursts of invalidations.
+    Replica {
+        /// Invalidation events buffered before the channel lags.
+        invalidation_capacity: usize,
+    },
+    /// One admin command: fails fast when Redis is unreachable.
+    Admin,
+}
+
+/// Resync pages and admin commands may take longer than one job write.
+const LONG_COMMAND: Duration = Duration::from_secs(10);
+
+/// A client of `target` for `role` (not connected yet).
+pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
+    let mut config = Config::from_url(&target.url)?;
+    let (connect, command) = (target.connect_timeout, target.command_timeout);
+    if let Role::Replica { .. } = role {
+        config.version = RespVersion::RESP3;
+    }
+    // Keep retrying the first connection: the server must start (and answer
+    // /healthz) even while Redis is still coming up. The admin CLI instead
+    // tells its user at once.
+    config.fail_fast = matches!(role, Role::Admin);
+    let mut builder = Builder::from_config(config);
+    builder.with_connection_config(|c| {
+        c.connection_timeout = connect;
+        if let Role::Admin = role {
+            return;
+        }
+        c.internal_command_timeout = command;
+        c.tcp = TcpConfig {
+            nodelay: Some(true),
+            ..Default::default()
+        };
+        if let Role::Writer {
+            max_pending_commands,
+        } = role
+        {
+            c.max_command_buffer_len = max_pending_commands;
+            c.max_command_attempts = 1;
+        }
+    });
+    builder.with_performance_config(|p| match role {
+        Role::Writer { .. } => p.default_command_timeout = command,
+        Role::Replica {
+            invalidation_capacity,
+        } => {
+            p.default_command_timeout = command.max(LONG_COMMAND);
+            p.broadcast_channel_capacity = invalidation_capacity;
+        }
+        Role::Admin => p.default_command_timeout = LONG_COMMAND,
+    });
+    match role {
+        Role::Writer { .. } => {
+            builder.set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
+        }
+        Role::Replica { .. } => {
+            builder.set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        }
+        Role::Admin => {}
+    }
+    builder.build()
+}
+
+/// `EVAL` as a command fred may pipeline. fred holds every later command on
+/// a connection until an `EVAL` of its own kind is answered (a guard for
+/// `EVALSHA`'s NOSCRIPT in pipelines), which stalled the resync's SCAN and
+/// MGET behind each page's script call, and would stall every job write
+/// behind a multi-match request's. A script sent whole has no NOSCRIPT case,
+/// so it is safe to pipeline.
+pub fn eval_pipelined() -> CustomCommand {
+    CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false)
+}

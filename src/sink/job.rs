@@ -1,0 +1,101 @@
+//! The job records a request hands the sink: one request's workflow jobs
+//! (shared fields once, one workflow id per job) and an outreach job, with
+//! their fields in the contract's names and order; and where they ended up.
+
+use bytes::Bytes;
+
+use crate::{id::Id, route::Workflows};
+
+/// One request's `tether:jobs:workflow` entries: one per matched workflow,
+/// every other field shared, as the contract names them.
+#[derive(Debug, Clone)]
+pub struct WorkflowJobs {
+    /// `workflowId` of each entry, in the order they are written.
+    pub workflows: Workflows,
+    /// `orgId`
+    pub org_id: Bytes,
+    /// `userId`
+    pub user_id: Bytes,
+    /// `webhookId`
+    pub webhook_id: Bytes,
+    /// `payload`: the body minus `webhookId`, as sent.
+    pub payload: Bytes,
+    /// `receivedAt`: unix ms, decimal text.
+    pub received_at: Bytes,
+    /// `requestId`
+    pub request_id: Bytes,
+}
+
+impl WorkflowJobs {
+    /// The fields of `workflow`'s entry, in the contract's order.
+    pub fn pairs<'a>(&'a self, workflow: &'a Id) -> [(&'static str, &'a Bytes); 7] {
+        [
+            ("workflowId", workflow.bytes()),
+            ("orgId", &self.org_id),
+            ("userId", &self.user_id),
+            ("webhookId", &self.webhook_id),
+            ("payload", &self.payload),
+            ("receivedAt", &self.received_at),
+            ("requestId", &self.request_id),
+        ]
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.workflows.len()
+    }
+
+    /// True when there is none to write.
+    pub fn is_empty(&self) -> bool {
+        self.workflows.is_empty()
+    }
+}
+
+/// One `tether:jobs:outreach` entry, fields as the contract names them.
+#[derive(Debug, Clone)]
+pub struct OutreachJob {
+    /// `configurationId`
+    pub configuration_id: Bytes,
+    /// `userId`
+    pub user_id: Bytes,
+    /// `orgId`
+    pub org_id: Bytes,
+    /// `format`: `raw` or `fixed`.
+    pub format: Bytes,
+    /// `contacts`: JSON object text.
+    pub contacts: Bytes,
+    /// `applications`: JSON object text.
+    pub applications: Bytes,
+    /// `conversations`: JSON object text.
+    pub conversations: Bytes,
+    /// `receivedAt`: unix ms, decimal text.
+    pub received_at: Bytes,
+    /// `requestId`
+    pub request_id: Bytes,
+}
+
+impl OutreachJob {
+    /// The entry's fields, in the contract's order.
+    pub fn pairs(&self) -> [(&'static str, &Bytes); 9] {
+        [
+            ("configurationId", &self.configuration_id),
+            ("userId", &self.user_id),
+            ("orgId", &self.org_id),
+            ("format", &self.format),
+            ("contacts", &self.contacts),
+            ("applications", &self.applications),
+            ("conversations", &self.conversations),
+            ("receivedAt", &self.received_at),
+            ("requestId", &self.request_id),
+        ]
+    }
+}
+
+/// Where a request's jobs were stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Acknowledged by Redis.
+    Redis,
+    /// Some or all went to the local spool (synced to disk), to be replayed.
+    Spooled,
+}
