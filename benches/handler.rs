@@ -19,7 +19,7 @@ use fred::prelude::*;
 use http::Request;
 use http_body_util::Full;
 use std::hint::black_box;
-use tether_ingress::{config::RawConfig, service::App};
+use tether_ingress::{app::App, config::RawConfig};
 
 /// A typical aggregator lead: 440 bytes.
 const LEAD_440: &str = r#"{"webhookId":"wh_64d2f9c5e8a1d4e001a0b1c3","source":"zillow","receivedVia":"premier-agent","lead":{"id":"zl_8f2c61d0-5d2e-4b8e-9c1e-7a9b3f2d1e44","name":"Alex Nguyen","email":"alex.nguyen@example.com","phone":"+14155551234","message":"Hi, I am interested in 1234 Market St #5. Is it still available for a viewing this weekend?","budget":{"min":850000,"max":1100000.00,"currency":"USD"},"tags":["buyer","pre-approved","vip"],"score":0.8712}}"#;

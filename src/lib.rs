@@ -1,238 +1,67 @@
 //! tether-ingress: a webhook ingress that authenticates lead webhooks from an
-//! in-memory replica of Redis and enqueues one Redis Streams entry per matched
-//! workflow.
+//! in-memory replica of Redis and enqueues one job per matched workflow on
+//! Redis Streams.
 //!
 //! # Request path
 //! ```text
 //! TcpListener ─ server (conn cap, first-byte timeout, h1/h2c, graceful drain)
-//!   └ service (route, X-Request-Id, metrics, Reject → JSON envelope)
-//!       └ workflow: ready? → auth ─ KeyTable ─┐
-//!                   body (capped) → parse     │  replica (one RESP3 connection:
-//!                   match ─ WebhookIndex ─────┘  CLIENT TRACKING BCAST + SCAN resync)
-//!                   sink (XADD MAXLEN ~, pipelined, acknowledged) → 202
+//!   └ cores (one single-threaded runtime per core serves each connection)
+//!     └ service (route, X-Request-Id, metrics, Reject → JSON envelope)
+//!         ├ webhook: auth ─ KeyTable ───────────┐ replica (one RESP3 connection:
+//!         │          ready? → rate limit        │  CLIENT TRACKING BCAST + SCAN
+//!         │          body (capped) → Idempotency │  resync) keeps the views live
+//!         │   └ workflow: parse → match ─ WebhookIndex
+//!         │   └ outreach: parse → OutreachConfigs, OrgProperties
+//!         │          → sink (this core's writer; XADD MAXLEN ~, acknowledged,
+//!         │            or the spool) → 202 / 200
+//!         └ proxy: anything else → the upstream
 //! ```
-//! # Layout
-//! - [`config`]: built-in defaults, TOML file, env overrides, validation.
-//! - [`server`], [`service`], [`body`]: the only modules touching hyper.
-//! - [`auth`], [`parse`], [`route`]: synchronous stages over headers, bytes, ids.
-//! - [`replica`]: the live Redis replica; [`auth::KeyTable`] and
-//!   [`route::WebhookIndex`] are two of its views.
-//! - [`sink`]: the job writer (the seam for a spool).
-//! - [`cores`]: the serving threads (one single-threaded runtime per core,
-//!   each with its own Redis writer) that connections are dealt to.
-//! - [`error`]: every refusal and its response.
+//! # Modules, in the order a request meets them
+//! - [`ingress`]: the composition root ([`run`], [`build`]); [`app`]: the
+//!   shared state; [`config`], [`settings`] (what reloads), [`reload`],
+//!   [`telemetry`], [`shutdown`].
+//! - [`server`], [`cores`], [`service`]: connections and routing;
+//!   [`response`], [`error`]: every answer and every refusal.
+//! - [`webhook`] (the route seam), [`auth`], [`limit`], [`body`],
+//!   [`idempotency`]: the stages both webhook routes share.
+//! - [`workflow`], [`outreach`]: the two routes; [`parse`], [`route`], [`id`].
+//! - [`sink`]: jobs into Redis (records, layout, writers, spool fallback);
+//!   [`spool`]: the durable local log; [`redis`]: every Redis client.
+//! - [`replica`]: the live replica the views read; [`proxy`]: the sidecar
+//!   path; [`metrics`].
+//! - Off the request path: [`admin`] (the CLI), [`worker`] (reading jobs
+//!   back), [`fuzzing`].
 
-pub mod admin;
-pub mod auth;
-pub mod body;
+pub mod ingress;
+pub mod app;
 pub mod config;
+pub mod settings;
+pub mod reload;
+pub mod telemetry;
+pub mod shutdown;
+pub mod server;
 pub mod cores;
+pub mod service;
+pub mod response;
 pub mod error;
-pub mod fuzzing;
-pub mod id;
-pub mod idempotency;
+pub mod webhook;
+pub mod auth;
 pub mod limit;
-pub mod metrics;
+pub mod body;
+pub mod idempotency;
+pub mod workflow;
 pub mod outreach;
 pub mod parse;
-pub mod proxy;
-pub mod redis;
-pub mod reload;
-pub mod replica;
-pub mod response;
 pub mod route;
-pub mod server;
-pub mod service;
-pub mod settings;
-pub mod shutdown;
+pub mod id;
 pub mod sink;
 pub mod spool;
-pub mod telemetry;
-pub mod webhook;
+pub mod redis;
+pub mod replica;
+pub mod proxy;
+pub mod metrics;
+pub mod admin;
 pub mod worker;
-pub mod workflow;
+pub mod fuzzing;
 
-use std::{future::Future, sync::Arc};
-
-use tokio::{net::TcpListener, sync::watch};
-use tracing::info;
-
-use crate::{
-    auth::{Authenticator, KeyTable},
-    config::Config,
-    cores::Cores,
-    outreach::{OrgProperties, OutreachConfigs},
-    replica::{Replica, ReplicaSettings, View},
-    route::WebhookIndex,
-    service::{App, Handles, Svc},
-    settings::Settings,
-    sink::Sink,
-    spool::Spool,
-};
-
-/// Why the ingress could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The Redis URL or client settings were refused by the client.
-    #[error("redis client: {0}")]
-    Redis(#[from] fred::error::Error),
-    /// The spool directory could not be opened.
-    #[error("spool: {0}")]
-    Spool(#[from] spool::SpoolError),
-}
-
-/// Builds the shared state and starts the replica task.
-/// Returns the app and the handle that stops background tasks.
-pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
-    // Before any metric handle is registered, or it binds to the no-op recorder.
-    let prometheus = metrics::install();
-    let keys = Arc::new(KeyTable::new(&config.redis.key_prefix));
-    let triggers = Arc::new(WebhookIndex::new(&config.redis.key_prefix));
-    let outreach_configs = Arc::new(OutreachConfigs::new(&config.redis.key_prefix));
-    let org_properties = Arc::new(OrgProperties::new(&config.redis.key_prefix));
-    let views: Vec<Arc<dyn View>> = vec![
-        keys.clone(),
-        triggers.clone(),
-        outreach_configs.clone(),
-        org_properties.clone(),
-    ];
-    let replica = Replica::new(
-        views,
-        ReplicaSettings {
-            target: redis::Target::of(&config.redis),
-            resync_interval: config.redis.resync_interval,
-            resync_busy_percent: config.redis.resync_busy_percent,
-        },
-    );
-    let settings = Settings::shared(config);
-    let spool = match &config.spool.dir {
-        Some(dir) => Some(Spool::open(dir, config.spool.max_bytes)?),
-        None => None,
-    };
-    let cores = Cores::start(config.server.serving_threads.count());
-    let sink = Sink::connect(
-        &redis::Target::of(&config.redis),
-        config.redis.max_pending_commands.get(),
-        spool,
-        cores.handles(),
-    )?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let status = replica.status();
-    let replay_task = sink.spawn_replay(settings.clone(), stop_rx.clone());
-    let upkeep_task = prometheus
-        .clone()
-        .map(|handle| metrics::spawn_upkeep(handle, stop_rx.clone()));
-    let replica_task = replica.spawn(stop_rx);
-    let app = Arc::new(App {
-        auth: Authenticator::new(keys),
-        triggers,
-        outreach_configs,
-        org_properties,
-        sink,
-        replica: status,
-        settings,
-        boot: config.clone(),
-        request_ids: response::RequestIds::new(),
-        metrics: Handles::register(),
-        prometheus,
-        proxy: config.upstream.url.as_ref().and_then(|url| {
-            proxy::Proxy::new(&proxy::ProxySettings {
-                url: url.clone(),
-                connect_timeout: config.upstream.connect_timeout,
-            })
-        }),
-    });
-    Ok((
-        app,
-        Background {
-            stop: stop_tx,
-            replica_task,
-            replay_task,
-            upkeep_task,
-            cores,
-        },
-    ))
-}
-
-/// Background tasks and serving threads owned by a running ingress.
-pub struct Background {
-    stop: watch::Sender<bool>,
-    replica_task: tokio::task::JoinHandle<()>,
-    replay_task: Option<tokio::task::JoinHandle<()>>,
-    upkeep_task: Option<tokio::task::JoinHandle<()>>,
-    cores: Cores,
-}
-
-impl Background {
-    /// The serving threads' runtimes (empty when connections are served on
-    /// the shared runtime).
-    pub fn cores(&self) -> &[tokio::runtime::Handle] {
-        self.cores.handles()
-    }
-
-    /// Stops the background tasks, waiting a bounded time for them, closes
-    /// the app's Redis writers, then stops the serving threads (the writers'
-    /// connection tasks run on them).
-    pub async fn stop(self, app: &App) {
-        let _ = self.stop.send(true);
-        let tasks = std::iter::once(self.replica_task)
-            .chain(self.replay_task)
-            .chain(self.upkeep_task);
-        for mut task in tasks {
-            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
-        }
-        app.sink.close().await;
-        drop(self.cores);
-    }
-}
-
-/// Serves on `listener` until `shutdown` resolves; then stops accepting,
-/// lets requests in flight finish (their jobs are written before they answer),
-/// and closes Redis. Returns true when the drain completed within the grace.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> Result<bool, StartError> {
-    run_with_reloads(listener, config, shutdown, futures::stream::pending()).await
-}
-
-/// [`run`], applying each configuration `reloads` yields (see [`settings`]).
-pub async fn run_with_reloads(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-    reloads: impl futures::Stream<Item = Config> + Send + 'static,
-) -> Result<bool, StartError> {
-    let (app, background) = build(&config)?;
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "tether-ingress listening");
-    }
-    let reloader = tokio::spawn({
-        let app = app.clone();
-        async move {
-            futures::pin_mut!(reloads);
-            while let Some(new) = futures::StreamExt::next(&mut reloads).await {
-                app.reload(&new);
-            }
-        }
-    });
-    let drained = server::serve(
-        listener,
-        Svc::new(app.clone()),
-        config.server.max_connections.get(),
-        background.cores(),
-        app.settings.clone(),
-        shutdown,
-    )
-    .await;
-    reloader.abort();
-    background.stop(&app).await;
-    info!(drained, "tether-ingress stopped");
-    Ok(drained)
-}
+pub use ingress::{Background, StartError, build, run, run_with_reloads};

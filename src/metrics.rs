@@ -10,7 +10,13 @@
 //! all (tens of bytes per request, without bound), so [`spawn_upkeep`] drains
 //! them every [`UPKEEP_INTERVAL`] whether or not anyone scrapes.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use http::StatusCode;
+use metrics::{Counter, Gauge, Histogram};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
@@ -125,6 +131,143 @@ pub fn spawn_upkeep(
             }
         }
     })
+}
+
+// === request metrics: handles registered once, used on the hot path ===
+
+/// Status labels with a pre-registered counter; anything else is "other".
+const STATUSES: [u16; 16] = [
+    200, 202, 400, 401, 404, 405, 408, 409, 413, 422, 429, 431, 500, 502, 503, 504,
+];
+
+/// Metric handles registered once, incremented on the hot path.
+pub struct Handles {
+    /// Requests by route × status (last column: other statuses).
+    requests: Vec<[Counter; STATUSES.len() + 1]>,
+    /// Latency by route.
+    durations: Vec<Histogram>,
+    /// Time for one request's jobs to be acknowledged.
+    pub sink_duration: Histogram,
+    /// Entries written for one request.
+    pub sink_batch: Histogram,
+    /// Entries written to the workflow stream.
+    pub jobs_workflow: Counter,
+    /// Entries written to the outreach stream.
+    pub jobs_outreach: Counter,
+    /// Webhook requests being handled.
+    pub in_flight: Gauge,
+}
+
+/// Which route a request took: a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /api/webhook/workflow`
+    Workflow,
+    /// `POST /api/webhook/outreach`
+    Outreach,
+    /// `/healthz`
+    Health,
+    /// `/readyz`
+    Ready,
+    /// `/metrics`
+    Metrics,
+    /// Anything else: the upstream (label `proxy`).
+    Other,
+}
+
+impl Route {
+    /// Every route, in label order.
+    pub const ALL: [Route; 6] = [
+        Route::Workflow,
+        Route::Outreach,
+        Route::Health,
+        Route::Ready,
+        Route::Metrics,
+        Route::Other,
+    ];
+
+    /// Its row in the handle tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Workflow => "workflow",
+            Route::Outreach => "outreach",
+            Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Metrics => "metrics",
+            Route::Other => "proxy",
+        }
+    }
+}
+
+fn status_label(s: u16) -> &'static str {
+    match s {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => "other",
+    }
+}
+
+// === impl Handles ===
+
+impl Handles {
+    /// Registers every handle with the installed recorder.
+    pub fn register() -> Self {
+        let requests = Route::ALL
+            .iter()
+            .map(|r| {
+                std::array::from_fn(|i| {
+                    let status = STATUSES.get(i).map_or("other", |s| status_label(*s));
+                    metrics::counter!(HTTP_REQUESTS, "route" => r.label(), "status" => status)
+                })
+            })
+            .collect();
+        let durations = Route::ALL
+            .iter()
+            .map(|r| metrics::histogram!(HTTP_DURATION, "route" => r.label()))
+            .collect();
+        Self {
+            requests,
+            durations,
+            sink_duration: metrics::histogram!(SINK_DURATION),
+            sink_batch: metrics::histogram!(SINK_BATCH),
+            jobs_workflow: metrics::counter!(JOBS_WRITTEN, "stream" => "workflow"),
+            jobs_outreach: metrics::counter!(JOBS_WRITTEN, "stream" => "outreach"),
+            in_flight: metrics::gauge!(HTTP_IN_FLIGHT),
+        }
+    }
+
+    /// Counts one answered request and its latency.
+    pub fn record(&self, route: Route, status: StatusCode, started: Instant) {
+        let column = STATUSES
+            .iter()
+            .position(|s| *s == status.as_u16())
+            .unwrap_or(STATUSES.len());
+        if let Some(row) = self.requests.get(route.index()) {
+            row[column].increment(1);
+        }
+        if let Some(h) = self.durations.get(route.index()) {
+            h.record(started.elapsed().as_secs_f64());
+        }
+    }
 }
 
 #[cfg(test)]

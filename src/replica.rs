@@ -7,7 +7,8 @@
 //! key prefix; the mechanism below is shared by all of them.
 //!
 //! # How it stays live
-//! - A dedicated RESP3 connection turns on `CLIENT TRACKING ON BCAST` for each
+//! - A dedicated RESP3 connection ([`crate::redis`], role `Replica`) turns on
+//!   `CLIENT TRACKING ON BCAST` for each
 //!   view's prefix (no server configuration needed, unlike keyspace
 //!   notifications). Redis then pushes an invalidation naming every key that
 //!   any client modifies under those prefixes.

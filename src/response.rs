@@ -1,10 +1,30 @@
-//! Responses: static bodies where possible, the 202 body written into one
-//! pre-sized buffer, and the request id.
+//! Responses: the body type every route answers with, static bodies where
+//! possible, the 202 body written into one pre-sized buffer, and the
+//! request id.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// Response body type of every route: the ingress's own, or the upstream's streamed.
+pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+
+/// Wraps the ingress's own body.
+pub fn full(body: Bytes) -> ResponseBody {
+    Either::Left(Full::new(body))
+}
+
+/// A JSON response with the ingress's own body.
+pub fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+    let mut res = Response::new(full(body));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
 
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");

@@ -1,12 +1,17 @@
 //! The accept loop: connection cap, first-byte timeout, HTTP/1.1 + h2c on
-//! one port, and a bounded graceful drain.
+//! one port, and a bounded graceful drain. For each connection, in order:
 //!
-//! - A permit is taken *before* `accept`, so at the cap new connections wait
-//!   in the kernel backlog (then are refused by it) instead of being served badly.
+//! - A permit is taken *before* `accept`. At the cap, new connections wait
+//!   in the kernel backlog for up to `connection_queue_timeout`; if no slot
+//!   frees by then, waiting ones are answered 503 (`OVERLOADED`) and closed
+//!   until one does, instead of being served badly.
 //! - Accept errors (EMFILE and friends) are retried with doubling backoff.
+//! - The connection is dealt round-robin to a serving thread ([`crate::cores`]).
 //! - hyper keeps a silent connection open forever and has no header timeout on
 //!   HTTP/2, so every connection must send a byte within `first_byte_timeout`;
 //!   HTTP/1 heads (and idle keep-alives) are bounded by `header_read_timeout`.
+//! - It is served (HTTP/1.1 or h2c, with upgrades for the proxy's WebSocket)
+//!   until it closes or shutdown asks it to finish.
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -1,6 +1,13 @@
-//! The hyper `Service`: routes a request, times it, counts it, and turns every
-//! [`Reject`] into its response in one place. Every response carries
-//! `X-Request-Id`.
+//! The hyper `Service`: routes a request, gives it its `X-Request-Id`,
+//! counts and times it, and turns every [`Reject`] into its response in one
+//! place.
+//!
+//! ```text
+//! request → route (path, method) ─┬ webhook routes: webhook::handle(Workflow | Outreach)
+//!                                 ├ /healthz, /readyz, /metrics: answered here
+//!                                 └ anything else: the upstream (proxy), or 404
+//!         → refusal → JSON envelope; request id set; counted → response
+//! ```
 
 use std::{
     convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant,
@@ -11,216 +18,42 @@ use http::{
     HeaderValue, Method, Request, Response, StatusCode,
     header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER},
 };
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use metrics::{Counter, Gauge, Histogram};
+use metrics::Gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{
-    auth::{Authenticator, Credential},
-    config::Config,
+    app::App,
     error::Reject,
-    metrics as m,
-    outreach::{OrgProperties, OutreachConfigs},
-    proxy::{BoxError, Lane, Proxy},
-    replica::ReplicaStatus,
-    response::{REQUEST_ID, RequestIds},
-    route::WebhookIndex,
-    settings::{Settings, SharedSettings, restart_needed},
-    sink::Sink,
-    webhook::{self, Kind},
+    metrics::{self as m, Route},
+    outreach::Outreach,
+    proxy::{BoxError, Lane},
+    response::{REQUEST_ID, ResponseBody, full, json},
+    webhook,
+    workflow::Workflow,
 };
-
-/// Response body type of every route: the ingress's own, or the upstream's streamed.
-pub type ResponseBody = Either<Full<Bytes>, Incoming>;
 
 /// Path of the workflow webhook.
 pub const WORKFLOW_PATH: &str = "/api/webhook/workflow";
 /// Path of the outreach webhook.
 pub const OUTREACH_PATH: &str = "/api/webhook/outreach";
 
-/// Status labels with a pre-registered counter; anything else is "other".
-const STATUSES: [u16; 16] = [
-    200, 202, 400, 401, 404, 405, 408, 409, 413, 422, 429, 431, 500, 502, 503, 504,
-];
-
-/// Metric handles registered once, incremented on the hot path.
-pub struct Handles {
-    /// Requests by route × status (last column: other statuses).
-    requests: Vec<[Counter; STATUSES.len() + 1]>,
-    /// Latency by route.
-    durations: Vec<Histogram>,
-    /// Time for one request's jobs to be acknowledged.
-    pub sink_duration: Histogram,
-    /// Entries written for one request.
-    pub sink_batch: Histogram,
-    /// Entries written to the workflow stream.
-    pub jobs_workflow: Counter,
-    /// Entries written to the outreach stream.
-    pub jobs_outreach: Counter,
-    /// Webhook requests being handled.
-    pub in_flight: Gauge,
-}
-
-/// Everything a request needs, shared by all connections.
-pub struct App {
-    /// Bearer → principal.
-    pub auth: Authenticator,
-    /// (org, webhookId) → workflows.
-    pub triggers: Arc<WebhookIndex>,
-    /// Outreach configurations.
-    pub outreach_configs: Arc<OutreachConfigs>,
-    /// Org dynamic properties.
-    pub org_properties: Arc<OrgProperties>,
-    /// Job writer.
-    pub sink: Sink,
-    /// Readiness and staleness of the caches.
-    pub replica: Arc<ReplicaStatus>,
-    /// Reloadable settings (limits, timeouts, streams, JWT secret).
-    pub settings: SharedSettings,
-    /// The configuration the process started with (for reload checks).
-    pub boot: Config,
-    /// Request id issuer.
-    pub request_ids: RequestIds,
-    /// Metric handles.
-    pub metrics: Handles,
-    /// Prometheus renderer, when this process owns the recorder.
-    pub prometheus: Option<PrometheusHandle>,
-    /// Sidecar upstream, when configured.
-    pub proxy: Option<Proxy>,
-}
-
-/// Which route a request took: a bounded metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    Workflow,
-    Outreach,
-    Health,
-    Ready,
-    Metrics,
-    Other,
-}
-
-/// Wraps the ingress's own body.
-pub fn full(body: Bytes) -> ResponseBody {
-    Either::Left(Full::new(body))
-}
-
-impl Route {
-    const ALL: [Route; 6] = [
-        Route::Workflow,
-        Route::Outreach,
-        Route::Health,
-        Route::Ready,
-        Route::Metrics,
-        Route::Other,
-    ];
-
-    fn index(self) -> usize {
-        self as usize
+/// The route of a request. Health, readiness and metrics answer only
+/// their read methods; any other method on those paths is the
+/// upstream's, like every path that is not the ingress's own.
+fn route_of<B>(req: &Request<B>) -> Route {
+    let path = req.uri().path();
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    match path.strip_suffix('/').unwrap_or(path) {
+        WORKFLOW_PATH => Route::Workflow,
+        OUTREACH_PATH => Route::Outreach,
+        "/healthz" if read => Route::Health,
+        "/readyz" if read => Route::Ready,
+        "/metrics" if *req.method() == Method::GET => Route::Metrics,
+        _ => Route::Other,
     }
-
-    fn label(self) -> &'static str {
-        match self {
-            Route::Workflow => "workflow",
-            Route::Outreach => "outreach",
-            Route::Health => "healthz",
-            Route::Ready => "readyz",
-            Route::Metrics => "metrics",
-            Route::Other => "proxy",
-        }
-    }
-
-    /// The route of a request. Health, readiness and metrics answer only
-    /// their read methods; any other method on those paths is the
-    /// upstream's, like every path that is not the ingress's own.
-    fn of<B>(req: &Request<B>) -> Self {
-        let path = req.uri().path();
-        let read = matches!(*req.method(), Method::GET | Method::HEAD);
-        match path.strip_suffix('/').unwrap_or(path) {
-            WORKFLOW_PATH => Route::Workflow,
-            OUTREACH_PATH => Route::Outreach,
-            "/healthz" if read => Route::Health,
-            "/readyz" if read => Route::Ready,
-            "/metrics" if *req.method() == Method::GET => Route::Metrics,
-            _ => Route::Other,
-        }
-    }
-}
-
-fn status_label(s: u16) -> &'static str {
-    match s {
-        200 => "200",
-        202 => "202",
-        400 => "400",
-        401 => "401",
-        404 => "404",
-        405 => "405",
-        408 => "408",
-        409 => "409",
-        413 => "413",
-        422 => "422",
-        429 => "429",
-        431 => "431",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        _ => "other",
-    }
-}
-
-// === impl Handles ===
-
-impl Handles {
-    /// Registers every handle with the installed recorder.
-    pub fn register() -> Self {
-        let requests = Route::ALL
-            .iter()
-            .map(|r| {
-                std::array::from_fn(|i| {
-                    let status = STATUSES.get(i).map_or("other", |s| status_label(*s));
-                    metrics::counter!(m::HTTP_REQUESTS, "route" => r.label(), "status" => status)
-                })
-            })
-            .collect();
-        let durations = Route::ALL
-            .iter()
-            .map(|r| metrics::histogram!(m::HTTP_DURATION, "route" => r.label()))
-            .collect();
-        Self {
-            requests,
-            durations,
-            sink_duration: metrics::histogram!(m::SINK_DURATION),
-            sink_batch: metrics::histogram!(m::SINK_BATCH),
-            jobs_workflow: metrics::counter!(m::JOBS_WRITTEN, "stream" => "workflow"),
-            jobs_outreach: metrics::counter!(m::JOBS_WRITTEN, "stream" => "outreach"),
-            in_flight: metrics::gauge!(m::HTTP_IN_FLIGHT),
-        }
-    }
-
-    fn record(&self, route: Route, status: StatusCode, started: Instant) {
-        let column = STATUSES
-            .iter()
-            .position(|s| *s == status.as_u16())
-            .unwrap_or(STATUSES.len());
-        if let Some(row) = self.requests.get(route.index()) {
-            row[column].increment(1);
-        }
-        if let Some(h) = self.durations.get(route.index()) {
-            h.record(started.elapsed().as_secs_f64());
-        }
-    }
-}
-
-/// A JSON response with the ingress's own body.
-pub fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
-    let mut res = Response::new(full(body));
-    *res.status_mut() = status;
-    res.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res
 }
 
 /// Approximate size of the request head as sent (request line and header
@@ -284,7 +117,7 @@ impl App {
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let route = Route::of(&req);
+        let route = route_of(&req);
         if route == Route::Other {
             // Boxed: inline, the proxy's future would grow every
             // request's future (webhooks included) to its size.
@@ -295,13 +128,14 @@ impl App {
         let head_limit = self.settings.load().max_header_bytes;
         let result = match (route, req.method()) {
             _ if head_size(&req) > head_limit => Err(Reject::HeadersTooLarge),
+            // One line per webhook route.
             (Route::Workflow, &Method::POST) => {
                 let _in_flight = InFlight::enter(&self.metrics.in_flight);
-                webhook::handle(self, Kind::Workflow, req, &request_id, peer).await
+                webhook::handle(self, &Workflow, req, &request_id, peer).await
             }
             (Route::Outreach, &Method::POST) => {
                 let _in_flight = InFlight::enter(&self.metrics.in_flight);
-                webhook::handle(self, Kind::Outreach, req, &request_id, peer).await
+                webhook::handle(self, &Outreach, req, &request_id, peer).await
             }
             (Route::Workflow | Route::Outreach, _) => Err(Reject::MethodNotAllowed),
             (Route::Health, _) => Ok(json(
@@ -401,49 +235,6 @@ impl App {
         res
     }
 
-    /// Applies a reloaded configuration: swaps the reloadable settings and
-    /// names those that need a restart. Requests in flight keep the settings
-    /// they started with.
-    pub fn reload(&self, new: &Config) {
-        self.settings.store(Arc::new(Settings::from_config(new)));
-        let restart = restart_needed(&self.boot, new);
-        if restart.is_empty() {
-            info!("configuration reloaded");
-        } else {
-            warn!(
-                needs_restart = %restart.join(", "),
-                "configuration reloaded; these settings keep their old values until a restart"
-            );
-        }
-    }
-
-    /// Authenticates a webhook request with the current settings. Before the
-    /// first load an unknown key may simply not be loaded yet: 503, not 401.
-    pub fn authenticate(
-        &self,
-        headers: &http::HeaderMap,
-        settings: &Settings,
-    ) -> Result<Credential, Reject> {
-        match self.auth.authenticate(headers, settings.jwt.as_ref()) {
-            Err(Reject::InvalidKey) if !self.is_ready() => Err(Reject::NotReady),
-            // Fail closed: a key revoked while the replica was out of touch
-            // with Redis must not keep working.
-            Ok(Credential::ApiKey(_))
-                if settings
-                    .fail_closed_after
-                    .is_some_and(|limit| self.replica.out_of_touch_for() > limit) =>
-            {
-                Err(Reject::AuthStale)
-            }
-            other => other,
-        }
-    }
-
-    /// Ready once the caches are loaded and the job writer has connected.
-    pub fn is_ready(&self) -> bool {
-        self.replica.is_ready() && self.sink.has_connected()
-    }
-
     fn readiness(&self) -> Response<ResponseBody> {
         if self.is_ready() {
             json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
@@ -539,7 +330,7 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
         let (app, peer, lane) = (self.app.clone(), self.peer, self.lane.clone());
         // Proxied requests get a future of their own size (one box, not the
         // webhook routes' larger future around the proxy's).
-        if Route::of(&req) == Route::Other {
+        if route_of(&req) == Route::Other {
             Box::pin(async move { Ok(app.proxied(req, peer, Some(&lane)).await) })
         } else {
             Box::pin(async move { Ok(app.call(req, peer, &lane).await) })

@@ -1,75 +1,95 @@
-//! What both webhook routes do before their own work, and the idempotency
-//! wrapper around it:
+//! What both webhook routes share, and the seam a route plugs into.
+//!
+//! A route implements [`Webhook`]: its name, whether it takes API keys only,
+//! and [`Webhook::accept`], its own work on an authenticated body. [`handle`]
+//! runs the shared stages around it, cheapest refusal first:
 //!
 //! ```text
 //! auth (API key or JWT; fail-closed check) → ready? → rate limit (per key)
-//! → body (capped, deadline) → Idempotency-Key? → route's work → answer
+//! → Idempotency-Key header checked → body (capped, deadline)
+//! → key claimed in Redis, if one was sent → route's accept → answer
 //! ```
-//! Cheapest refusal first: a bad key costs a hash and a lookup, and never
-//! reaches Redis or the body.
+//! A bad key costs a hash and a lookup, and never reaches Redis or the body.
+//! A new route is one module implementing [`Webhook`] and one line in the
+//! service's dispatch.
 
-use std::net::SocketAddr;
+use std::{future::Future, net::SocketAddr};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::Either;
 use hyper::body::Body;
 
 use crate::{
+    app::App,
     auth::{Credential, Principal},
     body::read_limited,
     error::Reject,
     idempotency::{self, Answer, Begin},
-    limit, outreach,
+    limit,
     proxy::BoxError,
-    service::{App, ResponseBody, json},
+    response::{ResponseBody, json},
     settings::Settings,
-    workflow,
 };
 
-/// Which webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// `POST /api/webhook/workflow`
-    Workflow,
-    /// `POST /api/webhook/outreach`
-    Outreach,
+/// A webhook route: what differs between them.
+pub trait Webhook: Sync {
+    /// Its name: the idempotency namespace of its keys.
+    fn name(&self) -> &'static str;
+
+    /// True when it takes API keys only (a JWT gets 401); otherwise a
+    /// verified JWT is accepted too, and an unverifiable one goes upstream.
+    fn api_keys_only(&self) -> bool;
+
+    /// Does the route's work on an authenticated request's body; returns
+    /// the status and body to send.
+    fn accept(
+        &self,
+        ctx: &Ctx<'_>,
+        body: BytesMut,
+    ) -> impl Future<Output = Result<(StatusCode, Bytes), Reject>> + Send;
 }
 
-impl Kind {
-    fn label(self) -> &'static str {
-        match self {
-            Kind::Workflow => "workflow",
-            Kind::Outreach => "outreach",
-        }
-    }
+/// What a route's work may use: the shared state, who is asking, the
+/// request's id and the settings it started with.
+pub struct Ctx<'a> {
+    /// The shared state (replica views, sink, metrics).
+    pub app: &'a App,
+    /// The caller.
+    pub principal: &'a Principal,
+    /// `X-Request-Id` of the request.
+    pub request_id: &'a HeaderValue,
+    /// The settings loaded once for this request.
+    pub settings: &'a Settings,
 }
 
 /// Header marking an answer replayed for a repeated Idempotency-Key.
 pub const REPLAYED: &str = "idempotent-replayed";
 
-/// Runs a webhook route and returns the response to send (the request id is
-/// added by the service, unless a replayed answer carries its own).
-pub async fn handle<B>(
+/// Runs `route` on a request and returns the response to send (the request
+/// id is added by the service, unless a replayed answer carries its own).
+pub async fn handle<W, B>(
     app: &App,
-    kind: Kind,
+    route: &W,
     req: Request<B>,
     request_id: &HeaderValue,
     peer: SocketAddr,
 ) -> Result<http::Response<ResponseBody>, Reject>
 where
+    W: Webhook,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let settings = app.settings.load();
-    let credential = app.authenticate(req.headers(), &settings)?;
-    let principal = match (kind, credential) {
-        (Kind::Workflow, Credential::ApiKey(p) | Credential::Jwt(p)) => p,
-        (Kind::Outreach, Credential::ApiKey(p)) => p,
-        (Kind::Outreach, _) => return Err(Reject::ApiKeyRequired),
+    let principal = match app.authenticate(req.headers(), &settings)? {
+        Credential::ApiKey(p) => p,
+        Credential::Jwt(_) | Credential::UnverifiedJwt if route.api_keys_only() => {
+            return Err(Reject::ApiKeyRequired);
+        }
+        Credential::Jwt(p) => p,
         // A JWT with no secret configured goes to the upstream unchanged
         // (the backend decides), or is refused when there is none either.
-        (Kind::Workflow, Credential::UnverifiedJwt) => {
+        Credential::UnverifiedJwt => {
             return match &app.proxy {
                 // Boxed, like every path off the hot one: an inline future
                 // would grow every request's future to its size.
@@ -94,7 +114,7 @@ where
         req.headers(),
         &app.boot.redis.key_prefix,
         principal.org_id.as_str(),
-        kind.label(),
+        route.name(),
     )?;
     let (parts, body) = req.into_parts();
     let body = read_limited(
@@ -104,33 +124,33 @@ where
         settings.body_read_timeout,
     )
     .await?;
+    let ctx = Ctx {
+        app,
+        principal: &principal,
+        request_id,
+        settings: &settings,
+    };
     let Some(key) = idempotency_key else {
-        let (status, body) = process(app, kind, &principal, body, request_id, &settings).await?;
+        let (status, body) = route.accept(&ctx, body).await?;
         return Ok(json(status, body));
     };
-    Box::pin(idempotent(
-        app, kind, &principal, body, key, request_id, &settings,
-    ))
-    .await
+    Box::pin(idempotent(route, &ctx, body, key)).await
 }
 
 /// The rest of a request that carries an Idempotency-Key.
-async fn idempotent(
-    app: &App,
-    kind: Kind,
-    principal: &Principal,
-    body: bytes::BytesMut,
+async fn idempotent<W: Webhook>(
+    route: &W,
+    ctx: &Ctx<'_>,
+    body: BytesMut,
     key: String,
-    request_id: &HeaderValue,
-    settings: &Settings,
 ) -> Result<http::Response<ResponseBody>, Reject> {
     let fp = idempotency::fingerprint(&body);
     let claim = match idempotency::begin(
-        app.sink.redis(),
+        ctx.app.sink.redis(),
         key,
         fp,
-        request_id,
-        settings.idempotency_wait,
+        ctx.request_id,
+        ctx.settings.idempotency_wait,
     )
     .await?
     {
@@ -144,7 +164,7 @@ async fn idempotent(
         }
         Begin::Fresh(claim) => claim,
     };
-    let result = process(app, kind, principal, body, request_id, settings).await;
+    let result = route.accept(ctx, body).await;
     let (status, body) = match &result {
         Ok((status, body)) => (*status, body.clone()),
         // A refusal of the request itself is its answer, kept like a success.
@@ -162,10 +182,10 @@ async fn idempotent(
         .complete(
             &Answer {
                 status,
-                request_id: request_id.clone(),
+                request_id: ctx.request_id.clone(),
                 body,
             },
-            settings.idempotency_window,
+            ctx.settings.idempotency_window,
         )
         .await;
     result.map(|(status, body)| json(status, body))
@@ -187,23 +207,4 @@ fn rate_limit(principal: &Principal, settings: &Settings) -> Result<(), Reject> 
         .limiter
         .check(per_sec, burst, limit::now_nanos())
         .map_err(|retry_after_secs| Reject::RateLimited { retry_after_secs })
-}
-
-async fn process(
-    app: &App,
-    kind: Kind,
-    principal: &Principal,
-    body: bytes::BytesMut,
-    request_id: &HeaderValue,
-    settings: &Settings,
-) -> Result<(StatusCode, Bytes), Reject> {
-    match kind {
-        Kind::Workflow => workflow::process(app, principal, body, request_id, settings).await,
-        Kind::Outreach => {
-            Box::pin(outreach::process(
-                app, principal, body, request_id, settings,
-            ))
-            .await
-        }
-    }
 }

@@ -1,39 +1,60 @@
 //! `POST /api/webhook/workflow`: the route's stages, cheapest refusal first.
 //!
 //! ```text
-//! [webhook: ready? → auth → rate limit → body → idempotency]
+//! [webhook: auth → ready? → rate limit → body → idempotency]
 //!   → parse (simd-json, splice webhookId) → match (WebhookIndex, caller's
 //!   org) → sink (one XADD, or one script call for several matches;
 //!   acknowledged, or spooled) → 202
 //! ```
 //! Authentication runs before the body is read ([`crate::webhook`]), so a
 //! flood of bad keys costs a hash and a map lookup each and never reaches Redis.
+//! API keys and verified JWTs are both accepted.
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 
 use crate::{
-    auth::Principal,
     error::Reject,
     metrics as m,
     parse::parse_envelope,
     replica::now_ms,
     response::{decimal, workflow_accepted},
-    service::App,
-    settings::Settings,
     sink::{Stored, WorkflowJobs},
+    webhook::{Ctx, Webhook},
 };
 
-/// Does the route's work on an authenticated request's body: parse, match
-/// in the caller's org, store one job per match; returns the status and body
-/// to send.
-pub async fn process(
-    app: &App,
-    principal: &Principal,
-    body: BytesMut,
-    request_id: &HeaderValue,
-    settings: &Settings,
-) -> Result<(StatusCode, Bytes), Reject> {
+/// `POST /api/webhook/workflow`.
+#[derive(Debug, Clone, Copy)]
+pub struct Workflow;
+
+impl Webhook for Workflow {
+    fn name(&self) -> &'static str {
+        "workflow"
+    }
+
+    fn api_keys_only(&self) -> bool {
+        false
+    }
+
+    fn accept(
+        &self,
+        ctx: &Ctx<'_>,
+        body: BytesMut,
+    ) -> impl std::future::Future<Output = Result<(StatusCode, Bytes), Reject>> + Send {
+        accept(ctx, body)
+    }
+}
+
+/// The route's work on an authenticated request's body: parse, match in the
+/// caller's org, store one job per match; returns the status and body to
+/// send.
+async fn accept(ctx: &Ctx<'_>, body: BytesMut) -> Result<(StatusCode, Bytes), Reject> {
+    let Ctx {
+        app,
+        principal,
+        request_id,
+        settings,
+    } = *ctx;
     let received_at = now_ms();
     let envelope = parse_envelope(body)?;
     let workflows = app

@@ -11,8 +11,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ring::hmac;
 use simd_json::{Node, StaticNode};
 
+use super::principal::Principal;
 use crate::{
-    auth::Principal,
     config::Secret,
     error::Reject,
     id::Id,

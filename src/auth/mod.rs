@@ -23,20 +23,10 @@ use crate::{
     replica::{Fetched, KeyKind, View},
 };
 
-/// Who sent a request, as far as the control plane says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The key's user.
-    pub user_id: Id,
-    /// The key's organisation: triggers are matched in this org only.
-    pub org_id: Id,
-    /// Requests per second allowed for this key, if the record sets one.
-    pub rate_limit_per_sec: Option<u32>,
-    /// This key's rate state (ignored by `==`).
-    pub limiter: crate::limit::RateLimiter,
-}
-
 pub mod jwt;
+mod principal;
+
+pub use principal::Principal;
 
 /// What a bearer token turned out to be.
 #[derive(Debug)]

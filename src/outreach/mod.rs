@@ -1,7 +1,7 @@
 //! `POST /api/webhook/outreach`: one lead → one `tether:jobs:outreach` entry.
 //!
 //! ```text
-//! [webhook: ready? → auth (API key only) → rate limit → body → idempotency]
+//! [webhook: auth (API key only) → ready? → rate limit → body → idempotency]
 //! → parse → configurationId
 //! → OutreachConfigs (owner, active, process/prompt) → group fields
 //! (fixed: contacts/applications/conversations as given; raw: each field
@@ -11,25 +11,25 @@
 //! and value text of the body's members, never re-serialized. The two caches
 //! are views of the shared replica ([`crate::replica`]).
 
-use std::{collections::HashMap, ops::Range, sync::Arc};
+use std::{collections::HashMap, ops::Range};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use dashmap::DashMap;
-use http::{HeaderValue, StatusCode};
-use serde::Deserialize;
+use http::StatusCode;
 use simd_json::Node;
 
+pub mod views;
+
+pub use views::{Category, OrgProperties, OutreachConfig, OutreachConfigs, Properties};
+
 use crate::{
-    auth::Principal,
     error::Reject,
     id::Id,
     metrics as m,
     parse::{Document, with_document},
-    replica::{Fetched, KeyKind, View, now_ms},
+    replica::now_ms,
     response::decimal,
-    service::App,
-    settings::Settings,
     sink::OutreachJob,
+    webhook::{Ctx, Webhook},
 };
 
 /// Accepted spellings of the configuration id, in order of precedence.
@@ -37,205 +37,6 @@ pub const CONFIGURATION_ID_KEYS: [&str; 3] =
     ["configurationId", "configuration_id", "CONFIGURATION_ID"];
 /// The fixed-format group keys.
 const GROUPS: [&str; 3] = ["contacts", "applications", "conversations"];
-
-/// Where a raw-format field goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Category {
-    /// `contacts` (also the default for unknown fields).
-    Contact,
-    /// `applications`
-    Application,
-    /// `conversations`
-    Conversation,
-}
-
-impl Category {
-    fn parse(v: &[u8]) -> Option<Self> {
-        match v {
-            b"contact" => Some(Category::Contact),
-            b"application" => Some(Category::Application),
-            b"conversation" => Some(Category::Conversation),
-            _ => None,
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Category::Contact => 0,
-            Category::Application => 1,
-            Category::Conversation => 2,
-        }
-    }
-}
-
-/// An outreach configuration as the ingress needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutreachConfig {
-    /// Owner: only this user's keys may use it.
-    pub user_id: Id,
-    /// Owner's org.
-    pub org_id: Id,
-    /// Inactive configurations refuse requests (400).
-    pub active: bool,
-    /// True when `processId` or `promptId` is set.
-    pub runnable: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConfigRecord {
-    user_id: String,
-    org_id: String,
-    #[serde(default)]
-    active: bool,
-    #[serde(default)]
-    process_id: Option<String>,
-    #[serde(default)]
-    prompt_id: Option<String>,
-}
-
-// === impl OutreachConfigs ===
-
-/// Live view of `<prefix>outreach:config:<id>`.
-pub struct OutreachConfigs {
-    prefix: String,
-    entries: DashMap<Box<str>, (OutreachConfig, u64)>,
-}
-
-impl OutreachConfigs {
-    /// An empty view for `<key_prefix>outreach:config:`.
-    pub fn new(key_prefix: &str) -> Self {
-        Self {
-            prefix: format!("{key_prefix}outreach:config:"),
-            entries: DashMap::new(),
-        }
-    }
-
-    /// The configuration with this id.
-    pub fn lookup(&self, id: &str) -> Option<OutreachConfig> {
-        self.entries.get(id).map(|e| e.0.clone())
-    }
-}
-
-impl View for OutreachConfigs {
-    fn name(&self) -> &'static str {
-        "outreach_configs"
-    }
-
-    fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    fn kind(&self) -> KeyKind {
-        KeyKind::String
-    }
-
-    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
-        let parsed = match value {
-            Fetched::String(raw) => serde_json::from_slice::<ConfigRecord>(&raw).ok(),
-            _ => None,
-        };
-        match parsed {
-            Some(rec) if !rec.user_id.is_empty() => {
-                let present = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
-                let config = OutreachConfig {
-                    user_id: Id::from_str_copy(&rec.user_id),
-                    org_id: Id::from_str_copy(&rec.org_id),
-                    active: rec.active,
-                    runnable: present(&rec.process_id) || present(&rec.prompt_id),
-                };
-                self.entries.insert(suffix.into(), (config, generation));
-            }
-            _ => {
-                self.entries.remove(suffix);
-            }
-        }
-    }
-
-    fn sweep(&self, generation: u64) {
-        self.entries.retain(|_, e| e.1 >= generation);
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-}
-
-// === impl OrgProperties ===
-
-/// Field name → category of one org.
-pub type Properties = Arc<HashMap<Box<str>, Category>>;
-
-/// Live view of `<prefix>org:<orgId>:properties`.
-pub struct OrgProperties {
-    prefix: String,
-    orgs: DashMap<Box<str>, (Properties, u64)>,
-}
-
-const PROPERTIES_SUFFIX: &str = ":properties";
-
-impl OrgProperties {
-    /// An empty view for `<key_prefix>org:<orgId>:properties`.
-    pub fn new(key_prefix: &str) -> Self {
-        Self {
-            prefix: format!("{key_prefix}org:"),
-            orgs: DashMap::new(),
-        }
-    }
-
-    /// The properties of `org`, if it has any.
-    pub fn lookup(&self, org: &str) -> Option<Properties> {
-        self.orgs.get(org).map(|e| e.0.clone())
-    }
-}
-
-impl View for OrgProperties {
-    fn name(&self) -> &'static str {
-        "org_properties"
-    }
-
-    fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    fn kind(&self) -> KeyKind {
-        KeyKind::Hash
-    }
-
-    fn wants(&self, suffix: &str) -> bool {
-        suffix
-            .strip_suffix(PROPERTIES_SUFFIX)
-            .is_some_and(|org| !org.is_empty())
-    }
-
-    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
-        let Some(org) = suffix.strip_suffix(PROPERTIES_SUFFIX) else {
-            return;
-        };
-        let fields: HashMap<Box<str>, Category> = match value {
-            Fetched::Hash(pairs) => pairs
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((std::str::from_utf8(k).ok()?.into(), Category::parse(v)?))
-                })
-                .collect(),
-            _ => HashMap::new(),
-        };
-        if fields.is_empty() {
-            self.orgs.remove(org);
-        } else {
-            self.orgs.insert(org.into(), (Arc::new(fields), generation));
-        }
-    }
-
-    fn sweep(&self, generation: u64) {
-        self.orgs.retain(|_, e| e.1 >= generation);
-    }
-
-    fn len(&self) -> usize {
-        self.orgs.len()
-    }
-}
 
 // === the route ===
 
@@ -249,17 +50,41 @@ struct Plan {
     ranges: [Range<usize>; 3],
 }
 
-/// Does the route's work on an authenticated request's body; returns the
-/// status and body to send.
-pub async fn process(
-    app: &App,
-    principal: &Principal,
-    body: BytesMut,
-    request_id: &HeaderValue,
-    settings: &Settings,
-) -> Result<(StatusCode, Bytes), Reject> {
+/// `POST /api/webhook/outreach`.
+#[derive(Debug, Clone, Copy)]
+pub struct Outreach;
+
+impl Webhook for Outreach {
+    fn name(&self) -> &'static str {
+        "outreach"
+    }
+
+    fn api_keys_only(&self) -> bool {
+        true
+    }
+
+    fn accept(
+        &self,
+        ctx: &Ctx<'_>,
+        body: BytesMut,
+    ) -> impl std::future::Future<Output = Result<(StatusCode, Bytes), Reject>> + Send {
+        // Boxed, like every path off the hot one: inline, its future would
+        // grow the service's (and so the workflow route's) to its size.
+        Box::pin(accept(ctx, body))
+    }
+}
+
+/// The route's work on an authenticated request's body; returns the status
+/// and body to send.
+async fn accept(ctx: &Ctx<'_>, body: BytesMut) -> Result<(StatusCode, Bytes), Reject> {
+    let Ctx {
+        app,
+        principal,
+        request_id,
+        settings,
+    } = *ctx;
     let received_at = now_ms();
-    let plan = with_document(&body, |doc| plan(app, principal, &body, doc))?;
+    let plan = with_document(&body, |doc| plan(ctx, &body, doc))?;
     let body = body.freeze();
     let mut digits = [0u8; 20];
     let job = OutreachJob {
@@ -301,7 +126,8 @@ pub async fn process(
     ))
 }
 
-fn plan(app: &App, principal: &Principal, body: &[u8], doc: &Document<'_>) -> Result<Plan, Reject> {
+fn plan(ctx: &Ctx<'_>, body: &[u8], doc: &Document<'_>) -> Result<Plan, Reject> {
+    let (app, principal) = (ctx.app, ctx.principal);
     let id_member = CONFIGURATION_ID_KEYS
         .iter()
         .find_map(|k| doc.member(k))
@@ -424,6 +250,7 @@ fn accepted(configuration_id_json: &[u8], job_id: Option<&[u8]>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replica::{Fetched, View};
 
     #[test]
     fn configs_parse_and_refuse_garbage() {

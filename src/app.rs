@@ -1,0 +1,100 @@
+//! The shared state every request reads: the replica's views (keys,
+//! triggers, outreach configurations, org properties), the sink, the
+//! reloadable settings, the metric handles and the upstream. Built once by
+//! [`crate::ingress::build`]; one `Arc` of it is cloned per connection.
+//!
+//! It also answers the questions every route asks of it: is the ingress
+//! ready, who does this request authenticate as, and how a reloaded
+//! configuration is applied.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::{info, warn};
+
+use crate::{
+    auth::{Authenticator, Credential},
+    config::Config,
+    error::Reject,
+    metrics::Handles,
+    outreach::views::{OrgProperties, OutreachConfigs},
+    proxy::Proxy,
+    replica::ReplicaStatus,
+    response::RequestIds,
+    route::WebhookIndex,
+    settings::{Settings, SharedSettings, restart_needed},
+    sink::Sink,
+};
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    /// Bearer → principal.
+    pub auth: Authenticator,
+    /// (org, webhookId) → workflows.
+    pub triggers: Arc<WebhookIndex>,
+    /// Outreach configurations.
+    pub outreach_configs: Arc<OutreachConfigs>,
+    /// Org dynamic properties.
+    pub org_properties: Arc<OrgProperties>,
+    /// Job writer.
+    pub sink: Sink,
+    /// Readiness and staleness of the caches.
+    pub replica: Arc<ReplicaStatus>,
+    /// Reloadable settings (limits, timeouts, streams, JWT secret).
+    pub settings: SharedSettings,
+    /// The configuration the process started with (for reload checks).
+    pub boot: Config,
+    /// Request id issuer.
+    pub request_ids: RequestIds,
+    /// Metric handles.
+    pub metrics: Handles,
+    /// Prometheus renderer, when this process owns the recorder.
+    pub prometheus: Option<PrometheusHandle>,
+    /// Sidecar upstream, when configured.
+    pub proxy: Option<Proxy>,
+}
+
+impl App {
+    /// Applies a reloaded configuration: swaps the reloadable settings and
+    /// names those that need a restart. Requests in flight keep the settings
+    /// they started with.
+    pub fn reload(&self, new: &Config) {
+        self.settings.store(Arc::new(Settings::from_config(new)));
+        let restart = restart_needed(&self.boot, new);
+        if restart.is_empty() {
+            info!("configuration reloaded");
+        } else {
+            warn!(
+                needs_restart = %restart.join(", "),
+                "configuration reloaded; these settings keep their old values until a restart"
+            );
+        }
+    }
+
+    /// Authenticates a webhook request with the current settings. Before the
+    /// first load an unknown key may simply not be loaded yet: 503, not 401.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        settings: &Settings,
+    ) -> Result<Credential, Reject> {
+        match self.auth.authenticate(headers, settings.jwt.as_ref()) {
+            Err(Reject::InvalidKey) if !self.is_ready() => Err(Reject::NotReady),
+            // Fail closed: a key revoked while the replica was out of touch
+            // with Redis must not keep working.
+            Ok(Credential::ApiKey(_))
+                if settings
+                    .fail_closed_after
+                    .is_some_and(|limit| self.replica.out_of_touch_for() > limit) =>
+            {
+                Err(Reject::AuthStale)
+            }
+            other => other,
+        }
+    }
+
+    /// Ready once the caches are loaded and the job writer has connected.
+    pub fn is_ready(&self) -> bool {
+        self.replica.is_ready() && self.sink.has_connected()
+    }
+}

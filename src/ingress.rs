@@ -1,0 +1,193 @@
+//! The composition root: builds the app and its background tasks from a
+//! configuration ([`build`]), serves a listener with them until shutdown
+//! ([`run`], [`run_with_reloads`]), and stops everything in order.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch};
+use tracing::info;
+
+use crate::{
+    app::App,
+    auth::{Authenticator, KeyTable},
+    config::Config,
+    cores::Cores,
+    metrics::{self, Handles},
+    outreach::views::{OrgProperties, OutreachConfigs},
+    proxy, redis,
+    replica::{Replica, ReplicaSettings, View},
+    response,
+    route::WebhookIndex,
+    server,
+    service::Svc,
+    settings::Settings,
+    sink::Sink,
+    spool::{self, Spool},
+};
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Redis URL or client settings were refused by the client.
+    #[error("redis client: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// The spool directory could not be opened.
+    #[error("spool: {0}")]
+    Spool(#[from] spool::SpoolError),
+}
+
+/// Builds the shared state and starts the replica task.
+/// Returns the app and the handle that stops background tasks.
+pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
+    // Before any metric handle is registered, or it binds to the no-op recorder.
+    let prometheus = metrics::install();
+    let keys = Arc::new(KeyTable::new(&config.redis.key_prefix));
+    let triggers = Arc::new(WebhookIndex::new(&config.redis.key_prefix));
+    let outreach_configs = Arc::new(OutreachConfigs::new(&config.redis.key_prefix));
+    let org_properties = Arc::new(OrgProperties::new(&config.redis.key_prefix));
+    let views: Vec<Arc<dyn View>> = vec![
+        keys.clone(),
+        triggers.clone(),
+        outreach_configs.clone(),
+        org_properties.clone(),
+    ];
+    let replica = Replica::new(
+        views,
+        ReplicaSettings {
+            target: redis::Target::of(&config.redis),
+            resync_interval: config.redis.resync_interval,
+            resync_busy_percent: config.redis.resync_busy_percent,
+        },
+    );
+    let settings = Settings::shared(config);
+    let spool = match &config.spool.dir {
+        Some(dir) => Some(Spool::open(dir, config.spool.max_bytes)?),
+        None => None,
+    };
+    let cores = Cores::start(config.server.serving_threads.count());
+    let sink = Sink::connect(
+        &redis::Target::of(&config.redis),
+        config.redis.max_pending_commands.get(),
+        spool,
+        cores.handles(),
+    )?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let status = replica.status();
+    let replay_task = sink.spawn_replay(settings.clone(), stop_rx.clone());
+    let upkeep_task = prometheus
+        .clone()
+        .map(|handle| metrics::spawn_upkeep(handle, stop_rx.clone()));
+    let replica_task = replica.spawn(stop_rx);
+    let app = Arc::new(App {
+        auth: Authenticator::new(keys),
+        triggers,
+        outreach_configs,
+        org_properties,
+        sink,
+        replica: status,
+        settings,
+        boot: config.clone(),
+        request_ids: response::RequestIds::new(),
+        metrics: Handles::register(),
+        prometheus,
+        proxy: config.upstream.url.as_ref().and_then(|url| {
+            proxy::Proxy::new(&proxy::ProxySettings {
+                url: url.clone(),
+                connect_timeout: config.upstream.connect_timeout,
+            })
+        }),
+    });
+    Ok((
+        app,
+        Background {
+            stop: stop_tx,
+            replica_task,
+            replay_task,
+            upkeep_task,
+            cores,
+        },
+    ))
+}
+
+/// Background tasks and serving threads owned by a running ingress.
+pub struct Background {
+    stop: watch::Sender<bool>,
+    replica_task: tokio::task::JoinHandle<()>,
+    replay_task: Option<tokio::task::JoinHandle<()>>,
+    upkeep_task: Option<tokio::task::JoinHandle<()>>,
+    cores: Cores,
+}
+
+impl Background {
+    /// The serving threads' runtimes (empty when connections are served on
+    /// the shared runtime).
+    pub fn cores(&self) -> &[tokio::runtime::Handle] {
+        self.cores.handles()
+    }
+
+    /// Stops the background tasks, waiting a bounded time for them, closes
+    /// the app's Redis writers, then stops the serving threads (the writers'
+    /// connection tasks run on them).
+    pub async fn stop(self, app: &App) {
+        let _ = self.stop.send(true);
+        let tasks = std::iter::once(self.replica_task)
+            .chain(self.replay_task)
+            .chain(self.upkeep_task);
+        for mut task in tasks {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        app.sink.close().await;
+        drop(self.cores);
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves; then stops accepting,
+/// lets requests in flight finish (their jobs are written before they answer),
+/// and closes Redis. Returns true when the drain completed within the grace.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<bool, StartError> {
+    run_with_reloads(listener, config, shutdown, futures::stream::pending()).await
+}
+
+/// [`run`], applying each configuration `reloads` yields (see [`settings`]).
+pub async fn run_with_reloads(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    reloads: impl futures::Stream<Item = Config> + Send + 'static,
+) -> Result<bool, StartError> {
+    let (app, background) = build(&config)?;
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "tether-ingress listening");
+    }
+    let reloader = tokio::spawn({
+        let app = app.clone();
+        async move {
+            futures::pin_mut!(reloads);
+            while let Some(new) = futures::StreamExt::next(&mut reloads).await {
+                app.reload(&new);
+            }
+        }
+    });
+    let drained = server::serve(
+        listener,
+        Svc::new(app.clone()),
+        config.server.max_connections.get(),
+        background.cores(),
+        app.settings.clone(),
+        shutdown,
+    )
+    .await;
+    reloader.abort();
+    background.stop(&app).await;
+    info!(drained, "tether-ingress stopped");
+    Ok(drained)
+}
