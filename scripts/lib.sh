@@ -26,3 +26,17 @@ ensure_cargo() {
         exit 1
     fi
 }
+
+# promtool (Debian's prometheus package) for the metrics lint test; the test
+# is skipped where it cannot be installed.
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "promtool is missing: installing Debian's prometheus package" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) >&2 \
+            || echo "could not install promtool; its test will be skipped" >&2
+    fi
+}

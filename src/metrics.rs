@@ -21,55 +21,93 @@ use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
-/// Counter: requests answered, by `route` and `status`.
-pub const HTTP_REQUESTS: &str = "tether_http_requests_total";
-/// Gauge: webhook requests being handled right now.
-pub const HTTP_IN_FLIGHT: &str = "tether_http_requests_in_flight";
-/// Histogram: seconds from request head to response, by `route`.
-pub const HTTP_DURATION: &str = "tether_http_request_duration_seconds";
-/// Counter: requests refused, by `code` (the envelope's machine code).
-pub const HTTP_REJECTS: &str = "tether_http_rejected_total";
-/// Counter: stream entries acknowledged by Redis, by `stream`.
-pub const JOBS_WRITTEN: &str = "tether_jobs_written_total";
-/// Counter: job writes that failed, by `reason`.
-pub const JOB_WRITE_FAILURES: &str = "tether_job_write_failures_total";
-/// Histogram: seconds for one request's jobs to be acknowledged (the Redis round trip).
-pub const SINK_DURATION: &str = "tether_sink_write_duration_seconds";
-/// Histogram: entries written together for one request (its batch).
-pub const SINK_BATCH: &str = "tether_sink_batch_size";
-/// Gauge: entries held by each replica view, by `view`.
-pub const REPLICA_ENTRIES: &str = "tether_replica_entries";
-/// Gauge: seconds the replica has been out of touch with Redis (0 while
-/// connected and tracking; grows from the moment the connection is lost).
-pub const REPLICA_AGE: &str = "tether_replica_age_seconds";
-/// Counter: completed full resyncs.
-pub const REPLICA_RESYNCS: &str = "tether_replica_resyncs_total";
-/// Counter: failed full resyncs.
-pub const REPLICA_RESYNC_FAILURES: &str = "tether_replica_resync_failures_total";
-/// Histogram: seconds per full resync.
-pub const REPLICA_RESYNC_SECONDS: &str = "tether_replica_resync_duration_seconds";
-/// Counter: keys re-read after an invalidation.
-pub const REPLICA_INVALIDATIONS: &str = "tether_replica_invalidations_total";
-/// Gauge: connections open.
-pub const CONNECTIONS_OPEN: &str = "tether_connections_open";
-/// Counter: connections answered 503 at the connection cap.
-pub const CONNECTIONS_REFUSED: &str = "tether_connections_refused_total";
-/// Counter: connections closed for sending nothing within the first-byte timeout.
-pub const CONNECTIONS_SILENT: &str = "tether_connections_silent_closed_total";
-/// Gauge: bytes in the local spool not yet replayed into Redis.
-pub const SPOOL_BYTES: &str = "tether_spool_bytes";
-/// Counter: jobs written to the local spool (Redis could not take them).
-pub const SPOOL_WRITTEN: &str = "tether_spool_jobs_written_total";
-/// Counter: spooled jobs replayed into Redis.
-pub const SPOOL_REPLAYED: &str = "tether_spool_jobs_replayed_total";
-/// Counter: group commits (one write + fdatasync for every request waiting).
-pub const SPOOL_SYNCS: &str = "tether_spool_syncs_total";
-/// Counter: torn or corrupt spool records skipped on replay.
-pub const SPOOL_CORRUPT: &str = "tether_spool_corrupt_records_total";
-/// Counter: requests answered from the idempotency store (repeats).
-pub const IDEMPOTENT_REPLAYS: &str = "tether_idempotent_replays_total";
-/// Gauge: 1 while keys are refused because the replica is out of touch (fail-closed).
-pub const FAIL_CLOSED: &str = "tether_auth_fail_closed";
+/// Declares every metric once: a constant for its name, documented with its
+/// kind and help text, and an entry in [`ALL`], from which [`install`]
+/// registers the help text (Prometheus's `# HELP` line).
+macro_rules! metrics {
+    ($($kind:ident $konst:ident = $name:literal: $help:literal;)*) => {
+        $(
+            #[doc = concat!(stringify!($kind), ": ", $help)]
+            pub const $konst: &str = $name;
+        )*
+        /// Every metric family: name, kind and help text.
+        pub const ALL: &[(&str, Kind, &str)] = &[$(($name, Kind::$kind, $help)),*];
+    };
+}
+
+/// What a metric family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum Kind {
+    /// Only goes up.
+    counter,
+    /// Goes up and down.
+    gauge,
+    /// Observations in buckets.
+    histogram,
+}
+
+metrics! {
+    counter HTTP_REQUESTS = "tether_http_requests_total":
+        "Requests answered, by route and status.";
+    gauge HTTP_IN_FLIGHT = "tether_http_requests_in_flight":
+        "Webhook requests being handled right now.";
+    histogram HTTP_DURATION = "tether_http_request_duration_seconds":
+        "Seconds from request head to response, by route.";
+    counter HTTP_REJECTS = "tether_http_rejected_total":
+        "Requests refused, by code (the envelope's machine code).";
+    counter JOBS_WRITTEN = "tether_jobs_written_total":
+        "Stream entries acknowledged by Redis, by stream.";
+    counter JOB_WRITE_FAILURES = "tether_job_write_failures_total":
+        "Job writes that failed, by reason.";
+    histogram SINK_DURATION = "tether_sink_write_duration_seconds":
+        "Seconds for one request's jobs to be acknowledged (the Redis round trip).";
+    histogram SINK_BATCH = "tether_sink_batch_size":
+        "Entries written together for one request (its batch).";
+    gauge REPLICA_ENTRIES = "tether_replica_entries":
+        "Entries held by each replica view, by view.";
+    gauge REPLICA_AGE = "tether_replica_age_seconds":
+        "Seconds the replica has been out of touch with Redis (0 while connected and tracking; grows from the moment the connection is lost).";
+    counter REPLICA_RESYNCS = "tether_replica_resyncs_total":
+        "Completed full resyncs.";
+    counter REPLICA_RESYNC_FAILURES = "tether_replica_resync_failures_total":
+        "Failed full resyncs.";
+    histogram REPLICA_RESYNC_SECONDS = "tether_replica_resync_duration_seconds":
+        "Seconds per full resync.";
+    counter REPLICA_INVALIDATIONS = "tether_replica_invalidations_total":
+        "Keys re-read after an invalidation.";
+    gauge CONNECTIONS_OPEN = "tether_connections_open":
+        "Connections open.";
+    counter CONNECTIONS_REFUSED = "tether_connections_refused_total":
+        "Connections answered 503 at the connection cap.";
+    counter CONNECTIONS_SILENT = "tether_connections_silent_closed_total":
+        "Connections closed for sending nothing within the first-byte timeout.";
+    gauge SPOOL_BYTES = "tether_spool_bytes":
+        "Bytes in the local spool not yet replayed into Redis.";
+    counter SPOOL_WRITTEN = "tether_spool_jobs_written_total":
+        "Jobs written to the local spool (Redis could not take them).";
+    counter SPOOL_REPLAYED = "tether_spool_jobs_replayed_total":
+        "Spooled jobs replayed into Redis.";
+    counter SPOOL_SYNCS = "tether_spool_syncs_total":
+        "Group commits (one write + fdatasync for every request waiting).";
+    counter SPOOL_CORRUPT = "tether_spool_corrupt_records_total":
+        "Torn or corrupt spool records skipped on replay.";
+    counter IDEMPOTENT_REPLAYS = "tether_idempotent_replays_total":
+        "Requests answered from the idempotency store (repeats).";
+    gauge FAIL_CLOSED = "tether_auth_fail_closed":
+        "1 while keys are refused because the replica is out of touch (fail-closed).";
+}
+
+/// Registers the help text of every metric with the installed recorder.
+fn describe() {
+    for &(name, kind, help) in ALL {
+        match kind {
+            Kind::counter => metrics::describe_counter!(name, help),
+            Kind::gauge => metrics::describe_gauge!(name, help),
+            Kind::histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -102,6 +140,7 @@ pub fn install() -> Option<PrometheusHandle> {
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            describe();
             Some(handle)
         })
         .clone()
@@ -272,33 +311,6 @@ impl Handles {
 
 #[cfg(test)]
 mod tests {
-    /// Every metric family the code registers.
-    const ALL: [&str; 24] = [
-        super::SINK_BATCH,
-        super::HTTP_REQUESTS,
-        super::HTTP_IN_FLIGHT,
-        super::HTTP_DURATION,
-        super::HTTP_REJECTS,
-        super::JOBS_WRITTEN,
-        super::JOB_WRITE_FAILURES,
-        super::SINK_DURATION,
-        super::REPLICA_ENTRIES,
-        super::REPLICA_AGE,
-        super::REPLICA_RESYNCS,
-        super::REPLICA_RESYNC_FAILURES,
-        super::REPLICA_RESYNC_SECONDS,
-        super::REPLICA_INVALIDATIONS,
-        super::CONNECTIONS_OPEN,
-        super::CONNECTIONS_SILENT,
-        super::CONNECTIONS_REFUSED,
-        super::SPOOL_BYTES,
-        super::SPOOL_WRITTEN,
-        super::SPOOL_REPLAYED,
-        super::SPOOL_SYNCS,
-        super::SPOOL_CORRUPT,
-        super::IDEMPOTENT_REPLAYS,
-        super::FAIL_CLOSED,
-    ];
 
     #[test]
     fn the_dashboard_queries_only_metrics_that_exist() {
@@ -316,7 +328,7 @@ mod tests {
                             .trim_end_matches("_count");
                         let full = format!("tether_{base}");
                         assert!(
-                            ALL.contains(&full.as_str()),
+                            super::ALL.iter().any(|(name, _, _)| *name == full),
                             "dashboard uses unknown metric {full}"
                         );
                         used += 1;
