@@ -4,23 +4,30 @@
 //! ```text
 //! cargo run --example worker -- [REDIS_URL] [CONSUMER_NAME]
 //! ```
+//! It connects as the ingress does (`tether_ingress::redis`): a `rediss://`
+//! URL uses `TETHER_INGRESS_REDIS_TLS_*` from the environment.
 #![allow(missing_docs)]
 
 use std::time::Duration;
 
 use fred::prelude::*;
-use tether_ingress::worker::Worker;
+use tether_ingress::{config::RawConfig, redis, worker::Worker};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let mut raw = RawConfig::default();
+    raw.apply_env(|name| std::env::var(name).ok());
+    if let Some(url) = args.next() {
+        raw.redis.url = url;
+    }
     let consumer = args
         .next()
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    let client = Builder::from_config(Config::from_url(&url)?).build()?;
+    let config = raw
+        .validate()
+        .map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
+    let client = redis::client(&redis::Target::of(&config.redis)?, redis::Role::Admin)?;
     client.init().await?;
     let worker = Worker::join(
         client,

@@ -40,3 +40,18 @@ ensure_promtool() {
             || echo "could not install promtool; its test will be skipped" >&2
     fi
 }
+
+# openssl, which the Redis TLS tests use to make their certificates.
+ensure_openssl() {
+    if command -v openssl >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "openssl is missing: installing it with apt-get" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2 && apt-get install -y -qq openssl >&2
+        return 0
+    fi
+    echo "openssl is not installed: install it, then run this again" >&2
+    exit 1
+}

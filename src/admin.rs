@@ -65,7 +65,8 @@ impl Admin {
             url: redact_url(&config.redis.url),
             source,
         };
-        let client = redis::client(&Target::of(&config.redis), Role::Admin).map_err(unreachable)?;
+        let target = Target::of(&config.redis).map_err(unreachable)?;
+        let client = redis::client(&target, Role::Admin).map_err(unreachable)?;
         tokio::time::timeout(
             config.redis.connect_timeout + Duration::from_secs(1),
             client.init(),

@@ -20,6 +20,12 @@ use serde::{Deserialize, Serialize};
 pub const ENV_LISTEN: &str = "TETHER_INGRESS_LISTEN";
 /// Environment variable overriding `redis.url`.
 pub const ENV_REDIS_URL: &str = "TETHER_INGRESS_REDIS_URL";
+/// Environment variable overriding `redis.tls.ca_file`.
+pub const ENV_REDIS_TLS_CA_FILE: &str = "TETHER_INGRESS_REDIS_TLS_CA_FILE";
+/// Environment variable overriding `redis.tls.cert_file`.
+pub const ENV_REDIS_TLS_CERT_FILE: &str = "TETHER_INGRESS_REDIS_TLS_CERT_FILE";
+/// Environment variable overriding `redis.tls.key_file`.
+pub const ENV_REDIS_TLS_KEY_FILE: &str = "TETHER_INGRESS_REDIS_TLS_KEY_FILE";
 /// Environment variable overriding `upstream.url`.
 pub const ENV_UPSTREAM_URL: &str = "TETHER_INGRESS_UPSTREAM_URL";
 /// Environment variable overriding `auth.jwt_secret`.
@@ -108,9 +114,9 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Whether this build can honour a Redis URL; the error completes
-/// "redis.url: <url> …". A TLS scheme is refused rather than connected in
-/// plaintext, and a URL fred would refuse only at connect time is refused
-/// here, at start.
+/// "redis.url: <url> …". A URL fred would refuse only at connect time is
+/// refused here, at start; a TLS URL is checked with its files by
+/// [`check_redis_tls`].
 fn check_redis_url(url: &str) -> Result<(), String> {
     let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
     match scheme {
@@ -121,19 +127,44 @@ fn check_redis_url(url: &str) -> Result<(), String> {
                 return Err("must name the socket's path: redis+unix:///path/to/redis.sock".into());
             }
         }
-        "rediss" | "rediss-cluster" | "rediss-sentinel" => {
-            return Err("asks for TLS, which this build does not support yet; it would not fall back to plaintext".into());
-        }
-        "redis-cluster" | "redis-sentinel" => {
+        "rediss" => {}
+        "redis-cluster" | "redis-sentinel" | "rediss-cluster" | "rediss-sentinel" => {
             return Err(
                 "is a Cluster or Sentinel URL, which this build does not support yet".into(),
             );
         }
-        _ => return Err("must start with redis:// or redis+unix://".into()),
+        _ => return Err("must start with redis://, rediss:// or redis+unix://".into()),
     }
     fred::types::config::Config::from_url(url)
         .map(drop)
         .map_err(|e| format!("is not a Redis URL: {}", e.details()))
+}
+
+/// The `[redis.tls]` files, checked against the URL: a `rediss://` URL gets
+/// a configuration that loads (CA file or system roots, the client pair
+/// whole); a plaintext URL gets none, since files it would ignore suggest
+/// the operator believes the connection is encrypted.
+fn check_redis_tls(url: &str, tls: &RawRedisTls) -> Result<RedisTlsConfig, String> {
+    let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+    let config = RedisTlsConfig {
+        ca_file: path(&tls.ca_file),
+        cert_file: path(&tls.cert_file),
+        key_file: path(&tls.key_file),
+    };
+    if !url.starts_with("rediss://") {
+        return if config == RedisTlsConfig::default() {
+            Ok(config)
+        } else {
+            Err("redis.tls: files are set but redis.url is not a rediss:// (TLS) URL".into())
+        };
+    }
+    if config.cert_file.is_some() != config.key_file.is_some() {
+        return Err(
+            "redis.tls: set cert_file and key_file together (mutual TLS), or neither".into(),
+        );
+    }
+    crate::tls::client_config(config.files()).map_err(|e| format!("redis.tls: {e}"))?;
+    Ok(config)
 }
 
 // === RawConfig: the file ===
@@ -246,6 +277,20 @@ pub struct RawRedis {
     pub max_pending_commands: usize,
     /// Retry-After on 503, s.
     pub retry_after_secs: u32,
+    /// `[redis.tls]`
+    pub tls: RawRedisTls,
+}
+
+/// `[redis.tls]` as written: PEM files for `rediss://` URLs; empty means none.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRedisTls {
+    /// CA certificates the server must chain to; empty: the system's roots.
+    pub ca_file: String,
+    /// Client certificate chain (mutual TLS).
+    pub cert_file: String,
+    /// Client private key (mutual TLS).
+    pub key_file: String,
 }
 
 impl Default for RawRedis {
@@ -259,6 +304,7 @@ impl Default for RawRedis {
             resync_busy_percent: 20,
             max_pending_commands: 100_000,
             retry_after_secs: 1,
+            tls: RawRedisTls::default(),
         }
     }
 }
@@ -430,6 +476,15 @@ impl RawConfig {
         if let Some(v) = env(ENV_REDIS_URL) {
             self.redis.url = v;
         }
+        if let Some(v) = env(ENV_REDIS_TLS_CA_FILE) {
+            self.redis.tls.ca_file = v;
+        }
+        if let Some(v) = env(ENV_REDIS_TLS_CERT_FILE) {
+            self.redis.tls.cert_file = v;
+        }
+        if let Some(v) = env(ENV_REDIS_TLS_KEY_FILE) {
+            self.redis.tls.key_file = v;
+        }
         if let Some(v) = env(ENV_UPSTREAM_URL) {
             self.upstream.url = v;
         }
@@ -509,6 +564,10 @@ impl RawConfig {
         if let Err(problem) = check_redis_url(&r.url) {
             problems.push(format!("redis.url: {:?} {problem}", redact_url(&r.url)));
         }
+        let redis_tls = check_redis_tls(&r.url, &r.tls).unwrap_or_else(|problem| {
+            problems.push(problem);
+            RedisTlsConfig::default()
+        });
         if r.key_prefix.is_empty() {
             problems.push("redis.key_prefix: must not be empty".into());
         }
@@ -637,6 +696,7 @@ impl RawConfig {
                 resync_busy_percent: r.resync_busy_percent,
                 max_pending_commands: max_pending,
                 retry_after_secs: r.retry_after_secs,
+                tls: redis_tls,
             },
             streams: StreamsConfig {
                 workflow: self.streams.workflow,
@@ -786,6 +846,32 @@ pub struct RedisConfig {
     pub max_pending_commands: NonZeroUsize,
     /// Retry-After on 503, seconds.
     pub retry_after_secs: u32,
+    /// `[redis.tls]`
+    pub tls: RedisTlsConfig,
+}
+
+/// `[redis.tls]`: the PEM files of a `rediss://` connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RedisTlsConfig {
+    /// CA certificates; `None`: the system's roots (written `""`).
+    #[serde(serialize_with = "path_or_empty")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain, for mutual TLS.
+    #[serde(serialize_with = "path_or_empty")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Client private key, for mutual TLS (its path, not its contents).
+    #[serde(serialize_with = "path_or_empty")]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl RedisTlsConfig {
+    /// The files as the TLS module takes them.
+    pub fn files(&self) -> crate::tls::ClientFiles<'_> {
+        crate::tls::ClientFiles {
+            ca: self.ca_file.as_deref(),
+            identity: self.cert_file.as_deref().zip(self.key_file.as_deref()),
+        }
+    }
 }
 
 /// `[streams]`: where jobs go.
@@ -1079,8 +1165,7 @@ mod tests {
         assert!(check("redis://user:pw@127.0.0.1:6379").is_ok());
         assert!(check("redis+unix:///tmp/redis.sock").is_ok());
         for (url, says) in [
-            ("rediss://127.0.0.1:6379", "TLS"),
-            ("rediss://u:hunter2@h:1", "TLS"),
+            ("rediss-cluster://u:hunter2@h:1", "Cluster"),
             ("redis-cluster://h:1", "Cluster"),
             ("redis-sentinel://h:1?sentinelServiceName=m", "Sentinel"),
             ("http://h:1", "must start with"),
@@ -1125,12 +1210,21 @@ mod tests {
         let described: std::collections::BTreeSet<&str> =
             text.lines().filter_map(|l| l.split(" = ").next()).collect();
         let file: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
-        let mut keys = Vec::new();
-        for (section, table) in &file {
-            for key in table.as_table().unwrap().keys() {
-                keys.push(format!("{section}.{key}"));
+        fn keys_of(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match value.as_table() {
+                    Some(inner) => keys_of(&path, inner, out),
+                    None => out.push(path),
+                }
             }
         }
+        let mut keys = Vec::new();
+        keys_of("", &file, &mut keys);
         assert!(keys.len() > 30, "{keys:?}");
         let missing: Vec<&String> = keys
             .iter()

@@ -41,6 +41,7 @@ pub enum StartError {
 pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     // Before any metric handle is registered, or it binds to the no-op recorder.
     let prometheus = metrics::install();
+    let target = redis::Target::of(&config.redis)?;
     let keys = Arc::new(KeyTable::new(&config.redis.key_prefix));
     let triggers = Arc::new(WebhookIndex::new(&config.redis.key_prefix));
     let outreach_configs = Arc::new(OutreachConfigs::new(&config.redis.key_prefix));
@@ -54,7 +55,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let replica = Replica::new(
         views,
         ReplicaSettings {
-            target: redis::Target::of(&config.redis),
+            target: target.clone(),
             resync_interval: config.redis.resync_interval,
             resync_busy_percent: config.redis.resync_busy_percent,
         },
@@ -66,7 +67,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     };
     let cores = Cores::start(config.server.serving_threads.count());
     let sink = Sink::connect(
-        &redis::Target::of(&config.redis),
+        &target,
         config.redis.max_pending_commands.get(),
         spool,
         cores.handles(),
@@ -157,7 +158,7 @@ pub async fn run(
     run_with_reloads(listener, config, shutdown, futures::stream::pending()).await
 }
 
-/// [`run`], applying each configuration `reloads` yields (see [`settings`]).
+/// [`run`], applying each configuration `reloads` yields (see [`crate::settings`]).
 pub async fn run_with_reloads(
     listener: TcpListener,
     config: Config,

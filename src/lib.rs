@@ -26,7 +26,8 @@
 //!   [`idempotency`]: the stages both webhook routes share.
 //! - [`workflow`], [`outreach`]: the two routes; [`parse`], [`route`], [`id`].
 //! - [`sink`]: jobs into Redis (records, layout, writers, spool fallback);
-//!   [`spool`]: the durable local log; [`redis`]: every Redis client.
+//!   [`spool`]: the durable local log; [`redis`]: every Redis client, with
+//!   [`tls`] for `rediss://`.
 //! - [`replica`]: the live replica the views read; [`proxy`]: the sidecar
 //!   path; [`metrics`].
 //! - Off the request path: [`admin`] (the CLI), [`worker`] (reading jobs
@@ -57,6 +58,7 @@ pub mod id;
 pub mod sink;
 pub mod spool;
 pub mod redis;
+pub mod tls;
 pub mod replica;
 pub mod proxy;
 pub mod metrics;

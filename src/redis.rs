@@ -8,11 +8,14 @@
 //! how the connection behaves. A new transport or topology is added here
 //! once, for all of them.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use fred::{
     prelude::*,
-    types::{ClusterHash, CustomCommand, RespVersion},
+    types::{
+        ClusterHash, CustomCommand, RespVersion,
+        config::{TlsConfig, TlsConnector},
+    },
 };
 
 use crate::config::RedisConfig;
@@ -26,16 +29,27 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// Deadline of one command.
     pub command_timeout: Duration,
+    /// TLS for a `rediss://` URL (CA, client certificate); `None` for a
+    /// plaintext one. A TLS URL never connects without it.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
-    /// The target `[redis]` configures.
-    pub fn of(config: &RedisConfig) -> Self {
-        Self {
+    /// The target `[redis]` configures (its TLS files read and checked).
+    pub fn of(config: &RedisConfig) -> Result<Self, Error> {
+        let tls = if config.url.starts_with("rediss://") {
+            let tls = crate::tls::client_config(config.tls.files())
+                .map_err(|e| Error::new(ErrorKind::Tls, format!("redis.tls: {e}")))?;
+            Some(tls)
+        } else {
+            None
+        };
+        Ok(Self {
             url: config.url.clone(),
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
-        }
+            tls,
+        })
     }
 }
 
@@ -66,6 +80,21 @@ const LONG_COMMAND: Duration = Duration::from_secs(10);
 /// A client of `target` for `role` (not connected yet).
 pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
     let mut config = Config::from_url(&target.url)?;
+    // Our own TLS settings (CA file, client certificate) replace the
+    // defaults fred derives from a rediss:// URL; a TLS URL without them is
+    // refused rather than connected in plaintext.
+    match (&target.tls, config.uses_tls()) {
+        (Some(tls), _) => {
+            config.tls = Some(TlsConfig::from(TlsConnector::from(tls.as_ref().clone())));
+        }
+        (None, true) => {
+            return Err(Error::new(
+                ErrorKind::Tls,
+                "a TLS URL needs a TLS configuration",
+            ));
+        }
+        (None, false) => {}
+    }
     let (connect, command) = (target.connect_timeout, target.command_timeout);
     if let Role::Replica { .. } = role {
         config.version = RespVersion::RESP3;

@@ -820,6 +820,7 @@ mod tests {
                 url: "redis://127.0.0.1:1".into(),
                 connect_timeout: Duration::from_secs(1),
                 command_timeout: Duration::from_secs(1),
+                tls: None,
             },
             resync_interval: Duration::from_secs(1),
             resync_busy_percent: 100,

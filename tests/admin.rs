@@ -276,26 +276,42 @@ fn check_config_prints_effective_values_with_secrets_masked() {
 }
 
 #[test]
-fn a_tls_url_is_refused_at_start_never_served_in_plaintext() {
-    // A plaintext Redis is listening: the old behaviour connected to it.
+fn a_tls_url_never_talks_plaintext_and_bad_tls_settings_stop_the_start() {
+    // A plaintext Redis is listening: before TLS support, rediss:// reached it.
     let redis = RedisServer::start();
-    for args in [&["serve"][..], &["keys", "count"][..]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
-            .args(args)
-            .env(
-                "TETHER_INGRESS_REDIS_URL",
-                format!("rediss://u:hunter2@127.0.0.1:{}", redis.port),
-            )
-            .env(
-                "TETHER_INGRESS_LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("redis.url") && err.contains("TLS"), "{err}");
-        assert!(!err.contains("hunter2"), "{err}");
+    let url = format!("rediss://u:hunter2@127.0.0.1:{}", redis.port);
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["keys", "count"])
+        .env("TETHER_INGRESS_REDIS_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "the TLS handshake must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach Redis"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // Files that do not load, or files with a plaintext URL: exit 2 at start.
+    let missing = std::env::temp_dir().join("tether-no-such-ca.pem");
+    for (url, var) in [
+        (url.as_str(), "TETHER_INGRESS_REDIS_TLS_CA_FILE"),
+        (redis.url().as_str(), "TETHER_INGRESS_REDIS_TLS_CA_FILE"),
+        (url.as_str(), "TETHER_INGRESS_REDIS_TLS_CERT_FILE"),
+    ] {
+        for args in [&["serve"][..], &["keys", "count"][..]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+                .args(args)
+                .env("TETHER_INGRESS_REDIS_URL", url)
+                .env(var, &missing)
+                .env(
+                    "TETHER_INGRESS_LISTEN",
+                    format!("127.0.0.1:{}", free_port()),
+                )
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{url} {var} {args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("redis.tls"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 }
 

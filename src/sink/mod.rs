@@ -2,14 +2,14 @@
 //! the caller hears 2xx.
 //!
 //! [`Sink::enqueue`] takes one request's [`WorkflowJobs`] (or an
-//! [`OutreachJob`]), picks this thread's writer ([`writers`]), writes the
-//! jobs in the configured layout ([`streams`]: one `XADD`, or one script call
+//! [`OutreachJob`]), picks this thread's writer (`writers`), writes the
+//! jobs in the configured layout (`streams`: one `XADD`, or one script call
 //! for several matches), and returns once Redis acknowledged every one. When
 //! Redis cannot take them and a spool is configured, they are synced to the
-//! spool instead and replayed later ([`fallback`]).
+//! spool instead and replayed later (`fallback`).
 //!
-//! One file per concern: [`job`] the records, [`streams`] the layout,
-//! [`writers`] the connections, [`fallback`] the spool fallback and replay,
+//! One file per concern: [`job`] the records, `streams` the layout,
+//! `writers` the connections, `fallback` the spool fallback and replay,
 //! [`error`] the errors (a leaf). The children import each other, never this
 //! facade.
 //!

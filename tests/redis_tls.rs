@@ -1,0 +1,301 @@
+//! `rediss://`: the ingress reaches a redis-server that speaks TLS only, with
+//! a CA made here by openssl; it is never ready with another CA, with no CA
+//! (the system's roots do not hold ours) or against a plaintext port; mutual
+//! TLS works with a client certificate and fails without one.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use http::StatusCode;
+use support::*;
+use tether_ingress::config::RawConfig;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`<name>-ca.crt`) and, signed by it, `<leaf>.crt`/`<leaf>.key` for
+/// each leaf (valid for 127.0.0.1 and localhost).
+fn pki(dir: &Path, name: &str, leaves: &[&str]) {
+    let ca_key = format!("{name}-ca.key");
+    let ca_crt = format!("{name}-ca.crt");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca_crt,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=tether test {name} CA"),
+        ],
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    for leaf in leaves {
+        let (key, csr, crt) = (
+            format!("{leaf}.key"),
+            format!("{leaf}.csr"),
+            format!("{leaf}.crt"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={leaf}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.ext",
+            ],
+        );
+    }
+}
+
+/// A redis-server speaking TLS only on `port` (plaintext only on its unix
+/// socket, for the test's own redis-cli).
+struct TlsRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl TlsRedis {
+    fn start(pki: &Path, require_client_cert: bool) -> Self {
+        for _ in 0..20 {
+            let port = free_port();
+            let dir = pki.join(format!("redis-{port}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = |f: &str| pki.join(f).display().to_string();
+            let mut child = Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                // Also on 127.0.0.2, a name the certificate does not hold.
+                .args(["--bind", "127.0.0.1", "127.0.0.2"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--tls-cert-file", &path("server.crt")])
+                .args(["--tls-key-file", &path("server.key")])
+                .args(["--tls-ca-cert-file", &path("good-ca.crt")])
+                .args([
+                    "--tls-auth-clients",
+                    if require_client_cert { "yes" } else { "no" },
+                ])
+                .args([
+                    "--unixsocket",
+                    &dir.join("redis.sock").display().to_string(),
+                ])
+                .args(["--dir", &dir.display().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut s = None;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                let probe = Self {
+                    port,
+                    dir: dir.clone(),
+                    child: Command::new("true").spawn().unwrap(),
+                };
+                if probe.cli(&["PING"]) == "PONG" {
+                    s = Some(port);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Some(port) = s {
+                return Self { port, dir, child };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start a TLS redis-server");
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-s", &self.dir.join("redis.sock").display().to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn seed(&self) {
+        let key = format!("tether:apikey:{}", sha256_hex(TEST_KEY));
+        self.cli(&["SET", &key, r#"{"userId":"u_1","orgId":"o_1"}"#]);
+        self.cli(&["SADD", "tether:triggers:o_1:wh_1", "wf_a"]);
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(url: &str, ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> RawConfig {
+    let mut raw = RawConfig::default();
+    raw.redis.url = url.to_owned();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.redis.connect_timeout_ms = 500;
+    if let Some(ca) = ca {
+        raw.redis.tls.ca_file = ca.display().to_string();
+    }
+    if let Some((cert, key)) = identity {
+        raw.redis.tls.cert_file = cert.display().to_string();
+        raw.redis.tls.key_file = key.display().to_string();
+    }
+    raw
+}
+
+/// Serves with `raw`, and checks that one request writes its job.
+async fn serves(raw: RawConfig, redis: &TlsRedis) {
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let (status, _, body) = ingress
+        .workflow(Some(TEST_KEY), r#"{"webhookId":"wh_1","lead":{"n":1}}"#)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+    assert_eq!(json(&body)["data"]["matchedCount"], 1);
+    assert_eq!(redis.cli(&["XLEN", "tether:jobs:workflow"]), "1");
+    assert!(ingress.shutdown().await);
+}
+
+/// Starts with `raw` and checks it stays not ready for `for_at_least`.
+async fn never_ready(raw: RawConfig, for_at_least: Duration) {
+    let config = match raw.validate() {
+        Ok(config) => config,
+        // Only a machine without system roots refuses the no-CA case at start.
+        Err(e) if e.to_string().contains("system's CA roots") => return,
+        Err(e) => panic!("{e}"),
+    };
+    let ingress = Ingress::spawn(config).await;
+    let deadline = Instant::now() + for_at_least;
+    while Instant::now() < deadline {
+        let (status, _, _) = ingress.get("/readyz").await;
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "ready over a connection that must fail"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ingress.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_is_verified_tls_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path(), "good", &["server", "client"]);
+    pki(dir.path(), "other", &["stranger"]);
+    let p = |f: &str| dir.path().join(f);
+    let redis = TlsRedis::start(dir.path(), false);
+    redis.seed();
+
+    // With our CA: ready, and jobs are written.
+    serves(config(&redis.url(), Some(&p("good-ca.crt")), None), &redis).await;
+
+    // Another CA, no CA (the system's roots), a plaintext port: never ready.
+    let plain = RedisServer::start();
+    let plain_url = format!("rediss://127.0.0.1:{}", plain.port);
+    let wait = Duration::from_secs(3);
+    tokio::join!(
+        never_ready(config(&redis.url(), Some(&p("other-ca.crt")), None), wait),
+        never_ready(config(&redis.url(), None, None), wait),
+        never_ready(config(&plain_url, Some(&p("good-ca.crt")), None), wait),
+    );
+    // The server's name is checked: the certificate is for 127.0.0.1 and
+    // localhost, not for this name.
+    let reachable = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &p("good-ca.crt").display().to_string()])
+        .args(["-h", "127.0.0.2", "-p", &redis.port.to_string(), "PING"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&reachable.stdout).trim(),
+        "PONG",
+        "127.0.0.2 must reach the server (redis-cli checks no name)"
+    );
+    let wrong_name = format!("rediss://127.0.0.2:{}", redis.port);
+    never_ready(config(&wrong_name, Some(&p("good-ca.crt")), None), wait).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path(), "good", &["server", "client"]);
+    let p = |f: &str| dir.path().join(f);
+    let redis = TlsRedis::start(dir.path(), true);
+    redis.seed();
+    let (cert, key) = (p("client.crt"), p("client.key"));
+    serves(
+        config(&redis.url(), Some(&p("good-ca.crt")), Some((&cert, &key))),
+        &redis,
+    )
+    .await;
+    never_ready(
+        config(&redis.url(), Some(&p("good-ca.crt")), None),
+        Duration::from_secs(3),
+    )
+    .await;
+}
