@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     auth::{Authenticator, Credential},
@@ -24,6 +24,7 @@ use crate::{
     route::WebhookIndex,
     settings::{Settings, SharedSettings, restart_needed},
     sink::Sink,
+    tls::ListenerTls,
 };
 
 /// Everything a request needs, shared by all connections.
@@ -52,6 +53,8 @@ pub struct App {
     pub prometheus: Option<PrometheusHandle>,
     /// Sidecar upstream, when configured.
     pub proxy: Option<Proxy>,
+    /// The listener's TLS configuration, when it speaks TLS (reloaded on SIGHUP).
+    pub listener_tls: Option<ListenerTls>,
 }
 
 impl App {
@@ -60,6 +63,21 @@ impl App {
     /// they started with.
     pub fn reload(&self, new: &Config) {
         self.settings.store(Arc::new(Settings::from_config(new)));
+        if let (Some(in_use), Some(files)) = (&self.listener_tls, &new.server.tls) {
+            // New connections get the new certificate, open ones keep theirs.
+            // Files that do not load now (changed since they were checked)
+            // leave the one in use.
+            match crate::tls::server_config(&files.cert_file, &files.key_file) {
+                Ok(config) => {
+                    in_use.store(config);
+                    info!("listener certificate reloaded");
+                }
+                Err(e) => error!(
+                    error = %e,
+                    "listener certificate reload refused; keeping the one in use"
+                ),
+            }
+        }
         let restart = restart_needed(&self.boot, new);
         if restart.is_empty() {
             info!("configuration reloaded");

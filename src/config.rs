@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 pub const ENV_LISTEN: &str = "TETHER_INGRESS_LISTEN";
 /// Environment variable overriding `redis.url`.
 pub const ENV_REDIS_URL: &str = "TETHER_INGRESS_REDIS_URL";
+/// Environment variable overriding `server.tls.cert_file`.
+pub const ENV_TLS_CERT_FILE: &str = "TETHER_INGRESS_TLS_CERT_FILE";
+/// Environment variable overriding `server.tls.key_file`.
+pub const ENV_TLS_KEY_FILE: &str = "TETHER_INGRESS_TLS_KEY_FILE";
 /// Environment variable overriding `redis.tls.ca_file`.
 pub const ENV_REDIS_TLS_CA_FILE: &str = "TETHER_INGRESS_REDIS_TLS_CA_FILE";
 /// Environment variable overriding `redis.tls.cert_file`.
@@ -140,6 +144,23 @@ fn check_redis_url(url: &str) -> Result<(), String> {
         .map_err(|e| format!("is not a Redis URL: {}", e.details()))
 }
 
+/// The listener's `[server.tls]` files: both or neither, and they must load.
+fn check_server_tls(tls: &RawServerTls) -> Result<Option<ServerTlsConfig>, String> {
+    match (tls.cert_file.is_empty(), tls.key_file.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => {
+            let config = ServerTlsConfig {
+                cert_file: tls.cert_file.clone().into(),
+                key_file: tls.key_file.clone().into(),
+            };
+            crate::tls::server_config(&config.cert_file, &config.key_file)
+                .map_err(|e| format!("server.tls: {e}"))?;
+            Ok(Some(config))
+        }
+        _ => Err("server.tls: set cert_file and key_file together, or neither".into()),
+    }
+}
+
 /// The `[redis.tls]` files, checked against the URL: a `rediss://` URL gets
 /// a configuration that loads (CA file or system roots, the client pair
 /// whole); a plaintext URL gets none, since files it would ignore suggest
@@ -220,6 +241,18 @@ pub struct RawServer {
     /// Threads with a single-threaded runtime each that serve connections:
     /// `"auto"` (one per core), a count, or 0 (the shared runtime serves).
     pub serving_threads: RawThreads,
+    /// `[server.tls]`
+    pub tls: RawServerTls,
+}
+
+/// `[server.tls]` as written: the listener's PEM files; empty means plaintext.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServerTls {
+    /// Certificate chain, leaf first.
+    pub cert_file: String,
+    /// Private key.
+    pub key_file: String,
 }
 
 /// `server.serving_threads` as written: `"auto"` or a count.
@@ -252,6 +285,7 @@ impl Default for RawServer {
             body_read_timeout_ms: 30_000,
             connection_queue_timeout_ms: 1_000,
             serving_threads: RawThreads::default(),
+            tls: RawServerTls::default(),
         }
     }
 }
@@ -476,6 +510,12 @@ impl RawConfig {
         if let Some(v) = env(ENV_REDIS_URL) {
             self.redis.url = v;
         }
+        if let Some(v) = env(ENV_TLS_CERT_FILE) {
+            self.server.tls.cert_file = v;
+        }
+        if let Some(v) = env(ENV_TLS_KEY_FILE) {
+            self.server.tls.key_file = v;
+        }
         if let Some(v) = env(ENV_REDIS_TLS_CA_FILE) {
             self.redis.tls.ca_file = v;
         }
@@ -564,6 +604,10 @@ impl RawConfig {
         if let Err(problem) = check_redis_url(&r.url) {
             problems.push(format!("redis.url: {:?} {problem}", redact_url(&r.url)));
         }
+        let server_tls = check_server_tls(&s.tls).unwrap_or_else(|problem| {
+            problems.push(problem);
+            None
+        });
         let redis_tls = check_redis_tls(&r.url, &r.tls).unwrap_or_else(|problem| {
             problems.push(problem);
             RedisTlsConfig::default()
@@ -686,6 +730,7 @@ impl RawConfig {
                 body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
                 connection_queue_timeout: Duration::from_millis(s.connection_queue_timeout_ms),
                 serving_threads,
+                tls: server_tls,
             },
             redis: RedisConfig {
                 url: r.url.clone(),
@@ -795,6 +840,30 @@ pub struct ServerConfig {
     pub connection_queue_timeout: Duration,
     /// Where connections are served.
     pub serving_threads: ServingThreads,
+    /// `[server.tls]`: the listener speaks TLS only when set (written `""`
+    /// when not).
+    #[serde(serialize_with = "server_tls_or_empty")]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: the listener's certificate chain and key (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerTlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// Private key (its path, never its contents).
+    pub key_file: std::path::PathBuf,
+}
+
+fn server_tls_or_empty<S: serde::Serializer>(
+    tls: &Option<ServerTlsConfig>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let none = ServerTlsConfig {
+        cert_file: std::path::PathBuf::new(),
+        key_file: std::path::PathBuf::new(),
+    };
+    tls.as_ref().unwrap_or(&none).serialize(s)
 }
 
 /// Where connections are served (`server.serving_threads`).

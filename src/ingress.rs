@@ -34,6 +34,9 @@ pub enum StartError {
     /// The spool directory could not be opened.
     #[error("spool: {0}")]
     Spool(#[from] spool::SpoolError),
+    /// The listener's certificate or key could not be loaded.
+    #[error("server.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Builds the shared state and starts the replica task.
@@ -42,6 +45,13 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     // Before any metric handle is registered, or it binds to the no-op recorder.
     let prometheus = metrics::install();
     let target = redis::Target::of(&config.redis)?;
+    let listener_tls = match &config.server.tls {
+        Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(crate::tls::server_config(
+            &files.cert_file,
+            &files.key_file,
+        )?))),
+        None => None,
+    };
     let keys = Arc::new(KeyTable::new(&config.redis.key_prefix));
     let triggers = Arc::new(WebhookIndex::new(&config.redis.key_prefix));
     let outreach_configs = Arc::new(OutreachConfigs::new(&config.redis.key_prefix));
@@ -91,10 +101,12 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         request_ids: response::RequestIds::new(),
         metrics: Handles::register(),
         prometheus,
+        listener_tls,
         proxy: config.upstream.url.as_ref().and_then(|url| {
             proxy::Proxy::new(&proxy::ProxySettings {
                 url: url.clone(),
                 connect_timeout: config.upstream.connect_timeout,
+                downstream_tls: config.server.tls.is_some(),
             })
         }),
     });
@@ -184,6 +196,7 @@ pub async fn run_with_reloads(
         config.server.max_connections.get(),
         background.cores(),
         app.settings.clone(),
+        app.listener_tls.clone(),
         shutdown,
     )
     .await;

@@ -70,6 +70,8 @@ pub struct ProxySettings {
     pub url: Uri,
     /// Connect deadline.
     pub connect_timeout: Duration,
+    /// True when the listener speaks TLS: `X-Forwarded-Proto: https`.
+    pub downstream_tls: bool,
 }
 
 /// The pooled client in front of the upstream.
@@ -78,6 +80,8 @@ pub struct Proxy {
     scheme: Scheme,
     authority: Authority,
     connect_timeout: Duration,
+    /// `X-Forwarded-Proto` when the caller sent none.
+    forwarded_proto: HeaderValue,
 }
 
 /// One downstream connection's own keep-alive connection to the upstream.
@@ -167,6 +171,11 @@ impl Proxy {
             scheme: parts.scheme?,
             authority: parts.authority?,
             connect_timeout: settings.connect_timeout,
+            forwarded_proto: HeaderValue::from_static(if settings.downstream_tls {
+                "https"
+            } else {
+                "http"
+            }),
         })
     }
 
@@ -214,7 +223,7 @@ impl Proxy {
         if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
             parts
                 .headers
-                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+                .insert(X_FORWARDED_PROTO, self.forwarded_proto.clone());
         }
         let mut uri = Uri::builder()
             .scheme(self.scheme.clone())

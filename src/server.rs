@@ -10,8 +10,10 @@
 //! - hyper keeps a silent connection open forever and has no header timeout on
 //!   HTTP/2, so every connection must send a byte within `first_byte_timeout`;
 //!   HTTP/1 heads (and idle keep-alives) are bounded by `header_read_timeout`.
-//! - It is served (HTTP/1.1 or h2c, with upgrades for the proxy's WebSocket)
-//!   until it closes or shutdown asks it to finish.
+//! - With `[server.tls]`, the TLS handshake must finish within
+//!   `header_read_timeout` too (rustls; ALPN picks HTTP/2 or HTTP/1.1).
+//! - It is served (HTTP/1.1 or HTTP/2, h2c in plaintext, with upgrades for the
+//!   proxy's WebSocket) until it closes or shutdown asks it to finish.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -29,6 +31,7 @@ use crate::{
     metrics as m,
     service::Svc,
     settings::{Settings, SharedSettings},
+    tls::ListenerTls,
 };
 
 /// A connection builder with the current settings (built per connection, so a
@@ -55,6 +58,7 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
 /// at most `shutdown_grace`. Returns true when every connection finished.
 /// With `cores` (the serving threads' runtimes, [`crate::cores`]) each
 /// connection is served on one of them; without, on the current runtime.
+/// With `tls` the listener speaks TLS only.
 ///
 /// Connections are served with upgrade support (WebSocket through the proxy),
 /// so the drain is done here: each connection watches a shutdown signal and
@@ -66,6 +70,7 @@ pub async fn serve(
     max_connections: usize,
     cores: &[tokio::runtime::Handle],
     settings: SharedSettings,
+    tls: Option<ListenerTls>,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
     let permits = Arc::new(Semaphore::new(max_connections));
@@ -131,7 +136,9 @@ pub async fn serve(
         let current = settings.load();
         let builder = builder(&current);
         let first_byte = current.first_byte_timeout;
+        let handshake_timeout = current.header_read_timeout;
         drop(current);
+        let tls = tls.clone();
         let svc = svc.for_peer(peer);
         let open = open.clone();
         let silent = silent.clone();
@@ -165,26 +172,86 @@ pub async fn serve(
                 },
                 _ = stop.changed() => return,
             }
-            open.increment(1.0);
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match &tls {
+                None => {
+                    open.increment(1.0);
+                    serve_io(&builder, TokioIo::new(stream), svc, &mut stop).await;
+                    open.decrement(1.0);
                 }
-            };
-            if let Err(e) = result {
-                debug!(error = %e, "connection ended with an error");
+                // Boxed: the TLS state stays out of plaintext connections' futures.
+                Some(config) => {
+                    Box::pin(serve_tls(
+                        &builder,
+                        config.load_full(),
+                        stream,
+                        svc,
+                        &mut stop,
+                        handshake_timeout,
+                        &open,
+                    ))
+                    .await;
+                }
             }
-            open.decrement(1.0);
         });
     }
     drop(listener);
     drain(stop_tx, permits, max_connections, &settings).await
+}
+
+/// Serves one connection's HTTP until it closes, or until `stop` asks it to
+/// finish what it has in flight.
+async fn serve_io<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    svc: Svc,
+    stop: &mut watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The TLS handshake, under the same deadline as an HTTP/1 head (a client
+/// that opens TLS and stalls is closed like a plaintext one), then HTTP over
+/// it: HTTP/2 or HTTP/1.1 as ALPN chose.
+async fn serve_tls(
+    builder: &auto::Builder<TokioExecutor>,
+    config: Arc<rustls::ServerConfig>,
+    stream: tokio::net::TcpStream,
+    svc: Svc,
+    stop: &mut watch::Receiver<bool>,
+    handshake_timeout: Duration,
+    open: &metrics::Gauge,
+) {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let stream = tokio::select! {
+        r = tokio::time::timeout(handshake_timeout, accept) => match r {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!("TLS handshake not finished in time; closing");
+                return;
+            }
+        },
+        _ = stop.changed() => return,
+    };
+    open.increment(1.0);
+    serve_io(builder, TokioIo::new(stream), svc, stop).await;
+    open.decrement(1.0);
 }
 
 /// An accepted connection, moved to another runtime as a std socket.

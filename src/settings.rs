@@ -131,6 +131,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.redis.max_pending_commands != new.redis.max_pending_commands {
         out.push("redis.max_pending_commands");
     }
+    if running.server.tls.is_some() != new.server.tls.is_some() {
+        out.push("server.tls (on or off)");
+    }
     if running.upstream.url != new.upstream.url {
         out.push("upstream.url");
     }

@@ -1,10 +1,16 @@
-//! TLS for the connections the ingress opens (Redis): a rustls client
-//! configuration (ring provider, TLS 1.2 and 1.3) built from PEM files. The
-//! server is verified against the CA file when one is given, else against
-//! the system's roots, and its name against the URL's host; a client
-//! certificate and key are presented when given (mutual TLS). A leaf: it
-//! imports nothing of the crate, so the configuration can check the files
-//! at start and the Redis module can use them.
+//! TLS with rustls (ring provider, TLS 1.2 and 1.3 only), configured from
+//! PEM files.
+//!
+//! - [`server_config`]: the listener's certificate chain and key, ALPN `h2`
+//!   then `http/1.1`.
+//! - [`client_config`]: connections the ingress opens (Redis). The server is
+//!   verified against the CA file when one is given, else against the
+//!   system's roots, and its name against the URL's host; a client
+//!   certificate and key are presented when given (mutual TLS).
+//!
+//! A leaf: it imports nothing of the crate, so the configuration can check
+//! the files at start and on reload, and the server and the Redis module can
+//! use them.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,9 +18,13 @@ use std::{
 };
 
 use rustls::{
-    ClientConfig, RootCertStore,
+    ClientConfig, RootCertStore, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
+
+/// The listener's TLS configuration, swapped whole when SIGHUP brings a new
+/// certificate: each new connection takes the one in place when it starts.
+pub type ListenerTls = Arc<arc_swap::ArcSwap<ServerConfig>>;
 
 /// Why a TLS configuration could not be built. Messages name files, never
 /// their contents.
@@ -87,6 +97,20 @@ pub fn client_config(files: ClientFiles<'_>) -> Result<Arc<ClientConfig>, TlsErr
             .map_err(|e| TlsError::Rustls(format!("client certificate and key: {e}")))?,
         None => builder.with_no_client_auth(),
     };
+    Ok(Arc::new(config))
+}
+
+/// The listener's configuration: `cert` (PEM chain, leaf first) and `key`
+/// (PEM private key), ALPN `h2` and `http/1.1`.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certificates("certificate file", cert)?, private_key(key)?)
+            .map_err(|e| TlsError::Rustls(format!("certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod tls;
 pub mod upstream;
 
 use bytes::Bytes;
@@ -333,6 +334,14 @@ impl Ingress {
             "ingress did not become ready"
         );
         (s, reload_tx)
+    }
+
+    /// Starts without waiting for readiness, and returns the sender of reloads.
+    pub async fn spawn_reloadable(
+        config: Config,
+    ) -> (Self, futures::channel::mpsc::UnboundedSender<Config>) {
+        let (reload_tx, reload_rx) = futures::channel::mpsc::unbounded();
+        (Self::spawn_with(config, reload_rx).await, reload_tx)
     }
 
     /// Starts without waiting for readiness.
