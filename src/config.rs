@@ -30,6 +30,8 @@ pub const ENV_REDIS_TLS_CA_FILE: &str = "TETHER_INGRESS_REDIS_TLS_CA_FILE";
 pub const ENV_REDIS_TLS_CERT_FILE: &str = "TETHER_INGRESS_REDIS_TLS_CERT_FILE";
 /// Environment variable overriding `redis.tls.key_file`.
 pub const ENV_REDIS_TLS_KEY_FILE: &str = "TETHER_INGRESS_REDIS_TLS_KEY_FILE";
+/// Environment variable overriding `upstream.ca_file`.
+pub const ENV_UPSTREAM_CA_FILE: &str = "TETHER_INGRESS_UPSTREAM_CA_FILE";
 /// Environment variable overriding `upstream.url`.
 pub const ENV_UPSTREAM_URL: &str = "TETHER_INGRESS_UPSTREAM_URL";
 /// Environment variable overriding `auth.jwt_secret`.
@@ -375,6 +377,8 @@ pub struct RawUpstream {
     pub connect_timeout_ms: u64,
     /// Response head deadline, ms.
     pub response_timeout_ms: u64,
+    /// PEM CA an `https://` upstream must chain to; empty: the system's roots.
+    pub ca_file: String,
 }
 
 impl Default for RawUpstream {
@@ -383,6 +387,7 @@ impl Default for RawUpstream {
             url: String::new(),
             connect_timeout_ms: 2_000,
             response_timeout_ms: 30_000,
+            ca_file: String::new(),
         }
     }
 }
@@ -528,6 +533,9 @@ impl RawConfig {
         if let Some(v) = env(ENV_UPSTREAM_URL) {
             self.upstream.url = v;
         }
+        if let Some(v) = env(ENV_UPSTREAM_CA_FILE) {
+            self.upstream.ca_file = v;
+        }
         if let Some(v) = env(ENV_JWT_SECRET) {
             self.auth.jwt_secret = Secret::new(v);
         }
@@ -636,16 +644,37 @@ impl RawConfig {
             None
         } else {
             match self.upstream.url.parse::<http::Uri>() {
-                Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Some(u),
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some() =>
+                {
+                    Some(u)
+                }
                 _ => {
                     problems.push(format!(
-                        "upstream.url: {:?} must be an http:// URL like http://127.0.0.1:2212",
+                        "upstream.url: {:?} must be an http:// or https:// URL like http://127.0.0.1:2212",
                         self.upstream.url
                     ));
                     None
                 }
             }
         };
+        let upstream_ca_file = (!self.upstream.ca_file.is_empty())
+            .then(|| std::path::PathBuf::from(&self.upstream.ca_file));
+        match upstream.as_ref().map(|u| u.scheme_str() == Some("https")) {
+            Some(true) => {
+                let files = crate::tls::ClientFiles {
+                    ca: upstream_ca_file.as_deref(),
+                    identity: None,
+                };
+                if let Err(e) = crate::tls::client_config(files) {
+                    problems.push(format!("upstream.ca_file: {e}"));
+                }
+            }
+            _ if upstream_ca_file.is_some() => problems
+                .push("upstream.ca_file: set, but upstream.url is not an https:// URL".into()),
+            _ => {}
+        }
         for (name, ms) in [
             (
                 "upstream.connect_timeout_ms",
@@ -750,6 +779,7 @@ impl RawConfig {
             },
             upstream: UpstreamConfig {
                 url: upstream,
+                ca_file: upstream_ca_file,
                 connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
                 response_timeout: Duration::from_millis(self.upstream.response_timeout_ms),
             },
@@ -966,6 +996,9 @@ pub struct UpstreamConfig {
     /// Upstream response head deadline.
     #[serde(rename = "response_timeout_ms", with = "as_ms")]
     pub response_timeout: Duration,
+    /// CA an `https://` upstream must chain to; `None`: the system's roots.
+    #[serde(serialize_with = "path_or_empty")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `[auth]`: JWT verification and fail-closed.

@@ -34,8 +34,8 @@ pub enum StartError {
     /// The spool directory could not be opened.
     #[error("spool: {0}")]
     Spool(#[from] spool::SpoolError),
-    /// The listener's certificate or key could not be loaded.
-    #[error("server.tls: {0}")]
+    /// A certificate, key or CA file could not be loaded.
+    #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
 }
 
@@ -45,6 +45,15 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     // Before any metric handle is registered, or it binds to the no-op recorder.
     let prometheus = metrics::install();
     let target = redis::Target::of(&config.redis)?;
+    let upstream_tls = match &config.upstream.url {
+        Some(url) if url.scheme_str() == Some("https") => {
+            Some(crate::tls::client_config(crate::tls::ClientFiles {
+                ca: config.upstream.ca_file.as_deref(),
+                identity: None,
+            })?)
+        }
+        _ => None,
+    };
     let listener_tls = match &config.server.tls {
         Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(crate::tls::server_config(
             &files.cert_file,
@@ -107,6 +116,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
                 url: url.clone(),
                 connect_timeout: config.upstream.connect_timeout,
                 downstream_tls: config.server.tls.is_some(),
+                tls: upstream_tls.clone(),
             })
         }),
     });

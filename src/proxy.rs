@@ -15,6 +15,10 @@
 //!   connection has an upstream connection of its own ([`Lane`]), and a
 //!   shared pool serves concurrent HTTP/2 streams and upgrades. No response
 //!   head within the response timeout: 504; upstream unreachable: 502.
+//! - An `https://` upstream is reached over TLS through the pool, its
+//!   certificate verified against `upstream.ca_file` or the system's roots
+//!   and its name against the URL's host (sent as SNI); one that does not
+//!   verify gets 502, never an unverified connection.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -72,11 +76,35 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// True when the listener speaks TLS: `X-Forwarded-Proto: https`.
     pub downstream_tls: bool,
+    /// TLS towards an `https://` upstream (its CA, or the system's roots).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// The upstream's connection pool: plain TCP, or TLS for an `https://` one.
+enum Pool {
+    Plain(Client<HttpConnector, UpstreamBody>),
+    Tls(Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>),
+}
+
+impl Pool {
+    async fn request(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            Pool::Plain(client) => client.request(req).await,
+            Pool::Tls(client) => client.request(req).await,
+        }
+    }
 }
 
 /// The pooled client in front of the upstream.
 pub struct Proxy {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Pool,
+    /// Whether downstream connections get upstream connections of their own
+    /// ([`Lane`]): plaintext upstreams only; an `https://` one is reached
+    /// through the pool.
+    lanes: bool,
     scheme: Scheme,
     authority: Authority,
     connect_timeout: Duration,
@@ -157,17 +185,32 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Builds the client; the URL must be `http://host[:port]`.
+    /// Builds the client; the URL must be `http://host[:port]`, or
+    /// `https://host[:port]` with `settings.tls`.
     pub fn new(settings: &ProxySettings) -> Option<Self> {
         let parts = settings.url.clone().into_parts();
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60));
+        let client = match &settings.tls {
+            None => Pool::Plain(builder.build(connector)),
+            Some(tls) => {
+                connector.enforce_http(false);
+                // The server is verified against `tls`'s roots and the
+                // URL's host (also sent as SNI); never without.
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.as_ref().clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Pool::Tls(builder.build(https))
+            }
+        };
         Some(Self {
             client,
+            lanes: settings.tls.is_none(),
             scheme: parts.scheme?,
             authority: parts.authority?,
             connect_timeout: settings.connect_timeout,
@@ -237,7 +280,7 @@ impl Proxy {
 
         let sent = async {
             match lane {
-                Some(lane) if !upgrade => self.via_lane(lane, out).await,
+                Some(lane) if !upgrade && self.lanes => self.via_lane(lane, out).await,
                 _ => self.client.request(out).await.map_err(Into::into),
             }
         };

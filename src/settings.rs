@@ -137,6 +137,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.upstream.url != new.upstream.url {
         out.push("upstream.url");
     }
+    if running.upstream.ca_file != new.upstream.ca_file {
+        out.push("upstream.ca_file");
+    }
     if running.upstream.connect_timeout != new.upstream.connect_timeout {
         out.push("upstream.connect_timeout_ms");
     }
