@@ -255,3 +255,213 @@ fn a_listener_certificate_that_does_not_load_stops_the_start() {
         assert!(err.contains("server.tls"), "{err}");
     }
 }
+
+/// A TLS connection to the listener, trusting `ca`.
+async fn tls_connect(
+    port: u16,
+    ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = tether_ingress::tls::client_config(tether_ingress::tls::ClientFiles {
+        ca: Some(ca),
+        identity: None,
+    })
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// The plaintext listener's hostile-input cases (tests/protect.rs), over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_over_tls_gets_the_same_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, "good", &["server"]);
+    install(d, "server");
+    let ca = d.join("good-ca.crt");
+    let (redis, r) = redis_with_key_and_trigger(TEST_KEY, &["wf_a"]).await;
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.server.first_byte_timeout_ms = 2_000;
+    raw.server.header_read_timeout_ms = 2_000;
+    raw.server.body_read_timeout_ms = 300;
+    raw.server.tls.cert_file = d.join("listener.crt").display().to_string();
+    raw.server.tls.key_file = d.join("listener.key").display().to_string();
+    let ingress = Ingress::spawn(raw.validate().unwrap()).await;
+    let port = ingress.addr.port();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(ca.clone(), vec![format!("https://localhost:{port}/readyz")])
+        .await
+        .0
+        != "200"
+    {
+        assert!(Instant::now() < deadline, "not ready over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A head over server.max_header_bytes: the JSON 431.
+    let mut s = tls_connect(port, &ca).await;
+    let filler = "a".repeat(20_000);
+    s.write_all(
+        format!(
+            "POST /api/webhook/workflow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TEST_KEY}\r\nx-filler: {filler}\r\ncontent-length: 2\r\n\r\n{{}}"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, head, body) = read_response(&mut s).await;
+    assert_eq!(status, 431, "{head}");
+    assert!(body.contains("HEADERS_TOO_LARGE"), "{body}");
+    // A body that stops arriving: 408 once the body deadline passes.
+    let mut s = tls_connect(port, &ca).await;
+    s.write_all(
+        format!(
+            "POST /api/webhook/workflow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TEST_KEY}\r\ncontent-length: 100\r\n\r\n{{\"webhookId\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, head, body) = read_response(&mut s).await;
+    assert_eq!(status, 408, "{head}");
+    assert!(body.contains("BODY_TIMEOUT"), "{body}");
+
+    // Idle TCP connections, half-open handshakes and trickled heads over
+    // TLS: everybody else is served, and the server closes all of them.
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut hostile = Vec::new();
+    for i in 0..150 {
+        let closed = closed.clone();
+        let ca = ca.clone();
+        hostile.push(tokio::spawn(async move {
+            let mut b = [0u8; 64];
+            match i % 3 {
+                0 => {
+                    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .unwrap();
+                    let _ = s.read(&mut b).await;
+                }
+                1 => {
+                    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .unwrap();
+                    let _ = s.write_all(&[0x16, 0x03, 0x01, 0x00]).await;
+                    let _ = s.read(&mut b).await;
+                }
+                _ => {
+                    let mut s = tls_connect(port, &ca).await;
+                    let _ = s
+                        .write_all(b"POST /api/webhook/workflow HTTP/1.1\r\n")
+                        .await;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if s.write_all(b"x-slow: 1\r\n").await.is_err() {
+                            break;
+                        }
+                        if s.flush().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            closed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }));
+    }
+    let normal: Vec<_> = (0..50)
+        .map(|_| {
+            let ca = ca.clone();
+            tokio::spawn(async move {
+                let tls = tls_connect(port, &ca).await;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let req = http::Request::post("/api/webhook/workflow")
+                    .header("host", "localhost")
+                    .header("authorization", format!("Bearer {TEST_KEY}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        br#"{"webhookId":"wh_1"}"#,
+                    )))
+                    .unwrap();
+                sender.send_request(req).await.unwrap().status()
+            })
+        })
+        .collect();
+    for t in normal {
+        assert_eq!(t.await.unwrap(), http::StatusCode::ACCEPTED);
+    }
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 50);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            closed.load(std::sync::atomic::Ordering::Acquire) == 150
+        })
+        .await,
+        "only {} of 150 hostile connections closed",
+        closed.load(std::sync::atomic::Ordering::Acquire)
+    );
+}
+
+/// The same swap through the binary's own SIGHUP handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_makes_the_binary_serve_the_new_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, "good", &["server", "server2"]);
+    install(d, "server");
+    let ca = d.join("good-ca.crt");
+    let redis = RedisServer::start();
+    let ingress = IngressProcess::spawn(&[
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        (
+            "TETHER_INGRESS_TLS_CERT_FILE",
+            d.join("listener.crt").display().to_string(),
+        ),
+        (
+            "TETHER_INGRESS_TLS_KEY_FILE",
+            d.join("listener.key").display().to_string(),
+        ),
+    ]);
+    let port = ingress.addr.port();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(
+        ca.clone(),
+        vec![format!("https://localhost:{port}/healthz")],
+    )
+    .await
+    .0 != "200"
+    {
+        assert!(Instant::now() < deadline, "the binary never served HTTPS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (first, second) = (
+        serial_of(&d.join("server.crt")),
+        serial_of(&d.join("server2.crt")),
+    );
+    assert_eq!(served_serial(port).await, first);
+    install(d, "server2");
+    let pid = ingress.pid();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served_serial(port).await != second {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not bring the new certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
