@@ -89,34 +89,13 @@ def main():
     redis, redis_port, work = run.seeded_redis(10000)
     certificates(work)
     plain_port, tls_port, nginx_port, nginx_202 = (run.free_port() for _ in range(4))
+    with open(os.path.join(HERE, "..", "nginx", "tls-front.conf")) as f:
+        conf = f.read()
+    for name, value in (("WORK", work), ("PLAIN_PORT", plain_port), ("NGINX_PORT", nginx_port),
+                        ("NGINX_202", nginx_202)):
+        conf = conf.replace(f"@{name}@", str(value))
     with open(os.path.join(work, "nginx.conf"), "w") as f:
-        f.write(f"""worker_processes auto;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    ssl_certificate {work}/server.crt;
-    ssl_certificate_key {work}/server.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache off;
-    ssl_session_tickets off;
-    upstream ingress {{ server 127.0.0.1:{plain_port}; keepalive 128; }}
-    server {{
-        listen 127.0.0.1:{nginx_port} ssl;
-        location / {{
-            proxy_pass http://ingress;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-        }}
-    }}
-    server {{
-        listen 127.0.0.1:{nginx_202} ssl;
-        location / {{ return 202; }}
-    }}
-}}
-""")
+        f.write(conf)
     procs = []
     results = {k: [] for k in ("plain", "tls", "nginx", "hs_ingress", "hs_nginx")}
     try:
