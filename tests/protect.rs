@@ -139,6 +139,49 @@ async fn twenty_concurrent_duplicates_write_once_and_get_one_answer() {
     assert_eq!(xlen(&r, "tether:jobs:workflow").await, 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_across_two_instances_write_once() {
+    // Two ingress instances on one Redis, as behind a load balancer.
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    let a = std::sync::Arc::new(Ingress::start_with(raw_for(&redis).validate().unwrap()).await);
+    let b = std::sync::Arc::new(Ingress::start_with(raw_for(&redis).validate().unwrap()).await);
+    let body = r#"{"webhookId":"wh_1","lead":7}"#;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let ingress = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                ingress
+                    .request(post(&ingress, KEY, Some("lead-7-both"), body))
+                    .await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    // One request, on one of the two, did the work: two workflows, two entries.
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 2);
+    let originals = answers
+        .iter()
+        .filter(|(_, h, _)| !h.contains_key("idempotent-replayed"))
+        .count();
+    assert_eq!(originals, 1, "one original answer across both instances");
+    let id = &answers
+        .iter()
+        .find(|(_, h, _)| !h.contains_key("idempotent-replayed"))
+        .unwrap()
+        .1["x-request-id"];
+    for (s, h, _) in &answers {
+        assert_eq!(*s, StatusCode::ACCEPTED);
+        assert_eq!(
+            &h["x-request-id"], id,
+            "every duplicate gets the first answer"
+        );
+    }
+}
+
 #[tokio::test]
 async fn idempotent_requests_need_redis_and_say_so() {
     let mut redis = RedisServer::start();
