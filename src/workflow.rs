@@ -36,60 +36,51 @@ impl Webhook for Workflow {
         false
     }
 
-    fn accept(
-        &self,
-        ctx: &Ctx<'_>,
-        body: BytesMut,
-    ) -> impl std::future::Future<Output = Result<(StatusCode, Bytes), Reject>> + Send {
-        accept(ctx, body)
-    }
-}
-
-/// The route's work on an authenticated request's body: parse, match in the
-/// caller's org, store one job per match; returns the status and body to
-/// send.
-async fn accept(ctx: &Ctx<'_>, body: BytesMut) -> Result<(StatusCode, Bytes), Reject> {
-    let Ctx {
-        app,
-        principal,
-        request_id,
-        settings,
-    } = *ctx;
-    let received_at = now_ms();
-    let envelope = parse_envelope(body)?;
-    let workflows = app
-        .triggers
-        .lookup(principal.org_id.as_str(), envelope.webhook_id.as_str());
-    let matched = workflows.as_ref().map_or(0, |w| w.len());
-    if let Some(workflows) = workflows {
-        let mut digits = [0u8; 20];
-        let jobs = WorkflowJobs {
-            workflows,
-            org_id: principal.org_id.bytes().clone(),
-            user_id: principal.user_id.bytes().clone(),
-            webhook_id: envelope.webhook_id.bytes().clone(),
-            payload: envelope.payload.clone(),
-            received_at: Bytes::copy_from_slice(decimal(received_at, &mut digits)),
-            request_id: Bytes::copy_from_slice(request_id.as_bytes()),
-        };
-        let started = std::time::Instant::now();
-        match app.sink.enqueue(&jobs, settings).await {
-            Ok(Stored::Spooled) => {}
-            Ok(Stored::Redis) => {
-                app.metrics
-                    .sink_duration
-                    .record(started.elapsed().as_secs_f64());
-                app.metrics.sink_batch.record(jobs.len() as f64);
-                app.metrics.jobs_workflow.increment(jobs.len() as u64);
-            }
-            Err(e) => {
-                metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => e.reason()).increment(1);
-                return Err(Reject::Unavailable(e));
+    /// Parse, match in the caller's org, store one job per match; returns
+    /// the status and body to send.
+    async fn accept(&self, ctx: &Ctx<'_>, body: BytesMut) -> Result<(StatusCode, Bytes), Reject> {
+        let Ctx {
+            app,
+            principal,
+            request_id,
+            settings,
+        } = *ctx;
+        let received_at = now_ms();
+        let envelope = parse_envelope(body)?;
+        let workflows = app
+            .triggers
+            .lookup(principal.org_id.as_str(), envelope.webhook_id.as_str());
+        let matched = workflows.as_ref().map_or(0, |w| w.len());
+        if let Some(workflows) = workflows {
+            let mut digits = [0u8; 20];
+            let jobs = WorkflowJobs {
+                workflows,
+                org_id: principal.org_id.bytes().clone(),
+                user_id: principal.user_id.bytes().clone(),
+                webhook_id: envelope.webhook_id.bytes().clone(),
+                payload: envelope.payload.clone(),
+                received_at: Bytes::copy_from_slice(decimal(received_at, &mut digits)),
+                request_id: Bytes::copy_from_slice(request_id.as_bytes()),
+            };
+            let started = std::time::Instant::now();
+            match app.sink.enqueue(&jobs, settings).await {
+                Ok(Stored::Spooled) => {}
+                Ok(Stored::Redis) => {
+                    app.metrics
+                        .sink_duration
+                        .record(started.elapsed().as_secs_f64());
+                    app.metrics.sink_batch.record(jobs.len() as f64);
+                    app.metrics.jobs_workflow.increment(jobs.len() as u64);
+                }
+                Err(e) => {
+                    metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => e.reason()).increment(1);
+                    return Err(Reject::Unavailable(e));
+                }
             }
         }
+        Ok((
+            StatusCode::ACCEPTED,
+            workflow_accepted(&envelope.webhook_id_json, matched),
+        ))
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        workflow_accepted(&envelope.webhook_id_json, matched),
-    ))
 }

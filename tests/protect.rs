@@ -54,6 +54,26 @@ fn post(
 
 // === Idempotency-Key ===
 
+/// Sends 20 concurrent duplicates with one Idempotency-Key, dealt to
+/// `instances` in turn; returns every answer.
+async fn twenty_duplicates(
+    instances: &[std::sync::Arc<Ingress>],
+    key: &'static str,
+    body: &'static str,
+) -> Vec<(StatusCode, http::HeaderMap, Bytes)> {
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let ingress = instances[i % instances.len()].clone();
+            tokio::spawn(async move { ingress.request(post(&ingress, KEY, Some(key), body)).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_duplicates_write_once_and_get_one_answer() {
     let redis = RedisServer::start();
@@ -61,20 +81,7 @@ async fn twenty_concurrent_duplicates_write_once_and_get_one_answer() {
     let ingress =
         std::sync::Arc::new(Ingress::start_with(raw_for(&redis).validate().unwrap()).await);
     let body = r#"{"webhookId":"wh_1","lead":42}"#;
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let ingress = ingress.clone();
-            tokio::spawn(async move {
-                ingress
-                    .request(post(&ingress, KEY, Some("lead-42"), body))
-                    .await
-            })
-        })
-        .collect();
-    let mut answers = Vec::new();
-    for t in tasks {
-        answers.push(t.await.unwrap());
-    }
+    let answers = twenty_duplicates(std::slice::from_ref(&ingress), "lead-42", body).await;
     // Exactly one request did the work: two workflows, two entries.
     assert_eq!(xlen(&r, "tether:jobs:workflow").await, 2);
     let first: Vec<_> = answers
@@ -147,20 +154,7 @@ async fn duplicates_across_two_instances_write_once() {
     let a = std::sync::Arc::new(Ingress::start_with(raw_for(&redis).validate().unwrap()).await);
     let b = std::sync::Arc::new(Ingress::start_with(raw_for(&redis).validate().unwrap()).await);
     let body = r#"{"webhookId":"wh_1","lead":7}"#;
-    let tasks: Vec<_> = (0..20)
-        .map(|i| {
-            let ingress = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tokio::spawn(async move {
-                ingress
-                    .request(post(&ingress, KEY, Some("lead-7-both"), body))
-                    .await
-            })
-        })
-        .collect();
-    let mut answers = Vec::new();
-    for t in tasks {
-        answers.push(t.await.unwrap());
-    }
+    let answers = twenty_duplicates(&[a, b], "lead-7-both", body).await;
     // One request, on one of the two, did the work: two workflows, two entries.
     assert_eq!(xlen(&r, "tether:jobs:workflow").await, 2);
     let originals = answers

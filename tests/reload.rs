@@ -146,15 +146,7 @@ async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
         })
         .await
     );
-    let hup = |pid: u32| {
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
+    let hup = |pid: u32| signal(pid, "HUP");
 
     std::fs::write(&file, "[server]\nmax_body_bytes = 100\n").unwrap();
     hup(child.id());
@@ -179,13 +171,7 @@ async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
     });
     assert_eq!(post(50).await, StatusCode::ACCEPTED);
     assert_eq!(post(500).await, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(child.id(), "TERM");
     assert!(refused.await.unwrap(), "no log line for the refused reload");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);

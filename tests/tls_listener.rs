@@ -448,14 +448,7 @@ async fn sighup_makes_the_binary_serve_the_new_certificate() {
     );
     assert_eq!(served_serial(port).await, first);
     install(d, "server2");
-    let pid = ingress.pid();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(ingress.pid(), "HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
     while served_serial(port).await != second {
         assert!(

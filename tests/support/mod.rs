@@ -716,3 +716,12 @@ where
         .unwrap_or(0);
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
+
+/// Sends signal `name` (`HUP`, `TERM`) to process `pid` with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid}");
+}
