@@ -55,3 +55,25 @@ ensure_openssl() {
     echo "openssl is not installed: install it, then run this again" >&2
     exit 1
 }
+
+# node and npm, and the Node packages the tests run (real BullMQ Workers of
+# both majors, ioredis), installed from tests/node/package-lock.json.
+ensure_node_packages() {
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+            echo "node/npm are missing: installing them with apt-get" >&2
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq >&2 && apt-get install -y -qq nodejs npm >&2
+        else
+            echo "node and npm are not installed: install Node.js 18 or later, then run this again" >&2
+            exit 1
+        fi
+    fi
+    local dir=tests/node
+    # Reinstall only when the lock file changed since the last install.
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] \
+        || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        echo "installing the tests' Node packages (npm ci in $dir)" >&2
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2
+    fi
+}

@@ -40,6 +40,16 @@ pub const ENV_JWT_SECRET: &str = "TETHER_INGRESS_JWT_SECRET";
 pub const ENV_JWT_SECRET_FILE: &str = "TETHER_INGRESS_JWT_SECRET_FILE";
 /// Environment variable overriding `spool.dir`.
 pub const ENV_SPOOL_DIR: &str = "TETHER_INGRESS_SPOOL_DIR";
+/// Environment variable overriding `sink.kind`.
+pub const ENV_SINK: &str = "TETHER_INGRESS_SINK";
+/// Environment variable overriding `bullmq.prefix`.
+pub const ENV_BULLMQ_PREFIX: &str = "TETHER_INGRESS_BULLMQ_PREFIX";
+/// Environment variable overriding `bullmq.workflow_queue`.
+pub const ENV_BULLMQ_WORKFLOW_QUEUE: &str = "TETHER_INGRESS_BULLMQ_WORKFLOW_QUEUE";
+/// Environment variable overriding `bullmq.outreach_queue`.
+pub const ENV_BULLMQ_OUTREACH_QUEUE: &str = "TETHER_INGRESS_BULLMQ_OUTREACH_QUEUE";
+/// Environment variable overriding `bullmq.job_options`.
+pub const ENV_BULLMQ_JOB_OPTIONS: &str = "TETHER_INGRESS_BULLMQ_JOB_OPTIONS";
 /// Environment variable overriding `log.level`.
 pub const ENV_LOG: &str = "TETHER_INGRESS_LOG";
 /// Environment variable overriding `log.format`.
@@ -202,6 +212,10 @@ pub struct RawConfig {
     pub redis: RawRedis,
     /// `[streams]`
     pub streams: RawStreams,
+    /// `[sink]`
+    pub sink: RawSink,
+    /// `[bullmq]`
+    pub bullmq: RawBullmq,
     /// `[upstream]`
     pub upstream: RawUpstream,
     /// `[auth]`
@@ -363,6 +377,53 @@ impl Default for RawStreams {
             workflow: "tether:jobs:workflow".into(),
             outreach: "tether:jobs:outreach".into(),
             maxlen: 1_000_000,
+        }
+    }
+}
+
+/// `[sink]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSink {
+    /// `streams` or `bullmq`.
+    pub kind: String,
+}
+
+impl Default for RawSink {
+    fn default() -> Self {
+        Self {
+            kind: "streams".into(),
+        }
+    }
+}
+
+/// `[bullmq]` as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawBullmq {
+    /// Key prefix of every queue (BullMQ's `prefix` option).
+    pub prefix: String,
+    /// Queue of the workflow jobs.
+    pub workflow_queue: String,
+    /// Queue of the outreach jobs.
+    pub outreach_queue: String,
+    /// Name of each workflow job.
+    pub workflow_job_name: String,
+    /// Name of each outreach job.
+    pub outreach_job_name: String,
+    /// JSON object of job options applied to every job; empty: none.
+    pub job_options: String,
+}
+
+impl Default for RawBullmq {
+    fn default() -> Self {
+        Self {
+            prefix: "bull".into(),
+            workflow_queue: "workflow-runs".into(),
+            outreach_queue: "outreach-runs".into(),
+            workflow_job_name: "webhook".into(),
+            outreach_job_name: "outreach".into(),
+            job_options: String::new(),
         }
     }
 }
@@ -544,6 +605,21 @@ impl RawConfig {
         }
         if let Some(v) = env(ENV_SPOOL_DIR) {
             self.spool.dir = v;
+        }
+        if let Some(v) = env(ENV_SINK) {
+            self.sink.kind = v;
+        }
+        if let Some(v) = env(ENV_BULLMQ_PREFIX) {
+            self.bullmq.prefix = v;
+        }
+        if let Some(v) = env(ENV_BULLMQ_WORKFLOW_QUEUE) {
+            self.bullmq.workflow_queue = v;
+        }
+        if let Some(v) = env(ENV_BULLMQ_OUTREACH_QUEUE) {
+            self.bullmq.outreach_queue = v;
+        }
+        if let Some(v) = env(ENV_BULLMQ_JOB_OPTIONS) {
+            self.bullmq.job_options = v;
         }
         if let Some(v) = env(ENV_LOG) {
             self.log.level = v;
@@ -743,6 +819,17 @@ impl RawConfig {
         if self.idempotency.window_secs == 0 {
             problems.push("idempotency.window_secs: must be at least 1".into());
         }
+        let sink_kind = match self.sink.kind.as_str() {
+            "streams" => SinkKind::Streams,
+            "bullmq" => SinkKind::Bullmq,
+            other => {
+                problems.push(format!(
+                    "sink.kind: {other:?} must be \"streams\" or \"bullmq\""
+                ));
+                SinkKind::Streams
+            }
+        };
+        let bullmq = check_bullmq(&self.bullmq, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -777,6 +864,8 @@ impl RawConfig {
                 outreach: self.streams.outreach,
                 maxlen: self.streams.maxlen,
             },
+            sink: SinkConfig { kind: sink_kind },
+            bullmq,
             upstream: UpstreamConfig {
                 url: upstream,
                 ca_file: upstream_ca_file,
@@ -826,6 +915,10 @@ pub struct Config {
     pub redis: RedisConfig,
     /// `[streams]`
     pub streams: StreamsConfig,
+    /// `[sink]`
+    pub sink: SinkConfig,
+    /// `[bullmq]`
+    pub bullmq: BullmqConfig,
     /// `[upstream]`
     pub upstream: UpstreamConfig,
     /// `[auth]`
@@ -982,6 +1075,139 @@ pub struct StreamsConfig {
     pub outreach: String,
     /// `MAXLEN ~` threshold.
     pub maxlen: i64,
+}
+
+/// `[sink]`: which layout jobs are written in.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkConfig {
+    /// Streams or BullMQ queues.
+    pub kind: SinkKind,
+}
+
+/// `sink.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Redis Streams entries (`[streams]`).
+    Streams,
+    /// BullMQ jobs (`[bullmq]`), as the Node library's `queue.add` makes them.
+    Bullmq,
+}
+
+/// `[bullmq]`: the queues of the BullMQ sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BullmqConfig {
+    /// Key prefix of every queue.
+    pub prefix: String,
+    /// Queue of the workflow jobs.
+    pub workflow_queue: String,
+    /// Queue of the outreach jobs.
+    pub outreach_queue: String,
+    /// Name of each workflow job.
+    pub workflow_job_name: String,
+    /// Name of each outreach job.
+    pub outreach_job_name: String,
+    /// The `opts` every job is stored with, as BullMQ stores them (compact
+    /// JSON, `attempts` always present, without the per-job `jobId`).
+    pub job_options: String,
+}
+
+/// Job options BullMQ's standard add stores as given. Others (delay,
+/// priority, lifo, parents, deduplication, repeat) change where a job goes
+/// or need a script path this sink does not write, so they are refused.
+const BULLMQ_OPTIONS: [&str; 6] = [
+    "attempts",
+    "backoff",
+    "removeOnComplete",
+    "removeOnFail",
+    "keepLogs",
+    "stackTraceLimit",
+];
+
+/// Checks `[bullmq]`, normalising `job_options` into the `opts` JSON BullMQ
+/// stores: `attempts` defaults to 0, a numeric `backoff` becomes
+/// `{"type":"fixed","delay":N}`, `keepLogs` is stored as `kl`.
+fn check_bullmq(raw: &RawBullmq, problems: &mut Vec<String>) -> BullmqConfig {
+    use serde_json::Value as J;
+    let mut name = |what: &str, value: &str, colon_ok: bool| {
+        if value.is_empty() {
+            problems.push(format!("bullmq.{what}: must not be empty"));
+        } else if !colon_ok && value.contains(':') {
+            problems.push(format!("bullmq.{what}: {value:?} must not contain ':'"));
+        }
+    };
+    name("prefix", &raw.prefix, true);
+    name("workflow_queue", &raw.workflow_queue, false);
+    name("outreach_queue", &raw.outreach_queue, false);
+    name("workflow_job_name", &raw.workflow_job_name, true);
+    name("outreach_job_name", &raw.outreach_job_name, true);
+    if raw.workflow_queue == raw.outreach_queue && !raw.workflow_queue.is_empty() {
+        problems.push("bullmq.outreach_queue: must differ from bullmq.workflow_queue".into());
+    }
+    let mut opts = serde_json::Map::new();
+    opts.insert("attempts".into(), J::from(0));
+    let text = raw.job_options.trim();
+    if !text.is_empty() {
+        let mut bad = |why: String| problems.push(format!("bullmq.job_options: {why}"));
+        match serde_json::from_str::<J>(text) {
+            Ok(J::Object(given)) => {
+                for (key, value) in given {
+                    let ok = match key.as_str() {
+                        "attempts" | "keepLogs" | "stackTraceLimit" => value.as_u64().is_some(),
+                        "backoff" => match &value {
+                            J::Number(n) => n.as_u64().is_some(),
+                            J::Object(o) => {
+                                o.get("type").is_some_and(J::is_string)
+                                    && o.get("delay").is_none_or(|d| d.as_u64().is_some())
+                                    && o.get("jitter").is_none_or(|j| {
+                                        j.as_f64().is_some_and(|j| (0.0..=1.0).contains(&j))
+                                    })
+                            }
+                            _ => false,
+                        },
+                        "removeOnComplete" | "removeOnFail" => match &value {
+                            J::Bool(_) => true,
+                            J::Number(n) => n.as_u64().is_some(),
+                            J::Object(o) => o.iter().all(|(k, v)| {
+                                matches!(k.as_str(), "age" | "count" | "limit")
+                                    && v.as_u64().is_some()
+                            }),
+                            _ => false,
+                        },
+                        other => {
+                            bad(format!(
+                                "{other:?} is not supported (supported: {})",
+                                BULLMQ_OPTIONS.join(", ")
+                            ));
+                            continue;
+                        }
+                    };
+                    if !ok {
+                        bad(format!("{key:?} has an invalid value {value}"));
+                        continue;
+                    }
+                    let value = match (key.as_str(), value) {
+                        ("backoff", J::Number(delay)) => {
+                            serde_json::json!({"type": "fixed", "delay": delay})
+                        }
+                        (_, value) => value,
+                    };
+                    let key = if key == "keepLogs" { "kl".into() } else { key };
+                    opts.insert(key, value);
+                }
+            }
+            Ok(_) => bad("must be a JSON object like {\"attempts\":3}".into()),
+            Err(e) => bad(format!("not JSON: {e}")),
+        }
+    }
+    BullmqConfig {
+        prefix: raw.prefix.clone(),
+        workflow_queue: raw.workflow_queue.clone(),
+        outreach_queue: raw.outreach_queue.clone(),
+        workflow_job_name: raw.workflow_job_name.clone(),
+        outreach_job_name: raw.outreach_job_name.clone(),
+        job_options: J::Object(opts).to_string(),
+    }
 }
 
 /// `[upstream]`: the sidecar's backend.

@@ -21,7 +21,7 @@ use crate::{
     server,
     service::Svc,
     settings::Settings,
-    sink::Sink,
+    sink::{Layout, Sink},
     spool::{self, Spool},
 };
 
@@ -90,6 +90,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         config.redis.max_pending_commands.get(),
         spool,
         cores.handles(),
+        Layout::of(config),
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = replica.status();

@@ -143,6 +143,12 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.upstream.connect_timeout != new.upstream.connect_timeout {
         out.push("upstream.connect_timeout_ms");
     }
+    if running.sink.kind != new.sink.kind {
+        out.push("sink.kind");
+    }
+    if running.bullmq != new.bullmq {
+        out.push("bullmq");
+    }
     if running.spool != new.spool {
         out.push("spool");
     }

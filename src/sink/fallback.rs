@@ -3,19 +3,29 @@
 //! synced to local disk instead and the caller still hears success; the
 //! replay task writes them to Redis once it is back, segments in order,
 //! records in order. A timed-out write may have landed too: the replayed
-//! copy is then a duplicate a worker drops by (`requestId`, `workflowId`).
+//! stream entry is then a duplicate a worker drops by (`requestId`,
+//! `workflowId`); a replayed BullMQ job finds its id taken and adds nothing.
 
 use std::time::Duration;
 
 use fred::prelude::*;
 use tracing::{info, warn};
 
-use super::{error::SinkError, job::Stored, streams};
+use super::{bullmq, error::SinkError, job::Stored, streams};
 use crate::{
     metrics as m,
-    settings::SharedSettings,
-    spool::{self, Spool},
+    settings::{Settings, SharedSettings},
+    spool::{self, Record, Spool},
 };
+
+/// Writes one spooled record in the layout it was spooled in.
+async fn write_record(client: &Client, record: &Record, settings: &Settings) -> Result<(), Error> {
+    if record.stream.as_ref() == bullmq::RECORD {
+        bullmq::write_record(client, record, settings).await
+    } else {
+        streams::write_record(client, record, settings).await
+    }
+}
 
 /// Replays every sealed segment; `resume` remembers how far a segment got
 /// when Redis went away mid-way.
@@ -51,7 +61,7 @@ async fn replay(
             let results = futures::future::join_all(
                 segment.records[from..end]
                     .iter()
-                    .map(|r| streams::write_record(client, r, &s)),
+                    .map(|r| write_record(client, r, &s)),
             )
             .await;
             let ok = results.iter().take_while(|r| r.is_ok()).count();

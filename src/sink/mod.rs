@@ -3,13 +3,14 @@
 //!
 //! [`Sink::enqueue`] takes one request's [`WorkflowJobs`] (or an
 //! [`OutreachJob`]), picks this thread's writer (`writers`), writes the
-//! jobs in the configured layout (`streams`: one `XADD`, or one script call
-//! for several matches), and returns once Redis acknowledged every one. When
+//! jobs in the configured [`Layout`] (`streams`: one `XADD`, or one script
+//! call for several matches; `bullmq`: one script call adding every match
+//! as a BullMQ job), and returns once Redis acknowledged every one. When
 //! Redis cannot take them and a spool is configured, they are synced to the
 //! spool instead and replayed later (`fallback`).
 //!
-//! One file per concern: [`job`] the records, `streams` the layout,
-//! `writers` the connections, `fallback` the spool fallback and replay,
+//! One file per concern: [`job`] the records, `streams` and `bullmq` the
+//! two layouts, `writers` the connections, `fallback` the spool fallback and replay,
 //! [`error`] the errors (a leaf). The children import each other, never this
 //! facade.
 //!
@@ -26,11 +27,14 @@
 //!   (`requestId`, `workflowId`) when callers send their own `X-Request-Id`
 //!   on retries, and otherwise by the payload's own lead id.
 
+mod bullmq;
 pub mod error;
 mod fallback;
 pub mod job;
 mod streams;
 mod writers;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use fred::prelude::*;
@@ -40,10 +44,25 @@ pub use self::{
     job::{OutreachJob, Stored, WorkflowJobs},
 };
 use crate::{
+    config::{Config, SinkKind},
     redis::Target,
     settings::{Settings, SharedSettings},
     spool::Spool,
 };
+
+/// The layout jobs are written in (`sink.kind`), fixed for the process.
+#[derive(Debug, Clone)]
+pub struct Layout(Option<Arc<bullmq::Queues>>);
+
+impl Layout {
+    /// The layout `config` selects.
+    pub fn of(config: &Config) -> Self {
+        Self(match config.sink.kind {
+            SinkKind::Streams => None,
+            SinkKind::Bullmq => Some(Arc::new(bullmq::Queues::new(&config.bullmq))),
+        })
+    }
+}
 
 /// Writes jobs to Redis through the per-thread writers, falling back to the
 /// spool when one is configured.
@@ -51,6 +70,7 @@ use crate::{
 pub struct Sink {
     writers: writers::Writers,
     spool: Option<Spool>,
+    layout: Layout,
 }
 
 impl Sink {
@@ -62,10 +82,12 @@ impl Sink {
         max_pending_commands: usize,
         spool: Option<Spool>,
         cores: &[tokio::runtime::Handle],
+        layout: Layout,
     ) -> Result<Self, Error> {
         Ok(Self {
             writers: writers::Writers::connect(target, max_pending_commands, cores)?,
             spool,
+            layout,
         })
     }
 
@@ -79,18 +101,23 @@ impl Sink {
         self.writers.have_connected()
     }
 
-    /// Stores every entry of `jobs` on the workflow stream of `settings`;
-    /// `Ok` only once Redis acknowledged all of them, or (with a spool) they
-    /// are synced to the spool. Several entries are acknowledged, spooled or
-    /// refused together (should Redis fail midway through the script, what it
-    /// wrote stays and the spooled copies are duplicates a worker drops by
-    /// requestId and workflowId).
+    /// Stores every job of `jobs` (on the workflow stream of `settings`, or
+    /// the workflow queue); `Ok` only once Redis acknowledged all of them, or
+    /// (with a spool) they are synced to the spool. Several jobs are
+    /// acknowledged, spooled or refused together (should Redis fail midway
+    /// through the script, what it wrote stays; spooled stream copies are
+    /// duplicates a worker drops by requestId and workflowId, spooled BullMQ
+    /// jobs find theirs by id and add nothing).
     pub async fn enqueue(
         &self,
         jobs: &WorkflowJobs,
         settings: &Settings,
     ) -> Result<Stored, SinkError> {
-        let spool_all = |out: &mut Vec<u8>| streams::spool_workflow(out, jobs, settings);
+        let queues = self.layout.0.as_deref();
+        let spool_all = |out: &mut Vec<u8>| match queues {
+            None => streams::spool_workflow(out, jobs, settings),
+            Some(q) => bullmq::spool_workflow(out, q, jobs),
+        };
         let writer = self.writers.current();
         if !writer.is_connected() {
             return Box::pin(fallback::spool_or(
@@ -100,7 +127,11 @@ impl Sink {
             ))
             .await;
         }
-        match streams::write_workflow(writer, jobs, settings).await {
+        let written = match queues {
+            None => streams::write_workflow(writer, jobs, settings).await,
+            Some(q) => bullmq::write_workflow(writer, q, jobs, settings).await,
+        };
+        match written {
             Ok(()) => Ok(Stored::Redis),
             Err(e) => {
                 Box::pin(fallback::spool_or(
@@ -113,24 +144,31 @@ impl Sink {
         }
     }
 
-    /// Stores one outreach job; returns its stream entry id once Redis
-    /// acknowledged it, or `None` once it is synced to the spool.
+    /// Stores one outreach job; returns its stream entry id (or BullMQ job
+    /// id) once Redis acknowledged it, or `None` once it is synced to the
+    /// spool.
     pub async fn enqueue_outreach(
         &self,
         job: &OutreachJob,
         settings: &Settings,
     ) -> Result<Option<Bytes>, SinkError> {
+        let queues = self.layout.0.as_deref();
         let writer = self.writers.current();
         let error = if writer.is_connected() {
-            match streams::write_outreach(writer, job, settings).await {
+            let written = match queues {
+                None => streams::write_outreach(writer, job, settings).await,
+                Some(q) => bullmq::write_outreach(writer, q, job, settings).await,
+            };
+            match written {
                 Ok(id) => return Ok(Some(id)),
                 Err(e) => SinkError::from(e),
             }
         } else {
             SinkError::Disconnected
         };
-        fallback::spool_or(self.spool.as_ref(), error, |out| {
-            streams::spool_outreach(out, job, settings)
+        fallback::spool_or(self.spool.as_ref(), error, |out| match queues {
+            None => streams::spool_outreach(out, job, settings),
+            Some(q) => bullmq::spool_outreach(out, q, job),
         })
         .await
         .map(|_| None)

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod node;
 pub mod tls;
 pub mod upstream;
 

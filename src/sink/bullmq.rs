@@ -1,0 +1,570 @@
+//! The BullMQ layout: each job added to a BullMQ queue exactly as the Node
+//! library's `queue.add(name, data, opts)` adds a standard job, so the
+//! backend's unchanged `Worker`s run it (CONTRACT §3b; the layout, per
+//! version, is in `../shared/notes/BULLMQ.md`).
+//!
+//! Under `<prefix>:<queue>:` a job is: the `<id>` hash (`name`, `data`,
+//! `opts`, `timestamp`, `delay`, `priority`), its id pushed on `wait`
+//! (`paused` instead for a paused queue last opened by a 5.x `Queue`, which
+//! renames `paused` over `wait` on resume), `marker` set so a Worker blocked
+//! in `BZPOPMIN` wakes at once (not while the queue is paused or at its
+//! global concurrency), `added` and `waiting` on `events` (`duplicated` for
+//! an id that exists), `id` incremented, `meta`'s `opts.maxLenEvents` set
+//! when absent.
+//!
+//! Written by our own script ([`ADD_SCRIPT`]) through the sink's writers,
+//! not BullMQ's: one client, our pipelining, spool and health tracking, and
+//! every job of a request in one call with the payload sent once. The golden
+//! tests (`tests/bullmq.rs`) hold it equal to Node's `queue.add` on 5.x and
+//! 6.x.
+//!
+//! Job ids are custom and deterministic per (request, match):
+//! `<requestId>~<orgId>~<userId>~<workflowId or configurationId>`, each part
+//! with every byte but `[A-Za-z0-9._-]` written `%XX`. So an id is never all
+//! digits, never holds `:` (BullMQ's rules) nor a `{` that would move the
+//! job's key to another cluster slot, and a retried or replayed write finds
+//! the job it already made instead of making a second.
+//!
+//! `data` is spliced from the caller's bytes, never re-serialised: the
+//! payload (or outreach groups) are sent as they came, between small
+//! pre-escaped pieces the script joins.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fred::prelude::*;
+
+use super::job::{OutreachJob, WorkflowJobs};
+use crate::{
+    config::BullmqConfig,
+    redis::eval_pipelined,
+    settings::Settings,
+    spool::{self, Record},
+};
+
+/// Adds a request's jobs to one queue, as BullMQ's standard add does.
+/// `KEYS`: `id`, `meta`, `events`, `wait`, `paused`, `marker`, `active`,
+/// then each job's hash. `ARGV`: name, timestamp, the `opts` text up to the
+/// job id, the count P of shared `data` pieces, the P pieces, then per job
+/// its id and the start of its `data` (the shared pieces follow it).
+/// Answers how many jobs it added (an existing id adds none).
+pub(crate) const ADD_SCRIPT: &str = r#"local call = redis.call
+local name, ts, opts = ARGV[1], ARGV[2], ARGV[3]
+local pieces = tonumber(ARGV[4])
+local shared = table.concat(ARGV, '', 5, 4 + pieces)
+local meta = call('HMGET', KEYS[2], 'opts.maxLenEvents', 'paused', 'concurrency', 'version')
+local max = meta[1]
+if not max then
+  max = 10000
+  call('HSET', KEYS[2], 'opts.maxLenEvents', max)
+end
+local list, held = KEYS[4], meta[2] ~= false
+if held and meta[4] and string.sub(meta[4], 1, 9) == 'bullmq:5.' then list = KEYS[5] end
+if not held and meta[3] then held = call('LLEN', KEYS[7]) >= tonumber(meta[3]) end
+local added = 0
+for j = 1, #KEYS - 7 do
+  local at = 3 + pieces + 2 * j
+  local id, job = ARGV[at], KEYS[7 + j]
+  call('INCR', KEYS[1])
+  if call('EXISTS', job) == 1 then
+    call('XADD', KEYS[3], 'MAXLEN', '~', max, '*', 'event', 'duplicated', 'jobId', id)
+  else
+    call('HSET', job, 'name', name, 'data', ARGV[at + 1] .. shared, 'opts', opts .. id .. '"}',
+      'timestamp', ts, 'delay', 0, 'priority', 0)
+    call('XADD', KEYS[3], '*', 'event', 'added', 'jobId', id, 'name', name)
+    call('LPUSH', list, id)
+    if not held then call('ZADD', KEYS[6], 0, '0') end
+    call('XADD', KEYS[3], 'MAXLEN', '~', max, '*', 'event', 'waiting', 'jobId', id)
+    added = added + 1
+  end
+end
+return added
+"#;
+
+/// The queue keys the script takes, in its `KEYS` order.
+const SUFFIXES: [&str; 7] = ["id", "meta", "events", "wait", "paused", "marker", "active"];
+
+/// The spool record's "stream" for a BullMQ job: no configured stream starts
+/// with a NUL byte, so replay tells the layouts apart by it.
+pub(super) const RECORD: &[u8] = b"\0bullmq";
+
+/// One queue: its key base (`<prefix>:<queue>:`), the keys the script takes
+/// and the name its jobs carry.
+#[derive(Debug)]
+struct Queue {
+    base: Bytes,
+    keys: [Bytes; 7],
+    job_name: Bytes,
+}
+
+impl Queue {
+    fn new(prefix: &str, queue: &str, job_name: &str) -> Self {
+        let base = Bytes::from(format!("{prefix}:{queue}:"));
+        Self {
+            keys: SUFFIXES.map(|s| key(&base, s.as_bytes())),
+            base,
+            job_name: Bytes::copy_from_slice(job_name.as_bytes()),
+        }
+    }
+}
+
+/// `base` followed by `suffix`.
+fn key(base: &[u8], suffix: &[u8]) -> Bytes {
+    let mut k = BytesMut::with_capacity(base.len() + suffix.len());
+    k.put_slice(base);
+    k.put_slice(suffix);
+    k.freeze()
+}
+
+/// The two queues and the `opts` every job is stored with.
+#[derive(Debug)]
+pub(super) struct Queues {
+    workflow: Queue,
+    outreach: Queue,
+    /// `opts` up to the job id: `{…,"jobId":"`.
+    opts_head: Bytes,
+}
+
+impl Queues {
+    /// The queues `[bullmq]` names.
+    pub(super) fn new(config: &BullmqConfig) -> Self {
+        // job_options is a checked JSON object: `{…}`, never empty.
+        let opts = config.job_options.trim_end();
+        let opts = opts.strip_suffix('}').unwrap_or(opts);
+        Self {
+            workflow: Queue::new(
+                &config.prefix,
+                &config.workflow_queue,
+                &config.workflow_job_name,
+            ),
+            outreach: Queue::new(
+                &config.prefix,
+                &config.outreach_queue,
+                &config.outreach_job_name,
+            ),
+            opts_head: Bytes::from(format!("{opts},\"jobId\":\"")),
+        }
+    }
+}
+
+/// Appends `part` to a job id: `[A-Za-z0-9._-]` as is, every other byte
+/// `%XX`.
+fn id_part(out: &mut BytesMut, part: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in part {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.put_u8(b);
+        } else {
+            out.put_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        }
+    }
+}
+
+/// Appends the job id of one match: the parts joined by `~`.
+fn job_id(out: &mut BytesMut, parts: [&[u8]; 4]) {
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b'~');
+        }
+        id_part(out, part);
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(out: &mut BytesMut, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.put_u8(b'"');
+    for &b in s {
+        match b {
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            b'\t' => out.put_slice(b"\\t"),
+            0..0x20 => {
+                out.put_slice(b"\\u00");
+                out.put_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            }
+            _ => out.put_u8(b),
+        }
+    }
+    out.put_u8(b'"');
+}
+
+/// One call of [`ADD_SCRIPT`]: the jobs of one request on one queue.
+struct Call<'a> {
+    queue: &'a Queue,
+    timestamp: &'a Bytes,
+    opts_head: &'a Bytes,
+    /// The shared `data` pieces, in order.
+    shared: Vec<Bytes>,
+    /// Each job's id and `data` start.
+    jobs: Vec<(Bytes, Bytes)>,
+}
+
+impl Call<'_> {
+    /// The script call's arguments.
+    fn args(&self) -> Vec<Value> {
+        let mut args =
+            Vec::with_capacity(7 + SUFFIXES.len() + self.shared.len() + 3 * self.jobs.len());
+        args.push(Value::from_static_str(ADD_SCRIPT));
+        args.push(Value::Integer((SUFFIXES.len() + self.jobs.len()) as i64));
+        args.extend(self.queue.keys.iter().cloned().map(Value::Bytes));
+        args.extend(
+            self.jobs
+                .iter()
+                .map(|(id, _)| Value::Bytes(key(&self.queue.base, id))),
+        );
+        args.push(Value::Bytes(self.queue.job_name.clone()));
+        args.push(Value::Bytes(self.timestamp.clone()));
+        args.push(Value::Bytes(self.opts_head.clone()));
+        args.push(Value::Integer(self.shared.len() as i64));
+        args.extend(self.shared.iter().cloned().map(Value::Bytes));
+        for (id, head) in &self.jobs {
+            args.push(Value::Bytes(id.clone()));
+            args.push(Value::Bytes(head.clone()));
+        }
+        args
+    }
+
+    /// Runs it through `client`; `Ok` once Redis holds every job (new, or
+    /// found already there).
+    async fn run(&self, client: &Client, settings: &Settings) -> Result<(), Error> {
+        let options = Options {
+            timeout: Some(settings.command_timeout),
+            ..Default::default()
+        };
+        let _added: i64 = Box::pin(
+            client
+                .with_options(&options)
+                .custom(eval_pipelined(), self.args()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Appends one spool record per job, each with its whole `data`.
+    fn spool(&self, out: &mut Vec<u8>) {
+        for (id, head) in &self.jobs {
+            let mut data =
+                Vec::with_capacity(head.len() + self.shared.iter().map(Bytes::len).sum::<usize>());
+            data.extend_from_slice(head);
+            for piece in &self.shared {
+                data.extend_from_slice(piece);
+            }
+            let fields: [(&[u8], &[u8]); 6] = [
+                (b"queue", &self.queue.base),
+                (b"name", &self.queue.job_name),
+                (b"timestamp", self.timestamp),
+                (b"opts", self.opts_head),
+                (b"id", id),
+                (b"data", &data),
+            ];
+            spool::encode(out, RECORD, fields.into_iter());
+        }
+    }
+}
+
+/// The script call adding every job of `jobs` to the workflow queue.
+fn workflow_call<'a>(queues: &'a Queues, jobs: &'a WorkflowJobs) -> Call<'a> {
+    let mut buf = BytesMut::with_capacity(
+        160 + jobs.org_id.len()
+            + jobs.user_id.len()
+            + jobs.webhook_id.len()
+            + 2 * jobs.request_id.len()
+            + jobs.len() * (96 + jobs.request_id.len()),
+    );
+    buf.put_slice(b",\"orgId\":");
+    json_string(&mut buf, &jobs.org_id);
+    buf.put_slice(b",\"userId\":");
+    json_string(&mut buf, &jobs.user_id);
+    buf.put_slice(b",\"webhookId\":");
+    json_string(&mut buf, &jobs.webhook_id);
+    buf.put_slice(b",\"payload\":");
+    let before_payload = buf.split().freeze();
+    buf.put_slice(b",\"receivedAt\":");
+    buf.put_slice(&jobs.received_at);
+    buf.put_slice(b",\"requestId\":");
+    json_string(&mut buf, &jobs.request_id);
+    buf.put_u8(b'}');
+    let after_payload = buf.split().freeze();
+    let calls = jobs
+        .workflows
+        .iter()
+        .map(|workflow| {
+            job_id(
+                &mut buf,
+                [
+                    &jobs.request_id,
+                    &jobs.org_id,
+                    &jobs.user_id,
+                    workflow.bytes(),
+                ],
+            );
+            let id = buf.split().freeze();
+            buf.put_slice(b"{\"workflowId\":");
+            json_string(&mut buf, workflow.bytes());
+            (id, buf.split().freeze())
+        })
+        .collect();
+    Call {
+        queue: &queues.workflow,
+        timestamp: &jobs.received_at,
+        opts_head: &queues.opts_head,
+        shared: vec![before_payload, jobs.payload.clone(), after_payload],
+        jobs: calls,
+    }
+}
+
+/// The script call adding `job` to the outreach queue.
+fn outreach_call<'a>(queues: &'a Queues, job: &'a OutreachJob) -> Call<'a> {
+    let mut buf = BytesMut::with_capacity(
+        256 + 3 * job.request_id.len()
+            + 2 * (job.configuration_id.len() + job.org_id.len() + job.user_id.len()),
+    );
+    job_id(
+        &mut buf,
+        [
+            &job.request_id,
+            &job.org_id,
+            &job.user_id,
+            &job.configuration_id,
+        ],
+    );
+    let id = buf.split().freeze();
+    buf.put_slice(b"{\"configurationId\":");
+    json_string(&mut buf, &job.configuration_id);
+    let head = buf.split().freeze();
+    buf.put_slice(b",\"userId\":");
+    json_string(&mut buf, &job.user_id);
+    buf.put_slice(b",\"orgId\":");
+    json_string(&mut buf, &job.org_id);
+    buf.put_slice(b",\"format\":");
+    json_string(&mut buf, &job.format);
+    buf.put_slice(b",\"contacts\":");
+    let to_contacts = buf.split().freeze();
+    buf.put_slice(b",\"applications\":");
+    let to_applications = buf.split().freeze();
+    buf.put_slice(b",\"conversations\":");
+    let to_conversations = buf.split().freeze();
+    buf.put_slice(b",\"receivedAt\":");
+    buf.put_slice(&job.received_at);
+    buf.put_slice(b",\"requestId\":");
+    json_string(&mut buf, &job.request_id);
+    buf.put_u8(b'}');
+    let end = buf.split().freeze();
+    Call {
+        queue: &queues.outreach,
+        timestamp: &job.received_at,
+        opts_head: &queues.opts_head,
+        shared: vec![
+            to_contacts,
+            job.contacts.clone(),
+            to_applications,
+            job.applications.clone(),
+            to_conversations,
+            job.conversations.clone(),
+            end,
+        ],
+        jobs: vec![(id, head)],
+    }
+}
+
+/// Adds every job of `jobs` to the workflow queue in one script call; `Ok`
+/// once Redis holds all of them.
+pub(super) async fn write_workflow(
+    client: &Client,
+    queues: &Queues,
+    jobs: &WorkflowJobs,
+    settings: &Settings,
+) -> Result<(), Error> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    workflow_call(queues, jobs).run(client, settings).await
+}
+
+/// Adds `job` to the outreach queue; returns its BullMQ job id once Redis
+/// holds it.
+pub(super) async fn write_outreach(
+    client: &Client,
+    queues: &Queues,
+    job: &OutreachJob,
+    settings: &Settings,
+) -> Result<Bytes, Error> {
+    let call = outreach_call(queues, job);
+    call.run(client, settings).await?;
+    Ok(call.jobs[0].0.clone())
+}
+
+/// Appends the spool records of every job of `jobs` to `out`.
+pub(super) fn spool_workflow(out: &mut Vec<u8>, queues: &Queues, jobs: &WorkflowJobs) {
+    workflow_call(queues, jobs).spool(out);
+}
+
+/// Appends the spool record of `job` to `out`.
+pub(super) fn spool_outreach(out: &mut Vec<u8>, queues: &Queues, job: &OutreachJob) {
+    outreach_call(queues, job).spool(out);
+}
+
+/// Adds the job of one record read back from the spool to the queue it
+/// names (the queue and `opts` it was spooled with, whatever the
+/// configuration says now). A job already there is left as it is.
+pub(super) async fn write_record(
+    client: &Client,
+    record: &Record,
+    settings: &Settings,
+) -> Result<(), Error> {
+    let field = |name: &[u8]| {
+        record
+            .fields
+            .iter()
+            .find(|(k, _)| k.as_ref() == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    "a spooled BullMQ job lacks a field",
+                )
+            })
+    };
+    let base = field(b"queue")?;
+    let queue = Queue {
+        keys: SUFFIXES.map(|s| key(&base, s.as_bytes())),
+        base,
+        job_name: field(b"name")?,
+    };
+    let (timestamp, opts_head) = (field(b"timestamp")?, field(b"opts")?);
+    Call {
+        queue: &queue,
+        timestamp: &timestamp,
+        opts_head: &opts_head,
+        shared: vec![field(b"data")?],
+        jobs: vec![(field(b"id")?, Bytes::new())],
+    }
+    .run(client, settings)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{id::Id, route::Workflows};
+
+    fn queues(job_options: &str) -> Queues {
+        let mut raw = crate::config::RawConfig::default();
+        raw.bullmq.job_options = job_options.into();
+        Queues::new(&raw.validate().unwrap().bullmq)
+    }
+
+    fn jobs(workflows: &[&str], request_id: &str) -> WorkflowJobs {
+        WorkflowJobs {
+            workflows: workflows
+                .iter()
+                .map(|w| Id::from_str_copy(w))
+                .collect::<Workflows>(),
+            org_id: Bytes::from_static(b"o_1"),
+            user_id: Bytes::from_static(b"u\"1"),
+            webhook_id: Bytes::from_static(b"wh\\1"),
+            payload: Bytes::from_static(br#"{"n":12345678901234567890123,"x":1.10}"#),
+            received_at: Bytes::from_static(b"1700000000000"),
+            request_id: Bytes::copy_from_slice(request_id.as_bytes()),
+        }
+    }
+
+    fn data(call: &Call<'_>, job: usize) -> serde_json::Value {
+        let mut text = call.jobs[job].1.to_vec();
+        for piece in &call.shared {
+            text.extend_from_slice(piece);
+        }
+        serde_json::from_slice(&text).unwrap()
+    }
+
+    #[test]
+    fn data_is_the_contract_object_with_the_payload_spliced_in() {
+        let q = queues("");
+        let jobs = jobs(&["wf_a", "wf_b"], "req-1");
+        let call = workflow_call(&q, &jobs);
+        assert_eq!(call.jobs.len(), 2);
+        let text: Vec<u8> = std::iter::once(&call.jobs[1].1)
+            .chain(&call.shared)
+            .flat_map(|b| b.to_vec())
+            .collect();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains(r#""payload":{"n":12345678901234567890123,"x":1.10}"#));
+        let value = data(&call, 1);
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        // serde_json sorts keys; the order on the wire is checked above and
+        // in the integration tests.
+        assert_eq!(keys.len(), 7);
+        assert_eq!(value["workflowId"], "wf_b");
+        assert_eq!(value["userId"], "u\"1");
+        assert_eq!(value["webhookId"], "wh\\1");
+        assert_eq!(value["receivedAt"], 1_700_000_000_000u64);
+        assert!(text.starts_with(r#"{"workflowId":"wf_b","orgId":"o_1","userId":"#));
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_valid_custom_ids() {
+        let q = queues("");
+        let a = workflow_call(&q, &jobs(&["wf:1", "123"], "r:{x}~%"))
+            .jobs
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>();
+        let b = workflow_call(&q, &jobs(&["wf:1", "123"], "r:{x}~%"))
+            .jobs
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>();
+        assert_eq!(a, b);
+        assert_ne!(a[0], a[1]);
+        for id in &a {
+            let s = std::str::from_utf8(id).unwrap();
+            assert!(
+                !s.contains(':') && !s.contains('{') && !s.contains('"'),
+                "{s}"
+            );
+            assert!(s.parse::<u64>().is_err(), "{s}");
+        }
+        assert_eq!(&a[1][..], b"r%3A%7Bx%7D%7E%25~o_1~u%221~123");
+    }
+
+    #[test]
+    fn opts_head_closes_into_the_stored_opts() {
+        let q = queues(r#"{"attempts":3,"backoff":500,"keepLogs":10}"#);
+        let mut opts = q.opts_head.to_vec();
+        opts.extend_from_slice(b"id-1\"}");
+        let value: serde_json::Value = serde_json::from_slice(&opts).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"attempts":3,"backoff":{"type":"fixed","delay":500},"kl":10,"jobId":"id-1"})
+        );
+        let mut opts = queues("").opts_head.to_vec();
+        opts.extend_from_slice(b"x\"}");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&opts).unwrap(),
+            serde_json::json!({"attempts":0,"jobId":"x"})
+        );
+    }
+
+    #[test]
+    fn unsupported_or_invalid_job_options_are_refused() {
+        for bad in [
+            r#"{"delay":5}"#,
+            r#"{"attempts":-1}"#,
+            r#"{"backoff":"x"}"#,
+            r#"[1]"#,
+            "nope",
+            r#"{"removeOnComplete":{"weeks":1}}"#,
+        ] {
+            let mut raw = crate::config::RawConfig::default();
+            raw.bullmq.job_options = bad.into();
+            let err = raw.validate().unwrap_err().to_string();
+            assert!(err.contains("bullmq.job_options"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! BullMQ mode against a real redis-server and real BullMQ from npm, both
+//! majors (5.81.5 and 6.7.0): an unchanged `Worker` runs the ingress's jobs,
+//! and the job the ingress adds is the one Node's `queue.add` adds.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use fred::prelude::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::{node, *};
+use tether_ingress::config::RawConfig;
+
+const KEY: &str = "user_bullmq_key";
+const OPTIONS: &str = r#"{"attempts":2,"backoff":{"type":"fixed","delay":50}}"#;
+const BODY: &str = r#"{"webhookId":"wh_1","email":"lead@example.com","score":1.5,"name":"caf\u00e9","big":12345678901234567890123,"x":1.10}"#;
+
+async fn seed(redis: &RedisServer) -> Client {
+    let r = redis.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    r
+}
+
+fn bullmq_config(redis_url: &str, workflow_queue: &str) -> RawConfig {
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis_url.to_owned();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.sink.kind = "bullmq".into();
+    raw.bullmq.workflow_queue = workflow_queue.into();
+    raw.bullmq.job_options = OPTIONS.into();
+    raw
+}
+
+async fn post(ingress: &Ingress, path: &str, request_id: &str, body: &str) -> (StatusCode, Bytes) {
+    let req = Request::post(ingress.uri(path))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("x-request-id", request_id)
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap();
+    let (status, _, body) = ingress.request(req).await;
+    (status, body)
+}
+
+/// The job id the ingress gives request `request_id`'s job for `target`.
+fn job_id(request_id: &str, target: &str) -> String {
+    format!("{request_id}~o_1~u_1~{target}")
+}
+
+/// The `data` the contract fixes for BODY's job on `wf_a`, as text.
+fn expected_data(request_id: &str, received_at: &str) -> String {
+    format!(
+        r#"{{"workflowId":"wf_a","orgId":"o_1","userId":"u_1","webhookId":"wh_1","payload":{{"email":"lead@example.com","score":1.5,"name":"caf\u00e9","big":12345678901234567890123,"x":1.10}},"receivedAt":{received_at},"requestId":"{request_id}"}}"#
+    )
+}
+
+async fn hgetall(r: &Client, key: &str) -> BTreeMap<String, String> {
+    r.hgetall(key).await.unwrap()
+}
+
+/// An idle Worker of `major` runs the job at once (the marker woke it, not
+/// its 5 s drain timeout) with the exact name and data, the configured
+/// attempts and backoff retry its failing first attempt, and it ends in
+/// `completed` with `finishedOn`. A repeat of the request adds nothing.
+async fn a_worker_runs_the_job(major: u8) {
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    let queue = format!("runs{major}");
+    let ingress =
+        Ingress::start_with(bullmq_config(&redis.url(), &queue).validate().unwrap()).await;
+    let mut worker =
+        node::Worker::start_idle(major, &r, &redis.url(), &queue, &["--fail-first"]).await;
+
+    let sent = Instant::now();
+    let (status, body) = post(&ingress, "/api/webhook/workflow", "req-1", BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+    assert_eq!(json(&body)["data"]["matchedCount"], 1);
+    let first = worker.next("job", Duration::from_secs(10)).await;
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_secs(1),
+        "an idle worker took {waited:?}: was the marker set?"
+    );
+    let id = job_id("req-1", "wf_a");
+    let hash = hgetall(&r, &format!("bull:{queue}:{id}")).await;
+    // Byte for byte as the contract says, the caller's numbers untouched.
+    assert_eq!(hash["data"], expected_data("req-1", &hash["timestamp"]));
+    assert_eq!(first["id"], id.as_str());
+    assert_eq!(first["name"], "webhook");
+    assert_eq!(first["attemptsMade"], 0);
+    let data: serde_json::Value = serde_json::from_str(&hash["data"]).unwrap();
+    assert_eq!(first["data"], data, "the worker's job.data");
+    assert_eq!(first["opts"]["attempts"], 2);
+
+    let retry = worker.next("job", Duration::from_secs(10)).await;
+    assert_eq!(
+        (retry["id"].clone(), retry["attemptsMade"].clone()),
+        (id.clone().into(), 1.into())
+    );
+    let done = worker.next("completed", Duration::from_secs(10)).await;
+    assert_eq!(done["id"], id.as_str());
+    assert!(done["finishedOn"].as_u64().is_some());
+    let completed: Option<f64> = r
+        .zscore(format!("bull:{queue}:completed"), &id)
+        .await
+        .unwrap();
+    assert!(completed.is_some(), "not in completed");
+    let finished: Option<String> = r
+        .hget(format!("bull:{queue}:{id}"), "finishedOn")
+        .await
+        .unwrap();
+    assert!(finished.is_some());
+
+    // The same request again: the job exists, so nothing is added.
+    let (status, _) = post(&ingress, "/api/webhook/workflow", "req-1", BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let waiting: u64 = r.llen(format!("bull:{queue}:wait")).await.unwrap();
+    assert_eq!(waiting, 0);
+    let events = event_fields(&r, &queue).await;
+    assert_eq!(events.last().unwrap()["event"], "duplicated");
+    let counter: String = r.get(format!("bull:{queue}:id")).await.unwrap();
+    assert_eq!(
+        counter, "2",
+        "the id counter moves on a duplicate, as in BullMQ"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bullmq_6_worker_runs_the_job() {
+    a_worker_runs_the_job(6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bullmq_5_worker_runs_the_job() {
+    a_worker_runs_the_job(5).await;
+}
+
+/// Each entry of `<queue>:events`, its fields without the entry id.
+async fn event_fields(r: &Client, queue: &str) -> Vec<HashMap<String, String>> {
+    let entries: Vec<(String, HashMap<String, String>)> = r
+        .xrange(format!("bull:{queue}:events"), "-", "+", None)
+        .await
+        .unwrap();
+    entries.into_iter().map(|(_, f)| f).collect()
+}
+
+/// What one queue holds, made comparable: the job hash (timestamp left
+/// out, JSON fields parsed), the lists, the marker, meta (version left
+/// out), the events and the id counter.
+async fn snapshot(r: &Client, queue: &str, id: &str) -> serde_json::Value {
+    let mut job = hgetall(r, &format!("bull:{queue}:{id}")).await;
+    assert!(
+        job.remove("timestamp")
+            .is_some_and(|t| t.parse::<u64>().is_ok())
+    );
+    let parsed: BTreeMap<String, serde_json::Value> = job
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match k.as_str() {
+                "data" | "opts" => serde_json::from_str(&v).unwrap(),
+                _ => serde_json::Value::String(v),
+            };
+            (k, v)
+        })
+        .collect();
+    let mut meta = hgetall(r, &format!("bull:{queue}:meta")).await;
+    meta.remove("version");
+    let wait: Vec<String> = r.lrange(format!("bull:{queue}:wait"), 0, -1).await.unwrap();
+    let paused: Vec<String> = r
+        .lrange(format!("bull:{queue}:paused"), 0, -1)
+        .await
+        .unwrap();
+    let marker: Vec<(String, f64)> = r
+        .zrange(
+            format!("bull:{queue}:marker"),
+            0,
+            -1,
+            None,
+            false,
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let counter: Option<String> = r.get(format!("bull:{queue}:id")).await.unwrap();
+    let mut keys: Vec<String> = r
+        .custom(
+            fred::types::CustomCommand::new_static("KEYS", fred::types::ClusterHash::Random, false),
+            vec![format!("bull:{queue}:*")],
+        )
+        .await
+        .unwrap();
+    for k in &mut keys {
+        *k = k.replacen(&format!("bull:{queue}:"), "", 1);
+    }
+    keys.sort();
+    serde_json::json!({
+        "job": parsed,
+        "meta": meta,
+        "wait": wait,
+        "paused": paused,
+        "marker": marker,
+        "events": event_fields(r, queue).await,
+        "id": counter,
+        "keys": keys,
+    })
+}
+
+/// The ingress's job and Node's `queue.add` of the same name, data and
+/// opts (same custom id, on a twin queue): the same hash fields and values
+/// but the timestamp, the same lists, marker, meta, events and counter; and
+/// again after each adds the same id a second time.
+async fn golden(major: u8) {
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    let ingress =
+        Ingress::start_with(bullmq_config(&redis.url(), "ours").validate().unwrap()).await;
+    // Both queues opened by a Queue of this major first, as a backend does.
+    node::queue(major, &["open", &redis.url(), "ours"]).await;
+    node::queue(major, &["open", &redis.url(), "node"]).await;
+    let id = job_id("golden-1", "wf_a");
+    let (status, _) = post(&ingress, "/api/webhook/workflow", "golden-1", BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let data: String = r.hget(format!("bull:ours:{id}"), "data").await.unwrap();
+    let mut opts: serde_json::Value = serde_json::from_str(OPTIONS).unwrap();
+    opts["jobId"] = id.clone().into();
+    let add = |data: String, opts: String| {
+        let (url, id) = (redis.url(), id.clone());
+        async move {
+            let added = node::queue(major, &["add", &url, "node", "webhook", &data, &opts]).await;
+            assert_eq!(added["id"], id.as_str());
+        }
+    };
+    add(data.clone(), opts.to_string()).await;
+    let (ours, theirs) = (
+        snapshot(&r, "ours", &id).await,
+        snapshot(&r, "node", &id).await,
+    );
+    assert_eq!(
+        ours, theirs,
+        "ingress (left) and Node's queue.add (right) differ"
+    );
+    assert_eq!(ours["events"].as_array().unwrap().len(), 2, "{ours}");
+
+    // The same id once more on both: a `duplicated` event, nothing else.
+    let (status, _) = post(&ingress, "/api/webhook/workflow", "golden-1", BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    add(data, opts.to_string()).await;
+    let (ours, theirs) = (
+        snapshot(&r, "ours", &id).await,
+        snapshot(&r, "node", &id).await,
+    );
+    assert_eq!(
+        ours, theirs,
+        "after a duplicate: ingress (left), Node (right)"
+    );
+    assert_eq!(ours["events"][2]["event"], "duplicated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_the_ingress_adds_what_bullmq_6_queue_add_adds() {
+    golden(6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_the_ingress_adds_what_bullmq_5_queue_add_adds() {
+    golden(5).await;
+}
+
+/// A queue paused through Node's `Queue` holds the job (no marker, no
+/// processing) until `queue.resume()`. 6.x keeps it on `wait`; a queue last
+/// opened by 5.x gets it on `paused`, which 5.x renames over `wait` on
+/// resume.
+async fn paused_queue_holds_the_job(major: u8) {
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    let queue = format!("held{major}");
+    let ingress =
+        Ingress::start_with(bullmq_config(&redis.url(), &queue).validate().unwrap()).await;
+    let mut worker = node::Worker::start_idle(major, &r, &redis.url(), &queue, &[]).await;
+    node::queue(major, &["pause", &redis.url(), &queue]).await;
+    let (status, _) = post(&ingress, "/api/webhook/workflow", "held-1", BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = job_id("held-1", "wf_a");
+    let list = if major == 5 { "paused" } else { "wait" };
+    let held: Vec<String> = r
+        .lrange(format!("bull:{queue}:{list}"), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(held, vec![id.clone()]);
+    let markers: u64 = r.zcard(format!("bull:{queue}:marker")).await.unwrap();
+    assert_eq!(markers, 0, "a paused queue gets no marker");
+    let early = worker.lines_within(Duration::from_millis(1500)).await;
+    assert!(
+        early.iter().all(|l| l["event"] != "job"),
+        "processed while paused: {early:?}"
+    );
+    node::queue(major, &["resume", &redis.url(), &queue]).await;
+    let job = worker.next("job", Duration::from_secs(10)).await;
+    assert_eq!(job["id"], id.as_str());
+    worker.next("completed", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_bullmq_6_queue_holds_the_job_until_resumed() {
+    paused_queue_holds_the_job(6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_bullmq_5_queue_holds_the_job_until_resumed() {
+    paused_queue_holds_the_job(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outreach_jobs_go_to_their_queue_and_answer_the_bullmq_id() {
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    put_outreach_config(
+        &r,
+        "cfg_1",
+        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
+    )
+    .await;
+    let mut raw = bullmq_config(&redis.url(), "wf-runs");
+    raw.bullmq.outreach_queue = "out-runs".into();
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let mut worker = node::Worker::start_idle(6, &r, &redis.url(), "out-runs", &[]).await;
+    let body =
+        r#"{"configurationId":"cfg_1","contacts":{"email":"a@b.c","n":12345678901234567890123}}"#;
+    let (status, answer) = post(&ingress, "/api/webhook/outreach", "out-1", body).await;
+    assert_eq!(status, StatusCode::OK, "{answer:?}");
+    let id = job_id("out-1", "cfg_1");
+    assert_eq!(json(&answer)["data"]["jobId"], id.as_str());
+    let job = worker.next("job", Duration::from_secs(10)).await;
+    assert_eq!(job["id"], id.as_str());
+    assert_eq!(job["name"], "outreach");
+    let data: String = r.hget(format!("bull:out-runs:{id}"), "data").await.unwrap();
+    let ts: String = r
+        .hget(format!("bull:out-runs:{id}"), "timestamp")
+        .await
+        .unwrap();
+    assert_eq!(
+        data,
+        format!(
+            r#"{{"configurationId":"cfg_1","userId":"u_1","orgId":"o_1","format":"fixed","contacts":{{"email":"a@b.c","n":12345678901234567890123}},"applications":{{}},"conversations":{{}},"receivedAt":{ts},"requestId":"out-1"}}"#
+        )
+    );
+}
+
+fn spool_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0)
+}
+
+/// Redis SIGKILLed under load with a spool: every 202's job is run by a
+/// Worker exactly once (spooled jobs replayed; a replay of a job that did
+/// land finds its id and adds nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_every_accepted_job_runs_exactly_once() {
+    const WAIT: Duration = Duration::from_secs(30);
+    let mut redis = RedisServer::start_durable();
+    let r = seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut raw = bullmq_config(&redis.url(), "faults");
+    raw.redis.command_timeout_ms = 500;
+    raw.spool.dir = spool.path().display().to_string();
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let body = r#"{"webhookId":"wh_1","email":"lead@example.com"}"#;
+    let load = Load::start(&ingress.uri(""), KEY, body, 16, "bq");
+    load.until_accepted(200, WAIT).await;
+    redis.kill();
+    load.until_accepted(200, WAIT).await;
+    assert!(spool_files(spool.path()) > 0, "nothing was spooled");
+    redis.restart();
+    load.until_accepted(200, WAIT).await;
+    let outcomes = load.stop().await;
+    drop(r);
+    let accepted: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.status == Some(StatusCode::ACCEPTED))
+        .map(|o| o.request_id.as_str())
+        .collect();
+    assert!(accepted.len() >= 600);
+    assert!(
+        eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
+        "spool not drained"
+    );
+    let r = redis.client().await;
+    let queued: u64 = r.llen("bull:faults:wait").await.unwrap();
+    eprintln!("{queued} jobs waiting");
+    let mut worker = node::Worker::start(6, &redis.url(), "faults", &[]).await;
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while accepted.iter().any(|id| !runs.contains_key(*id)) {
+        assert!(Instant::now() < deadline, "not every accepted job ran");
+        let job = worker.next("job", Duration::from_secs(30)).await;
+        *runs
+            .entry(job["data"]["requestId"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    // Anything still queued would show up now.
+    let waiting: u64 = r.llen("bull:faults:wait").await.unwrap();
+    assert_eq!(waiting, 0, "jobs left in wait");
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "jobs run twice: {twice:?}");
+    let spooled = metric_value(&ingress, "tether_spool_jobs_written_total").await;
+    eprintln!(
+        "figures: {} accepted, {} jobs run once each, {spooled} requests spooled",
+        accepted.len(),
+        runs.len()
+    );
+}

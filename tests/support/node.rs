@@ -1,0 +1,134 @@
+//! Real BullMQ from npm (`tests/node/`, installed by `scripts/test`), driven
+//! through `tests/node/bullmq.js`: Workers that report each job as a JSON
+//! line, and one-shot Queue commands.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+/// The test package's directory.
+pub fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node")
+}
+
+fn command(major: u8, args: &[&str]) -> Command {
+    assert!(
+        dir().join("node_modules/bullmq6").exists() && dir().join("node_modules/bullmq5").exists(),
+        "the Node test packages are missing: run scripts/test, or `npm ci --prefix tests/node`"
+    );
+    let mut c = Command::new("node");
+    c.current_dir(dir())
+        .arg("bullmq.js")
+        .arg(major.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    c
+}
+
+/// Runs one Queue command to its end; its JSON answer.
+pub async fn queue(major: u8, args: &[&str]) -> serde_json::Value {
+    let out = tokio::time::timeout(Duration::from_secs(30), command(major, args).output())
+        .await
+        .expect("node queue command hung")
+        .unwrap();
+    assert!(out.status.success(), "node {args:?} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("node {args:?} said {text:?}: {e}"))
+}
+
+/// A running BullMQ Worker; its lines in order.
+pub struct Worker {
+    _child: Child,
+    lines: mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+impl Worker {
+    /// Starts a Worker of `major` on `queue` and waits until it is
+    /// connected.
+    pub async fn start(major: u8, redis_url: &str, queue: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["worker", redis_url, queue];
+        args.extend_from_slice(extra);
+        let mut child = command(major, &args).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                match serde_json::from_str(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("worker: {line}"),
+                }
+            }
+        });
+        let mut w = Self {
+            _child: child,
+            lines,
+        };
+        w.next("ready", Duration::from_secs(30)).await;
+        w
+    }
+
+    /// Starts a Worker as [`Worker::start`] does and waits until it is idle:
+    /// blocked in `BZPOPMIN` on the queue's marker (seen in `CLIENT LIST`),
+    /// where only a marker or its drain timeout wakes it.
+    pub async fn start_idle(
+        major: u8,
+        redis: &fred::clients::Client,
+        redis_url: &str,
+        queue: &str,
+        extra: &[&str],
+    ) -> Self {
+        use fred::prelude::*;
+        let w = Self::start(major, redis_url, queue, extra).await;
+        let blocked = super::eventually(Duration::from_secs(30), || async {
+            let list: String = redis
+                .client_list::<String, String>(None, None)
+                .await
+                .unwrap_or_default();
+            list.contains("cmd=bzpopmin")
+        })
+        .await;
+        assert!(blocked, "the worker never waited for a marker");
+        w
+    }
+
+    /// The next line whose `event` is `event`, skipping others; panics
+    /// after `within`.
+    pub async fn next(&mut self, event: &str, within: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {event:?} from the worker within {within:?}"))
+                .expect("the worker exited");
+            if line["event"] == "error" {
+                panic!("worker error: {line}");
+            }
+            if line["event"] == event {
+                return line;
+            }
+        }
+    }
+
+    /// Every line that arrives within `within` (for "nothing happens").
+    pub async fn lines_within(&mut self, within: Duration) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        while let Ok(Some(line)) = tokio::time::timeout_at(deadline, self.lines.recv()).await {
+            out.push(line);
+        }
+        out
+    }
+}
