@@ -53,6 +53,8 @@ pub struct Admin {
     prefix: String,
     workflow_stream: String,
     outreach_stream: String,
+    /// In BullMQ mode, the `[bullmq]` queues `jobs tail` follows.
+    bullmq: Option<crate::config::BullmqConfig>,
 }
 
 /// Categories of org dynamic properties.
@@ -79,6 +81,8 @@ impl Admin {
             prefix: config.redis.key_prefix.clone(),
             workflow_stream: config.streams.workflow.clone(),
             outreach_stream: config.streams.outreach.clone(),
+            bullmq: (config.sink.kind == crate::config::SinkKind::Bullmq)
+                .then(|| config.bullmq.clone()),
         })
     }
 
@@ -272,9 +276,12 @@ impl Admin {
         Ok(())
     }
 
-    /// Follows a job stream, writing each entry as one JSON line to `out`.
-    /// From the stream's end, or from its start with `from_start`; stops after
-    /// `limit` entries when given.
+    /// Follows the workflow or outreach jobs, writing each as one JSON line
+    /// to `out`: the stream's entries, or in BullMQ mode the jobs added to
+    /// the queue (read from its `events` stream: `id`, `name`, `data`,
+    /// `opts`, `timestamp`). From the end, or from the start with
+    /// `from_start` (for a queue: as far back as its events reach); stops
+    /// after `limit` jobs when given.
     pub async fn jobs_tail(
         &self,
         which: &str,
@@ -282,10 +289,18 @@ impl Admin {
         limit: Option<usize>,
         out: &mut impl Write,
     ) -> Result<(), AdminError> {
-        let stream = match which {
-            "workflow" => self.workflow_stream.clone(),
-            "outreach" => self.outreach_stream.clone(),
-            other => {
+        let (stream, queue) = match (which, &self.bullmq) {
+            ("workflow", None) => (self.workflow_stream.clone(), None),
+            ("outreach", None) => (self.outreach_stream.clone(), None),
+            ("workflow", Some(b)) => {
+                let base = format!("{}:{}:", b.prefix, b.workflow_queue);
+                (format!("{base}events"), Some(base))
+            }
+            ("outreach", Some(b)) => {
+                let base = format!("{}:{}:", b.prefix, b.outreach_queue);
+                (format!("{base}events"), Some(base))
+            }
+            (other, _) => {
                 return Err(AdminError::Refused(format!(
                     "unknown stream {other:?}: workflow or outreach"
                 )));
@@ -303,20 +318,74 @@ impl Admin {
                 .xread(Some(100), Some(5_000), stream.as_str(), last.as_str())
                 .await?;
             for crate::worker::Entry { id, fields } in crate::worker::parse_read(reply) {
-                let mut obj = serde_json::Map::new();
-                obj.insert("id".into(), id.clone().into());
-                for (k, v) in fields {
-                    obj.insert(k, v.into());
-                }
-                let _ = writeln!(out, "{}", serde_json::Value::Object(obj));
+                last = id.clone();
+                let line = match &queue {
+                    None => {
+                        let mut obj = serde_json::Map::new();
+                        obj.insert("id".into(), id.into());
+                        for (k, v) in fields {
+                            obj.insert(k, v.into());
+                        }
+                        serde_json::Value::Object(obj).to_string()
+                    }
+                    Some(base) => match self.added_job(base, &fields).await? {
+                        Some(line) => line,
+                        None => continue,
+                    },
+                };
+                let _ = writeln!(out, "{line}");
                 let _ = out.flush();
-                last = id;
                 printed += 1;
                 if limit.is_some_and(|l| printed >= l) {
                     return Ok(());
                 }
             }
         }
+    }
+}
+
+impl Admin {
+    /// For an `added` event of the queue under `base`, the job it added (if
+    /// it still exists) as one JSON line: id, name, timestamp, and `opts`
+    /// and `data` as stored (the caller's numbers untouched).
+    async fn added_job(
+        &self,
+        base: &str,
+        event: &[(String, String)],
+    ) -> Result<Option<String>, AdminError> {
+        use serde_json::value::RawValue;
+        #[derive(serde::Serialize)]
+        struct Added<'a> {
+            id: &'a str,
+            name: Option<&'a String>,
+            timestamp: Option<u64>,
+            opts: Option<Box<RawValue>>,
+            data: Option<Box<RawValue>>,
+        }
+        let get = |name: &str| event.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let (Some(kind), Some(id)) = (get("event"), get("jobId")) else {
+            return Ok(None);
+        };
+        if kind != "added" {
+            return Ok(None);
+        }
+        let hash: std::collections::HashMap<String, String> =
+            self.client.hgetall(format!("{base}{id}")).await?;
+        if hash.is_empty() {
+            return Ok(None);
+        }
+        let raw = |field: &str| {
+            hash.get(field)
+                .and_then(|t| RawValue::from_string(t.clone()).ok())
+        };
+        let added = Added {
+            id,
+            name: hash.get("name"),
+            timestamp: hash.get("timestamp").and_then(|t| t.parse().ok()),
+            opts: raw("opts"),
+            data: raw("data"),
+        };
+        Ok(serde_json::to_string(&added).ok())
     }
 }
 

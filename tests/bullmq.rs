@@ -131,6 +131,41 @@ async fn a_worker_runs_the_job(major: u8) {
     );
 }
 
+/// `jobs tail` in BullMQ mode prints the queue's jobs, data as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_tail_shows_the_queue_s_jobs() {
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    let ingress =
+        Ingress::start_with(bullmq_config(&redis.url(), "tailed").validate().unwrap()).await;
+    let (status, _) = post(&ingress, "/api/webhook/workflow", "tail-1", BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["jobs", "tail", "workflow", "--from-start", "--limit", "1"])
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_SINK", "bullmq")
+        .env("TETHER_INGRESS_BULLMQ_WORKFLOW_QUEUE", "tailed")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let ts: String = r
+        .hget(
+            format!("bull:tailed:{}", job_id("tail-1", "wf_a")),
+            "timestamp",
+        )
+        .await
+        .unwrap();
+    assert!(
+        line.contains(&format!(r#""data":{}"#, expected_data("tail-1", &ts))),
+        "{line}"
+    );
+    let job: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(job["id"], job_id("tail-1", "wf_a").as_str());
+    assert_eq!(job["name"], "webhook");
+    assert_eq!(job["opts"]["attempts"], 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bullmq_6_worker_runs_the_job() {
     a_worker_runs_the_job(6).await;
@@ -416,4 +451,50 @@ async fn redis_killed_under_load_every_accepted_job_runs_exactly_once() {
         accepted.len(),
         runs.len()
     );
+}
+
+/// The README's loop: the ingress in BullMQ mode with its default queues,
+/// and `examples/bullmq-worker.js` (a plain BullMQ Worker) prints the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_worker_prints_the_ingress_s_job() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.sink.kind = "bullmq".into();
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bullmq-worker.js");
+    let mut child = tokio::process::Command::new("node")
+        .arg(example)
+        .arg(redis.url())
+        .env("NODE_PATH", node::dir().join("node_modules"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Both of its workers wait for a marker.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let list: String = r.client_list::<String, String>(None, None).await.unwrap();
+            list.matches("cmd=bzpopmin").count() >= 2
+        })
+        .await
+    );
+    let (status, _) = post(&ingress, "/api/webhook/workflow", "example-1", BODY).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let job: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(job["queue"], "workflow-runs");
+    assert_eq!(job["name"], "webhook");
+    assert_eq!(job["data"]["requestId"], "example-1");
+    assert_eq!(job["data"]["payload"]["email"], "lead@example.com");
 }
