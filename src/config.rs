@@ -1455,6 +1455,46 @@ mod tests {
     }
 
     #[test]
+    fn bullmq_settings_from_the_environment() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            (ENV_SINK, "bullmq"),
+            (ENV_BULLMQ_PREFIX, "{bull}"),
+            (ENV_BULLMQ_WORKFLOW_QUEUE, "wf"),
+            (ENV_BULLMQ_OUTREACH_QUEUE, "out"),
+            (
+                ENV_BULLMQ_JOB_OPTIONS,
+                r#"{"attempts":3,"removeOnComplete":true}"#,
+            ),
+        ]);
+        let mut raw = RawConfig::default();
+        raw.apply_env(|k| env.get(k).map(|v| v.to_string()));
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.sink.kind, SinkKind::Bullmq);
+        assert_eq!(
+            (
+                cfg.bullmq.prefix.as_str(),
+                cfg.bullmq.workflow_queue.as_str(),
+                cfg.bullmq.outreach_queue.as_str()
+            ),
+            ("{bull}", "wf", "out")
+        );
+        assert_eq!(
+            cfg.bullmq.job_options,
+            r#"{"attempts":3,"removeOnComplete":true}"#
+        );
+        for (var, value, says) in [
+            (ENV_SINK, "kafka", "sink.kind"),
+            (ENV_BULLMQ_WORKFLOW_QUEUE, "a:b", "bullmq.workflow_queue"),
+            (ENV_BULLMQ_OUTREACH_QUEUE, "", "bullmq.outreach_queue"),
+        ] {
+            let mut raw = RawConfig::default();
+            raw.apply_env(|k| (k == var).then(|| value.to_owned()));
+            let err = raw.validate().unwrap_err().to_string();
+            assert!(err.contains(says), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
     fn jwt_secret_from_a_file() {
         let path = std::env::temp_dir().join(format!("tether-secret-{}", std::process::id()));
         std::fs::write(&path, "file-secret\n").unwrap();

@@ -153,3 +153,12 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
 pub fn eval_pipelined() -> CustomCommand {
     CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false)
 }
+
+/// `EVALSHA` as a command fred may pipeline, for a script whose body the
+/// caller sends with [`eval_pipelined`] when Redis answers `NOSCRIPT` (its
+/// cache is empty after a restart or `SCRIPT FLUSH`; a `NOSCRIPT` call ran
+/// nothing, so sending it again is safe). fred's own `EVALSHA` would hold
+/// every later command on the connection until it is answered.
+pub fn evalsha_pipelined() -> CustomCommand {
+    CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false)
+}

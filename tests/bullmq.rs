@@ -117,7 +117,19 @@ async fn a_worker_runs_the_job(major: u8) {
         .unwrap();
     assert!(finished.is_some());
 
-    // The same request again: the job exists, so nothing is added.
+    // The same request again: the job exists, so nothing is added. Redis's
+    // script cache emptied first: the write sends the script's body instead.
+    let _: String = r
+        .custom(
+            fred::types::CustomCommand::new_static(
+                "SCRIPT",
+                fred::types::ClusterHash::Random,
+                false,
+            ),
+            vec!["FLUSH"],
+        )
+        .await
+        .unwrap();
     let (status, _) = post(&ingress, "/api/webhook/workflow", "req-1", BODY).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let waiting: u64 = r.llen(format!("bull:{queue}:wait")).await.unwrap();

@@ -29,13 +29,15 @@
 //! payload (or outreach groups) are sent as they came, between small
 //! pre-escaped pieces the script joins.
 
+use std::sync::LazyLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::prelude::*;
 
 use super::job::{OutreachJob, WorkflowJobs};
 use crate::{
     config::BullmqConfig,
-    redis::eval_pipelined,
+    redis::{eval_pipelined, evalsha_pipelined},
     settings::Settings,
     spool::{self, Record},
 };
@@ -78,6 +80,21 @@ for j = 1, #KEYS - 7 do
 end
 return added
 "#;
+
+/// [`ADD_SCRIPT`]'s SHA-1 (lowercase hex), the name `EVALSHA` calls it by:
+/// each call then sends 40 bytes instead of the script, and Redis skips
+/// hashing the body.
+static ADD_SCRIPT_SHA: LazyLock<Bytes> = LazyLock::new(|| {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        ADD_SCRIPT.as_bytes(),
+    );
+    let mut hex = BytesMut::with_capacity(40);
+    for b in digest.as_ref() {
+        hex.put_slice(format!("{b:02x}").as_bytes());
+    }
+    hex.freeze()
+});
 
 /// The queue keys the script takes, in its `KEYS` order.
 const SUFFIXES: [&str; 7] = ["id", "meta", "events", "wait", "paused", "marker", "active"];
@@ -201,11 +218,12 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// The script call's arguments.
-    fn args(&self) -> Vec<Value> {
+    /// The script call's arguments, the script named by `script` (its body
+    /// or its SHA-1).
+    fn args(&self, script: Value) -> Vec<Value> {
         let mut args =
             Vec::with_capacity(7 + SUFFIXES.len() + self.shared.len() + 3 * self.jobs.len());
-        args.push(Value::from_static_str(ADD_SCRIPT));
+        args.push(script);
         args.push(Value::Integer((SUFFIXES.len() + self.jobs.len()) as i64));
         args.extend(self.queue.keys.iter().cloned().map(Value::Bytes));
         args.extend(
@@ -225,20 +243,31 @@ impl Call<'_> {
         args
     }
 
-    /// Runs it through `client`; `Ok` once Redis holds every job (new, or
-    /// found already there).
+    /// Runs it through `client` by `EVALSHA`, and once more with the
+    /// script's body when Redis does not have it cached (`NOSCRIPT`: nothing
+    /// ran); `Ok` once Redis holds every job (new, or found already there).
     async fn run(&self, client: &Client, settings: &Settings) -> Result<(), Error> {
         let options = Options {
             timeout: Some(settings.command_timeout),
             ..Default::default()
         };
-        let _added: i64 = Box::pin(
-            client
-                .with_options(&options)
-                .custom(eval_pipelined(), self.args()),
-        )
-        .await?;
-        Ok(())
+        let client = client.with_options(&options);
+        let by_sha = Box::pin(client.custom::<i64, _>(
+            evalsha_pipelined(),
+            self.args(Value::Bytes(ADD_SCRIPT_SHA.clone())),
+        ))
+        .await;
+        match by_sha {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let _added: i64 = Box::pin(client.custom(
+                    eval_pipelined(),
+                    self.args(Value::from_static_str(ADD_SCRIPT)),
+                ))
+                .await?;
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 
     /// Appends one spool record per job, each with its whole `data`.
