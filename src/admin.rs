@@ -345,6 +345,16 @@ impl Admin {
 }
 
 impl Admin {
+    /// The connection (for `import`).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The control plane's key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// For an `added` event of the queue under `base`, the job it added (if
     /// it still exists) as one JSON line: id, name, timestamp, and `opts`
     /// and `data` as stored (the caller's numbers untouched).

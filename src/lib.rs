@@ -63,6 +63,7 @@ pub mod replica;
 pub mod proxy;
 pub mod metrics;
 pub mod admin;
+pub mod import;
 pub mod worker;
 pub mod fuzzing;
 

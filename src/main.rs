@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tether_ingress::{
     admin::{Admin, AdminError},
     config::{self, Config},
+    import::import,
     reload, telemetry,
 };
 
@@ -50,6 +51,20 @@ enum Command {
     /// Job streams.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Bring the control plane over from JSON lines (apiKey, trigger,
+    /// outreachConfig, orgProperties; one per line): only what differs is
+    /// written; a summary per kind at the end.
+    Import {
+        /// Also delete the keys of each kind in the file that the file does
+        /// not name.
+        #[arg(long)]
+        prune: bool,
+        /// Write nothing; print what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// The file, or - for stdin.
+        file: PathBuf,
+    },
     /// Validate the configuration and print the effective values, secrets masked.
     CheckConfig,
 }
@@ -264,6 +279,35 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
                 admin
                     .jobs_tail(&stream, from_start, limit, &mut std::io::stdout().lock())
                     .await?;
+            }
+            Command::Import {
+                prune,
+                dry_run,
+                file,
+            } => {
+                let options = tether_ingress::import::Options { prune, dry_run };
+                let (client, prefix, out) = (
+                    admin.client(),
+                    admin.prefix(),
+                    &mut std::io::stdout().lock(),
+                );
+                let summary = if file.as_os_str() == "-" {
+                    import(client, prefix, std::io::stdin().lock(), None, options, out).await?
+                } else {
+                    let opened = std::fs::File::open(&file).map_err(|e| {
+                        AdminError::Refused(format!("cannot open {}: {e}", file.display()))
+                    })?;
+                    let size = opened.metadata().ok().map(|m| m.len());
+                    let input = std::io::BufReader::with_capacity(1 << 20, opened);
+                    import(client, prefix, input, size, options, out).await?
+                };
+                print!("{summary}");
+                if summary.refused() > 0 {
+                    return Err(AdminError::Refused(format!(
+                        "{} lines refused (see above)",
+                        summary.refused()
+                    )));
+                }
             }
             Command::Serve | Command::CheckConfig => {}
         }

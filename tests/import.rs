@@ -1,0 +1,340 @@
+//! `tether-ingress import` (the built binary) against a real redis-server
+//! and a running ingress: what it writes is what requests see.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use fred::prelude::*;
+use http::StatusCode;
+use support::*;
+
+/// Runs `import ARGS` with `lines` on stdin.
+fn import(redis: &RedisServer, args: &[&str], lines: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .arg("import")
+        .args(args)
+        .arg("-")
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The summary row of `kind`: written, unchanged, removed, refused.
+fn row(out: &Output, kind: &str) -> [u64; 4] {
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} row in {stdout}"));
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    [n[0], n[1], n[2], n[3]]
+}
+
+const FILE: &str = concat!(
+    r#"{"type":"apiKey","key":"imported_key_one","userId":"u_1","orgId":"o_1"}"#,
+    "\n",
+    r#"{"type":"apiKey","key":"imported_key_two","userId":"u_2","orgId":"o_1","rateLimitPerSec":50}"#,
+    "\n",
+    r#"{"type":"trigger","orgId":"o_1","webhookId":"wh_1","workflowIds":["wf_a","wf_b"]}"#,
+    "\n",
+    r#"{"type":"trigger","orgId":"o_1","webhookId":"wh_2","workflowIds":["wf_c"]}"#,
+    "\n",
+    r#"{"type":"outreachConfig","configurationId":"cfg_1","userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
+    "\n",
+    r#"{"type":"orgProperties","orgId":"o_1","properties":{"jobTitle":"application","lastMessage":"conversation"}}"#,
+    "\n",
+);
+
+async fn matched(ingress: &Ingress, key: &str, webhook: &str) -> Option<u64> {
+    let (status, _, body) = ingress
+        .workflow(Some(key), &format!(r#"{{"webhookId":"{webhook}"}}"#))
+        .await;
+    (status == StatusCode::ACCEPTED).then(|| json(&body)["data"]["matchedCount"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_keys_and_triggers_work_and_a_second_import_changes_nothing() {
+    let redis = RedisServer::start();
+    let ingress = Ingress::start(&redis.url()).await;
+    let out = import(&redis, &[], FILE);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(row(&out, "apiKey"), [2, 0, 0, 0]);
+    assert_eq!(row(&out, "trigger"), [2, 0, 0, 0]);
+    assert_eq!(row(&out, "outreachConfig"), [1, 0, 0, 0]);
+    assert_eq!(row(&out, "orgProperties"), [1, 0, 0, 0]);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            matched(&ingress, "imported_key_one", "wh_1").await == Some(2)
+        })
+        .await,
+        "an imported key and trigger did not work within 1 s"
+    );
+    assert_eq!(matched(&ingress, "imported_key_two", "wh_2").await, Some(1));
+
+    // Again: everything unchanged, nothing written.
+    let out = import(&redis, &[], FILE);
+    assert!(out.status.success());
+    for kind in ["apiKey", "trigger", "outreachConfig", "orgProperties"] {
+        let [written, unchanged, _, _] = row(&out, kind);
+        assert_eq!(written, 0, "{kind}");
+        assert!(unchanged > 0, "{kind}");
+    }
+
+    // The plain keys were never written anywhere: not as a key, not in a value.
+    let r = redis.client().await;
+    let dump = redis.cli(&["KEYS", "*"]);
+    assert!(!dump.contains("imported_key"), "{dump}");
+    // Two keys, two triggers, a configuration, properties, and the jobs.
+    assert_eq!(dump.lines().count(), 7, "{dump}");
+    for key in dump.lines() {
+        let kind: String = r
+            .custom(
+                fred::types::CustomCommand::new_static(
+                    "TYPE",
+                    fred::types::ClusterHash::FirstKey,
+                    false,
+                ),
+                vec![key],
+            )
+            .await
+            .unwrap();
+        if kind == "string" {
+            let value: String = r.get(key).await.unwrap();
+            assert!(!value.contains("imported_key"), "{key}: {value}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_revokes_what_the_file_lacks_and_keeps_the_rest() {
+    let redis = RedisServer::start();
+    let ingress = Ingress::start(&redis.url()).await;
+    assert!(import(&redis, &[], FILE).status.success());
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            matched(&ingress, "imported_key_one", "wh_1").await == Some(2)
+        })
+        .await
+    );
+    // A new file without key one and without trigger wh_2, and wf_b dropped
+    // from wh_1; outreach and properties absent: left alone.
+    let smaller = concat!(
+        r#"{"type":"apiKey","key":"imported_key_two","userId":"u_2","orgId":"o_1","rateLimitPerSec":50}"#,
+        "\n",
+        r#"{"type":"trigger","orgId":"o_1","webhookId":"wh_1","workflowIds":["wf_a"]}"#,
+        "\n",
+    );
+    // A dry run first: it says what would change and writes nothing.
+    let before = redis.cli(&["DBSIZE"]);
+    let dry = import(&redis, &["--prune", "--dry-run"], smaller);
+    assert!(dry.status.success());
+    let said = text(&dry.stdout);
+    assert!(said.contains("remove apiKey tether:apikey:"), "{said}");
+    assert!(
+        said.contains("remove trigger tether:triggers:o_1:wh_2"),
+        "{said}"
+    );
+    assert!(
+        said.contains("write trigger tether:triggers:o_1:wh_1: add 0, remove 1"),
+        "{said}"
+    );
+    assert_eq!(redis.cli(&["DBSIZE"]), before);
+    assert_eq!(matched(&ingress, "imported_key_one", "wh_1").await, Some(2));
+
+    let out = import(&redis, &["--prune"], smaller);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(row(&out, "apiKey"), [0, 1, 1, 0]);
+    assert_eq!(row(&out, "trigger"), [1, 0, 1, 0]);
+    assert_eq!(row(&out, "outreachConfig"), [0, 0, 0, 0]);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            let (status, _, _) = ingress
+                .workflow(Some("imported_key_one"), r#"{"webhookId":"wh_1"}"#)
+                .await;
+            status == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "a pruned key still worked after 1 s"
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            matched(&ingress, "imported_key_two", "wh_1").await == Some(1)
+        })
+        .await
+    );
+    assert_eq!(matched(&ingress, "imported_key_two", "wh_2").await, Some(0));
+    let config: Option<String> = redis
+        .client()
+        .await
+        .get("tether:outreach:config:cfg_1")
+        .await
+        .unwrap();
+    assert!(config.is_some(), "a kind absent from the file was pruned");
+}
+
+#[tokio::test]
+async fn bad_lines_are_refused_with_their_number_and_the_rest_imported() {
+    let redis = RedisServer::start();
+    let lines = concat!(
+        r#"{"type":"apiKey","key":"imported_key_one","userId":"u_1","orgId":"o_1"}"#,
+        "\n",
+        "not json\n",
+        r#"{"type":"apiKey","key":"secret_plain_key","orgId":"o_1"}"#,
+        "\n",
+        r#"{"type":"trigger","orgId":"o_1","webhookId":"wh_1","workflowIds":"wf_a"}"#,
+        "\n",
+        r#"{"type":"orgProperties","orgId":"o_1","properties":{"x":"nope"}}"#,
+        "\n",
+        r#"{"type":"gadget"}"#,
+        "\n",
+        r#"{"type":"trigger","orgId":"o_1","webhookId":"wh_1","workflowIds":["wf_a"]}"#,
+        "\n",
+    );
+    let out = import(&redis, &[], lines);
+    assert_eq!(out.status.code(), Some(1), "bad lines make the exit code 1");
+    let errors = text(&out.stderr);
+    for (n, says) in [
+        (2, "not JSON"),
+        (3, "apiKey: userId is missing"),
+        (4, "trigger: workflowIds must be an array"),
+        (5, "orgProperties: properties.x must be"),
+        (6, "type \"gadget\""),
+    ] {
+        assert!(
+            errors.contains(&format!("line {n}: {says}")),
+            "line {n}: {errors}"
+        );
+    }
+    assert!(!errors.contains("secret_plain_key"), "{errors}");
+    assert_eq!(row(&out, "apiKey"), [1, 0, 0, 1]);
+    assert_eq!(row(&out, "trigger"), [1, 0, 0, 1]);
+    assert_eq!(row(&out, "orgProperties"), [0, 0, 0, 1]);
+    assert!(text(&out.stdout).contains("2 lines of no known kind refused"));
+}
+
+fn node_example(args: &[&str], stdin: &str) -> Output {
+    let dir = support::node::dir();
+    assert!(
+        dir.join("node_modules/ioredis").exists(),
+        "the Node test packages are missing: run scripts/test, or `npm ci --prefix tests/node`"
+    );
+    let mut child = Command::new("node")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NODE_PATH", dir.join("node_modules"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `examples/backend-control-plane.js` (ioredis): what the backend writes
+/// when a key is created or revoked and when a trigger changes is seen by
+/// the running ingress within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_snippet_s_changes_reach_the_ingress() {
+    let redis = RedisServer::start();
+    let ingress = Ingress::start(&redis.url()).await;
+    let url = redis.url();
+    let run = |args: &[&str]| {
+        let mut all = vec!["examples/backend-control-plane.js", url.as_str()];
+        all.extend_from_slice(args);
+        let out = node_example(&all, "");
+        assert!(out.status.success(), "{args:?}");
+    };
+    run(&["create-key", "backend_made_key", "u_1", "o_1"]);
+    run(&["set-trigger", "o_1", "wh_1", "wf_a", "wf_b"]);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            matched(&ingress, "backend_made_key", "wh_1").await == Some(2)
+        })
+        .await,
+        "the backend's key and trigger were not seen within 1 s"
+    );
+    run(&["set-trigger", "o_1", "wh_1", "wf_b"]);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            matched(&ingress, "backend_made_key", "wh_1").await == Some(1)
+        })
+        .await
+    );
+    run(&["revoke-key", "backend_made_key"]);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            let (status, _, _) = ingress
+                .workflow(Some("backend_made_key"), r#"{"webhookId":"wh_1"}"#)
+                .await;
+            status == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "a revoked key still worked after 1 s"
+    );
+}
+
+/// `examples/export-to-import.js`: mongoexport-style documents become
+/// import lines that import cleanly and work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_documents_convert_to_lines_that_import() {
+    let hex = sha256_hex("exported_key");
+    let keys = format!(
+        r#"{{"_id":{{"$oid":"65a1"}},"keyHash":"{hex}","user":{{"$oid":"u_9"}},"organization":{{"$oid":"o_9"}},"isActive":true}}"#
+    );
+    let workflows = concat!(
+        r#"{"_id":{"$oid":"wf_1"},"organization":{"$oid":"o_9"},"trigger":{"type":"webhook","webhookId":"wh_9"}}"#,
+        "\n",
+        r#"{"_id":{"$oid":"wf_2"},"organization":{"$oid":"o_9"},"trigger":{"type":"webhook","webhookId":"wh_9"}}"#,
+        "\n",
+        r#"{"_id":{"$oid":"wf_3"},"organization":{"$oid":"o_9"},"isActive":false,"trigger":{"type":"webhook","webhookId":"wh_9"}}"#,
+        "\n",
+    );
+    let mut lines = String::new();
+    for (collection, docs) in [("apikeys", keys.as_str()), ("workflows", workflows)] {
+        let out = node_example(&["examples/export-to-import.js", collection], docs);
+        assert!(out.status.success(), "{collection}");
+        lines.push_str(&text(&out.stdout));
+    }
+    let redis = RedisServer::start();
+    let ingress = Ingress::start(&redis.url()).await;
+    let out = import(&redis, &[], &lines);
+    assert!(out.status.success(), "{lines}\n{}", text(&out.stderr));
+    assert_eq!(row(&out, "apiKey"), [1, 0, 0, 0]);
+    assert_eq!(row(&out, "trigger"), [1, 0, 0, 0]);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            matched(&ingress, "exported_key", "wh_9").await == Some(2)
+        })
+        .await
+    );
+}
