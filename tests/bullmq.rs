@@ -510,3 +510,43 @@ async fn the_example_worker_prints_the_ingress_s_job() {
     assert_eq!(job["data"]["requestId"], "example-1");
     assert_eq!(job["data"]["payload"]["email"], "lead@example.com");
 }
+
+/// A queue at its global concurrency limit (meta `concurrency`, as many
+/// active jobs) gets the job on `wait` but no marker, as in BullMQ; the
+/// rest of the ingress works the same in this mode: an `Idempotency-Key`
+/// repeat adds nothing and gets the first answer, and the jobs are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maxed_queue_gets_no_marker_and_idempotency_and_metrics_hold() {
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    let ingress =
+        Ingress::start_with(bullmq_config(&redis.url(), "maxed").validate().unwrap()).await;
+    let _: () = r.hset("bull:maxed:meta", ("concurrency", 1)).await.unwrap();
+    let _: () = r.lpush("bull:maxed:active", "busy").await.unwrap();
+    let send = |request_id: &'static str| {
+        let req = Request::post(ingress.uri("/api/webhook/workflow"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("x-request-id", request_id)
+            .header("idempotency-key", "lead-77")
+            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .unwrap();
+        ingress.request(req)
+    };
+    let (status, _, first) = send("idem-1").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let wait: Vec<String> = r.lrange("bull:maxed:wait", 0, -1).await.unwrap();
+    assert_eq!(wait, vec![job_id("idem-1", "wf_a")]);
+    let markers: u64 = r.zcard("bull:maxed:marker").await.unwrap();
+    assert_eq!(markers, 0, "a maxed queue gets no marker");
+
+    // Another request id, the same Idempotency-Key: the first answer, no job.
+    let (status, _, again) = send("idem-2").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(again, first);
+    let wait: u64 = r.llen("bull:maxed:wait").await.unwrap();
+    assert_eq!(wait, 1);
+    assert_eq!(
+        metric_value(&ingress, "tether_jobs_written_total{stream=\"workflow\"}").await,
+        1.0
+    );
+}
