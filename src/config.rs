@@ -40,6 +40,8 @@ pub const ENV_JWT_SECRET: &str = "TETHER_INGRESS_JWT_SECRET";
 pub const ENV_JWT_SECRET_FILE: &str = "TETHER_INGRESS_JWT_SECRET_FILE";
 /// Environment variable overriding `spool.dir`.
 pub const ENV_SPOOL_DIR: &str = "TETHER_INGRESS_SPOOL_DIR";
+/// Environment variable overriding `redis.wait_replicas`.
+pub const ENV_REDIS_WAIT_REPLICAS: &str = "TETHER_INGRESS_REDIS_WAIT_REPLICAS";
 /// Environment variable overriding `sink.kind`.
 pub const ENV_SINK: &str = "TETHER_INGRESS_SINK";
 /// Environment variable overriding `bullmq.prefix`.
@@ -327,6 +329,8 @@ pub struct RawRedis {
     pub max_pending_commands: usize,
     /// Retry-After on 503, s.
     pub retry_after_secs: u32,
+    /// Replicas that must hold a job before it counts as stored; 0: off.
+    pub wait_replicas: u32,
     /// `[redis.tls]`
     pub tls: RawRedisTls,
 }
@@ -354,6 +358,7 @@ impl Default for RawRedis {
             resync_busy_percent: 20,
             max_pending_commands: 100_000,
             retry_after_secs: 1,
+            wait_replicas: 0,
             tls: RawRedisTls::default(),
         }
     }
@@ -606,6 +611,9 @@ impl RawConfig {
         if let Some(v) = env(ENV_SPOOL_DIR) {
             self.spool.dir = v;
         }
+        if let Some(v) = env(ENV_REDIS_WAIT_REPLICAS) {
+            self.redis.wait_replicas = v.trim().parse().unwrap_or(u32::MAX);
+        }
         if let Some(v) = env(ENV_SINK) {
             self.sink.kind = v;
         }
@@ -819,6 +827,16 @@ impl RawConfig {
         if self.idempotency.window_secs == 0 {
             problems.push("idempotency.window_secs: must be at least 1".into());
         }
+        if self.redis.wait_replicas > 100 {
+            problems.push(format!(
+                "redis.wait_replicas: {} must be a number of replicas from 0 to 100",
+                if self.redis.wait_replicas == u32::MAX {
+                    "the value".to_owned()
+                } else {
+                    self.redis.wait_replicas.to_string()
+                }
+            ));
+        }
         let sink_kind = match self.sink.kind.as_str() {
             "streams" => SinkKind::Streams,
             "bullmq" => SinkKind::Bullmq,
@@ -856,6 +874,7 @@ impl RawConfig {
                 resync_interval: Duration::from_secs(r.resync_interval_secs),
                 resync_busy_percent: r.resync_busy_percent,
                 max_pending_commands: max_pending,
+                wait_replicas: r.wait_replicas,
                 retry_after_secs: r.retry_after_secs,
                 tls: redis_tls,
             },
@@ -1038,6 +1057,9 @@ pub struct RedisConfig {
     pub max_pending_commands: NonZeroUsize,
     /// Retry-After on 503, seconds.
     pub retry_after_secs: u32,
+    /// Replicas that must hold a job (Redis `WAIT`) before it counts as
+    /// stored; 0: off.
+    pub wait_replicas: u32,
     /// `[redis.tls]`
     pub tls: RedisTlsConfig,
 }

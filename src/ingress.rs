@@ -88,6 +88,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let sink = Sink::connect(
         &target,
         config.redis.max_pending_commands.get(),
+        config.redis.wait_replicas,
         spool,
         cores.handles(),
         Layout::of(config),

@@ -128,6 +128,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.redis.resync_busy_percent != new.redis.resync_busy_percent {
         out.push("redis.resync_busy_percent");
     }
+    if running.redis.wait_replicas != new.redis.wait_replicas {
+        out.push("redis.wait_replicas");
+    }
     if running.redis.max_pending_commands != new.redis.max_pending_commands {
         out.push("redis.max_pending_commands");
     }

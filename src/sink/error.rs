@@ -17,6 +17,9 @@ pub enum SinkError {
     /// Too many commands queued towards Redis.
     #[error("too many commands queued towards redis")]
     Backpressure,
+    /// Fewer replicas than `redis.wait_replicas` confirmed the jobs in time.
+    #[error("the replicas did not confirm the write in time")]
+    NotReplicated,
     /// Redis answered with an error.
     #[error("redis refused the write: {0}")]
     Redis(#[source] Error),
@@ -38,6 +41,7 @@ impl SinkError {
             SinkError::Disconnected => "disconnected",
             SinkError::Timeout => "timeout",
             SinkError::Backpressure => "backpressure",
+            SinkError::NotReplicated => "not_replicated",
             SinkError::Redis(_) => "redis_error",
             SinkError::Spool {
                 spool: SpoolError::Full,

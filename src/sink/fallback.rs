@@ -11,7 +11,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use tracing::{info, warn};
 
-use super::{bullmq, error::SinkError, job::Stored, streams};
+use super::{bullmq, error::SinkError, job::Stored, replicas, streams};
 use crate::{
     metrics as m,
     settings::{Settings, SharedSettings},
@@ -32,6 +32,7 @@ async fn write_record(client: &Client, record: &Record, settings: &Settings) -> 
 async fn replay(
     spool: &Spool,
     client: &Client,
+    wait: Option<(u32, Duration)>,
     settings: &SharedSettings,
     resume: &mut Option<(std::path::PathBuf, usize)>,
 ) -> Result<(), SinkError> {
@@ -65,6 +66,14 @@ async fn replay(
             )
             .await;
             let ok = results.iter().take_while(|r| r.is_ok()).count();
+            // With wait_replicas, what was written counts only once the
+            // replicas confirm it; else it is written again next time.
+            if let (Some((replicas, timeout)), true) = (wait, ok > 0)
+                && let Err(e) = replicas::confirm_now(client, replicas, timeout).await
+            {
+                *resume = Some((path, from));
+                return Err(e);
+            }
             replayed.increment(ok as u64);
             from += ok;
             if let Some(Err(e)) = results.into_iter().nth(ok) {
@@ -113,6 +122,7 @@ pub(super) async fn spool_or(
 pub(super) fn spawn_replay(
     spool: Spool,
     client: Client,
+    wait: Option<(u32, Duration)>,
     settings: SharedSettings,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -121,7 +131,7 @@ pub(super) fn spawn_replay(
         let mut backoff = Duration::from_millis(50);
         loop {
             if spool.bytes() > 0 && client.is_connected() {
-                match replay(&spool, &client, &settings, &mut resume).await {
+                match replay(&spool, &client, wait, &settings, &mut resume).await {
                     Ok(()) => backoff = Duration::from_millis(50),
                     Err(e) => {
                         warn!(error = %e, "spool replay paused; retrying");

@@ -10,7 +10,8 @@
 //! spool instead and replayed later (`fallback`).
 //!
 //! One file per concern: [`job`] the records, `streams` and `bullmq` the
-//! two layouts, `writers` the connections, `fallback` the spool fallback and replay,
+//! two layouts, `writers` the connections, `replicas` the `WAIT` that
+//! confirms them with `redis.wait_replicas`, `fallback` the spool fallback and replay,
 //! [`error`] the errors (a leaf). The children import each other, never this
 //! facade.
 //!
@@ -31,6 +32,7 @@ mod bullmq;
 pub mod error;
 mod fallback;
 pub mod job;
+mod replicas;
 mod streams;
 mod writers;
 
@@ -71,6 +73,8 @@ pub struct Sink {
     writers: writers::Writers,
     spool: Option<Spool>,
     layout: Layout,
+    /// `redis.wait_replicas` and the `WAIT` deadline, when on.
+    wait: Option<(u32, std::time::Duration)>,
 }
 
 impl Sink {
@@ -80,14 +84,16 @@ impl Sink {
     pub fn connect(
         target: &Target,
         max_pending_commands: usize,
+        wait_replicas: u32,
         spool: Option<Spool>,
         cores: &[tokio::runtime::Handle],
         layout: Layout,
     ) -> Result<Self, Error> {
         Ok(Self {
-            writers: writers::Writers::connect(target, max_pending_commands, cores)?,
+            writers: writers::Writers::connect(target, max_pending_commands, wait_replicas, cores)?,
             spool,
             layout,
+            wait: (wait_replicas > 0).then_some((wait_replicas, target.command_timeout / 2)),
         })
     }
 
@@ -131,16 +137,13 @@ impl Sink {
             None => streams::write_workflow(writer, jobs, settings).await,
             Some(q) => bullmq::write_workflow(writer, q, jobs, settings).await,
         };
-        match written {
+        let stored = match written {
+            Ok(()) => self.writers.confirm().await,
+            Err(e) => Err(SinkError::from(e)),
+        };
+        match stored {
             Ok(()) => Ok(Stored::Redis),
-            Err(e) => {
-                Box::pin(fallback::spool_or(
-                    self.spool.as_ref(),
-                    SinkError::from(e),
-                    spool_all,
-                ))
-                .await
-            }
+            Err(e) => Box::pin(fallback::spool_or(self.spool.as_ref(), e, spool_all)).await,
         }
     }
 
@@ -160,7 +163,10 @@ impl Sink {
                 Some(q) => bullmq::write_outreach(writer, q, job, settings).await,
             };
             match written {
-                Ok(id) => return Ok(Some(id)),
+                Ok(id) => match self.writers.confirm().await {
+                    Ok(()) => return Ok(Some(id)),
+                    Err(e) => e,
+                },
                 Err(e) => SinkError::from(e),
             }
         } else {
@@ -184,6 +190,7 @@ impl Sink {
         Some(fallback::spawn_replay(
             spool,
             self.writers.shared().clone(),
+            self.wait,
             settings,
             stop,
         ))

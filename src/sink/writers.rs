@@ -17,6 +17,7 @@ use std::{
 
 use fred::prelude::*;
 
+use super::{error::SinkError, replicas::Confirmer};
 use crate::redis::{self, Role, Target};
 
 /// The shared client and the per-thread writers.
@@ -25,6 +26,9 @@ pub(super) struct Writers {
     shared: Client,
     /// Indexed by [`crate::cores::current`].
     per_thread: Arc<[Client]>,
+    /// With `redis.wait_replicas`: the shared client's confirmer, then one
+    /// per writer, in `per_thread`'s order.
+    confirmers: Option<Arc<[Confirmer]>>,
     /// Clients that have connected at least once.
     connected: Arc<AtomicUsize>,
     waiters: Arc<[tokio::task::JoinHandle<()>]>,
@@ -36,6 +40,7 @@ impl Writers {
     pub(super) fn connect(
         target: &Target,
         max_pending_commands: usize,
+        wait_replicas: u32,
         cores: &[tokio::runtime::Handle],
     ) -> Result<Self, Error> {
         let role = Role::Writer {
@@ -59,12 +64,23 @@ impl Writers {
                 }
             })
         };
-        let waiters = std::iter::once(start(&shared, &tokio::runtime::Handle::current()))
+        let here = tokio::runtime::Handle::current();
+        let waiters = std::iter::once(start(&shared, &here))
             .chain(per_thread.iter().zip(cores).map(|(w, rt)| start(w, rt)))
             .collect();
+        // Half the command deadline: the writes queued behind a WAIT in
+        // Redis still get their answer in time.
+        let wait_timeout = target.command_timeout / 2;
+        let confirmers = (wait_replicas > 0).then(|| {
+            std::iter::once((&shared, &here))
+                .chain(per_thread.iter().zip(cores))
+                .map(|(c, rt)| Confirmer::start(c.clone(), wait_replicas, wait_timeout, rt))
+                .collect()
+        });
         Ok(Self {
             shared,
             per_thread: per_thread.into(),
+            confirmers,
             connected,
             waiters,
         })
@@ -80,6 +96,21 @@ impl Writers {
         crate::cores::current()
             .and_then(|i| self.per_thread.get(i))
             .unwrap_or(&self.shared)
+    }
+
+    /// With `redis.wait_replicas`: returns once the replicas hold every job
+    /// this thread's writer carried so far; without, at once.
+    pub(super) async fn confirm(&self) -> Result<(), SinkError> {
+        let Some(confirmers) = &self.confirmers else {
+            return Ok(());
+        };
+        let index = crate::cores::current()
+            .filter(|i| *i < self.per_thread.len())
+            .map_or(0, |i| i + 1);
+        match confirmers.get(index) {
+            Some(c) => c.confirm().await,
+            None => Ok(()),
+        }
     }
 
     /// True once every client connected to Redis at least once.

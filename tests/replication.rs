@@ -1,0 +1,140 @@
+//! `redis.wait_replicas` against a real primary and replica: a 2xx means
+//! the replica holds the job; without the replica, no 2xx (503, or the
+//! spool, replayed and confirmed once the replica is back).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+use tether_ingress::config::RawConfig;
+
+const KEY: &str = "user_replicated";
+const STREAM: &str = "tether:jobs:workflow";
+
+/// Makes `replica` a replica of `primary` and waits until it is in sync.
+async fn follow(replica: &RedisServer, primary: &RedisServer) {
+    replica.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        })
+        .await,
+        "the replica never caught up"
+    );
+}
+
+fn xlen_on(server: &RedisServer) -> u64 {
+    server.cli(&["XLEN", STREAM]).parse().unwrap()
+}
+
+async fn start(primary: &RedisServer, spool: Option<&std::path::Path>) -> Ingress {
+    let r = primary.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let mut raw = RawConfig::default();
+    raw.redis.url = primary.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.redis.wait_replicas = 1;
+    raw.redis.command_timeout_ms = 600;
+    if let Some(dir) = spool {
+        raw.spool.dir = dir.display().to_string();
+    }
+    Ingress::start_with(raw.validate().unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_202_is_on_the_replica_and_none_is_sent_without_it() {
+    let primary = RedisServer::start();
+    let mut replica = RedisServer::start();
+    follow(&replica, &primary).await;
+    let ingress = start(&primary, None).await;
+    for i in 1..=20 {
+        let (status, _, _) = ingress
+            .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":1}"#)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        // Read at once, no polling: the 202 waited for the replica.
+        assert_eq!(
+            xlen_on(&replica),
+            i,
+            "a 202 before the replica held the job"
+        );
+    }
+    // Concurrent requests share WAITs and each still lands on the replica.
+    let answers = futures::future::join_all(
+        (0..50).map(|_| ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)),
+    )
+    .await;
+    assert!(answers.iter().all(|(s, _, _)| *s == StatusCode::ACCEPTED));
+    assert_eq!(xlen_on(&replica), 70);
+
+    replica.kill();
+    let (status, headers, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no replica, no 202"
+    );
+    assert!(headers.contains_key("retry-after"));
+    assert!(
+        metric_value(
+            &ingress,
+            "tether_job_write_failures_total{reason=\"not_replicated\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    replica.restart();
+    follow(&replica, &primary).await;
+    let (status, _, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "writes resume with the replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_spool_unconfirmed_jobs_are_replayed_and_confirmed_later() {
+    let primary = RedisServer::start();
+    let mut replica = RedisServer::start();
+    follow(&replica, &primary).await;
+    let spool = tempfile::tempdir().unwrap();
+    let ingress = start(&primary, Some(spool.path())).await;
+    replica.kill();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = format!("unconfirmed-{i}");
+        let req = http::Request::post(ingress.uri("/api/webhook/workflow"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("x-request-id", id.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"webhookId":"wh_1"}"#,
+            )))
+            .unwrap();
+        let (status, _, _) = ingress.request(req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "spooled");
+        ids.push(id);
+    }
+    assert!(metric_value(&ingress, "tether_spool_jobs_written_total").await >= 5.0);
+    replica.restart();
+    follow(&replica, &primary).await;
+    // Replayed into the primary and confirmed on the replica: every
+    // accepted request's job is on the replica.
+    let r = primary.client().await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let on_primary = request_ids_in(&r, STREAM).await;
+            let all_there = ids.iter().all(|id| on_primary.contains_key(id));
+            all_there && xlen_on(&replica) == xlen_on(&primary)
+        })
+        .await,
+        "the spooled jobs did not reach the replica"
+    );
+}
