@@ -42,6 +42,8 @@ pub const ENV_JWT_SECRET_FILE: &str = "TETHER_INGRESS_JWT_SECRET_FILE";
 pub const ENV_SPOOL_DIR: &str = "TETHER_INGRESS_SPOOL_DIR";
 /// Environment variable overriding `redis.wait_replicas`.
 pub const ENV_REDIS_WAIT_REPLICAS: &str = "TETHER_INGRESS_REDIS_WAIT_REPLICAS";
+/// Environment variable overriding `rate_limit.scope`.
+pub const ENV_RATE_LIMIT_SCOPE: &str = "TETHER_INGRESS_RATE_LIMIT_SCOPE";
 /// Environment variable overriding `sink.kind`.
 pub const ENV_SINK: &str = "TETHER_INGRESS_SINK";
 /// Environment variable overriding `bullmq.prefix`.
@@ -543,7 +545,7 @@ impl Default for RawIdempotency {
 }
 
 /// `[rate_limit]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawRateLimit {
     /// Requests per second per API key when its record sets no
@@ -552,6 +554,18 @@ pub struct RawRateLimit {
     /// Requests a key may send back to back above its steady rate; 0: one
     /// second's worth.
     pub burst: u32,
+    /// `instance` or `global`.
+    pub scope: String,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            default_per_sec: 0,
+            burst: 0,
+            scope: "instance".into(),
+        }
+    }
 }
 
 impl RawConfig {
@@ -613,6 +627,9 @@ impl RawConfig {
         }
         if let Some(v) = env(ENV_REDIS_WAIT_REPLICAS) {
             self.redis.wait_replicas = v.trim().parse().unwrap_or(u32::MAX);
+        }
+        if let Some(v) = env(ENV_RATE_LIMIT_SCOPE) {
+            self.rate_limit.scope = v;
         }
         if let Some(v) = env(ENV_SINK) {
             self.sink.kind = v;
@@ -837,6 +854,16 @@ impl RawConfig {
                 }
             ));
         }
+        let rate_limit_scope = match self.rate_limit.scope.as_str() {
+            "instance" => RateLimitScope::Instance,
+            "global" => RateLimitScope::Global,
+            other => {
+                problems.push(format!(
+                    "rate_limit.scope: {other:?} must be \"instance\" or \"global\""
+                ));
+                RateLimitScope::Instance
+            }
+        };
         let sink_kind = match self.sink.kind.as_str() {
             "streams" => SinkKind::Streams,
             "bullmq" => SinkKind::Bullmq,
@@ -910,6 +937,7 @@ impl RawConfig {
             rate_limit: RateLimitConfig {
                 default_per_sec: NonZeroU32::new(self.rate_limit.default_per_sec),
                 burst: NonZeroU32::new(self.rate_limit.burst),
+                scope: rate_limit_scope,
             },
             log: LogConfig {
                 level: self.log.level,
@@ -1298,6 +1326,18 @@ pub struct RateLimitConfig {
     /// Back-to-back allowance; `None`: one second's worth (written `0`).
     #[serde(serialize_with = "count_or_zero")]
     pub burst: Option<NonZeroU32>,
+    /// Per instance, or one limit across every instance on the Redis.
+    pub scope: RateLimitScope,
+}
+
+/// `rate_limit.scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    /// Each instance counts on its own.
+    Instance,
+    /// One count per key in Redis, shared by every instance.
+    Global,
 }
 
 /// `[log]`: logging.

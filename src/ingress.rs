@@ -10,7 +10,7 @@ use tracing::info;
 use crate::{
     app::App,
     auth::{Authenticator, KeyTable},
-    config::Config,
+    config::{Config, RateLimitScope},
     cores::Cores,
     metrics::{self, Handles},
     outreach::views::{OrgProperties, OutreachConfigs},
@@ -61,7 +61,10 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         )?))),
         None => None,
     };
-    let keys = Arc::new(KeyTable::new(&config.redis.key_prefix));
+    let keys = Arc::new(KeyTable::with_digests(
+        &config.redis.key_prefix,
+        config.rate_limit.scope == RateLimitScope::Global,
+    ));
     let triggers = Arc::new(WebhookIndex::new(&config.redis.key_prefix));
     let outreach_configs = Arc::new(OutreachConfigs::new(&config.redis.key_prefix));
     let org_properties = Arc::new(OrgProperties::new(&config.redis.key_prefix));

@@ -6,16 +6,23 @@
 //! arrival time" updated with compare-and-swap: no lock, no allocation, no
 //! clock read beyond one `Instant` for keys that have a limit.
 //!
-//! Limits are per ingress instance: with N instances behind a balancer a
-//! key gets up to N × its rate.
+//! Limits are per ingress instance by default: with N instances behind a
+//! balancer a key gets up to N × its rate. With `rate_limit.scope =
+//! "global"` the same GCRA runs in Redis instead ([`check_global`]): one
+//! state per key shared by every instance, one pipelined script call per
+//! limited request, Redis's own clock for all of them.
 
 use std::{
     sync::{
-        OnceLock,
+        LazyLock, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Instant,
 };
+
+use fred::prelude::*;
+
+use crate::redis::Script;
 
 const NANOS: u64 = 1_000_000_000;
 
@@ -75,6 +82,59 @@ impl RateLimiter {
             }
         }
     }
+}
+
+/// GCRA on one key in Redis. `KEYS[1]`: the key's theoretical arrival time
+/// (µs on Redis's clock); `ARGV`: the interval and the tolerance, µs.
+/// Answers 0 when admitted, else how many µs until it would be.
+const GCRA_SCRIPT: &str = r#"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+if tat - now > tolerance then return tat - now - tolerance end
+local next = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', next), 'PX', math.ceil((next - now) / 1000) + 1)
+return 0
+"#;
+
+static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_SCRIPT));
+
+/// Admits one request of the key whose limit state is `key` in Redis, for
+/// `per_sec` requests per second and a bucket of `burst` (0: `per_sec`),
+/// across every instance. `Ok(Err(seconds))` tells when to retry; `Err`:
+/// Redis did not answer (the caller falls back to its own count).
+pub async fn check_global(
+    client: &Client,
+    key: String,
+    per_sec: u32,
+    burst: u32,
+) -> Result<Result<(), u64>, Error> {
+    const MICROS: i64 = 1_000_000;
+    let per_sec = i64::from(per_sec.max(1));
+    let bucket = if burst == 0 {
+        per_sec
+    } else {
+        i64::from(burst)
+    };
+    let interval = MICROS / per_sec;
+    let tolerance = interval.saturating_mul(bucket - 1);
+    let wait: i64 = GCRA
+        .call(client, |script| {
+            vec![
+                script,
+                Value::Integer(1),
+                Value::from(key.as_str()),
+                Value::Integer(interval),
+                Value::Integer(tolerance),
+            ]
+        })
+        .await?;
+    Ok(if wait <= 0 {
+        Ok(())
+    } else {
+        Err(u64::try_from(wait).map_or(1, |w| w.div_ceil(MICROS as u64).max(1)))
+    })
 }
 
 #[cfg(test)]

@@ -154,11 +154,55 @@ pub fn eval_pipelined() -> CustomCommand {
     CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false)
 }
 
-/// `EVALSHA` as a command fred may pipeline, for a script whose body the
-/// caller sends with [`eval_pipelined`] when Redis answers `NOSCRIPT` (its
-/// cache is empty after a restart or `SCRIPT FLUSH`; a `NOSCRIPT` call ran
-/// nothing, so sending it again is safe). fred's own `EVALSHA` would hold
-/// every later command on the connection until it is answered.
+/// `EVALSHA` as a command fred may pipeline ([`Script`]); fred's own would
+/// hold every later command on the connection until it is answered.
 pub fn evalsha_pipelined() -> CustomCommand {
     CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false)
+}
+
+/// A Lua script called by its SHA-1 (`EVALSHA`: 40 bytes on the wire, no
+/// hashing of the body in Redis), pipelined like any command, and sent whole
+/// (`EVAL`, which caches it again) only when Redis answers `NOSCRIPT`: its
+/// cache is empty after a restart or `SCRIPT FLUSH`, and a `NOSCRIPT` call
+/// ran nothing, so sending it again is safe.
+#[derive(Debug)]
+pub struct Script {
+    body: &'static str,
+    sha: bytes::Bytes,
+}
+
+impl Script {
+    /// The script of `body`.
+    pub fn new(body: &'static str) -> Self {
+        use std::fmt::Write as _;
+        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body.as_bytes());
+        let mut hex = String::with_capacity(40);
+        for b in digest.as_ref() {
+            let _ = write!(hex, "{b:02x}");
+        }
+        Self {
+            body,
+            sha: bytes::Bytes::from(hex),
+        }
+    }
+
+    /// Runs it through `client`: `args` builds the call's arguments after
+    /// the script, which it is given (its SHA-1, or its body).
+    pub async fn call<R: FromValue>(
+        &self,
+        client: &impl ClientLike,
+        args: impl Fn(Value) -> Vec<Value>,
+    ) -> Result<R, Error> {
+        let by_sha = Box::pin(
+            client.custom::<R, _>(evalsha_pipelined(), args(Value::Bytes(self.sha.clone()))),
+        )
+        .await;
+        match by_sha {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                Box::pin(client.custom(eval_pipelined(), args(Value::from_static_str(self.body))))
+                    .await
+            }
+            other => other,
+        }
+    }
 }

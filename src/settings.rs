@@ -56,6 +56,8 @@ pub struct Settings {
     pub rate_limit_default: Option<NonZeroU32>,
     /// Back-to-back allowance; `None`: one second's worth.
     pub rate_limit_burst: Option<NonZeroU32>,
+    /// One limit per key across every instance (kept in Redis).
+    pub rate_limit_global: bool,
     /// Wait for a connection slot at the cap before refusing.
     pub connection_queue_timeout: Duration,
 }
@@ -90,6 +92,7 @@ impl Settings {
             idempotency_wait: config.idempotency.wait,
             rate_limit_default: config.rate_limit.default_per_sec,
             rate_limit_burst: config.rate_limit.burst,
+            rate_limit_global: config.rate_limit.scope == crate::config::RateLimitScope::Global,
             connection_queue_timeout: config.server.connection_queue_timeout,
         }
     }
@@ -151,6 +154,9 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if running.bullmq != new.bullmq {
         out.push("bullmq");
+    }
+    if running.rate_limit.scope != new.rate_limit.scope {
+        out.push("rate_limit.scope");
     }
     if running.spool != new.spool {
         out.push("spool");

@@ -109,7 +109,7 @@ where
     if !app.is_ready() {
         return Err(Reject::NotReady);
     }
-    rate_limit(&principal, &settings)?;
+    rate_limit(app, &principal, &settings).await?;
     let idempotency_key = idempotency::redis_key(
         req.headers(),
         &app.boot.redis.key_prefix,
@@ -191,7 +191,10 @@ async fn idempotent<W: Webhook>(
     result.map(|(status, body)| json(status, body))
 }
 
-fn rate_limit(principal: &Principal, settings: &Settings) -> Result<(), Reject> {
+/// The key's rate limit: in Redis, shared by every instance, with
+/// `rate_limit.scope = "global"` (this instance's own count when Redis does
+/// not answer, or for a JWT); else this instance's.
+async fn rate_limit(app: &App, principal: &Principal, settings: &Settings) -> Result<(), Reject> {
     let per_sec = match principal.rate_limit_per_sec {
         Some(r) => r,
         None => match settings.rate_limit_default {
@@ -203,6 +206,17 @@ fn rate_limit(principal: &Principal, settings: &Settings) -> Result<(), Reject> 
     let burst = settings
         .rate_limit_burst
         .map_or(0, std::num::NonZeroU32::get);
+    if settings.rate_limit_global
+        && let Some(digest) = &principal.digest
+    {
+        let mut key = format!("{}ratelimit:", app.boot.redis.key_prefix);
+        crate::auth::push_hex(&mut key, &digest[..]);
+        if let Ok(verdict) =
+            Box::pin(limit::check_global(app.sink.redis(), key, per_sec, burst)).await
+        {
+            return verdict.map_err(|retry_after_secs| Reject::RateLimited { retry_after_secs });
+        }
+    }
     principal
         .limiter
         .check(per_sec, burst, limit::now_nanos())

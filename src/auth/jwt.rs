@@ -94,6 +94,7 @@ impl JwtVerifier {
                 org_id: Id::from_str_copy(org),
                 rate_limit_per_sec: None,
                 limiter: Default::default(),
+                digest: None,
             })
         })
         .map_err(|e| match e {

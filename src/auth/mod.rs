@@ -142,6 +142,8 @@ pub fn looks_like_jwt(token: &[u8]) -> bool {
 /// and org ids are interned: a million keys share their orgs' ids.
 pub struct KeyTable {
     prefix: String,
+    /// Keep each key's digest in its principal (global rate limits).
+    keep_digests: bool,
     entries: DashMap<KeyDigest, (Arc<Principal>, u64), DigestHash>,
     /// Org id interner; touched only by the replica task (never across an await).
     orgs: Mutex<HashMap<Box<str>, Id, foldhash::fast::RandomState>>,
@@ -166,8 +168,15 @@ fn default_true() -> bool {
 impl KeyTable {
     /// An empty table for keys under `<key_prefix>apikey:`.
     pub fn new(key_prefix: &str) -> Self {
+        Self::with_digests(key_prefix, false)
+    }
+
+    /// An empty table whose principals keep their key's digest when
+    /// `keep_digests` (for `rate_limit.scope = "global"`).
+    pub fn with_digests(key_prefix: &str, keep_digests: bool) -> Self {
         Self {
             prefix: format!("{key_prefix}apikey:"),
+            keep_digests,
             entries: DashMap::with_hasher(DigestHash::default()),
             orgs: Mutex::new(HashMap::with_hasher(foldhash::fast::RandomState::default())),
         }
@@ -236,6 +245,7 @@ impl View for KeyTable {
                     org_id: self.intern_org(&rec.org_id),
                     rate_limit_per_sec: rec.rate_limit_per_sec.filter(|r| *r > 0),
                     limiter: Default::default(),
+                    digest: self.keep_digests.then(|| Box::new(digest)),
                 };
                 // An unchanged record (a resync) keeps its principal, and so
                 // its rate state.

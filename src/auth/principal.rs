@@ -15,4 +15,7 @@ pub struct Principal {
     pub rate_limit_per_sec: Option<u32>,
     /// This key's rate state (ignored by `==`).
     pub limiter: RateLimiter,
+    /// The API key's SHA-256, kept only with `rate_limit.scope = "global"`
+    /// (the limit's key in Redis); `None` otherwise and for JWTs.
+    pub digest: Option<Box<[u8; 32]>>,
 }

@@ -37,7 +37,7 @@ use fred::prelude::*;
 use super::job::{OutreachJob, WorkflowJobs};
 use crate::{
     config::BullmqConfig,
-    redis::{eval_pipelined, evalsha_pipelined},
+    redis::Script,
     settings::Settings,
     spool::{self, Record},
 };
@@ -81,20 +81,8 @@ end
 return added
 "#;
 
-/// [`ADD_SCRIPT`]'s SHA-1 (lowercase hex), the name `EVALSHA` calls it by:
-/// each call then sends 40 bytes instead of the script, and Redis skips
-/// hashing the body.
-static ADD_SCRIPT_SHA: LazyLock<Bytes> = LazyLock::new(|| {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-        ADD_SCRIPT.as_bytes(),
-    );
-    let mut hex = BytesMut::with_capacity(40);
-    for b in digest.as_ref() {
-        hex.put_slice(format!("{b:02x}").as_bytes());
-    }
-    hex.freeze()
-});
+/// [`ADD_SCRIPT`], called by its SHA-1.
+static ADD: LazyLock<Script> = LazyLock::new(|| Script::new(ADD_SCRIPT));
 
 /// The queue keys the script takes, in its `KEYS` order.
 const SUFFIXES: [&str; 7] = ["id", "meta", "events", "wait", "paused", "marker", "active"];
@@ -243,31 +231,17 @@ impl Call<'_> {
         args
     }
 
-    /// Runs it through `client` by `EVALSHA`, and once more with the
-    /// script's body when Redis does not have it cached (`NOSCRIPT`: nothing
-    /// ran); `Ok` once Redis holds every job (new, or found already there).
+    /// Runs it through `client` (by `EVALSHA`, the body only on `NOSCRIPT`);
+    /// `Ok` once Redis holds every job (new, or found already there).
     async fn run(&self, client: &Client, settings: &Settings) -> Result<(), Error> {
         let options = Options {
             timeout: Some(settings.command_timeout),
             ..Default::default()
         };
-        let client = client.with_options(&options);
-        let by_sha = Box::pin(client.custom::<i64, _>(
-            evalsha_pipelined(),
-            self.args(Value::Bytes(ADD_SCRIPT_SHA.clone())),
-        ))
-        .await;
-        match by_sha {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let _added: i64 = Box::pin(client.custom(
-                    eval_pipelined(),
-                    self.args(Value::from_static_str(ADD_SCRIPT)),
-                ))
-                .await?;
-                Ok(())
-            }
-            other => other.map(drop),
-        }
+        let _added: i64 = ADD
+            .call(&client.with_options(&options), |script| self.args(script))
+            .await?;
+        Ok(())
     }
 
     /// Appends one spool record per job, each with its whole `data`.

@@ -1,0 +1,84 @@
+//! `rate_limit.scope = "global"`: two ingress instances on one Redis keep
+//! one key within one rate between them; per instance, each allows it.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::time::Instant;
+
+use http::StatusCode;
+use support::*;
+use tether_ingress::config::RawConfig;
+
+const KEY: &str = "user_limited_everywhere";
+/// 2 per second, a bucket of 5.
+const RECORD: &str = r#"{"userId":"u_1","orgId":"o_1","rateLimitPerSec":2}"#;
+
+async fn two_instances(scope: &str) -> (RedisServer, Ingress, Ingress) {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, RECORD).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let config = || {
+        let mut raw = RawConfig::default();
+        raw.redis.url = redis.url();
+        raw.server.listen = "127.0.0.1:0".into();
+        raw.rate_limit.burst = 5;
+        raw.rate_limit.scope = scope.into();
+        raw.validate().unwrap()
+    };
+    let a = Ingress::start_with(config()).await;
+    let b = Ingress::start_with(config()).await;
+    (redis, a, b)
+}
+
+/// 30 concurrent requests split between the two; how many were admitted,
+/// whether every refusal said when to retry, and how long it took.
+async fn burst(a: &Ingress, b: &Ingress) -> (usize, bool, f64) {
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..30).map(|i| {
+        let target = if i % 2 == 0 { a } else { b };
+        target.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
+    }))
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = answers
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    let refusals_say_when = answers
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .all(|(_, h, _)| h.contains_key("retry-after"));
+    (admitted, refusals_say_when, elapsed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_scope_keeps_two_instances_within_one_rate() {
+    let (redis, a, b) = two_instances("global").await;
+    let (admitted, refusals_say_when, elapsed) = burst(&a, &b).await;
+    // The bucket of 5, plus what 2/s refills while the burst lasts.
+    let allowed = 5 + (elapsed * 2.0).ceil() as usize;
+    assert!(
+        (5..=allowed).contains(&admitted),
+        "{admitted} admitted across both instances in {elapsed:.2} s (at most {allowed})"
+    );
+    assert!(refusals_say_when);
+    // The state lives in Redis, under the key's digest, never the key.
+    let keys = redis.cli(&["KEYS", "tether:ratelimit:*"]);
+    assert_eq!(
+        keys,
+        format!("tether:ratelimit:{}", sha256_hex(KEY)),
+        "one state per key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_scope_lets_each_instance_allow_the_rate() {
+    let (_redis, a, b) = two_instances("instance").await;
+    let (admitted, _, elapsed) = burst(&a, &b).await;
+    assert!(
+        admitted >= 10,
+        "{admitted} admitted in {elapsed:.2} s: each instance has its own bucket of 5"
+    );
+}
