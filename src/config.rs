@@ -133,6 +133,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Whether `url` is a TLS Redis URL (`rediss://`, `rediss-sentinel://`,
+/// `rediss-cluster://`).
+pub fn is_tls_url(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        matches!(scheme, "rediss" | "rediss-sentinel" | "rediss-cluster")
+    })
+}
+
 /// Whether this build can honour a Redis URL; the error completes
 /// "redis.url: <url> …". A URL fred would refuse only at connect time is
 /// refused here, at start; a TLS URL is checked with its files by
@@ -148,12 +156,23 @@ fn check_redis_url(url: &str) -> Result<(), String> {
             }
         }
         "rediss" => {}
-        "redis-cluster" | "redis-sentinel" | "rediss-cluster" | "rediss-sentinel" => {
+        "redis-sentinel" | "rediss-sentinel" => {
+            if !url.contains("sentinelServiceName=") {
+                return Err(
+                    "must name the monitored primary: redis-sentinel://sentinel:26379?sentinelServiceName=NAME&node=sentinel2:26379"
+                        .into(),
+                );
+            }
+        }
+        "redis-cluster" | "rediss-cluster" => {
+            return Err("is a Cluster URL, which this build does not support yet".into());
+        }
+        _ => {
             return Err(
-                "is a Cluster or Sentinel URL, which this build does not support yet".into(),
+                "must start with redis://, rediss://, redis-sentinel://, rediss-sentinel:// or redis+unix://"
+                    .into(),
             );
         }
-        _ => return Err("must start with redis://, rediss:// or redis+unix://".into()),
     }
     fred::types::config::Config::from_url(url)
         .map(drop)
@@ -188,7 +207,7 @@ fn check_redis_tls(url: &str, tls: &RawRedisTls) -> Result<RedisTlsConfig, Strin
         cert_file: path(&tls.cert_file),
         key_file: path(&tls.key_file),
     };
-    if !url.starts_with("rediss://") {
+    if !is_tls_url(url) {
         return if config == RedisTlsConfig::default() {
             Ok(config)
         } else {
@@ -1594,10 +1613,16 @@ mod tests {
         assert!(check("redis://127.0.0.1:6379/0").is_ok());
         assert!(check("redis://user:pw@127.0.0.1:6379").is_ok());
         assert!(check("redis+unix:///tmp/redis.sock").is_ok());
+        assert!(
+            check(
+                "redis-sentinel://u:pw@127.0.0.1:26379?sentinelServiceName=m&node=127.0.0.1:26380"
+            )
+            .is_ok()
+        );
         for (url, says) in [
             ("rediss-cluster://u:hunter2@h:1", "Cluster"),
             ("redis-cluster://h:1", "Cluster"),
-            ("redis-sentinel://h:1?sentinelServiceName=m", "Sentinel"),
+            ("redis-sentinel://h:1", "sentinelServiceName"),
             ("http://h:1", "must start with"),
             ("redis+unix://", "path"),
         ] {

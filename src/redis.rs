@@ -37,7 +37,7 @@ pub struct Target {
 impl Target {
     /// The target `[redis]` configures (its TLS files read and checked).
     pub fn of(config: &RedisConfig) -> Result<Self, Error> {
-        let tls = if config.url.starts_with("rediss://") {
+        let tls = if crate::config::is_tls_url(&config.url) {
             let tls = crate::tls::client_config(config.tls.files())
                 .map_err(|e| Error::new(ErrorKind::Tls, format!("redis.tls: {e}")))?;
             Some(tls)

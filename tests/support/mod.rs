@@ -16,6 +16,7 @@ use std::{
 };
 
 pub mod node;
+pub mod sentinel;
 pub mod tls;
 pub mod upstream;
 
