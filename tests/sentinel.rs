@@ -98,6 +98,15 @@ async fn primary_killed_under_load_loses_no_202_and_the_replica_follows() {
         resumed.as_secs_f64()
     );
 
+    // The admin CLI reaches the new primary through the sentinels too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["keys", "count"])
+        .env("TETHER_INGRESS_REDIS_URL", deployment.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+
     // The replica tracks the new primary: a revocation there counts.
     let (status, _, _) = ingress
         .workflow(Some("user_sentinel_other"), r#"{"webhookId":"wh_1"}"#)
