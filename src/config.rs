@@ -608,68 +608,38 @@ impl RawConfig {
     /// Applies `TETHER_INGRESS_*` overrides read through `env`
     /// (a closure so tests pass a map instead of the process environment).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
-        if let Some(v) = env(ENV_LISTEN) {
-            self.server.listen = v;
-        }
-        if let Some(v) = env(ENV_REDIS_URL) {
-            self.redis.url = v;
-        }
-        if let Some(v) = env(ENV_TLS_CERT_FILE) {
-            self.server.tls.cert_file = v;
-        }
-        if let Some(v) = env(ENV_TLS_KEY_FILE) {
-            self.server.tls.key_file = v;
-        }
-        if let Some(v) = env(ENV_REDIS_TLS_CA_FILE) {
-            self.redis.tls.ca_file = v;
-        }
-        if let Some(v) = env(ENV_REDIS_TLS_CERT_FILE) {
-            self.redis.tls.cert_file = v;
-        }
-        if let Some(v) = env(ENV_REDIS_TLS_KEY_FILE) {
-            self.redis.tls.key_file = v;
-        }
-        if let Some(v) = env(ENV_UPSTREAM_URL) {
-            self.upstream.url = v;
-        }
-        if let Some(v) = env(ENV_UPSTREAM_CA_FILE) {
-            self.upstream.ca_file = v;
-        }
         if let Some(v) = env(ENV_JWT_SECRET) {
             self.auth.jwt_secret = Secret::new(v);
         }
-        if let Some(v) = env(ENV_JWT_SECRET_FILE) {
-            self.auth.jwt_secret_file = v;
-        }
-        if let Some(v) = env(ENV_SPOOL_DIR) {
-            self.spool.dir = v;
-        }
         if let Some(v) = env(ENV_REDIS_WAIT_REPLICAS) {
+            // Not a number: out of range, so validate() names the setting.
             self.redis.wait_replicas = v.trim().parse().unwrap_or(u32::MAX);
         }
-        if let Some(v) = env(ENV_RATE_LIMIT_SCOPE) {
-            self.rate_limit.scope = v;
-        }
-        if let Some(v) = env(ENV_SINK) {
-            self.sink.kind = v;
-        }
-        if let Some(v) = env(ENV_BULLMQ_PREFIX) {
-            self.bullmq.prefix = v;
-        }
-        if let Some(v) = env(ENV_BULLMQ_WORKFLOW_QUEUE) {
-            self.bullmq.workflow_queue = v;
-        }
-        if let Some(v) = env(ENV_BULLMQ_OUTREACH_QUEUE) {
-            self.bullmq.outreach_queue = v;
-        }
-        if let Some(v) = env(ENV_BULLMQ_JOB_OPTIONS) {
-            self.bullmq.job_options = v;
-        }
-        if let Some(v) = env(ENV_LOG) {
-            self.log.level = v;
-        }
-        if let Some(v) = env(ENV_LOG_FORMAT) {
-            self.log.format = v;
+        let texts: [(&str, &mut String); 19] = [
+            (ENV_LISTEN, &mut self.server.listen),
+            (ENV_REDIS_URL, &mut self.redis.url),
+            (ENV_TLS_CERT_FILE, &mut self.server.tls.cert_file),
+            (ENV_TLS_KEY_FILE, &mut self.server.tls.key_file),
+            (ENV_REDIS_TLS_CA_FILE, &mut self.redis.tls.ca_file),
+            (ENV_REDIS_TLS_CERT_FILE, &mut self.redis.tls.cert_file),
+            (ENV_REDIS_TLS_KEY_FILE, &mut self.redis.tls.key_file),
+            (ENV_UPSTREAM_URL, &mut self.upstream.url),
+            (ENV_UPSTREAM_CA_FILE, &mut self.upstream.ca_file),
+            (ENV_JWT_SECRET_FILE, &mut self.auth.jwt_secret_file),
+            (ENV_SPOOL_DIR, &mut self.spool.dir),
+            (ENV_RATE_LIMIT_SCOPE, &mut self.rate_limit.scope),
+            (ENV_SINK, &mut self.sink.kind),
+            (ENV_BULLMQ_PREFIX, &mut self.bullmq.prefix),
+            (ENV_BULLMQ_WORKFLOW_QUEUE, &mut self.bullmq.workflow_queue),
+            (ENV_BULLMQ_OUTREACH_QUEUE, &mut self.bullmq.outreach_queue),
+            (ENV_BULLMQ_JOB_OPTIONS, &mut self.bullmq.job_options),
+            (ENV_LOG, &mut self.log.level),
+            (ENV_LOG_FORMAT, &mut self.log.format),
+        ];
+        for (name, setting) in texts {
+            if let Some(v) = env(name) {
+                *setting = v;
+            }
         }
     }
 

@@ -14,25 +14,33 @@ use fred::prelude::*;
 use http::StatusCode;
 use support::*;
 
-/// Runs `import ARGS` with `lines` on stdin.
-fn import(redis: &RedisServer, args: &[&str], lines: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
-        .arg("import")
-        .args(args)
-        .arg("-")
-        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+/// Runs `command` with `input` on its stdin; its output.
+fn run_with_input(command: &mut Command, input: &str) -> Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(lines.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Runs `import ARGS` with `lines` on stdin.
+fn import(redis: &RedisServer, args: &[&str], lines: &str) -> Output {
+    run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+            .arg("import")
+            .args(args)
+            .arg("-")
+            .env("TETHER_INGRESS_REDIS_URL", redis.url())
+            .stderr(Stdio::piped()),
+        lines,
+    )
 }
 
 fn text(b: &[u8]) -> String {
@@ -242,22 +250,14 @@ fn node_example(args: &[&str], stdin: &str) -> Output {
         dir.join("node_modules/ioredis").exists(),
         "the Node test packages are missing: run scripts/test, or `npm ci --prefix tests/node`"
     );
-    let mut child = Command::new("node")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NODE_PATH", dir.join("node_modules"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_with_input(
+        Command::new("node")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("NODE_PATH", dir.join("node_modules"))
+            .stderr(Stdio::inherit()),
+        stdin,
+    )
 }
 
 /// `examples/backend-control-plane.js` (ioredis): what the backend writes
