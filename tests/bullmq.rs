@@ -447,7 +447,24 @@ async fn redis_killed_under_load_every_accepted_job_runs_exactly_once() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while accepted.iter().any(|id| !runs.contains_key(*id)) {
         assert!(Instant::now() < deadline, "not every accepted job ran");
-        let job = worker.next("job", Duration::from_secs(30)).await;
+        let Some(job) = worker.next_within("job", Duration::from_secs(30)).await else {
+            // Say what the queue looked like, so a stall can be told apart
+            // from a job the layout got wrong.
+            for command in [
+                &["LLEN", "bull:faults:wait"][..],
+                &["LLEN", "bull:faults:active"],
+                &["ZRANGE", "bull:faults:marker", "0", "-1", "WITHSCORES"],
+                &["HGETALL", "bull:faults:meta"],
+                &["XREVRANGE", "bull:faults:events", "+", "-", "COUNT", "5"],
+                &["CLIENT", "LIST"],
+            ] {
+                eprintln!("{command:?}: {}", redis.cli(command));
+            }
+            panic!(
+                "{} jobs still to run, and the worker ran none for 30 s",
+                accepted.len() - runs.len()
+            );
+        };
         *runs
             .entry(job["data"]["requestId"].as_str().unwrap().to_owned())
             .or_default() += 1;

@@ -122,6 +122,17 @@ impl Worker {
         }
     }
 
+    /// The next line whose `event` is `event` within `within`, or `None`.
+    pub async fn next_within(
+        &mut self,
+        event: &str,
+        within: Duration,
+    ) -> Option<serde_json::Value> {
+        tokio::time::timeout(within, self.next(event, within + Duration::from_secs(1)))
+            .await
+            .ok()
+    }
+
     /// Every line that arrives within `within` (for "nothing happens").
     pub async fn lines_within(&mut self, within: Duration) -> Vec<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + within;
