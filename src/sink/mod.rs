@@ -135,10 +135,12 @@ impl Sink {
         }
         let written = match queues {
             None => streams::write_workflow(writer, jobs, settings).await,
-            Some(q) => bullmq::write_workflow(writer, q, jobs, settings).await,
+            // Boxed: the stream layout's future stays as small as before.
+            Some(q) => Box::pin(bullmq::write_workflow(writer, q, jobs, settings)).await,
         };
         let stored = match written {
-            Ok(()) => self.writers.confirm().await,
+            Ok(()) if self.wait.is_some() => Box::pin(self.writers.confirm()).await,
+            Ok(()) => Ok(()),
             Err(e) => Err(SinkError::from(e)),
         };
         match stored {
@@ -160,10 +162,11 @@ impl Sink {
         let error = if writer.is_connected() {
             let written = match queues {
                 None => streams::write_outreach(writer, job, settings).await,
-                Some(q) => bullmq::write_outreach(writer, q, job, settings).await,
+                Some(q) => Box::pin(bullmq::write_outreach(writer, q, job, settings)).await,
             };
             match written {
-                Ok(id) => match self.writers.confirm().await {
+                Ok(id) if self.wait.is_none() => return Ok(Some(id)),
+                Ok(id) => match Box::pin(self.writers.confirm()).await {
                     Ok(()) => return Ok(Some(id)),
                     Err(e) => e,
                 },
