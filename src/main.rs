@@ -22,7 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "tether-ingress",
     version,
-    about = "Webhook ingress for Redis Streams, and its admin commands"
+    about = "Webhook ingress for Redis Streams or BullMQ queues, and its admin commands"
 )]
 struct Cli {
     /// TOML configuration file (defaults are built in; env TETHER_INGRESS_* overrides).

@@ -22,13 +22,7 @@ const STREAM: &str = "tether:jobs:workflow";
 const WAIT: Duration = Duration::from_secs(40);
 
 async fn client_of(port: u16) -> Client {
-    let c = Builder::from_config(
-        fred::prelude::Config::from_url(&format!("redis://127.0.0.1:{port}")).unwrap(),
-    )
-    .build()
-    .unwrap();
-    c.init().await.unwrap();
-    c
+    client_at(&format!("redis://127.0.0.1:{port}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,12 +102,28 @@ struct Queue {
 
 impl Queue {
     fn new(prefix: &str, queue: &str, job_name: &str) -> Self {
-        let base = Bytes::from(format!("{prefix}:{queue}:"));
+        Self::at(
+            Bytes::from(format!("{prefix}:{queue}:")),
+            Bytes::copy_from_slice(job_name.as_bytes()),
+        )
+    }
+
+    /// The queue whose keys start with `base`.
+    fn at(base: Bytes, job_name: Bytes) -> Self {
         Self {
             keys: SUFFIXES.map(|s| key(&base, s.as_bytes())),
             base,
-            job_name: Bytes::copy_from_slice(job_name.as_bytes()),
+            job_name,
         }
+    }
+
+    /// Appends the key of the job the id written by `id` names
+    /// (`<base><id>`) to `buf`, and takes it out: one buffer holds a
+    /// request's keys and pieces, and the id is a slice of its key.
+    fn job_key(&self, buf: &mut BytesMut, id: impl FnOnce(&mut BytesMut)) -> Bytes {
+        buf.put_slice(&self.base);
+        id(buf);
+        buf.split().freeze()
     }
 }
 
@@ -201,11 +217,16 @@ struct Call<'a> {
     opts_head: &'a Bytes,
     /// The shared `data` pieces, in order.
     shared: Vec<Bytes>,
-    /// Each job's id and `data` start.
+    /// Each job's key (`<base><id>`) and `data` start.
     jobs: Vec<(Bytes, Bytes)>,
 }
 
 impl Call<'_> {
+    /// The id of the job whose key is `key`.
+    fn id(&self, key: &Bytes) -> Bytes {
+        key.slice(self.queue.base.len()..)
+    }
+
     /// The script call's arguments, the script named by `script` (its body
     /// or its SHA-1).
     fn args(&self, script: Value) -> Vec<Value> {
@@ -214,18 +235,14 @@ impl Call<'_> {
         args.push(script);
         args.push(Value::Integer((SUFFIXES.len() + self.jobs.len()) as i64));
         args.extend(self.queue.keys.iter().cloned().map(Value::Bytes));
-        args.extend(
-            self.jobs
-                .iter()
-                .map(|(id, _)| Value::Bytes(key(&self.queue.base, id))),
-        );
+        args.extend(self.jobs.iter().map(|(key, _)| Value::Bytes(key.clone())));
         args.push(Value::Bytes(self.queue.job_name.clone()));
         args.push(Value::Bytes(self.timestamp.clone()));
         args.push(Value::Bytes(self.opts_head.clone()));
         args.push(Value::Integer(self.shared.len() as i64));
         args.extend(self.shared.iter().cloned().map(Value::Bytes));
-        for (id, head) in &self.jobs {
-            args.push(Value::Bytes(id.clone()));
+        for (key, head) in &self.jobs {
+            args.push(Value::Bytes(self.id(key)));
             args.push(Value::Bytes(head.clone()));
         }
         args
@@ -246,7 +263,8 @@ impl Call<'_> {
 
     /// Appends one spool record per job, each with its whole `data`.
     fn spool(&self, out: &mut Vec<u8>) {
-        for (id, head) in &self.jobs {
+        for (key, head) in &self.jobs {
+            let id = self.id(key);
             let mut data =
                 Vec::with_capacity(head.len() + self.shared.iter().map(Bytes::len).sum::<usize>());
             data.extend_from_slice(head);
@@ -258,7 +276,7 @@ impl Call<'_> {
                 (b"name", &self.queue.job_name),
                 (b"timestamp", self.timestamp),
                 (b"opts", self.opts_head),
-                (b"id", id),
+                (b"id", &id),
                 (b"data", &data),
             ];
             spool::encode(out, RECORD, fields.into_iter());
@@ -273,7 +291,7 @@ fn workflow_call<'a>(queues: &'a Queues, jobs: &'a WorkflowJobs) -> Call<'a> {
             + jobs.user_id.len()
             + jobs.webhook_id.len()
             + 2 * jobs.request_id.len()
-            + jobs.len() * (96 + jobs.request_id.len()),
+            + jobs.len() * (96 + queues.workflow.base.len() + jobs.request_id.len()),
     );
     buf.put_slice(b",\"orgId\":");
     json_string(&mut buf, &jobs.org_id);
@@ -293,19 +311,20 @@ fn workflow_call<'a>(queues: &'a Queues, jobs: &'a WorkflowJobs) -> Call<'a> {
         .workflows
         .iter()
         .map(|workflow| {
-            job_id(
-                &mut buf,
-                [
-                    &jobs.request_id,
-                    &jobs.org_id,
-                    &jobs.user_id,
-                    workflow.bytes(),
-                ],
-            );
-            let id = buf.split().freeze();
+            let key = queues.workflow.job_key(&mut buf, |buf| {
+                job_id(
+                    buf,
+                    [
+                        &jobs.request_id,
+                        &jobs.org_id,
+                        &jobs.user_id,
+                        workflow.bytes(),
+                    ],
+                );
+            });
             buf.put_slice(b"{\"workflowId\":");
             json_string(&mut buf, workflow.bytes());
-            (id, buf.split().freeze())
+            (key, buf.split().freeze())
         })
         .collect();
     Call {
@@ -320,19 +339,21 @@ fn workflow_call<'a>(queues: &'a Queues, jobs: &'a WorkflowJobs) -> Call<'a> {
 /// The script call adding `job` to the outreach queue.
 fn outreach_call<'a>(queues: &'a Queues, job: &'a OutreachJob) -> Call<'a> {
     let mut buf = BytesMut::with_capacity(
-        256 + 3 * job.request_id.len()
+        256 + queues.outreach.base.len()
+            + 3 * job.request_id.len()
             + 2 * (job.configuration_id.len() + job.org_id.len() + job.user_id.len()),
     );
-    job_id(
-        &mut buf,
-        [
-            &job.request_id,
-            &job.org_id,
-            &job.user_id,
-            &job.configuration_id,
-        ],
-    );
-    let id = buf.split().freeze();
+    let key = queues.outreach.job_key(&mut buf, |buf| {
+        job_id(
+            buf,
+            [
+                &job.request_id,
+                &job.org_id,
+                &job.user_id,
+                &job.configuration_id,
+            ],
+        );
+    });
     buf.put_slice(b"{\"configurationId\":");
     json_string(&mut buf, &job.configuration_id);
     let head = buf.split().freeze();
@@ -367,7 +388,7 @@ fn outreach_call<'a>(queues: &'a Queues, job: &'a OutreachJob) -> Call<'a> {
             job.conversations.clone(),
             end,
         ],
-        jobs: vec![(id, head)],
+        jobs: vec![(key, head)],
     }
 }
 
@@ -395,7 +416,7 @@ pub(super) async fn write_outreach(
 ) -> Result<Bytes, Error> {
     let call = outreach_call(queues, job);
     call.run(client, settings).await?;
-    Ok(call.jobs[0].0.clone())
+    Ok(call.id(&call.jobs[0].0))
 }
 
 /// Appends the spool records of every job of `jobs` to `out`.
@@ -429,19 +450,14 @@ pub(super) async fn write_record(
                 )
             })
     };
-    let base = field(b"queue")?;
-    let queue = Queue {
-        keys: SUFFIXES.map(|s| key(&base, s.as_bytes())),
-        base,
-        job_name: field(b"name")?,
-    };
+    let queue = Queue::at(field(b"queue")?, field(b"name")?);
     let (timestamp, opts_head) = (field(b"timestamp")?, field(b"opts")?);
     Call {
+        jobs: vec![(key(&queue.base, &field(b"id")?), Bytes::new())],
         queue: &queue,
         timestamp: &timestamp,
         opts_head: &opts_head,
         shared: vec![field(b"data")?],
-        jobs: vec![(field(b"id")?, Bytes::new())],
     }
     .run(client, settings)
     .await
@@ -513,16 +529,16 @@ mod tests {
     #[test]
     fn ids_are_deterministic_and_valid_custom_ids() {
         let q = queues("");
-        let a = workflow_call(&q, &jobs(&["wf:1", "123"], "r:{x}~%"))
-            .jobs
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect::<Vec<_>>();
-        let b = workflow_call(&q, &jobs(&["wf:1", "123"], "r:{x}~%"))
-            .jobs
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect::<Vec<_>>();
+        let ids = || {
+            let jobs = jobs(&["wf:1", "123"], "r:{x}~%");
+            let call = workflow_call(&q, &jobs);
+            let keys: Vec<Bytes> = call.jobs.iter().map(|(key, _)| key.clone()).collect();
+            for key in &keys {
+                assert!(key.starts_with(b"bull:workflow-runs:"), "{key:?}");
+            }
+            keys.iter().map(|key| call.id(key)).collect::<Vec<_>>()
+        };
+        let (a, b) = (ids(), ids());
         assert_eq!(a, b);
         assert_ne!(a[0], a[1]);
         for id in &a {

@@ -197,12 +197,17 @@ impl RedisServer {
     }
 
     pub async fn client(&self) -> fred::clients::Client {
-        let c = Builder::from_config(fred::prelude::Config::from_url(&self.url()).unwrap())
-            .build()
-            .unwrap();
-        c.init().await.unwrap();
-        c
+        client_at(&self.url()).await
     }
+}
+
+/// A connected fred client of the Redis at `url`.
+pub async fn client_at(url: &str) -> fred::clients::Client {
+    let c = Builder::from_config(fred::prelude::Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.unwrap();
+    c
 }
 
 impl Drop for RedisServer {
