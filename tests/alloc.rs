@@ -1,6 +1,7 @@
-//! Allocations on the in-memory hot path (auth + parse + match), counted by a
-//! counting global allocator. Its own test binary so the allocator and the
-//! single-threaded measurement affect nothing else.
+//! Allocations on the in-memory hot path (auth + parse + match), counted by
+//! `allocation-counter`'s global allocator, which counts per thread: only the
+//! measuring thread's own allocations count, never the test harness's other
+//! threads. Its own test binary so the allocator affects nothing else.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use bytes::{Bytes, BytesMut};
@@ -12,20 +13,17 @@ use tether_ingress::{
     route::WebhookIndex,
 };
 
-#[global_allocator]
-static GLOBAL: dhat::Alloc = dhat::Alloc;
-
+/// Allocations this thread makes while running `f`.
 fn allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    let before = dhat::HeapStats::get().total_blocks;
-    let r = f();
-    (r, dhat::HeapStats::get().total_blocks - before)
+    let mut out = None;
+    let info = allocation_counter::measure(|| out = Some(f()));
+    (out.expect("measured closure ran"), info.count_total)
 }
 
 const LEAD: &str = r#"{"webhookId":"wh_64d2f9c5e8a1d4e001a0b1c3","source":"zillow","lead":{"name":"Alex Nguyen","phone":12345678901234567890123,"budget":1.10,"message":"caf\u00e9"}}"#;
 
 #[test]
 fn auth_parse_match_allocates_only_the_shared_body_handle() {
-    let _profiler = dhat::Profiler::builder().testing().build();
     let keys = KeyTable::new("tether:");
     let hex: String = digest_key(b"user_key_1")
         .iter()
