@@ -153,7 +153,7 @@ impl Admin {
 
     async fn scan_keys(&self, pattern: String) -> Result<Vec<String>, AdminError> {
         let mut out = Vec::new();
-        let mut pages = self.client.scan(pattern, Some(1000), None);
+        let mut pages = crate::redis::scan_keys(&self.client, pattern, 1000);
         while let Some(mut page) = pages.try_next().await? {
             for k in page.take_results().unwrap_or_default() {
                 if let Some(s) = k.as_str() {

@@ -141,6 +141,21 @@ pub fn is_tls_url(url: &str) -> bool {
     })
 }
 
+/// Whether `url` names a Redis Cluster (`redis-cluster://`,
+/// `rediss-cluster://`).
+pub fn is_cluster_url(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| matches!(scheme, "redis-cluster" | "rediss-cluster"))
+}
+
+/// The hash tag Redis Cluster hashes `key` by: the text between its first
+/// `{` and the next `}`, when not empty.
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let (_, after) = key.split_once('{')?;
+    let (tag, _) = after.split_once('}')?;
+    (!tag.is_empty()).then_some(tag)
+}
+
 /// Whether this build can honour a Redis URL; the error completes
 /// "redis.url: <url> …". A URL fred would refuse only at connect time is
 /// refused here, at start; a TLS URL is checked with its files by
@@ -164,12 +179,10 @@ fn check_redis_url(url: &str) -> Result<(), String> {
                 );
             }
         }
-        "redis-cluster" | "rediss-cluster" => {
-            return Err("is a Cluster URL, which this build does not support yet".into());
-        }
+        "redis-cluster" | "rediss-cluster" => {}
         _ => {
             return Err(
-                "must start with redis://, rediss://, redis-sentinel://, rediss-sentinel:// or redis+unix://"
+                "must start with redis://, rediss://, redis-sentinel://, rediss-sentinel://, redis-cluster://, rediss-cluster:// or redis+unix://"
                     .into(),
             );
         }
@@ -864,6 +877,19 @@ impl RawConfig {
             }
         };
         let bullmq = check_bullmq(&self.bullmq, &mut problems);
+        // A BullMQ job's script touches every key of its queue: in a
+        // cluster they must share one slot, which a hash tag gives them.
+        if sink_kind == SinkKind::Bullmq && is_cluster_url(&self.redis.url) {
+            for queue in [&self.bullmq.workflow_queue, &self.bullmq.outreach_queue] {
+                if hash_tag(&format!("{}:{queue}:", self.bullmq.prefix)).is_none() {
+                    problems.push(format!(
+                        "bullmq.prefix: {:?} needs a hash tag in a Redis Cluster, such as \"{{bull}}\", so that the keys of queue {queue:?} share one slot (or wrap the queue name in braces)",
+                        self.bullmq.prefix
+                    ));
+                    break;
+                }
+            }
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -1506,6 +1532,33 @@ mod tests {
     }
 
     #[test]
+    fn bullmq_in_a_cluster_needs_a_hash_tag() {
+        let check = |prefix: &str, queue: &str| {
+            let mut raw = RawConfig::default();
+            raw.redis.url = "redis-cluster://127.0.0.1:7000".into();
+            raw.sink.kind = "bullmq".into();
+            raw.bullmq.prefix = prefix.into();
+            raw.bullmq.workflow_queue = queue.into();
+            raw.bullmq.outreach_queue = format!("{queue}-out");
+            raw.validate().map(drop).map_err(|e| e.to_string())
+        };
+        assert!(check("{bull}", "wf").is_ok());
+        assert!(check("bull", "{wf}").is_ok());
+        let err = check("bull", "wf").unwrap_err();
+        assert!(err.contains("hash tag"), "{err}");
+        assert!(
+            check("bull{}", "wf").is_err(),
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(hash_tag("a{b}c{d}"), Some("b"));
+        // Off a cluster, any prefix does.
+        let mut raw = RawConfig::default();
+        raw.sink.kind = "bullmq".into();
+        raw.bullmq.prefix = "bull".into();
+        assert!(raw.validate().is_ok());
+    }
+
+    #[test]
     fn bullmq_settings_from_the_environment() {
         let env: HashMap<&str, &str> = HashMap::from([
             (ENV_SINK, "bullmq"),
@@ -1589,9 +1642,8 @@ mod tests {
             )
             .is_ok()
         );
+        assert!(check("redis-cluster://u:pw@127.0.0.1:7000?node=127.0.0.1:7001").is_ok());
         for (url, says) in [
-            ("rediss-cluster://u:hunter2@h:1", "Cluster"),
-            ("redis-cluster://h:1", "Cluster"),
             ("redis-sentinel://h:1", "sentinelServiceName"),
             ("http://h:1", "must start with"),
             ("redis+unix://", "path"),

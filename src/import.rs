@@ -592,7 +592,7 @@ impl Run<'_> {
             let Some(seen) = self.seen[kind.index()].take() else {
                 continue;
             };
-            let mut pages = self.client.scan(kind.pattern(prefix), Some(1000), None);
+            let mut pages = crate::redis::scan_keys(self.client, kind.pattern(prefix), 1000);
             while let Some(mut page) = pages.try_next().await? {
                 let stale: Vec<String> = page
                     .take_results()
@@ -617,7 +617,7 @@ impl Run<'_> {
                         let _ = writeln!(self.out, "remove {} {k}", kind.name());
                     }
                 } else {
-                    let _: i64 = self.client.del(stale).await?;
+                    crate::redis::delete_keys(self.client, stale).await?;
                 }
             }
         }

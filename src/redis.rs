@@ -150,15 +150,24 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
 /// MGET behind each page's script call, and would stall every job write
 /// behind a multi-match request's. A script sent whole has no NOSCRIPT case,
 /// so it is safe to pipeline.
+///
+/// In a cluster it goes to the node owning its first key (`KEYS[1]`, the
+/// argument after the script and the key count), never to the one owning
+/// the script's body, which fred's default would hash.
 pub fn eval_pipelined() -> CustomCommand {
-    CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false)
+    CustomCommand::new_static("EVAL", FIRST_SCRIPT_KEY, false)
 }
 
 /// `EVALSHA` as a command fred may pipeline ([`Script`]); fred's own would
-/// hold every later command on the connection until it is answered.
+/// hold every later command on the connection until it is answered. Routed
+/// by its first key, like [`eval_pipelined`].
 pub fn evalsha_pipelined() -> CustomCommand {
-    CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false)
+    CustomCommand::new_static("EVALSHA", FIRST_SCRIPT_KEY, false)
 }
+
+/// A script call's first key: arguments are the script (or its SHA-1), the
+/// number of keys, then the keys.
+const FIRST_SCRIPT_KEY: ClusterHash = ClusterHash::Offset(2);
 
 /// A Lua script called by its SHA-1 (`EVALSHA`: 40 bytes on the wire, no
 /// hashing of the body in Redis), pipelined like any command, and sent whole
@@ -205,4 +214,39 @@ impl Script {
             other => other,
         }
     }
+}
+
+/// Every key matching `pattern`, in pages of about `count`: one SCAN
+/// through the server, or in a cluster one through every primary at once
+/// (fred's own SCAN would walk the one node owning the cursor's slot). Call
+/// `next()` on each page to have the following one read.
+pub fn scan_keys(
+    client: &Client,
+    pattern: String,
+    count: u32,
+) -> futures::stream::BoxStream<'static, Result<fred::types::scan::ScanResult, Error>> {
+    use futures::StreamExt as _;
+    if client.is_clustered() {
+        client.scan_cluster(pattern, Some(count), None).boxed()
+    } else {
+        client.scan(pattern, Some(count), None).boxed()
+    }
+}
+
+/// Deletes `keys` (from one page of [`scan_keys`], say): one `DEL` on a
+/// single server; in a cluster one `DEL` per key, pipelined, since one
+/// command may not name keys of several slots.
+pub async fn delete_keys(client: &Client, keys: Vec<String>) -> Result<i64, Error> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    if !client.is_clustered() {
+        return client.del(keys).await;
+    }
+    let pipeline = client.pipeline();
+    for key in keys {
+        let () = pipeline.del(key).await?;
+    }
+    let removed: Vec<i64> = pipeline.all().await?;
+    Ok(removed.into_iter().sum())
 }

@@ -36,7 +36,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use fred::{prelude::*, types::scan::Scanner};
+use fred::{
+    prelude::*,
+    types::{ClusterStateChange, scan::Scanner},
+};
 use futures::{FutureExt, TryStreamExt};
 use tokio::sync::{broadcast::error::RecvError, watch};
 use tracing::{debug, info, warn};
@@ -282,6 +285,8 @@ impl Replica {
         let mut reconnects = client.reconnect_rx();
         let mut errors = client.error_rx();
         let mut invalidations = client.invalidation_rx();
+        // A cluster's primaries changed: a new one is not tracked yet.
+        let mut topology = client.cluster_change_rx();
         // The first connect retries until Redis answers; shutdown must not wait for it.
         let _conn = tokio::select! {
             r = client.init() => r?,
@@ -299,8 +304,14 @@ impl Replica {
                 // This resync covers every reconnect reported so far (including
                 // the first connect, reported too); later ones trigger another.
                 while reconnects.try_recv().is_ok() {}
+                while topology.try_recv().is_ok() {}
                 match self
-                    .resync(&client, &mut invalidations, &mut reconnects, &mut shutdown)
+                    .resync(
+                        &client,
+                        &mut invalidations,
+                        [&mut reconnects, &mut topology],
+                        &mut shutdown,
+                    )
                     .await
                 {
                     Ok(()) => {
@@ -332,6 +343,15 @@ impl Replica {
                     debug!("replica reconnected");
                     resync_due = true;
                 }
+                t = topology.recv() => match t {
+                    Ok(changes) if primaries_changed(&changes) => {
+                        debug!("replica saw the cluster's primaries change");
+                        resync_due = true;
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => resync_due = true,
+                    Err(RecvError::Closed) => break,
+                },
                 e = errors.recv() => {
                     if matches!(e, Err(RecvError::Closed)) {
                         break;
@@ -368,7 +388,7 @@ impl Replica {
         &mut self,
         client: &Client,
         invalidations: &mut tokio::sync::broadcast::Receiver<fred::types::client::Invalidation>,
-        reconnects: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+        [reconnects, topology]: [&mut dyn Changes; 2],
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let started = std::time::Instant::now();
@@ -381,11 +401,10 @@ impl Replica {
         };
         let prefixes: Vec<String> = self.views.iter().map(|v| v.prefix().to_owned()).collect();
         // Tracking first, so that a write racing the scan still invalidates.
-        // Turning it off first makes the call idempotent on a live connection.
-        let _ = client.stop_tracking().await;
-        client
-            .start_tracking(prefixes, true, false, false, false)
-            .await?;
+        track(client, prefixes).await?;
+        // The primaries tracking was just armed on are known; a change from
+        // here on makes this pass start over.
+        while topology.happened() {}
         self.status.connected.store(true, Ordering::Release);
         self.generation += 1;
         let generation = self.generation;
@@ -405,7 +424,7 @@ impl Replica {
         } else {
             SCAN_COUNT
         };
-        let mut pages = client.scan(self.scan_pattern(), Some(count), None);
+        let mut pages = redis::scan_keys(client, self.scan_pattern(), count);
         let this = &*self;
         let mut reread = Reread::default();
         let mut read_seq = 0u64;
@@ -423,10 +442,18 @@ impl Replica {
         loop {
             // fred re-sends a command cut by a reconnect on the new
             // connection, which has no tracking: this pass would miss writes.
-            if reconnects.try_recv().is_ok() {
+            if reconnects.happened() {
                 return Err(Error::new(
                     ErrorKind::IO,
                     "reconnected during the resync; starting over",
+                ));
+            }
+            // A cluster SCAN across a topology change may skip keys, and
+            // the sweep would then drop them.
+            if topology.happened() {
+                return Err(Error::new(
+                    ErrorKind::Cluster,
+                    "the cluster's topology changed during the resync; starting over",
                 ));
             }
             let page_started = std::time::Instant::now();
@@ -572,9 +599,20 @@ impl Replica {
     /// call. Every chunk's commands are sent on the first poll, in order
     /// (the resync relies on reads reaching Redis in the order they are
     /// first polled), and written in one batch.
+    ///
+    /// In a cluster one command may only name keys of one slot, so the
+    /// chunks are the keys of each slot instead.
     async fn read(&self, client: &Client, keys: &[Bytes]) -> Result<PageValues, Error> {
+        let by_slot;
+        let chunks: Vec<&[Bytes]> = if client.is_clustered() {
+            by_slot = group_by_slot(keys);
+            by_slot.iter().map(Vec::as_slice).collect()
+        } else {
+            keys.chunks(SCAN_COUNT as usize).collect()
+        };
         let chunks = futures::future::try_join_all(
-            keys.chunks(SCAN_COUNT as usize)
+            chunks
+                .into_iter()
                 .map(|chunk| self.read_chunk(client, chunk)),
         )
         .await?;
@@ -692,6 +730,103 @@ impl Replica {
             metrics::gauge!(m::REPLICA_ENTRIES, "view" => v.name()).set(v.len() as f64);
         }
     }
+}
+
+/// A stream of connection events the resync starts over on.
+trait Changes: Send {
+    /// True when an event arrived since the last call.
+    fn happened(&mut self) -> bool;
+}
+
+impl Changes for tokio::sync::broadcast::Receiver<fred::types::config::Server> {
+    fn happened(&mut self) -> bool {
+        matches!(
+            self.try_recv(),
+            Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+        )
+    }
+}
+
+impl Changes for tokio::sync::broadcast::Receiver<Vec<ClusterStateChange>> {
+    fn happened(&mut self) -> bool {
+        loop {
+            match self.try_recv() {
+                Ok(changes) if primaries_changed(&changes) => return true,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Whether a topology refresh found primaries added or removed (fred
+/// reports every refresh, most with nothing but `Rebalance`).
+fn primaries_changed(changes: &[ClusterStateChange]) -> bool {
+    changes
+        .iter()
+        .any(|c| !matches!(c, ClusterStateChange::Rebalance))
+}
+
+/// Turns on `CLIENT TRACKING ON BCAST` for `prefixes` where the views'
+/// keys live. Off first, so the call is idempotent on a live connection.
+///
+/// A cluster's nodes each track only their own keys, so every primary's
+/// connection is armed (fred's own call would arm the one node owning the
+/// client id's slot), after refreshing the topology: a primary promoted
+/// since is armed too, and a demoted one's connection is dropped.
+async fn track(client: &Client, prefixes: Vec<String>) -> Result<(), Error> {
+    if !client.is_clustered() {
+        let _ = client.stop_tracking().await;
+        return client
+            .start_tracking(prefixes, true, false, false, false)
+            .await;
+    }
+    client.sync_cluster().await?;
+    let primaries = client
+        .cached_cluster_state()
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default();
+    if primaries.is_empty() {
+        return Err(Error::new(ErrorKind::Cluster, "no cluster primary known"));
+    }
+    futures::future::try_join_all(primaries.into_iter().map(|node| {
+        let on_node = client.with_cluster_node(node);
+        let prefixes = prefixes.clone();
+        async move {
+            let _: Result<Value, Error> = on_node
+                .client_tracking(
+                    "OFF",
+                    None,
+                    Vec::<String>::new(),
+                    false,
+                    false,
+                    false,
+                    false,
+                )
+                .await;
+            on_node
+                .client_tracking::<Value, _, _>("ON", None, prefixes, true, false, false, false)
+                .await
+        }
+    }))
+    .await?;
+    Ok(())
+}
+
+/// `keys` grouped by cluster slot, in the order each slot first appears.
+fn group_by_slot(keys: &[Bytes]) -> Vec<Vec<Bytes>> {
+    let mut index: HashMap<u16, usize> = HashMap::new();
+    let mut groups: Vec<Vec<Bytes>> = Vec::new();
+    for key in keys {
+        let slot = fred::util::redis_keyslot(key);
+        let at = *index.entry(slot).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(key.clone());
+    }
+    groups
 }
 
 /// Applies a read value to `view`, under the key's name after the prefix.

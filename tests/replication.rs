@@ -19,9 +19,15 @@ async fn follow(replica: &RedisServer, primary: &RedisServer) {
     replica.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
     assert!(
         eventually(Duration::from_secs(20), || async {
+            // The replica loaded the primary's data, and the primary counts
+            // it online (after its first acknowledgement): only then does a
+            // WAIT count it.
             replica
                 .cli(&["INFO", "replication"])
                 .contains("master_link_status:up")
+                && primary
+                    .cli(&["INFO", "replication"])
+                    .contains(&format!("port={},state=online", replica.port))
         })
         .await,
         "the replica never caught up"

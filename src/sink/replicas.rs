@@ -9,6 +9,8 @@
 //! request. Fewer replicas in time, or no answer: those requests' jobs are
 //! not confirmed and go to the spool, or get 503, like any unstored job.
 //!
+//! In a cluster, each primary's connection gets its own `WAIT` per batch.
+//!
 //! Off (`wait_replicas = 0`), none of this exists: no task, no channel, no
 //! allocation on the request path.
 
@@ -53,9 +55,47 @@ fn wait_command() -> CustomCommand {
 }
 
 /// One `WAIT` for `replicas` on `client`'s connection, at most `timeout`.
+/// A cluster client has a connection per primary, each carrying the writes
+/// of its own slots: each gets its `WAIT` (at once; one without writes
+/// answers at once), and the worst outcome counts.
 async fn wait(client: &Client, replicas: u32, timeout: Duration) -> Outcome {
+    if !client.is_clustered() {
+        return wait_on(client, None, replicas, timeout).await;
+    }
+    let primaries = client
+        .cached_cluster_state()
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default();
+    if primaries.is_empty() {
+        return Outcome::Failed;
+    }
+    let outcomes = futures::future::join_all(
+        primaries
+            .into_iter()
+            .map(|node| wait_on(client, Some(node), replicas, timeout)),
+    )
+    .await;
+    outcomes
+        .into_iter()
+        .max_by_key(|o| match o {
+            Outcome::Confirmed => 0,
+            Outcome::Short => 1,
+            Outcome::Timeout => 2,
+            Outcome::Failed => 3,
+        })
+        .unwrap_or(Outcome::Failed)
+}
+
+/// One `WAIT` on `client`'s connection to `node` (its only one when `None`).
+async fn wait_on(
+    client: &Client,
+    node: Option<fred::types::config::Server>,
+    replicas: u32,
+    timeout: Duration,
+) -> Outcome {
     let options = Options {
         timeout: Some(timeout + Duration::from_secs(1)),
+        cluster_node: node,
         ..Default::default()
     };
     let millis = i64::try_from(timeout.as_millis())

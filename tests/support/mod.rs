@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod cluster;
 pub mod node;
 pub mod sentinel;
 pub mod tls;
