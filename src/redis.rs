@@ -149,25 +149,33 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
 /// `EVALSHA`'s NOSCRIPT in pipelines), which stalled the resync's SCAN and
 /// MGET behind each page's script call, and would stall every job write
 /// behind a multi-match request's. A script sent whole has no NOSCRIPT case,
-/// so it is safe to pipeline.
-///
-/// In a cluster it goes to the node owning its first key (`KEYS[1]`, the
-/// argument after the script and the key count), never to the one owning
-/// the script's body, which fred's default would hash.
-pub fn eval_pipelined() -> CustomCommand {
-    CustomCommand::new_static("EVAL", FIRST_SCRIPT_KEY, false)
+/// so it is safe to pipeline. `args` are the call's (script, key count,
+/// keys, arguments); see [`script_route`] for the cluster.
+pub fn eval_pipelined(client: &impl ClientLike, args: &[Value]) -> CustomCommand {
+    CustomCommand::new_static("EVAL", script_route(client, args), false)
 }
 
 /// `EVALSHA` as a command fred may pipeline ([`Script`]); fred's own would
-/// hold every later command on the connection until it is answered. Routed
-/// by its first key, like [`eval_pipelined`].
-pub fn evalsha_pipelined() -> CustomCommand {
-    CustomCommand::new_static("EVALSHA", FIRST_SCRIPT_KEY, false)
+/// hold every later command on the connection until it is answered.
+pub fn evalsha_pipelined(client: &impl ClientLike, args: &[Value]) -> CustomCommand {
+    CustomCommand::new_static("EVALSHA", script_route(client, args), false)
 }
 
-/// A script call's first key: arguments are the script (or its SHA-1), the
-/// number of keys, then the keys.
-const FIRST_SCRIPT_KEY: ClusterHash = ClusterHash::Offset(2);
+/// Where a script call goes in a cluster: the slot of its first key
+/// (`KEYS[1]`, after the script and the key count). fred honours only an
+/// explicit slot on a custom command; left to itself it would hash the
+/// script's body or SHA-1 and send the call to a node that answers MOVED.
+/// Off a cluster nothing is hashed.
+fn script_route(client: &impl ClientLike, args: &[Value]) -> ClusterHash {
+    if !client.is_clustered() {
+        return ClusterHash::FirstKey;
+    }
+    match args.get(2) {
+        Some(Value::Bytes(key)) => ClusterHash::Custom(fred::util::redis_keyslot(key)),
+        Some(Value::String(key)) => ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes())),
+        _ => ClusterHash::FirstKey,
+    }
+}
 
 /// A Lua script called by its SHA-1 (`EVALSHA`: 40 bytes on the wire, no
 /// hashing of the body in Redis), pipelined like any command, and sent whole
@@ -202,14 +210,13 @@ impl Script {
         client: &impl ClientLike,
         args: impl Fn(Value) -> Vec<Value>,
     ) -> Result<R, Error> {
-        let by_sha = Box::pin(
-            client.custom::<R, _>(evalsha_pipelined(), args(Value::Bytes(self.sha.clone()))),
-        )
-        .await;
+        let by_sha = args(Value::Bytes(self.sha.clone()));
+        let by_sha =
+            Box::pin(client.custom::<R, _>(evalsha_pipelined(client, &by_sha), by_sha)).await;
         match by_sha {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                Box::pin(client.custom(eval_pipelined(), args(Value::from_static_str(self.body))))
-                    .await
+                let whole = args(Value::from_static_str(self.body));
+                Box::pin(client.custom(eval_pipelined(client, &whole), whole)).await
             }
             other => other,
         }

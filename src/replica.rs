@@ -670,7 +670,7 @@ impl Replica {
             );
             args.extend(kinds.into_iter().map(Value::from_static_str));
             client
-                .custom::<Value, _>(crate::redis::eval_pipelined(), args)
+                .custom::<Value, _>(crate::redis::eval_pipelined(client, &args), args)
                 .await
         };
         // Two concurrent commands: fred writes them in one batch.

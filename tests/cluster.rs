@@ -73,7 +73,17 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
         put_key(&r, key, &format!(r#"{{"userId":"u_{i}","orgId":"{ORG}"}}"#)).await;
         add_trigger(&r, ORG, webhook, &[&format!("wf_{i}")]).await;
     }
-    let ingress = Ingress::start(&cluster.url()).await;
+    // The job stream on a primary other than the default stream's: the job
+    // script must go where its key lives, whatever its body hashes to.
+    let stream = one_per_primary(&cluster, "tether:jobs:wf", str::to_owned)
+        .into_iter()
+        .find(|s| cluster.primary_of(s) != cluster.primary_of(STREAM))
+        .unwrap();
+    let mut raw = RawConfig::default();
+    raw.redis.url = cluster.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.streams.workflow = stream.clone();
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
 
     // Every key with every webhook: keys and triggers on all three primaries.
     for key in &keys {
@@ -85,7 +95,7 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
             );
         }
     }
-    let stored = entries(&r, STREAM).await;
+    let stored = entries(&r, &stream).await;
     assert_eq!(stored.len(), 9, "one job per request, on the stream's node");
     let mut per_workflow: HashMap<&str, usize> = HashMap::new();
     for (_, e) in &stored {
@@ -95,6 +105,29 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
         per_workflow,
         HashMap::from([("wf_0", 3), ("wf_1", 3), ("wf_2", 3)])
     );
+
+    // A repeated Idempotency-Key gets the first answer and adds no job,
+    // whatever slot its record lands on.
+    for attempt in 0..2 {
+        let req = http::Request::post(ingress.uri("/api/webhook/workflow"))
+            .header("authorization", format!("Bearer {}", keys[0]))
+            .header("idempotency-key", "lead-cluster-1")
+            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                r#"{{"webhookId":"{}"}}"#,
+                webhooks[0]
+            ))))
+            .unwrap();
+        let (status, _, _) = ingress.request(req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "attempt {attempt}");
+    }
+    assert_eq!(xlen(&r, &stream).await, 10, "a repeat added a job");
+
+    // Every command went straight to its key's node: a script routed by its
+    // body would be redirected (and cost a topology refresh each time).
+    for port in cluster.primaries() {
+        let errors = support::cluster::cli(port, &["INFO", "errorstats"]);
+        assert!(!errors.contains("MOVED"), "{port}: {errors}");
+    }
 
     // Adds on every primary are seen within a second.
     for (i, (key, webhook)) in later_keys.iter().zip(&later_webhooks).enumerate() {
@@ -274,4 +307,45 @@ async fn primary_holding_the_stream_killed_under_load_loses_no_202() {
             "a key revoked after the failover still worked after 1 s"
         );
     }
+}
+
+/// BullMQ mode with a hash-tagged prefix: every key of the queue in one
+/// slot, the job script sent to that slot's node, and a real BullMQ Worker
+/// (ioredis Cluster) runs the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_a_real_worker() {
+    let cluster = Cluster::start(1).await;
+    let r = client_at(&cluster.url()).await;
+    put_key(&r, "user_bq", r#"{"userId":"u_1","orgId":"o_c"}"#).await;
+    add_trigger(&r, ORG, "wh_bq", &["wf_a"]).await;
+    let mut raw = RawConfig::default();
+    raw.redis.url = cluster.url();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.sink.kind = "bullmq".into();
+    raw.bullmq.prefix = "{tether}".into();
+    raw.bullmq.workflow_queue = "cluster-runs".into();
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let mut worker =
+        node::Worker::start(6, &cluster.url(), "cluster-runs", &["--prefix", "{tether}"]).await;
+    let req = http::Request::post(ingress.uri("/api/webhook/workflow"))
+        .header("authorization", "Bearer user_bq")
+        .header("x-request-id", "req-c1")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"webhookId":"wh_bq","email":"lead@example.com"}"#,
+        )))
+        .unwrap();
+    let (status, _, body) = ingress.request(req).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+    let id = "req-c1~o_c~u_1~wf_a";
+    let job = worker.next("job", Duration::from_secs(10)).await;
+    assert_eq!(job["id"], id);
+    assert_eq!(job["data"]["workflowId"], "wf_a");
+    assert_eq!(job["data"]["payload"]["email"], "lead@example.com");
+    let done = worker.next("completed", Duration::from_secs(10)).await;
+    assert_eq!(done["id"], id);
+    let completed: Option<f64> = r
+        .zscore("{tether}:cluster-runs:completed", id)
+        .await
+        .unwrap();
+    assert!(completed.is_some(), "the job is not in the completed set");
 }

@@ -63,7 +63,7 @@ async fn add_all(
             .iter()
             .map(|w| Value::Bytes(w.bytes().clone())),
     );
-    let added: i64 = client.custom(eval_pipelined(), args).await?;
+    let added: i64 = client.custom(eval_pipelined(client, &args), args).await?;
     if usize::try_from(added).ok() == Some(jobs.len()) {
         Ok(())
     } else {

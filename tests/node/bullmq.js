@@ -12,8 +12,21 @@
 const [major, command, url, queueName, ...rest] = process.argv.slice(2);
 const { Queue, Worker } = require(major === '5' ? 'bullmq5' : 'bullmq6');
 
-const u = new URL(url);
-const connection = { host: u.hostname, port: Number(u.port), maxRetriesPerRequest: null };
+// redis-cluster://h:p?node=h:p&node=h:p → an ioredis Cluster on those seeds
+// (BullMQ takes a connection instance); anything else → host and port.
+function connect(url) {
+  const u = new URL(url.replace(/^redis-cluster:/, 'redis:'));
+  if (!url.startsWith('redis-cluster:')) {
+    return { host: u.hostname, port: Number(u.port), maxRetriesPerRequest: null };
+  }
+  const seeds = [`${u.hostname}:${u.port}`, ...u.searchParams.getAll('node')].map((hp) => {
+    const [host, port] = hp.split(':');
+    return { host, port: Number(port) };
+  });
+  const IORedis = require('ioredis');
+  return new IORedis.Cluster(seeds, { redisOptions: { maxRetriesPerRequest: null } });
+}
+const connection = connect(url);
 const prefixAt = rest.indexOf('--prefix');
 const prefix = prefixAt >= 0 ? rest[prefixAt + 1] : 'bull';
 const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
