@@ -6,9 +6,11 @@
 //   node examples/backend-control-plane.js REDIS_URL create-key PLAIN_KEY USER_ID ORG_ID
 //   node examples/backend-control-plane.js REDIS_URL revoke-key PLAIN_KEY
 //   node examples/backend-control-plane.js REDIS_URL set-trigger ORG_ID WEBHOOK_ID [WORKFLOW_ID...]
+// REDIS_URL is the ingress's own (redis://…, or redis-cluster://…?node=…).
+// Every write names one key, so it works the same on a Redis Cluster.
 'use strict';
 const crypto = require('crypto');
-const Redis = require('ioredis');
+const { connect } = require('./redis-connection');
 
 const PREFIX = 'tether:';
 const sha256 = (text) => crypto.createHash('sha256').update(text).digest('hex');
@@ -41,7 +43,7 @@ module.exports = { createApiKey, revokeApiKey, setWebhookTrigger };
 
 if (require.main === module) {
   const [url, command, ...args] = process.argv.slice(2);
-  const redis = new Redis(url);
+  const redis = connect(url);
   const run = {
     'create-key': () => createApiKey(redis, args[0], { userId: args[1], orgId: args[2] }),
     'revoke-key': () => revokeApiKey(redis, args[0]),

@@ -21,6 +21,11 @@
 //!   lagged invalidation channel, and every `resync_interval` as a safety net
 //!   (it also catches FLUSHALL, whose invalidation fred does not deliver).
 //!   Entries the resync did not see are swept by generation.
+//! - In a Redis Cluster each node tracks only its own keys: tracking is armed
+//!   on every primary's connection, the SCAN walks every primary, reads are
+//!   grouped by slot, and a change of primaries (a failover) re-arms and
+//!   resyncs. Per key the ordering argument above still holds: a key's reads
+//!   and its invalidations share its node's one connection.
 //! - When Redis is unreachable, the views keep serving what they hold.
 //!
 //! Readers (the request path) only do `DashMap` lookups: no lock is held

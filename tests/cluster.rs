@@ -162,6 +162,35 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
         );
     }
 
+    // The backend's snippet (ioredis on the cluster) writes where the
+    // replica sees it.
+    let out = Command::new("node")
+        .args([
+            "examples/backend-control-plane.js",
+            cluster.url().as_str(),
+            "create-key",
+            "backend_made_key",
+            "u_b",
+            ORG,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NODE_PATH", node::dir().join("node_modules"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            authenticates(&ingress, "backend_made_key", &webhooks[0]).await == StatusCode::ACCEPTED
+        })
+        .await,
+        "a key the backend's snippet made was not seen within 1 s"
+    );
+    let _: i64 = r.del(apikey("backend_made_key")).await.unwrap();
+
     // The admin CLI counts the keys of every primary.
     let cli = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
@@ -310,10 +339,11 @@ async fn primary_holding_the_stream_killed_under_load_loses_no_202() {
 }
 
 /// BullMQ mode with a hash-tagged prefix: every key of the queue in one
-/// slot, the job script sent to that slot's node, and a real BullMQ Worker
-/// (ioredis Cluster) runs the job.
+/// slot, the job script sent to that slot's node, and the example Worker
+/// (`examples/bullmq-worker.js`, BullMQ on an ioredis Cluster) runs the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_a_real_worker() {
+async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_the_example_worker() {
+    use tokio::io::AsyncBufReadExt;
     let cluster = Cluster::start(1).await;
     let r = client_at(&cluster.url()).await;
     put_key(&r, "user_bq", r#"{"userId":"u_1","orgId":"o_c"}"#).await;
@@ -323,10 +353,31 @@ async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_a_real_worker() {
     raw.server.listen = "127.0.0.1:0".into();
     raw.sink.kind = "bullmq".into();
     raw.bullmq.prefix = "{tether}".into();
-    raw.bullmq.workflow_queue = "cluster-runs".into();
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
-    let mut worker =
-        node::Worker::start(6, &cluster.url(), "cluster-runs", &["--prefix", "{tether}"]).await;
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bullmq-worker.js");
+    let mut child = tokio::process::Command::new("node")
+        .arg(example)
+        .args([cluster.url().as_str(), "{tether}"])
+        .env("NODE_PATH", node::dir().join("node_modules"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Both of its Workers said they wait for jobs.
+    let mut said = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut waiting = 0;
+    while waiting < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), said.next_line())
+            .await
+            .expect("the example worker never became ready")
+            .unwrap()
+            .expect("the example worker stopped");
+        waiting += usize::from(line.starts_with("waiting for jobs"));
+    }
+
     let req = http::Request::post(ingress.uri("/api/webhook/workflow"))
         .header("authorization", "Bearer user_bq")
         .header("x-request-id", "req-c1")
@@ -336,16 +387,26 @@ async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_a_real_worker() {
         .unwrap();
     let (status, _, body) = ingress.request(req).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the example worker printed no job")
+        .unwrap()
+        .unwrap();
+    let job: serde_json::Value = serde_json::from_str(&line).unwrap();
     let id = "req-c1~o_c~u_1~wf_a";
-    let job = worker.next("job", Duration::from_secs(10)).await;
+    assert_eq!(job["queue"], "workflow-runs");
     assert_eq!(job["id"], id);
     assert_eq!(job["data"]["workflowId"], "wf_a");
     assert_eq!(job["data"]["payload"]["email"], "lead@example.com");
-    let done = worker.next("completed", Duration::from_secs(10)).await;
-    assert_eq!(done["id"], id);
-    let completed: Option<f64> = r
-        .zscore("{tether}:cluster-runs:completed", id)
-        .await
-        .unwrap();
-    assert!(completed.is_some(), "the job is not in the completed set");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let done: Option<f64> = r
+                .zscore("{tether}:workflow-runs:completed", id)
+                .await
+                .unwrap();
+            done.is_some()
+        })
+        .await,
+        "the job never reached the completed set"
+    );
 }

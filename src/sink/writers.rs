@@ -3,9 +3,9 @@
 //! requests without crossing threads, and one shared client for everything
 //! off those threads (the spool replay, idempotency records). fred pipelines
 //! commands from concurrent tasks onto its connection, so many requests'
-//! writes leave in one write. Today they reach one Redis node; the
-//! topology (Sentinel, Cluster) is decided where the clients are built
-//! ([`crate::redis`]).
+//! writes leave in one write. The topology (one node, Sentinel, Cluster,
+//! where a client holds a connection per primary and each command goes to its
+//! key's) is decided where the clients are built ([`crate::redis`]).
 
 use std::{
     sync::{
