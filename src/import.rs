@@ -603,7 +603,9 @@ impl Run<'_> {
                     // stray key of another shape might be; keep to the
                     // layout's own shapes.
                     .filter(|k| {
-                        kind != Kind::Trigger || k[prefix.len()..].matches(':').count() >= 2
+                        kind != Kind::Trigger
+                            || k.strip_prefix(prefix)
+                                .is_some_and(|rest| rest.matches(':').count() >= 2)
                     })
                     .filter(|k| !seen.contains(&fingerprint(k)))
                     .collect();

@@ -94,6 +94,8 @@ metrics! {
         "Torn or corrupt spool records skipped on replay.";
     counter IDEMPOTENT_REPLAYS = "tether_idempotent_replays_total":
         "Requests answered from the idempotency store (repeats).";
+    counter GLOBAL_LIMIT_FALLBACKS = "tether_rate_limit_global_fallbacks_total":
+        "Requests limited by this instance's own count because Redis did not answer the global rate-limit check.";
     gauge FAIL_CLOSED = "tether_auth_fail_closed":
         "1 while keys are refused because the replica is out of touch (fail-closed).";
 }

@@ -211,10 +211,14 @@ async fn rate_limit(app: &App, principal: &Principal, settings: &Settings) -> Re
     {
         let mut key = format!("{}ratelimit:", app.boot.redis.key_prefix);
         crate::auth::push_hex(&mut key, &digest[..]);
-        if let Ok(verdict) =
-            Box::pin(limit::check_global(app.sink.redis(), key, per_sec, burst)).await
-        {
-            return verdict.map_err(|retry_after_secs| Reject::RateLimited { retry_after_secs });
+        match Box::pin(limit::check_global(app.sink.redis(), key, per_sec, burst)).await {
+            Ok(verdict) => {
+                return verdict
+                    .map_err(|retry_after_secs| Reject::RateLimited { retry_after_secs });
+            }
+            // Counted, not logged per request: during an outage every
+            // request would log it.
+            Err(_) => metrics::counter!(crate::metrics::GLOBAL_LIMIT_FALLBACKS).increment(1),
         }
     }
     principal

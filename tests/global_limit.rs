@@ -82,3 +82,22 @@ async fn instance_scope_lets_each_instance_allow_the_rate() {
         "{admitted} admitted in {elapsed:.2} s: each instance has its own bucket of 5"
     );
 }
+
+/// With Redis gone, the global check falls back to the instance's own count
+/// (the key is still limited, not let through) and counts each fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_the_instance_limits_alone_and_counts_it() {
+    let (mut redis, a, _b) = two_instances("global").await;
+    redis.kill();
+    let answers = futures::future::join_all(
+        (0..12).map(|_| a.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)),
+    )
+    .await;
+    let limited = answers
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    // A bucket of 5 here: the rest are refused by this instance's count.
+    assert!(limited >= 12 - 5 - 1, "{limited} of 12 limited");
+    assert!(metric_value(&a, "tether_rate_limit_global_fallbacks_total").await >= 1.0);
+}
