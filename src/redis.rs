@@ -14,7 +14,7 @@ use fred::{
     prelude::*,
     types::{
         ClusterHash, CustomCommand, RespVersion,
-        config::{TlsConfig, TlsConnector},
+        config::{TlsConfig, TlsConnector, TlsHostMapping},
     },
 };
 
@@ -85,7 +85,15 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
     // refused rather than connected in plaintext.
     match (&target.tls, config.uses_tls()) {
         (Some(tls), _) => {
-            config.tls = Some(TlsConfig::from(TlsConnector::from(tls.as_ref().clone())));
+            let mut tls = TlsConfig::from(TlsConnector::from(tls.as_ref().clone()));
+            // A cluster names its nodes by IP in CLUSTER SLOTS; certificates
+            // name the host the operator configured. Check each node under
+            // the name of the node that reported it (or the hostname the
+            // cluster announces, when it does).
+            if config.server.is_clustered() {
+                tls.hostnames = TlsHostMapping::DefaultHost;
+            }
+            config.tls = Some(tls);
         }
         (None, true) => {
             return Err(Error::new(

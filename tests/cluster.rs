@@ -410,3 +410,47 @@ async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_the_example_worker() {
         "the job never reached the completed set"
     );
 }
+
+/// `rediss-cluster://`: every node speaks TLS only, under a certificate that
+/// names "localhost" and no address, while the cluster reports its nodes by
+/// IP. The ingress checks each node against the CA under the name it was
+/// given, authenticates, matches and writes the job; with another CA it
+/// never becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_checks_every_node_against_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    tls::pki_for(dir.path(), "good", &["node"], "DNS:localhost");
+    tls::pki(dir.path(), "other", &[]);
+    let files = support::cluster::Tls {
+        cert: dir.path().join("node.crt"),
+        key: dir.path().join("node.key"),
+        ca: dir.path().join("good-ca.crt"),
+    };
+    let cluster = Cluster::start_with(0, Some(files)).await;
+    let port = cluster.primaries()[0];
+    let record = r#"{"userId":"u_1","orgId":"o_c"}"#;
+    cluster.cli(port, &["-c", "SET", &apikey("user_tls"), record]);
+    cluster.cli(port, &["-c", "SADD", &trigger_key("wh_tls"), "wf_t"]);
+    let config = |ca: &str| {
+        let mut raw = RawConfig::default();
+        raw.redis.url = cluster.url_as("rediss-cluster", "localhost");
+        raw.redis.tls.ca_file = dir.path().join(ca).display().to_string();
+        raw.server.listen = "127.0.0.1:0".into();
+        raw.validate().unwrap()
+    };
+    let ingress = Ingress::start_with(config("good-ca.crt")).await;
+    assert_eq!(
+        authenticates(&ingress, "user_tls", "wh_tls").await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(cluster.cli(port, &["-c", "XLEN", STREAM]), "1");
+
+    let stranger = Ingress::spawn(config("other-ca.crt")).await;
+    assert!(
+        !eventually(Duration::from_secs(3), || async {
+            stranger.get("/readyz").await.0 == StatusCode::OK
+        })
+        .await,
+        "ready against a cluster whose certificates another CA signed"
+    );
+}

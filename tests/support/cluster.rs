@@ -16,10 +16,31 @@ struct Node {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    tls: Option<Tls>,
+}
+
+/// A TLS cluster's files: the nodes' certificate and key, and their CA.
+#[derive(Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl Tls {
+    /// redis-cli's flags for it.
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.ca.display().to_string(),
+        ]
+    }
 }
 
 pub struct Cluster {
     nodes: Vec<Node>,
+    tls: Option<Tls>,
 }
 
 /// A port whose cluster bus port (port + 10000) is free too.
@@ -37,7 +58,12 @@ fn cluster_port() -> u16 {
 }
 
 pub fn cli(port: u16, args: &[&str]) -> String {
+    cli_with(None, port, args)
+}
+
+fn cli_with(tls: Option<&Tls>, port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
+        .args(tls.map(Tls::flags).unwrap_or_default())
         .args(["-p", &port.to_string()])
         .args(args)
         .output()
@@ -46,7 +72,11 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 }
 
 impl Node {
-    fn start() -> Self {
+    fn cli(&self, args: &[&str]) -> String {
+        cli_with(self.tls.as_ref(), self.port, args)
+    }
+
+    fn start(tls: Option<&Tls>) -> Self {
         for _ in 0..20 {
             let port = cluster_port();
             let dir = std::env::temp_dir()
@@ -57,6 +87,7 @@ impl Node {
                 port,
                 dir,
                 child: None,
+                tls: tls.cloned(),
             };
             if node.spawn() {
                 return node;
@@ -66,8 +97,31 @@ impl Node {
     }
 
     fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let listen: Vec<&str> = match &self.tls {
+            None => vec!["--port", &port],
+            Some(tls) => vec![
+                "--port",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+                "--tls-auth-clients",
+                "no",
+                "--tls-cert-file",
+                tls.cert.to_str().unwrap(),
+                "--tls-key-file",
+                tls.key.to_str().unwrap(),
+                "--tls-ca-cert-file",
+                tls.ca.to_str().unwrap(),
+            ],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "1000"])
@@ -84,7 +138,7 @@ impl Node {
                 self.child = None;
                 return false;
             }
-            if cli(self.port, &["PING"]) == "PONG" {
+            if self.cli(&["PING"]) == "PONG" {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -105,12 +159,21 @@ impl Cluster {
     /// Starts 3 × (1 + `replicas`) nodes, creates the cluster and waits until
     /// every node says `cluster_state:ok` and every replica is in sync.
     pub async fn start(replicas: usize) -> Self {
-        let nodes: Vec<Node> = (0..3 * (1 + replicas)).map(|_| Node::start()).collect();
+        Self::start_with(replicas, None).await
+    }
+
+    /// [`Cluster::start`], every port (clients, bus, replication) speaking
+    /// TLS with `tls`'s files when given.
+    pub async fn start_with(replicas: usize, tls: Option<Tls>) -> Self {
+        let nodes: Vec<Node> = (0..3 * (1 + replicas))
+            .map(|_| Node::start(tls.as_ref()))
+            .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let out = Command::new("redis-cli")
+            .args(tls.as_ref().map(Tls::flags).unwrap_or_default())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -121,14 +184,14 @@ impl Cluster {
             "cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let c = Self { nodes };
+        let c = Self { nodes, tls };
         let ready = eventually(Duration::from_secs(30), || async {
             c.nodes.iter().all(|n| {
-                cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-                    && cli(n.port, &["CLUSTER", "NODES"]).lines().count() == c.nodes.len()
+                n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                    && n.cli(&["CLUSTER", "NODES"]).lines().count() == c.nodes.len()
             }) && c.primaries().len() == 3
                 && c.nodes.iter().all(|n| {
-                    let info = cli(n.port, &["INFO", "replication"]);
+                    let info = n.cli(&["INFO", "replication"]);
                     info.contains("role:master") || info.contains("master_link_status:up")
                 })
         })
@@ -139,12 +202,7 @@ impl Cluster {
 
     /// `redis-cluster://` naming every node as a seed.
     pub fn url(&self) -> String {
-        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
-        for (i, n) in self.nodes.iter().enumerate().skip(1) {
-            url.push(if i == 1 { '?' } else { '&' });
-            url.push_str(&format!("node=127.0.0.1:{}", n.port));
-        }
-        url
+        self.url_as("redis-cluster", "127.0.0.1")
     }
 
     fn alive(&self) -> impl Iterator<Item = u16> + '_ {
@@ -159,7 +217,7 @@ impl Cluster {
         let Some(seen_by) = self.alive().next() else {
             return Vec::new();
         };
-        cli(seen_by, &["CLUSTER", "NODES"])
+        self.cli(seen_by, &["CLUSTER", "NODES"])
             .lines()
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
@@ -186,6 +244,22 @@ impl Cluster {
                 (!ranges.is_empty()).then_some((port, ranges))
             })
             .collect()
+    }
+
+    /// Runs one command with redis-cli on the node at `port` (`-c` in
+    /// `args` follows redirects).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli_with(self.tls.as_ref(), port, args)
+    }
+
+    /// The URL with `host` for the nodes' address and `scheme`.
+    pub fn url_as(&self, scheme: &str, host: &str) -> String {
+        let mut url = format!("{scheme}://{host}:{}", self.nodes[0].port);
+        for (i, n) in self.nodes.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node={host}:{}", n.port));
+        }
+        url
     }
 
     /// Ports of the primaries now serving slots.

@@ -19,6 +19,11 @@ pub fn openssl(dir: &Path, args: &[&str]) {
 /// A CA (`<name>-ca.crt`) and, signed by it, `<leaf>.crt`/`<leaf>.key` for
 /// each leaf (valid for 127.0.0.1 and localhost).
 pub fn pki(dir: &Path, name: &str, leaves: &[&str]) {
+    pki_for(dir, name, leaves, "IP:127.0.0.1,DNS:localhost");
+}
+
+/// [`pki`] with the leaves valid for `names` (a subjectAltName value).
+pub fn pki_for(dir: &Path, name: &str, leaves: &[&str], names: &str) {
     let ca_key = format!("{name}-ca.key");
     let ca_crt = format!("{name}-ca.crt");
     openssl(
@@ -43,7 +48,7 @@ pub fn pki(dir: &Path, name: &str, leaves: &[&str]) {
     );
     std::fs::write(
         dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        format!("subjectAltName={names}\nextendedKeyUsage=serverAuth,clientAuth\n"),
     )
     .unwrap();
     for leaf in leaves {
