@@ -83,6 +83,14 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
     raw.redis.url = cluster.url();
     raw.server.listen = "127.0.0.1:0".into();
     raw.streams.workflow = stream.clone();
+    raw.rate_limit.scope = "global".into();
+    raw.rate_limit.burst = 3;
+    put_key(
+        &r,
+        "user_limited",
+        &format!(r#"{{"userId":"u_lim","orgId":"{ORG}","rateLimitPerSec":1}}"#),
+    )
+    .await;
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
 
     // Every key with every webhook: keys and triggers on all three primaries.
@@ -121,6 +129,24 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
         assert_eq!(status, StatusCode::ACCEPTED, "attempt {attempt}");
     }
     assert_eq!(xlen(&r, &stream).await, 10, "a repeat added a job");
+
+    // A global rate limit: its bucket lives in the cluster, wherever its
+    // slot is, and holds the key to its rate.
+    let answers = futures::future::join_all(
+        (0..10).map(|_| authenticates(&ingress, "user_limited", &webhooks[0])),
+    )
+    .await;
+    let admitted = answers
+        .iter()
+        .filter(|s| **s == StatusCode::ACCEPTED)
+        .count();
+    assert!((3..=5).contains(&admitted), "{admitted} of 10 admitted");
+    let bucket: i64 = r
+        .exists(format!("tether:ratelimit:{}", sha256_hex("user_limited")))
+        .await
+        .unwrap();
+    assert_eq!(bucket, 1, "the global bucket is not in the cluster");
+    let _: i64 = r.del(stream.as_str()).await.unwrap();
 
     // Every command went straight to its key's node: a script routed by its
     // body would be redirected (and cost a topology refresh each time).
@@ -205,7 +231,7 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
 
     // An import with --prune keeps one key and removes the others, wherever
     // they live.
@@ -251,11 +277,15 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn primary_holding_the_stream_killed_under_load_loses_no_202() {
-    // Two replicas per primary: the stream's shard still has one to
-    // confirm writes after its primary is gone.
-    let mut cluster = Cluster::start(2).await;
+/// SIGKILL of the primary holding the job stream under 16 concurrent
+/// senders, with `wait_replicas = 1` and a spool: every 202's job ends up on
+/// the promoted primary, Redis-confirmed writes resume, and revocations on
+/// every primary are still seen within a second. With `restart`, the killed
+/// node is started again once its replica took over (it rejoins as that
+/// one's replica): until then the shard has no replica to confirm writes,
+/// and the spool holds them.
+async fn stream_primary_killed_under_load(replicas: usize, restart: bool) {
+    let mut cluster = Cluster::start(replicas).await;
     let r = client_at(&cluster.url()).await;
     let keys = one_per_primary(&cluster, "user_k", apikey);
     let webhooks = one_per_primary(&cluster, "wh", trigger_key);
@@ -284,6 +314,17 @@ async fn primary_holding_the_stream_killed_under_load_loses_no_202() {
     let written =
         || async { metric_value(&ingress, "tether_jobs_written_total{stream=\"workflow\"}").await };
     let before = written().await;
+    if restart {
+        assert!(
+            eventually(WAIT, || async {
+                let new = cluster.primary_of(STREAM);
+                new != old && new != 0
+            })
+            .await,
+            "the replica never took over"
+        );
+        cluster.restart(old);
+    }
     assert!(
         eventually(WAIT, || async { written().await > before }).await,
         "writes never resumed after the failover"
@@ -310,8 +351,14 @@ async fn primary_holding_the_stream_killed_under_load_loses_no_202() {
         "a 202's job is missing on the new primary"
     );
     eprintln!(
-        "figures: {} requests acknowledged (202), lost 0, {others} answered otherwise; \
-         writes resumed {:.1} s after the primary's SIGKILL",
+        "figures ({replicas} replicas per primary{}): {} requests acknowledged (202), lost 0, \
+         {others} answered otherwise; Redis-confirmed writes resumed {:.1} s after the \
+         primary's SIGKILL",
+        if restart {
+            ", the killed node restarted"
+        } else {
+            ""
+        },
         accepted.len(),
         resumed.as_secs_f64()
     );
@@ -336,6 +383,18 @@ async fn primary_holding_the_stream_killed_under_load_loses_no_202() {
             "a key revoked after the failover still worked after 1 s"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_primary_killed_with_two_replicas_each_loses_no_202() {
+    // The stream's shard keeps a replica to confirm writes.
+    stream_primary_killed_under_load(2, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_primary_killed_with_one_replica_each_loses_no_202() {
+    // The promoted primary has no replica until the killed node returns.
+    stream_primary_killed_under_load(1, true).await;
 }
 
 /// BullMQ mode with a hash-tagged prefix: every key of the queue in one

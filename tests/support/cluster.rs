@@ -278,6 +278,18 @@ impl Cluster {
             .map_or(0, |(p, _)| p)
     }
 
+    /// Starts the node on `port` again (after [`Cluster::kill`]), with its
+    /// directory and so its cluster configuration: it rejoins the cluster.
+    pub fn restart(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("no node on that port");
+        assert!(node.child.is_none(), "kill it first");
+        assert!(node.spawn(), "the node did not start again");
+    }
+
     /// SIGKILL of the node on `port`.
     pub fn kill(&mut self, port: u16) {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
