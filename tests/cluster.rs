@@ -188,6 +188,32 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
         );
     }
 
+    // `jobs tail` reads the stream from its node.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!("[streams]\nworkflow = \"{stream}\"\n"),
+    )
+    .unwrap();
+    let tail = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .arg("--config")
+        .arg(config.path())
+        .args(["jobs", "tail", "workflow", "--from-start", "--limit", "2"])
+        .env("TETHER_INGRESS_REDIS_URL", cluster.url())
+        .output()
+        .unwrap();
+    assert!(
+        tail.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["workflowId"], "wf_later");
+
     // The backend's snippet (ioredis on the cluster) writes where the
     // replica sees it.
     let out = Command::new("node")
