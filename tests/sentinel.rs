@@ -54,24 +54,16 @@ async fn primary_killed_under_load_loses_no_202_and_the_replica_follows() {
     deployment.primary.kill();
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let written =
-        || async { metric_value(&ingress, "tether_jobs_written_total{stream=\"workflow\"}").await };
-    let before = written().await;
     // Writes acknowledged by Redis (not the spool) again: the writers found
     // the new primary and its replica confirms.
     assert!(
-        eventually(WAIT, || async { written().await > before }).await,
+        redis_writes_resume(&ingress, WAIT).await,
         "writes never resumed after the failover"
     );
     let resumed = killed.elapsed();
     load.until_accepted(300, WAIT).await;
     let outcomes = load.stop().await;
-    let accepted: Vec<&str> = outcomes
-        .iter()
-        .filter(|o| o.status == Some(StatusCode::ACCEPTED))
-        .map(|o| o.request_id.as_str())
-        .collect();
-    let others = outcomes.len() - accepted.len();
+    let (accepted, others) = accepted_ids(&outcomes);
 
     let new = deployment.primary_port();
     assert!(new != old && new != 0, "no failover happened");

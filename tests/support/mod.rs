@@ -659,6 +659,27 @@ impl Load {
     }
 }
 
+/// The request ids answered 202 among `outcomes`, and how many others.
+pub fn accepted_ids(outcomes: &[Outcome]) -> (Vec<&str>, usize) {
+    let accepted: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.status == Some(StatusCode::ACCEPTED))
+        .map(|o| o.request_id.as_str())
+        .collect();
+    let others = outcomes.len() - accepted.len();
+    (accepted, others)
+}
+
+/// True once `ingress` writes workflow jobs that Redis acknowledged (and,
+/// with `wait_replicas`, its replicas confirmed) again, counted from now:
+/// spooled ones do not count.
+pub async fn redis_writes_resume(ingress: &Ingress, within: Duration) -> bool {
+    let written =
+        || async { metric_value(ingress, "tether_jobs_written_total{stream=\"workflow\"}").await };
+    let before = written().await;
+    eventually(within, || async { written().await > before }).await
+}
+
 /// Request ids of the entries in `stream`, with how many entries each has.
 pub async fn request_ids_in(
     r: &fred::clients::Client,
