@@ -21,6 +21,10 @@ use support::{cluster::Cluster, *};
 use tether_ingress::config::RawConfig;
 
 const STREAM: &str = "tether:jobs:workflow";
+
+/// One cluster at a time: each is six to nine redis-server processes, and
+/// the tests measure second-long bounds on a two-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ORG: &str = "o_c";
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -78,6 +82,7 @@ fn trigger_key(webhook: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_primary_serves_keys_and_triggers_and_their_changes() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(1).await;
     let r = client_at(&cluster.url()).await;
     let keys = one_per_primary(&cluster, "user_c", apikey);
@@ -316,6 +321,7 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
 /// one's replica): until then the shard has no replica to confirm writes,
 /// and the spool holds them.
 async fn stream_primary_killed_under_load(replicas: usize, restart: bool) {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(replicas).await;
     let r = client_at(&cluster.url()).await;
     let keys = one_per_primary(&cluster, "user_k", apikey);
@@ -419,6 +425,7 @@ async fn stream_primary_killed_with_one_replica_each_loses_no_202() {
 /// (`examples/bullmq-worker.js`, BullMQ on an ioredis Cluster) runs the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_the_example_worker() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     use tokio::io::AsyncBufReadExt;
     let cluster = Cluster::start(1).await;
     let r = client_at(&cluster.url()).await;
@@ -494,6 +501,7 @@ async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_the_example_worker() {
 /// never becomes ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_cluster_checks_every_node_against_the_ca() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     tls::pki_for(dir.path(), "good", &["node"], "DNS:localhost");
     tls::pki(dir.path(), "other", &[]);
