@@ -158,7 +158,7 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
 /// MGET behind each page's script call, and would stall every job write
 /// behind a multi-match request's. A script sent whole has no NOSCRIPT case,
 /// so it is safe to pipeline. `args` are the call's (script, key count,
-/// keys, arguments); see [`script_route`] for the cluster.
+/// keys, arguments); in a cluster it goes to its first key's node.
 pub fn eval_pipelined(client: &impl ClientLike, args: &[Value]) -> CustomCommand {
     CustomCommand::new_static("EVAL", script_route(client, args), false)
 }
