@@ -460,8 +460,21 @@ async fn redis_killed_under_load_every_accepted_job_runs_exactly_once() {
             ] {
                 eprintln!("{command:?}: {}", redis.cli(command));
             }
+            let missing: Vec<&&str> = accepted
+                .iter()
+                .filter(|id| !runs.contains_key(**id))
+                .take(5)
+                .collect();
+            for id in &missing {
+                let key = format!("bull:faults:{}", job_id(id, "wf_a"));
+                eprintln!("{key}: {}", redis.cli(&["HGETALL", &key]));
+            }
+            eprintln!(
+                "queue keys: {}",
+                redis.cli(&["EVAL", "local out = {} for _, k in ipairs(redis.call('KEYS', 'bull:faults:*')) do if not string.find(k, '~') then table.insert(out, k .. '=' .. redis.call('TYPE', k).ok) end end return out", "0"])
+            );
             panic!(
-                "{} jobs still to run, and the worker ran none for 30 s",
+                "{} jobs still to run ({missing:?}), and the worker ran none for 30 s",
                 accepted.len() - runs.len()
             );
         };

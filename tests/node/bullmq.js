@@ -42,12 +42,15 @@ async function main() {
         if (failFirst && job.attemptsMade === 0) throw new Error('first attempt fails');
         return 'done';
       },
-      { connection, prefix },
+      // Not running until "ready" is said: a job run before it would be
+      // reported ahead of the line the tests wait for, and skipped.
+      { connection, prefix, autorun: false },
     );
     worker.on('completed', (job) => say({ event: 'completed', id: job.id, finishedOn: job.finishedOn }));
     worker.on('error', (e) => say({ event: 'error', message: String(e) }));
     await worker.waitUntilReady();
     say({ event: 'ready' });
+    worker.run().catch((e) => say({ event: 'error', message: String(e) }));
     process.stdin.on('end', () => worker.close().then(() => process.exit(0)));
     process.stdin.resume();
     return;
