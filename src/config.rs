@@ -143,14 +143,14 @@ pub fn is_tls_url(url: &str) -> bool {
 
 /// Whether `url` names a Redis Cluster (`redis-cluster://`,
 /// `rediss-cluster://`).
-pub fn is_cluster_url(url: &str) -> bool {
+fn is_cluster_url(url: &str) -> bool {
     url.split_once("://")
         .is_some_and(|(scheme, _)| matches!(scheme, "redis-cluster" | "rediss-cluster"))
 }
 
 /// The hash tag Redis Cluster hashes `key` by: the text between its first
 /// `{` and the next `}`, when not empty.
-pub fn hash_tag(key: &str) -> Option<&str> {
+fn hash_tag(key: &str) -> Option<&str> {
     let (_, after) = key.split_once('{')?;
     let (tag, _) = after.split_once('}')?;
     (!tag.is_empty()).then_some(tag)

@@ -231,6 +231,15 @@ impl Script {
     }
 }
 
+/// The primaries of a cluster client's current topology (empty off a
+/// cluster, or before its first connection).
+pub fn primaries(client: &Client) -> Vec<fred::types::config::Server> {
+    client
+        .cached_cluster_state()
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default()
+}
+
 /// Every key matching `pattern`, in pages of about `count`: one SCAN
 /// through the server, or in a cluster one through every primary at once
 /// (fred's own SCAN would walk the one node owning the cursor's slot). Call

@@ -309,7 +309,6 @@ impl Replica {
                 // This resync covers every reconnect reported so far (including
                 // the first connect, reported too); later ones trigger another.
                 while reconnects.try_recv().is_ok() {}
-                while topology.try_recv().is_ok() {}
                 match self
                     .resync(
                         &client,
@@ -788,10 +787,7 @@ async fn track(client: &Client, prefixes: Vec<String>) -> Result<(), Error> {
             .await;
     }
     client.sync_cluster().await?;
-    let primaries = client
-        .cached_cluster_state()
-        .map(|state| state.unique_primary_nodes())
-        .unwrap_or_default();
+    let primaries = redis::primaries(client);
     if primaries.is_empty() {
         return Err(Error::new(ErrorKind::Cluster, "no cluster primary known"));
     }

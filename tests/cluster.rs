@@ -333,13 +333,7 @@ async fn stream_primary_killed_under_load(replicas: usize, restart: bool) {
     drop(r);
 
     let spool = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig::default();
-    raw.redis.url = cluster.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.redis.wait_replicas = 1;
-    raw.redis.command_timeout_ms = 500;
-    raw.spool.dir = spool.path().display().to_string();
-    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let ingress = confirming_ingress(&cluster.url(), spool.path()).await;
 
     let body = format!(r#"{{"webhookId":"{}"}}"#, webhooks[0]);
     let load = Load::start(&ingress.uri(""), &keys[0], &body, 16, "cl");

@@ -15,7 +15,6 @@ use std::{
 use fred::prelude::*;
 use http::StatusCode;
 use support::{sentinel::Sentinels, *};
-use tether_ingress::config::RawConfig;
 
 const KEY: &str = "user_sentinel";
 const STREAM: &str = "tether:jobs:workflow";
@@ -40,13 +39,7 @@ async fn primary_killed_under_load_loses_no_202_and_the_replica_follows() {
     drop(r);
 
     let spool = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig::default();
-    raw.redis.url = deployment.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.redis.wait_replicas = 1;
-    raw.redis.command_timeout_ms = 500;
-    raw.spool.dir = spool.path().display().to_string();
-    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let ingress = confirming_ingress(&deployment.url(), spool.path()).await;
 
     let load = Load::start(&ingress.uri(""), KEY, r#"{"webhookId":"wh_1"}"#, 16, "sen");
     load.until_accepted(300, WAIT).await;

@@ -62,10 +62,7 @@ async fn wait(client: &Client, replicas: u32, timeout: Duration) -> Outcome {
     if !client.is_clustered() {
         return wait_on(client, None, replicas, timeout).await;
     }
-    let primaries = client
-        .cached_cluster_state()
-        .map(|state| state.unique_primary_nodes())
-        .unwrap_or_default();
+    let primaries = crate::redis::primaries(client);
     if primaries.is_empty() {
         return Outcome::Failed;
     }

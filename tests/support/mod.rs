@@ -659,6 +659,19 @@ impl Load {
     }
 }
 
+/// An ingress on `redis_url` that counts a job stored only once one replica
+/// confirms it (`wait_replicas = 1`, 500 ms commands) and spools to
+/// `spool` meanwhile: the failover tests' setting.
+pub async fn confirming_ingress(redis_url: &str, spool: &std::path::Path) -> Ingress {
+    let mut raw = RawConfig::default();
+    raw.redis.url = redis_url.to_owned();
+    raw.server.listen = "127.0.0.1:0".into();
+    raw.redis.wait_replicas = 1;
+    raw.redis.command_timeout_ms = 500;
+    raw.spool.dir = spool.display().to_string();
+    Ingress::start_with(raw.validate().unwrap()).await
+}
+
 /// The request ids answered 202 among `outcomes`, and how many others.
 pub fn accepted_ids(outcomes: &[Outcome]) -> (Vec<&str>, usize) {
     let accepted: Vec<&str> = outcomes
