@@ -19,7 +19,7 @@ use fred::prelude::*;
 use http::Request;
 use http_body_util::Full;
 use std::hint::black_box;
-use tether_ingress::{app::App, config::RawConfig};
+use tether_ingress::{App, config::Config};
 
 /// A typical aggregator lead: 440 bytes.
 const LEAD_440: &str = r#"{"webhookId":"wh_64d2f9c5e8a1d4e001a0b1c3","source":"zillow","receivedVia":"premier-agent","lead":{"id":"zl_8f2c61d0-5d2e-4b8e-9c1e-7a9b3f2d1e44","name":"Alex Nguyen","email":"alex.nguyen@example.com","phone":"+14155551234","message":"Hi, I am interested in 1234 Market St #5. Is it still available for a viewing this weekend?","budget":{"min":850000,"max":1100000.00,"currency":"USD"},"tags":["buyer","pre-approved","vip"],"score":0.8712}}"#;
@@ -112,14 +112,14 @@ fn handler(c: &mut Criterion) {
             assert!(Instant::now() < deadline, "redis did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let redis = Builder::from_config(Config::from_url(&url).unwrap())
+        let redis = Builder::from_config(fred::prelude::Config::from_url(&url).unwrap())
             .build()
             .unwrap();
         tokio::time::timeout(Duration::from_secs(10), redis.init())
             .await
             .expect("redis client did not connect")
             .unwrap();
-        let digest: String = tether_ingress::auth::digest_key(KEY.as_bytes())
+        let digest: String = tether_ingress::digest_key(KEY.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -137,7 +137,7 @@ fn handler(c: &mut Criterion) {
             .sadd("tether:triggers:o_1:wh_64d2f9c5e8a1d4e001a0b1c3", "wf_1")
             .await
             .unwrap();
-        let mut raw = RawConfig::default();
+        let mut raw = Config::default();
         raw.redis.url = url.clone();
         let (app, background) = tether_ingress::build(&raw.validate().unwrap()).unwrap();
         while !app.is_ready() {

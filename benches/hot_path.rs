@@ -10,10 +10,8 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
 use std::hint::black_box;
 use tether_ingress::{
-    auth::{Authenticator, Credential, KeyTable, digest_key},
-    parse::parse_envelope,
-    replica::{Fetched, View},
-    route::WebhookIndex,
+    digest_key,
+    hot_path::{Authenticator, Credential, Fetched, KeyTable, View, WebhookIndex, parse_envelope},
 };
 
 /// A typical aggregator lead: 440 bytes.

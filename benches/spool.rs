@@ -4,7 +4,7 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tether_ingress::spool::{Spool, encode};
+use tether_ingress::{Spool, spool_record as encode};
 
 /// One workflow entry of the 440-byte lead, framed.
 fn record() -> Vec<u8> {

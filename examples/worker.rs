@@ -4,30 +4,29 @@
 //! ```text
 //! cargo run --example worker -- [REDIS_URL] [CONSUMER_NAME]
 //! ```
-//! It connects as the ingress does (`tether_ingress::redis`): a `rediss://`
+//! It connects as the ingress does (`tether_ingress::redis_client`): a `rediss://`
 //! URL uses `TETHER_INGRESS_REDIS_TLS_*` from the environment.
 #![allow(missing_docs)]
 
 use std::time::Duration;
 
 use fred::prelude::*;
-use tether_ingress::{config::RawConfig, redis, worker::Worker};
+use tether_ingress::{RedisRole, RedisTarget, Worker, config::Config, redis_client};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
-    let mut raw = RawConfig::default();
-    raw.apply_env(|name| std::env::var(name).ok());
+    let config_error =
+        |e: tether_ingress::config::ConfigError| Error::new(ErrorKind::Config, e.to_string());
+    let mut raw = Config::load(None).map_err(config_error)?;
     if let Some(url) = args.next() {
         raw.redis.url = url;
     }
     let consumer = args
         .next()
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    let config = raw
-        .validate()
-        .map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
-    let client = redis::client(&redis::Target::of(&config.redis)?, redis::Role::Admin)?;
+    let config = raw.validate().map_err(config_error)?;
+    let client = redis_client(&RedisTarget::of(&config.redis)?, RedisRole::Admin)?;
     client.init().await?;
     let worker = Worker::join(
         client,

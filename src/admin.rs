@@ -12,8 +12,10 @@ use futures::TryStreamExt;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::{
-    auth::{digest_key, push_hex},
+    auth::digest_key,
     config::{Config, redact_url},
+    hex,
+    outreach::Category,
     redis::{self, Role, Target},
 };
 
@@ -54,11 +56,8 @@ pub struct Admin {
     workflow_stream: String,
     outreach_stream: String,
     /// In BullMQ mode, the `[bullmq]` queues `jobs tail` follows.
-    bullmq: Option<crate::config::BullmqConfig>,
+    bullmq: Option<crate::config::Bullmq>,
 }
-
-/// Categories of org dynamic properties.
-pub const CATEGORIES: [&str; 3] = ["contact", "application", "conversation"];
 
 impl Admin {
     /// Connects with the configuration's Redis settings (fails fast).
@@ -70,7 +69,7 @@ impl Admin {
         let target = Target::of(&config.redis).map_err(unreachable)?;
         let client = redis::client(&target, Role::Admin).map_err(unreachable)?;
         tokio::time::timeout(
-            config.redis.connect_timeout + Duration::from_secs(1),
+            config.redis.connect_timeout_ms + Duration::from_secs(1),
             client.init(),
         )
         .await
@@ -88,7 +87,7 @@ impl Admin {
 
     fn key_of(&self, api_key: &str) -> String {
         let mut key = format!("{}apikey:", self.prefix);
-        push_hex(&mut key, &digest_key(api_key.as_bytes()));
+        hex::push(&mut key, &digest_key(api_key.as_bytes()));
         key
     }
 
@@ -104,7 +103,7 @@ impl Admin {
             .fill(&mut raw)
             .map_err(|_| AdminError::Refused("the system random generator failed".into()))?;
         let mut key = String::from("user_");
-        push_hex(&mut key, &raw);
+        hex::push(&mut key, &raw);
         let mut record = serde_json::json!({"userId": user, "orgId": org, "active": true});
         if let Some(n) = rate_limit {
             record["rateLimitPerSec"] = n.into();
@@ -261,10 +260,10 @@ impl Admin {
                     "{pair:?} is not FIELD=CATEGORY"
                 )));
             };
-            if field.is_empty() || !CATEGORIES.contains(&category) {
+            if field.is_empty() || !Category::NAMES.contains(&category) {
                 return Err(AdminError::Refused(format!(
                     "{pair:?}: the category must be one of {}",
-                    CATEGORIES.join(", ")
+                    Category::NAMES.join(", ")
                 )));
             }
             fields.push((field.to_owned(), category.to_owned()));

@@ -22,7 +22,7 @@ use crate::{
     replica::ReplicaStatus,
     response::RequestIds,
     route::WebhookIndex,
-    settings::{Settings, SharedSettings, restart_needed},
+    settings::{Settings, SharedSettings},
     sink::Sink,
     tls::ListenerTls,
 };
@@ -30,44 +30,46 @@ use crate::{
 /// Everything a request needs, shared by all connections.
 pub struct App {
     /// Bearer → principal.
-    pub auth: Authenticator,
+    pub(crate) auth: Authenticator,
     /// (org, webhookId) → workflows.
-    pub triggers: Arc<WebhookIndex>,
+    pub(crate) triggers: Arc<WebhookIndex>,
     /// Outreach configurations.
-    pub outreach_configs: Arc<OutreachConfigs>,
+    pub(crate) outreach_configs: Arc<OutreachConfigs>,
     /// Org dynamic properties.
-    pub org_properties: Arc<OrgProperties>,
+    pub(crate) org_properties: Arc<OrgProperties>,
     /// Job writer.
-    pub sink: Sink,
+    pub(crate) sink: Sink,
     /// Readiness and staleness of the caches.
-    pub replica: Arc<ReplicaStatus>,
+    pub(crate) replica: Arc<ReplicaStatus>,
     /// Reloadable settings (limits, timeouts, streams, JWT secret).
-    pub settings: SharedSettings,
-    /// The configuration the process started with (for reload checks).
-    pub boot: Config,
+    pub(crate) settings: SharedSettings,
     /// Request id issuer.
-    pub request_ids: RequestIds,
+    pub(crate) request_ids: RequestIds,
     /// Metric handles.
-    pub metrics: Handles,
+    pub(crate) metrics: Handles,
     /// Prometheus renderer, when this process owns the recorder.
-    pub prometheus: Option<PrometheusHandle>,
+    pub(crate) prometheus: Option<PrometheusHandle>,
     /// Sidecar upstream, when configured.
-    pub proxy: Option<Proxy>,
+    pub(crate) proxy: Option<Proxy>,
     /// The listener's TLS configuration, when it speaks TLS (reloaded on SIGHUP).
-    pub listener_tls: Option<ListenerTls>,
+    pub(crate) listener_tls: Option<ListenerTls>,
 }
 
 impl App {
     /// Applies a reloaded configuration: swaps the reloadable settings and
     /// names those that need a restart. Requests in flight keep the settings
     /// they started with.
-    pub fn reload(&self, new: &Config) {
-        self.settings.store(Arc::new(Settings::from_config(new)));
-        if let (Some(in_use), Some(files)) = (&self.listener_tls, &new.server.tls) {
+    pub(crate) fn reload(&self, new: &Config) {
+        let crate::config::Reload {
+            applied,
+            restart_needed,
+        } = crate::config::reload(&self.settings.load(), new);
+        if let (Some(in_use), Some((cert, key))) = (&self.listener_tls, applied.server.tls.files())
+        {
             // New connections get the new certificate, open ones keep theirs.
             // Files that do not load now (changed since they were checked)
             // leave the one in use.
-            match crate::tls::server_config(&files.cert_file, &files.key_file) {
+            match crate::tls::server_config(cert, key) {
                 Ok(config) => {
                     in_use.store(config);
                     info!("listener certificate reloaded");
@@ -78,12 +80,12 @@ impl App {
                 ),
             }
         }
-        let restart = restart_needed(&self.boot, new);
-        if restart.is_empty() {
+        self.settings.store(Arc::new(Settings::new(applied)));
+        if restart_needed.is_empty() {
             info!("configuration reloaded");
         } else {
             warn!(
-                needs_restart = %restart.join(", "),
+                needs_restart = %restart_needed.join(", "),
                 "configuration reloaded; these settings keep their old values until a restart"
             );
         }
@@ -91,7 +93,7 @@ impl App {
 
     /// Authenticates a webhook request with the current settings. Before the
     /// first load an unknown key may simply not be loaded yet: 503, not 401.
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         headers: &http::HeaderMap,
         settings: &Settings,
@@ -102,7 +104,8 @@ impl App {
             // with Redis must not keep working.
             Ok(Credential::ApiKey(_))
                 if settings
-                    .fail_closed_after
+                    .auth
+                    .fail_closed_after_secs
                     .is_some_and(|limit| self.replica.out_of_touch_for() > limit) =>
             {
                 Err(Reject::AuthStale)

@@ -22,12 +22,12 @@ use crate::error::Reject;
 const UNKNOWN_LENGTH_CAPACITY: usize = 4096;
 
 /// Bytes past the cap read and dropped before a 413.
-pub const DRAIN_BYTES: u64 = 64 * 1024;
+pub(crate) const DRAIN_BYTES: u64 = 64 * 1024;
 /// Time spent on that at most.
-pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(500);
+pub(crate) const DRAIN_TIME: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The declared body length, if the header is present and well formed.
-pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(CONTENT_LENGTH)?
         .to_str()
@@ -39,7 +39,7 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Reads the whole body, refusing more than `max` bytes or (408) a body not
 /// complete within `timeout`, so a trickling client cannot hold a request.
-pub async fn read_limited<B>(
+pub(crate) async fn read_limited<B>(
     headers: &HeaderMap,
     body: B,
     max: usize,

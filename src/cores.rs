@@ -21,7 +21,7 @@ thread_local! {
 }
 
 /// The index of the serving thread this code runs on (`None` off them).
-pub fn current() -> Option<usize> {
+pub(crate) fn current() -> Option<usize> {
     CURRENT.with(Cell::get)
 }
 
@@ -29,7 +29,7 @@ pub fn current() -> Option<usize> {
 
 /// The serving threads. Dropping it stops them (each finishes the task it
 /// is polling and exits; what is left on it is dropped).
-pub struct Cores {
+pub(crate) struct Cores {
     handles: Vec<Handle>,
     _stop: watch::Sender<()>,
 }
@@ -37,7 +37,7 @@ pub struct Cores {
 impl Cores {
     /// Starts `n` threads; fewer when a thread or runtime cannot be started
     /// (logged), none for 0.
-    pub fn start(n: usize) -> Self {
+    pub(crate) fn start(n: usize) -> Self {
         let (stop, stopped) = watch::channel(());
         let mut handles = Vec::with_capacity(n);
         // Stops at the first thread that cannot start, so thread `i` is
@@ -75,12 +75,12 @@ impl Cores {
     }
 
     /// The runtimes, by thread index.
-    pub fn handles(&self) -> &[Handle] {
+    pub(crate) fn handles(&self) -> &[Handle] {
         &self.handles
     }
 }
 
 /// How many serving threads "one per core" means here.
-pub fn per_core() -> usize {
+pub(crate) fn per_core() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

@@ -9,7 +9,9 @@
 
 use http::StatusCode;
 
-use crate::sink::error::SinkError;
+/// Why jobs were not stored, for the log line of their 503: the sink's
+/// own error, boxed so this module needs nothing of the sink.
+pub(crate) type StoreFailure = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request refused before (or instead of) doing its work.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +95,14 @@ pub enum Reject {
     /// The caches are not loaded from Redis yet.
     #[error("not ready")]
     NotReady,
-    /// Redis cannot take the jobs right now.
+    /// Redis cannot take the jobs right now, and nothing was sent to it (or
+    /// it refused them).
     #[error("job store unavailable")]
-    Unavailable(#[source] SinkError),
+    Unavailable(#[source] StoreFailure),
+    /// The jobs were sent to Redis but their storage could not be confirmed
+    /// (the answer was lost or late, or too few replicas confirmed them).
+    #[error("job store did not confirm")]
+    Unconfirmed(#[source] StoreFailure),
     /// The body did not arrive whole within the body read timeout.
     #[error("request body timed out")]
     BodyTimeout,
@@ -314,6 +321,12 @@ impl Reject {
                 "Job store unavailable",
                 "Nothing was enqueued; retry after the Retry-After delay."
             ),
+            Reject::Unconfirmed(_) => envelope!(
+                SERVICE_UNAVAILABLE,
+                "JOB_STORE_UNCONFIRMED",
+                "Job store did not confirm",
+                "The jobs were sent to the job store but their storage was not confirmed: they may or may not have been enqueued. A retry after the Retry-After delay may enqueue them twice (delivery is at least once)."
+            ),
             Reject::BodyTimeout => envelope!(
                 REQUEST_TIMEOUT,
                 "BODY_TIMEOUT",
@@ -393,11 +406,6 @@ impl Reject {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         )
     }
-
-    /// Whether the answer is about the upstream (sidecar mode), not this request.
-    pub fn is_upstream(&self) -> bool {
-        matches!(self, Reject::BadGateway | Reject::GatewayTimeout)
-    }
 }
 
 #[cfg(test)]
@@ -432,7 +440,8 @@ mod tests {
             Reject::MethodNotAllowed,
             Reject::NotFound,
             Reject::NotReady,
-            Reject::Unavailable(SinkError::Disconnected),
+            Reject::Unavailable("disconnected".into()),
+            Reject::Unconfirmed("timeout".into()),
             Reject::BodyTimeout,
             Reject::HeadersTooLarge,
             Reject::RateLimited {
@@ -483,6 +492,7 @@ mod tests {
                 r,
                 Reject::NotReady
                     | Reject::Unavailable(_)
+                    | Reject::Unconfirmed(_)
                     | Reject::IdempotencyUnavailable
                     | Reject::AuthStale
                     | Reject::Overloaded

@@ -26,10 +26,10 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use ring::digest;
 use tracing::debug;
 
-use crate::{auth::push_hex, error::Reject, metrics as m};
+use crate::{error::Reject, hex, metrics as m};
 
 /// Header name.
-pub const HEADER: &str = "idempotency-key";
+pub(crate) const HEADER: &str = "idempotency-key";
 /// Longest accepted key.
 const MAX_KEY: usize = 255;
 /// A claim expires after this if its request never finishes (crash).
@@ -48,7 +48,7 @@ return 0"#;
 
 /// An answer kept for repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// Status sent the first time.
     pub status: StatusCode,
     /// `X-Request-Id` of the first request.
@@ -58,7 +58,7 @@ pub struct Answer {
 }
 
 /// What a request with a key must do.
-pub enum Begin {
+pub(crate) enum Begin {
     /// First with this key: do the work, then [`Claim::complete`].
     Fresh(Claim),
     /// A repeat: send this answer.
@@ -66,7 +66,7 @@ pub enum Begin {
 }
 
 /// The idempotency key of a request, if it sent one.
-pub fn redis_key(
+pub(crate) fn redis_key(
     headers: &HeaderMap,
     key_prefix: &str,
     org: &str,
@@ -87,12 +87,12 @@ pub fn redis_key(
     key.push(':');
     key.push_str(route);
     key.push(':');
-    push_hex(&mut key, hash.as_ref());
+    hex::push(&mut key, hash.as_ref());
     Ok(Some(key))
 }
 
 /// SHA-256 of the request body: a key reused for other content is refused.
-pub fn fingerprint(body: &[u8]) -> [u8; 32] {
+pub(crate) fn fingerprint(body: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest::digest(&digest::SHA256, body).as_ref());
     out
@@ -148,7 +148,7 @@ fn parse_value(v: &[u8]) -> Option<Seen> {
 }
 
 /// Claims `key` for this request, or finds the answer of an earlier one.
-pub async fn begin(
+pub(crate) async fn begin(
     client: &Client,
     key: String,
     fp: [u8; 32],
@@ -209,7 +209,7 @@ pub async fn begin(
 }
 
 /// This request's claim on a key; released if dropped unfinished.
-pub struct Claim {
+pub(crate) struct Claim {
     client: Client,
     key: String,
     pending: Bytes,
@@ -219,7 +219,7 @@ pub struct Claim {
 
 impl Claim {
     /// Stores the answer for repeats within `window`.
-    pub async fn complete(mut self, answer: &Answer, window: Duration) {
+    pub(crate) async fn complete(mut self, answer: &Answer, window: Duration) {
         self.open = false;
         let value = done_value(&self.fp, answer);
         let stored: Result<Value, _> = self
@@ -242,7 +242,7 @@ impl Claim {
     }
 
     /// Gives the key up so a retry does the work (the request failed on our side).
-    pub async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         self.open = false;
         release(&self.client, &self.key, &self.pending).await;
     }

@@ -30,10 +30,7 @@ use fred::{prelude::*, types::scan::Scanner};
 use futures::TryStreamExt;
 use serde_json::{Map, Value as Json};
 
-use crate::{
-    admin::{AdminError, CATEGORIES},
-    auth::{digest_key, push_hex},
-};
+use crate::{admin::AdminError, auth::digest_key, hex, outreach::Category};
 
 /// Items read, compared and written together.
 const BATCH: usize = 2_000;
@@ -226,7 +223,7 @@ fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
             let digest = match (obj.remove("key"), obj.remove("sha256")) {
                 (Some(Json::String(plain)), None) if !plain.is_empty() => {
                     let mut hex = String::with_capacity(64);
-                    push_hex(&mut hex, &digest_key(plain.as_bytes()));
+                    hex::push(&mut hex, &digest_key(plain.as_bytes()));
                     hex
                 }
                 (None, Some(Json::String(hex)))
@@ -304,7 +301,7 @@ fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
             let mut fields = Vec::with_capacity(props.len());
             for (field, category) in props {
                 match category.as_str() {
-                    Some(c) if CATEGORIES.contains(&c) => {
+                    Some(c) if Category::NAMES.contains(&c) => {
                         fields.push((field.clone(), c.to_owned()));
                     }
                     _ => {
@@ -718,7 +715,7 @@ mod tests {
     fn keys_are_hashed_and_digests_lowercased() {
         let plain = item(r#"{"type":"apiKey","key":"k1","userId":"u","orgId":"o"}"#);
         let mut hex = String::new();
-        push_hex(&mut hex, &digest_key(b"k1"));
+        crate::hex::push(&mut hex, &digest_key(b"k1"));
         assert_eq!(plain.key, format!("tether:apikey:{hex}"));
         assert_eq!(
             plain.desired,

@@ -54,10 +54,9 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         }
         _ => None,
     };
-    let listener_tls = match &config.server.tls {
-        Some(files) => Some(Arc::new(arc_swap::ArcSwap::new(crate::tls::server_config(
-            &files.cert_file,
-            &files.key_file,
+    let listener_tls = match config.server.tls.files() {
+        Some((cert, key)) => Some(Arc::new(arc_swap::ArcSwap::new(crate::tls::server_config(
+            cert, key,
         )?))),
         None => None,
     };
@@ -78,11 +77,11 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         views,
         ReplicaSettings {
             target: target.clone(),
-            resync_interval: config.redis.resync_interval,
+            resync_interval: config.redis.resync_interval_secs,
             resync_busy_percent: config.redis.resync_busy_percent,
         },
     );
-    let settings = Settings::shared(config);
+    let settings = Settings::shared(config.clone());
     let spool = match &config.spool.dir {
         Some(dir) => Some(Spool::open(dir, config.spool.max_bytes)?),
         None => None,
@@ -90,7 +89,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let cores = Cores::start(config.server.serving_threads.count());
     let sink = Sink::connect(
         &target,
-        config.redis.max_pending_commands.get(),
+        config.redis.max_pending_commands,
         config.redis.wait_replicas,
         spool,
         cores.handles(),
@@ -111,7 +110,6 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         sink,
         replica: status,
         settings,
-        boot: config.clone(),
         request_ids: response::RequestIds::new(),
         metrics: Handles::register(),
         prometheus,
@@ -119,8 +117,8 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         proxy: config.upstream.url.as_ref().and_then(|url| {
             proxy::Proxy::new(&proxy::ProxySettings {
                 url: url.clone(),
-                connect_timeout: config.upstream.connect_timeout,
-                downstream_tls: config.server.tls.is_some(),
+                connect_timeout: config.upstream.connect_timeout_ms,
+                downstream_tls: config.server.tls.files().is_some(),
                 tls: upstream_tls.clone(),
             })
         }),
@@ -185,7 +183,7 @@ pub async fn run(
     run_with_reloads(listener, config, shutdown, futures::stream::pending()).await
 }
 
-/// [`run`], applying each configuration `reloads` yields (see [`crate::settings`]).
+/// [`run`], applying each configuration `reloads` yields (only the settings `config` lists as live change).
 pub async fn run_with_reloads(
     listener: TcpListener,
     config: Config,
@@ -208,7 +206,7 @@ pub async fn run_with_reloads(
     let drained = server::serve(
         listener,
         Svc::new(app.clone()),
-        config.server.max_connections.get(),
+        config.server.connection_cap().get(),
         background.cores(),
         app.settings.clone(),
         app.listener_tls.clone(),

@@ -1,6 +1,6 @@
 //! tether-ingress: a webhook ingress that authenticates lead webhooks from an
-//! in-memory replica of Redis and enqueues one job per matched workflow on
-//! Redis Streams.
+//! in-memory replica of Redis and enqueues one job per matched workflow, as
+//! a Redis Streams entry or a BullMQ job (`sink.kind`).
 //!
 //! # Request path
 //! ```text
@@ -12,59 +12,86 @@
 //!         │          body (capped) → Idempotency │  resync) keeps the views live
 //!         │   └ workflow: parse → match ─ WebhookIndex
 //!         │   └ outreach: parse → OutreachConfigs, OrgProperties
-//!         │          → sink (this core's writer; XADD MAXLEN ~, acknowledged,
-//!         │            or the spool) → 202 / 200
+//!         │          → sink (this core's writer: XADD MAXLEN ~ or BullMQ's
+//!         │            add script, acknowledged, or the spool) → 202 / 200
 //!         └ proxy: anything else → the upstream
 //! ```
 //! # Modules, in the order a request meets them
-//! - [`ingress`]: the composition root ([`run`], [`build`]); [`app`]: the
-//!   shared state; [`config`], [`settings`] (what reloads), [`reload`],
-//!   [`telemetry`], [`shutdown`].
-//! - [`server`], [`cores`], [`service`]: connections and routing;
-//!   [`response`], [`error`]: every answer and every refusal.
-//! - [`webhook`] (the route seam), [`auth`], [`limit`], [`body`],
-//!   [`idempotency`]: the stages both webhook routes share.
-//! - [`workflow`], [`outreach`]: the two routes; [`parse`], [`route`], [`id`].
-//! - [`sink`]: jobs into Redis (records, layout, writers, spool fallback);
-//!   [`spool`]: the durable local log; [`redis`]: every Redis client, with
-//!   [`tls`] for `rediss://`.
-//! - [`replica`]: the live replica the views read; [`proxy`]: the sidecar
-//!   path; [`metrics`].
-//! - Off the request path: [`admin`] (the CLI), [`worker`] (reading jobs
-//!   back), [`fuzzing`].
+//! - `ingress`: the composition root ([`run`], [`build`]); `app`: the
+//!   shared state; [`config`], `settings` (the running configuration),
+//!   `reload`, `telemetry`, `shutdown`.
+//! - `server`, `cores`, `service`: connections and routing; `response`,
+//!   `error`: every answer and every refusal.
+//! - `webhook` (the stages both webhook routes share), `auth`, `limit`,
+//!   `body`, `idempotency`.
+//! - `workflow`, `outreach`: the two routes; `parse`, `route`, `id`.
+//! - `sink`: jobs into Redis (records, layout, writers, spool fallback);
+//!   `spool`: the durable local log; `redis`: every Redis client, with `tls`
+//!   for `rediss://`.
+//! - `replica`: the live replica the views read; `proxy`: the sidecar path;
+//!   `metrics`.
+//! - Off the request path: `admin` (the CLI), `import`, `worker` (reading
+//!   jobs back), [`fuzzing`].
+//!
+//! # The public surface
+//! What the binary, the tests, the benchmarks, the fuzz targets and the
+//! examples use, and nothing else: the modules are private.
 
-pub mod ingress;
-pub mod app;
+mod ingress;
+mod app;
 pub mod config;
-pub mod settings;
-pub mod reload;
-pub mod telemetry;
-pub mod shutdown;
-pub mod server;
-pub mod cores;
-pub mod service;
-pub mod response;
-pub mod error;
-pub mod webhook;
-pub mod auth;
-pub mod limit;
-pub mod body;
-pub mod idempotency;
-pub mod workflow;
-pub mod outreach;
-pub mod parse;
-pub mod route;
-pub mod id;
-pub mod sink;
-pub mod spool;
-pub mod redis;
-pub mod tls;
-pub mod replica;
-pub mod proxy;
-pub mod metrics;
-pub mod admin;
-pub mod import;
-pub mod worker;
+mod settings;
+mod reload;
+mod telemetry;
+mod shutdown;
+mod server;
+mod cores;
+mod service;
+mod response;
+mod error;
+mod webhook;
+mod auth;
+mod limit;
+mod body;
+mod idempotency;
+mod workflow;
+mod outreach;
+mod parse;
+mod route;
+mod id;
+mod hex;
+mod sink;
+mod spool;
+mod redis;
+mod tls;
+mod replica;
+mod proxy;
+mod metrics;
+mod admin;
+mod import;
+mod worker;
 pub mod fuzzing;
 
+pub use admin::{Admin, AdminError};
+pub use app::App;
+pub use auth::{digest_key, jwt::sign as sign_jwt};
+pub use import::{Options as ImportOptions, import};
 pub use ingress::{Background, StartError, build, run, run_with_reloads};
+pub use metrics::ALL as METRICS;
+pub use redis::{Role as RedisRole, Target as RedisTarget, client as redis_client};
+pub use reload::on_sighup;
+pub use replica::now_ms;
+pub use shutdown::signal as shutdown_signal;
+pub use spool::{Spool, encode as spool_record};
+pub use telemetry::{LogLevel, init as init_logging};
+pub use tls::{ClientFiles, client_config, server_config};
+pub use worker::{Polled, Worker};
+
+/// The in-memory hot path's stages (authenticate, parse, match), for the
+/// benchmarks and the allocation test that drive them without HTTP.
+pub mod hot_path {
+    pub use crate::auth::{Authenticator, Credential, KeyTable};
+    pub use crate::parse::parse_envelope;
+    pub use crate::replica::{Fetched, View};
+    pub use crate::route::WebhookIndex;
+}

@@ -27,7 +27,7 @@ use crate::redis::Script;
 const NANOS: u64 = 1_000_000_000;
 
 /// Nanoseconds since the first call in this process (monotonic).
-pub fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
@@ -104,7 +104,7 @@ static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_SCRIPT));
 /// `per_sec` requests per second and a bucket of `burst` (0: `per_sec`),
 /// across every instance. `Ok(Err(seconds))` tells when to retry; `Err`:
 /// Redis did not answer (the caller falls back to its own count).
-pub async fn check_global(
+pub(crate) async fn check_global(
     client: &Client,
     key: String,
     per_sec: u32,

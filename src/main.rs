@@ -1,16 +1,15 @@
 //! `tether-ingress [--config PATH] [serve]`: the wiring only. Parses the
 //! command line, loads the configuration, then either serves (logging,
 //! bind, SIGHUP reloads, run until SIGINT/SIGTERM) or runs one admin
-//! command ([`tether_ingress::admin`]).
+//! command ([`tether_ingress::Admin`]).
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use tether_ingress::{
-    admin::{Admin, AdminError},
+    Admin, AdminError,
     config::{self, Config},
-    import::import,
-    reload, telemetry,
+    import, init_logging, on_sighup,
 };
 
 // mimalloc: measured against glibc malloc on the request path (BENCHMARKS.md).
@@ -285,7 +284,7 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
                 dry_run,
                 file,
             } => {
-                let options = tether_ingress::import::Options { prune, dry_run };
+                let options = tether_ingress::ImportOptions { prune, dry_run };
                 let (client, prefix, out) = (
                     admin.client(),
                     admin.prefix(),
@@ -323,7 +322,7 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
 }
 
 fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
-    let log_level = telemetry::init(&config.log);
+    let log_level = init_logging(&config.log);
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
@@ -338,11 +337,11 @@ fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let reloads = reload::on_sighup(path, log_level);
+        let reloads = on_sighup(path, log_level);
         match tether_ingress::run_with_reloads(
             listener,
             config,
-            tether_ingress::shutdown::signal(),
+            tether_ingress::shutdown_signal(),
             reloads,
         )
         .await

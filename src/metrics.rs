@@ -28,7 +28,7 @@ macro_rules! metrics {
     ($($kind:ident $konst:ident = $name:literal: $help:literal;)*) => {
         $(
             #[doc = concat!(stringify!($kind), ": ", $help)]
-            pub const $konst: &str = $name;
+            pub(crate) const $konst: &str = $name;
         )*
         /// Every metric family: name, kind and help text.
         pub const ALL: &[(&str, Kind, &str)] = &[$(($name, Kind::$kind, $help)),*];
@@ -57,7 +57,7 @@ metrics! {
     counter HTTP_REJECTS = "tether_http_rejected_total":
         "Requests refused, by code (the envelope's machine code).";
     counter JOBS_WRITTEN = "tether_jobs_written_total":
-        "Stream entries acknowledged by Redis, by stream.";
+        "Jobs acknowledged by Redis (stream entries, or BullMQ jobs in BullMQ mode), by kind.";
     counter JOB_WRITE_FAILURES = "tether_job_write_failures_total":
         "Job writes that failed, by reason.";
     histogram SINK_DURATION = "tether_sink_write_duration_seconds":
@@ -121,7 +121,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns its render handle
 /// (`None` if another recorder was installed first, e.g. by an embedding program).
-pub fn install() -> Option<PrometheusHandle> {
+pub(crate) fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
@@ -150,11 +150,11 @@ pub fn install() -> Option<PrometheusHandle> {
 
 /// How often [`spawn_upkeep`] drains histogram samples into their buckets:
 /// at most this long's worth of samples is held (about 25 bytes per request).
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Drains `handle`'s histogram samples every [`UPKEEP_INTERVAL`] until `stop`
 /// turns true (or its sender is gone), so memory stays bounded with no scrape.
-pub fn spawn_upkeep(
+pub(crate) fn spawn_upkeep(
     handle: PrometheusHandle,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -182,26 +182,18 @@ const STATUSES: [u16; 16] = [
 ];
 
 /// Metric handles registered once, incremented on the hot path.
-pub struct Handles {
+pub(crate) struct Handles {
     /// Requests by route × status (last column: other statuses).
     requests: Vec<[Counter; STATUSES.len() + 1]>,
     /// Latency by route.
     durations: Vec<Histogram>,
-    /// Time for one request's jobs to be acknowledged.
-    pub sink_duration: Histogram,
-    /// Entries written for one request.
-    pub sink_batch: Histogram,
-    /// Entries written to the workflow stream.
-    pub jobs_workflow: Counter,
-    /// Entries written to the outreach stream.
-    pub jobs_outreach: Counter,
     /// Webhook requests being handled.
     pub in_flight: Gauge,
 }
 
 /// Which route a request took: a bounded metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `POST /api/webhook/workflow`
     Workflow,
     /// `POST /api/webhook/outreach`
@@ -218,7 +210,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in label order.
-    pub const ALL: [Route; 6] = [
+    pub(crate) const ALL: [Route; 6] = [
         Route::Workflow,
         Route::Outreach,
         Route::Health,
@@ -228,12 +220,12 @@ impl Route {
     ];
 
     /// Its row in the handle tables.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
     /// Its metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Route::Workflow => "workflow",
             Route::Outreach => "outreach",
@@ -271,7 +263,7 @@ fn status_label(s: u16) -> &'static str {
 
 impl Handles {
     /// Registers every handle with the installed recorder.
-    pub fn register() -> Self {
+    pub(crate) fn register() -> Self {
         let requests = Route::ALL
             .iter()
             .map(|r| {
@@ -288,16 +280,12 @@ impl Handles {
         Self {
             requests,
             durations,
-            sink_duration: metrics::histogram!(SINK_DURATION),
-            sink_batch: metrics::histogram!(SINK_BATCH),
-            jobs_workflow: metrics::counter!(JOBS_WRITTEN, "stream" => "workflow"),
-            jobs_outreach: metrics::counter!(JOBS_WRITTEN, "stream" => "outreach"),
             in_flight: metrics::gauge!(HTTP_IN_FLIGHT),
         }
     }
 
     /// Counts one answered request and its latency.
-    pub fn record(&self, route: Route, status: StatusCode, started: Instant) {
+    pub(crate) fn record(&self, route: Route, status: StatusCode, started: Instant) {
         let column = STATUSES
             .iter()
             .position(|s| *s == status.as_u16())

@@ -24,7 +24,7 @@ use crate::{error::Reject, id::Id};
 
 /// One top-level member of the body's object, located in the original bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// Tape index of the decoded key.
     pub key_node: usize,
     /// Tape index of the value's first node.
@@ -42,7 +42,7 @@ pub struct Member {
 }
 
 /// A validated JSON object: its tape and its members' byte layout.
-pub struct Document<'a> {
+pub(crate) struct Document<'a> {
     /// simd-json's tape over the scratch copy.
     pub tape: &'a Tape<'a>,
     /// Members in document order.
@@ -55,12 +55,12 @@ pub struct Document<'a> {
 
 impl Document<'_> {
     /// The member with decoded key `name` (the first, if repeated).
-    pub fn member(&self, name: &str) -> Option<&Member> {
+    pub(crate) fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| self.key(m) == name)
     }
 
     /// The decoded key of member `m`.
-    pub fn key(&self, m: &Member) -> &str {
+    pub(crate) fn key(&self, m: &Member) -> &str {
         match self.tape.0.get(m.key_node) {
             Some(Node::String(s)) => s,
             _ => "",
@@ -68,7 +68,7 @@ impl Document<'_> {
     }
 
     /// The value node of member `m`.
-    pub fn value(&self, m: &Member) -> Option<&Node<'_>> {
+    pub(crate) fn value(&self, m: &Member) -> Option<&Node<'_>> {
         self.tape.0.get(m.value_node)
     }
 }
@@ -91,7 +91,7 @@ thread_local! {
 
 /// Validates `body` as a JSON object and calls `f` with its layout.
 /// `body` itself is not modified.
-pub fn with_document<R>(
+pub(crate) fn with_document<R>(
     body: &[u8],
     f: impl FnOnce(&Document<'_>) -> Result<R, Reject>,
 ) -> Result<R, Reject> {

@@ -50,9 +50,9 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Error type of bodies sent upstream.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of requests sent upstream.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1). `Trailer` is end-to-end and must
 /// pass: hyper sends only the trailer fields it declares.
@@ -69,7 +69,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Settings of the proxy.
 #[derive(Debug, Clone)]
-pub struct ProxySettings {
+pub(crate) struct ProxySettings {
     /// Upstream base URL (`http://host:port`).
     pub url: Uri,
     /// Connect deadline.
@@ -99,7 +99,7 @@ impl Pool {
 }
 
 /// The pooled client in front of the upstream.
-pub struct Proxy {
+pub(crate) struct Proxy {
     client: Pool,
     /// Whether downstream connections get upstream connections of their own
     /// ([`Lane`]): plaintext upstreams only; an `https://` one is reached
@@ -187,7 +187,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 impl Proxy {
     /// Builds the client; the URL must be `http://host[:port]`, or
     /// `https://host[:port]` with `settings.tls`.
-    pub fn new(settings: &ProxySettings) -> Option<Self> {
+    pub(crate) fn new(settings: &ProxySettings) -> Option<Self> {
         let parts = settings.url.clone().into_parts();
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -224,7 +224,7 @@ impl Proxy {
 
     /// Forwards `req` from `peer` and returns the upstream's answer. The
     /// request id goes along as `X-Request-Id`, so both sides log the same one.
-    pub async fn forward<B>(
+    pub(crate) async fn forward<B>(
         &self,
         mut req: Request<B>,
         peer: SocketAddr,

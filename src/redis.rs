@@ -18,7 +18,7 @@ use fred::{
     },
 };
 
-use crate::config::RedisConfig;
+use crate::config::Redis as RedisConfig;
 
 /// The server and the deadlines every client of it shares.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub struct Target {
 impl Target {
     /// The target `[redis]` configures (its TLS files read and checked).
     pub fn of(config: &RedisConfig) -> Result<Self, Error> {
-        let tls = if crate::config::is_tls_url(&config.url) {
+        let tls = if config.uses_tls() {
             let tls = crate::tls::client_config(config.tls.files())
                 .map_err(|e| Error::new(ErrorKind::Tls, format!("redis.tls: {e}")))?;
             Some(tls)
@@ -46,8 +46,8 @@ impl Target {
         };
         Ok(Self {
             url: config.url.clone(),
-            connect_timeout: config.connect_timeout,
-            command_timeout: config.command_timeout,
+            connect_timeout: config.connect_timeout_ms,
+            command_timeout: config.command_timeout_ms,
             tls,
         })
     }
@@ -159,13 +159,13 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
 /// behind a multi-match request's. A script sent whole has no NOSCRIPT case,
 /// so it is safe to pipeline. `args` are the call's (script, key count,
 /// keys, arguments); in a cluster it goes to its first key's node.
-pub fn eval_pipelined(client: &impl ClientLike, args: &[Value]) -> CustomCommand {
+pub(crate) fn eval_pipelined(client: &impl ClientLike, args: &[Value]) -> CustomCommand {
     CustomCommand::new_static("EVAL", script_route(client, args), false)
 }
 
 /// `EVALSHA` as a command fred may pipeline ([`Script`]); fred's own would
 /// hold every later command on the connection until it is answered.
-pub fn evalsha_pipelined(client: &impl ClientLike, args: &[Value]) -> CustomCommand {
+pub(crate) fn evalsha_pipelined(client: &impl ClientLike, args: &[Value]) -> CustomCommand {
     CustomCommand::new_static("EVALSHA", script_route(client, args), false)
 }
 
@@ -191,20 +191,17 @@ fn script_route(client: &impl ClientLike, args: &[Value]) -> ClusterHash {
 /// cache is empty after a restart or `SCRIPT FLUSH`, and a `NOSCRIPT` call
 /// ran nothing, so sending it again is safe.
 #[derive(Debug)]
-pub struct Script {
+pub(crate) struct Script {
     body: &'static str,
     sha: bytes::Bytes,
 }
 
 impl Script {
     /// The script of `body`.
-    pub fn new(body: &'static str) -> Self {
-        use std::fmt::Write as _;
+    pub(crate) fn new(body: &'static str) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, body.as_bytes());
         let mut hex = String::with_capacity(40);
-        for b in digest.as_ref() {
-            let _ = write!(hex, "{b:02x}");
-        }
+        crate::hex::push(&mut hex, digest.as_ref());
         Self {
             body,
             sha: bytes::Bytes::from(hex),
@@ -213,7 +210,7 @@ impl Script {
 
     /// Runs it through `client`: `args` builds the call's arguments after
     /// the script, which it is given (its SHA-1, or its body).
-    pub async fn call<R: FromValue>(
+    pub(crate) async fn call<R: FromValue>(
         &self,
         client: &impl ClientLike,
         args: impl Fn(Value) -> Vec<Value>,
@@ -233,7 +230,7 @@ impl Script {
 
 /// The primaries of a cluster client's current topology (empty off a
 /// cluster, or before its first connection).
-pub fn primaries(client: &Client) -> Vec<fred::types::config::Server> {
+pub(crate) fn primaries(client: &Client) -> Vec<fred::types::config::Server> {
     client
         .cached_cluster_state()
         .map(|state| state.unique_primary_nodes())
@@ -244,7 +241,7 @@ pub fn primaries(client: &Client) -> Vec<fred::types::config::Server> {
 /// through the server, or in a cluster one through every primary at once
 /// (fred's own SCAN would walk the one node owning the cursor's slot). Call
 /// `next()` on each page to have the following one read.
-pub fn scan_keys(
+pub(crate) fn scan_keys(
     client: &Client,
     pattern: String,
     count: u32,
@@ -260,7 +257,7 @@ pub fn scan_keys(
 /// Deletes `keys` (from one page of [`scan_keys`], say): one `DEL` on a
 /// single server; in a cluster one `DEL` per key, pipelined, since one
 /// command may not name keys of several slots.
-pub async fn delete_keys(client: &Client, keys: Vec<String>) -> Result<i64, Error> {
+pub(crate) async fn delete_keys(client: &Client, keys: Vec<String>) -> Result<i64, Error> {
     if keys.is_empty() {
         return Ok(0);
     }

@@ -58,7 +58,7 @@ use crate::{
 ///
 /// The bytes are slices of the client's read buffer: a view copies what it
 /// keeps, or it keeps that whole buffer, and every other reply read with it,
-/// alive (see [`crate::id::Id::copied`]).
+/// alive (see `Id::copied`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fetched {
     /// The key does not exist (or holds the wrong type).
@@ -113,9 +113,8 @@ pub trait View: Send + Sync + 'static {
 
 /// Shared, read-only status of the replica.
 #[derive(Debug, Default)]
-pub struct ReplicaStatus {
+pub(crate) struct ReplicaStatus {
     ready: AtomicBool,
-    last_sync_ms: AtomicU64,
     connected: AtomicBool,
     /// Unix ms when the replica lost touch with Redis; 0 while in touch.
     lost_since_ms: AtomicU64,
@@ -123,28 +122,13 @@ pub struct ReplicaStatus {
 
 impl ReplicaStatus {
     /// True once the first full load from Redis has completed.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
-    }
-
-    /// True while the replica's connection to Redis is up and tracking.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
-    }
-
-    /// Unix ms of the last moment the replica was known to be in sync
-    /// (a completed resync or an applied invalidation batch); 0 before.
-    pub fn last_sync_ms(&self) -> u64 {
-        self.last_sync_ms.load(Ordering::Acquire)
-    }
-
-    fn touch(&self) {
-        self.last_sync_ms.store(now_ms(), Ordering::Release);
     }
 
     /// How long the replica has been out of touch with Redis (zero while
     /// connected and tracking: every change reaches it within milliseconds).
-    pub fn out_of_touch_for(&self) -> Duration {
+    pub(crate) fn out_of_touch_for(&self) -> Duration {
         match self.lost_since_ms.load(Ordering::Acquire) {
             0 => Duration::ZERO,
             since => Duration::from_millis(now_ms().saturating_sub(since)),
@@ -175,7 +159,7 @@ pub fn now_ms() -> u64 {
 
 /// Settings of the replica task.
 #[derive(Debug, Clone)]
-pub struct ReplicaSettings {
+pub(crate) struct ReplicaSettings {
     /// The Redis it replicates.
     pub target: Target,
     /// Safety-net resync period.
@@ -243,7 +227,7 @@ const INVALIDATION_CAPACITY: usize = 1 << 16;
 // === impl Replica ===
 
 /// The replica task's handle: start it with [`Replica::spawn`].
-pub struct Replica {
+pub(crate) struct Replica {
     views: Vec<Arc<dyn View>>,
     status: Arc<ReplicaStatus>,
     settings: ReplicaSettings,
@@ -252,7 +236,7 @@ pub struct Replica {
 
 impl Replica {
     /// Builds a replica over `views`.
-    pub fn new(views: Vec<Arc<dyn View>>, settings: ReplicaSettings) -> Self {
+    pub(crate) fn new(views: Vec<Arc<dyn View>>, settings: ReplicaSettings) -> Self {
         Self {
             views,
             status: Arc::new(ReplicaStatus::default()),
@@ -262,12 +246,12 @@ impl Replica {
     }
 
     /// The shared status (readiness, staleness).
-    pub fn status(&self) -> Arc<ReplicaStatus> {
+    pub(crate) fn status(&self) -> Arc<ReplicaStatus> {
         self.status.clone()
     }
 
     /// Starts the task; it runs until `shutdown` turns true.
-    pub fn spawn(mut self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn(mut self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             if let Err(e) = self.run(shutdown).await {
                 warn!(error = %e, "replica task stopped");
@@ -525,7 +509,6 @@ impl Replica {
         for view in &self.views {
             view.sweep(generation);
         }
-        self.status.touch();
         self.export_sizes();
         metrics::counter!(m::REPLICA_RESYNCS).increment(1);
         metrics::histogram!(m::REPLICA_RESYNC_SECONDS).record(started.elapsed().as_secs_f64());
@@ -581,7 +564,6 @@ impl Replica {
         self.read_and_apply(client, &keys, self.generation).await?;
         let _ = self.drain(client, invalidations, self.generation).await?;
         metrics::counter!(m::REPLICA_INVALIDATIONS).increment(keys.len() as u64);
-        self.status.touch();
         self.export_sizes();
         Ok(())
     }
@@ -845,7 +827,7 @@ fn key_bytes(k: &Key) -> Option<Bytes> {
 }
 
 /// Escapes glob metacharacters so a prefix matches only itself in SCAN MATCH.
-pub fn escape_glob(prefix: &str) -> String {
+pub(crate) fn escape_glob(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 4);
     for c in prefix.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

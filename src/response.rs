@@ -10,15 +10,15 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 /// Response body type of every route: the ingress's own, or the upstream's streamed.
-pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+pub(crate) type ResponseBody = Either<Full<Bytes>, Incoming>;
 
 /// Wraps the ingress's own body.
-pub fn full(body: Bytes) -> ResponseBody {
+pub(crate) fn full(body: Bytes) -> ResponseBody {
     Either::Left(Full::new(body))
 }
 
 /// A JSON response with the ingress's own body.
-pub fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
+pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
     let mut res = Response::new(full(body));
     *res.status_mut() = status;
     res.headers_mut()
@@ -27,12 +27,12 @@ pub fn json(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
 }
 
 /// Header carrying the request id, both ways.
-pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 /// Longest caller-supplied request id that is kept.
 const MAX_REQUEST_ID: usize = 128;
 
 /// Decimal text of `n` in a stack buffer; returns the buffer and the start.
-pub fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
     let mut i = out.len();
     loop {
         i -= 1;
@@ -47,7 +47,7 @@ pub fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
 
 /// `{"success":true,"message":"Webhook accepted","data":{"webhookId":"…","matchedCount":N}}`.
 /// `webhook_id_json` is the id's JSON string content as the caller sent it.
-pub fn workflow_accepted(webhook_id_json: &[u8], matched: usize) -> Bytes {
+pub(crate) fn workflow_accepted(webhook_id_json: &[u8], matched: usize) -> Bytes {
     const HEAD: &[u8] = br#"{"success":true,"message":"Webhook accepted","data":{"webhookId":""#;
     const MID: &[u8] = br#"","matchedCount":"#;
     const TAIL: &[u8] = b"}}";
@@ -69,7 +69,7 @@ pub fn workflow_accepted(webhook_id_json: &[u8], matched: usize) -> Bytes {
 /// Issues request ids: the caller's own when it sent a usable one, else
 /// `<16 hex process seed><16 hex counter>`, unique per process and, by the
 /// random seed, across instances.
-pub struct RequestIds {
+pub(crate) struct RequestIds {
     seed: u64,
     counter: AtomicU64,
 }
@@ -82,7 +82,7 @@ impl Default for RequestIds {
 
 impl RequestIds {
     /// A generator with a random seed.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut seed = [0u8; 8];
         // ring's system RNG; a failure only weakens cross-instance uniqueness.
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
@@ -94,7 +94,7 @@ impl RequestIds {
 
     /// The request's id: the caller's `X-Request-Id` when it is 1..=128
     /// visible ASCII characters, else a fresh one.
-    pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
+    pub(crate) fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
         if let Some(v) = headers.get(REQUEST_ID) {
             let b = v.as_bytes();
             if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic())
@@ -106,12 +106,11 @@ impl RequestIds {
     }
 
     fn fresh(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = BytesMut::with_capacity(32);
         for word in [self.seed, n] {
-            for shift in (0..16).rev() {
-                buf.put_u8(HEX[((word >> (shift * 4)) & 0xf) as usize]);
+            for b in word.to_be_bytes() {
+                buf.put_slice(&crate::hex::byte(b));
             }
         }
         HeaderValue::from_maybe_shared(buf.freeze())

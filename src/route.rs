@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Workflow ids of one trigger set, shared with every request that matches it.
-pub type Workflows = Arc<[Id]>;
+pub(crate) type Workflows = Arc<[Id]>;
 
 type Hash = foldhash::fast::RandomState;
 

@@ -40,15 +40,15 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(s.header_read_timeout)
+        .header_read_timeout(s.server.header_read_timeout_ms)
         // Room beyond the limit, so an oversized head reaches the service
         // and gets the JSON 431 (hyper's own answer has no body).
-        .max_buf_size(s.max_header_bytes.max(8192) + 64 * 1024)
+        .max_buf_size(s.server.max_header_bytes.max(8192) + 64 * 1024)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(s.http2_max_concurrent_streams)
-        .max_header_list_size(s.max_header_bytes as u32)
+        .max_concurrent_streams(s.server.http2_max_concurrent_streams)
+        .max_header_list_size(s.server.max_header_bytes as u32)
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     b
@@ -64,7 +64,7 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
 /// so the drain is done here: each connection watches a shutdown signal and
 /// shuts down gracefully on it, and the connection semaphore tells when the
 /// last one is gone.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     svc: Svc,
     max_connections: usize,
@@ -89,7 +89,7 @@ pub async fn serve(
             // queue timeout; if no slot frees by then, waiting ones are
             // answered 503 and closed until one does.
             Err(_) => {
-                let queue = settings.load().connection_queue_timeout;
+                let queue = settings.load().server.connection_queue_timeout_ms;
                 let waited = tokio::select! {
                     p = permits.clone().acquire_owned() => p.ok(),
                     () = tokio::time::sleep(queue) => None,
@@ -135,8 +135,8 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         let current = settings.load();
         let builder = builder(&current);
-        let first_byte = current.first_byte_timeout;
-        let handshake_timeout = current.header_read_timeout;
+        let first_byte = current.server.first_byte_timeout_ms;
+        let handshake_timeout = current.server.header_read_timeout_ms;
         drop(current);
         let tls = tls.clone();
         let svc = svc.for_peer(peer);
@@ -286,7 +286,7 @@ async fn drain(
     info!("shutting down: draining connections");
     let _ = stop_tx.send(true);
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    let grace = settings.load().shutdown_grace;
+    let grace = settings.load().server.shutdown_grace_ms;
     match tokio::time::timeout(grace, permits.acquire_many(all)).await {
         Ok(_) => true,
         Err(_) => {

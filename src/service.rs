@@ -36,9 +36,9 @@ use crate::{
 };
 
 /// Path of the workflow webhook.
-pub const WORKFLOW_PATH: &str = "/api/webhook/workflow";
+pub(crate) const WORKFLOW_PATH: &str = "/api/webhook/workflow";
 /// Path of the outreach webhook.
-pub const OUTREACH_PATH: &str = "/api/webhook/outreach";
+pub(crate) const OUTREACH_PATH: &str = "/api/webhook/outreach";
 
 /// The route of a request. Health, readiness and metrics answer only
 /// their read methods; any other method on those paths is the
@@ -125,7 +125,7 @@ impl App {
         }
         let started = Instant::now();
         let request_id = self.request_ids.for_request(req.headers());
-        let head_limit = self.settings.load().max_header_bytes;
+        let head_limit = self.settings.load().server.max_header_bytes;
         let result = match (route, req.method()) {
             _ if head_size(&req) > head_limit => Err(Reject::HeadersTooLarge),
             // One line per webhook route.
@@ -165,9 +165,9 @@ impl App {
         let request_id = self.request_ids.for_request(req.headers());
         let settings = self.settings.load();
         let result = match &self.proxy {
-            _ if head_size(&req) > settings.max_header_bytes => Err(Reject::HeadersTooLarge),
+            _ if head_size(&req) > settings.server.max_header_bytes => Err(Reject::HeadersTooLarge),
             Some(proxy) => {
-                let timeout = settings.upstream_response_timeout;
+                let timeout = settings.upstream.response_timeout_ms;
                 drop(settings);
                 proxy
                     .forward(req, peer, &request_id, timeout, lane)
@@ -214,6 +214,9 @@ impl App {
             Reject::Unavailable(cause) => {
                 warn!(?request_id, error = %cause, "jobs not stored; answering 503")
             }
+            Reject::Unconfirmed(cause) => {
+                warn!(?request_id, error = %cause, "jobs sent but not confirmed; answering 503")
+            }
             other => debug!(?request_id, code = other.code(), "request refused"),
         }
         metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);
@@ -251,10 +254,12 @@ impl App {
 
     fn render_metrics(&self) -> Response<ResponseBody> {
         metrics::gauge!(m::REPLICA_AGE).set(self.replica.out_of_touch_for().as_secs_f64());
-        metrics::gauge!(m::FAIL_CLOSED).set(match self.settings.load().fail_closed_after {
-            Some(limit) if self.replica.out_of_touch_for() > limit => 1.0,
-            _ => 0.0,
-        });
+        metrics::gauge!(m::FAIL_CLOSED).set(
+            match self.settings.load().auth.fail_closed_after_secs {
+                Some(limit) if self.replica.out_of_touch_for() > limit => 1.0,
+                _ => 0.0,
+            },
+        );
         let text = self
             .prometheus
             .as_ref()
@@ -275,7 +280,7 @@ impl App {
 
 /// Per-connection service handle: one `Arc` clone and the peer's address.
 #[derive(Clone)]
-pub struct Svc {
+pub(crate) struct Svc {
     app: Arc<App>,
     peer: SocketAddr,
     lane: Arc<Lane>,
@@ -283,7 +288,7 @@ pub struct Svc {
 
 impl Svc {
     /// A handle not yet bound to a connection.
-    pub fn new(app: Arc<App>) -> Self {
+    pub(crate) fn new(app: Arc<App>) -> Self {
         Self {
             app,
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -292,7 +297,7 @@ impl Svc {
     }
 
     /// The handle for a connection from `peer`.
-    pub fn for_peer(&self, peer: SocketAddr) -> Self {
+    pub(crate) fn for_peer(&self, peer: SocketAddr) -> Self {
         Self {
             app: self.app.clone(),
             peer,
@@ -304,7 +309,7 @@ impl Svc {
 impl Svc {
     /// A complete HTTP/1.1 503 answer (`OVERLOADED`), for a connection
     /// refused at the connection cap before hyper sees it.
-    pub fn overloaded_response(&self) -> Vec<u8> {
+    pub(crate) fn overloaded_response(&self) -> Vec<u8> {
         let reject = Reject::Overloaded;
         metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);
         let id = self.app.request_ids.for_request(&http::HeaderMap::new());

@@ -41,7 +41,20 @@ use tokio::sync::{Notify, oneshot};
 use tracing::{error, warn};
 
 use crate::metrics as m;
-pub use crate::sink::error::SpoolError;
+
+/// Why the spool could not take or give records.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The size cap is reached.
+    #[error("spool is full")]
+    Full,
+    /// The disk refused a write or sync.
+    #[error("spool write failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// The writer thread is gone (shutting down).
+    #[error("spool writer stopped")]
+    Stopped,
+}
 
 const MAGIC: &[u8; 4] = b"TSP1";
 const HEADER: usize = 12;
@@ -51,13 +64,34 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 /// Largest payload a reader accepts (a length beyond it is corruption).
 const MAX_RECORD: usize = 256 << 20;
 
-/// One record read back: the stream and its field/value pairs.
+/// One record read back: what it is and its field/value pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Stream key.
-    pub stream: Bytes,
+pub(crate) struct Record {
+    /// What the record is.
+    pub(crate) kind: Kind,
     /// Field name/value pairs in order.
-    pub fields: Vec<(Bytes, Bytes)>,
+    pub(crate) fields: Vec<(Bytes, Bytes)>,
+}
+
+/// What a record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// An entry of this stream.
+    Stream(Bytes),
+    /// A BullMQ job (its queue is among its fields).
+    BullmqJob,
+}
+
+/// A BullMQ job's record names this stream on disk: no configured stream
+/// starts with a NUL byte, and the frame stays the one `TSP1` describes.
+const BULLMQ_JOB: &[u8] = b"\0bullmq";
+
+/// Appends one framed BullMQ job record with `fields` to `out`.
+pub(crate) fn encode_bullmq_job<'a>(
+    out: &mut Vec<u8>,
+    fields: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+) {
+    encode(out, BULLMQ_JOB, fields);
 }
 
 /// Appends one framed record for `stream` with `fields` to `out`.
@@ -114,23 +148,28 @@ fn decode_payload(payload: &Bytes) -> Option<Record> {
         let name = next()?;
         fields.push((name, next()?));
     }
-    (at == payload.len()).then_some(Record { stream, fields })
+    let kind = if stream.as_ref() == BULLMQ_JOB {
+        Kind::BullmqJob
+    } else {
+        Kind::Stream(stream)
+    };
+    (at == payload.len()).then_some(Record { kind, fields })
 }
 
 /// What reading a segment found.
 #[derive(Debug, Default)]
-pub struct Segment {
+pub(crate) struct Segment {
     /// Valid records, in order.
-    pub records: Vec<Record>,
+    pub(crate) records: Vec<Record>,
     /// Bytes skipped as torn or corrupt.
-    pub skipped_bytes: usize,
+    pub(crate) skipped_bytes: usize,
     /// Places where skipping started.
-    pub corrupt_at: Vec<usize>,
+    pub(crate) corrupt_at: Vec<usize>,
 }
 
 /// Parses a segment's bytes: valid frames in order; anything else skipped up
 /// to the next valid frame.
-pub fn decode_segment(data: &Bytes) -> Segment {
+pub(crate) fn decode_segment(data: &Bytes) -> Segment {
     let mut out = Segment::default();
     let mut at = 0;
     let mut skipping: Option<usize> = None;
@@ -316,7 +355,7 @@ impl Spool {
     }
 
     /// Reads a sealed segment.
-    pub async fn read(path: PathBuf) -> Result<Segment, SpoolError> {
+    pub(crate) async fn read(path: PathBuf) -> Result<Segment, SpoolError> {
         tokio::task::spawn_blocking(move || std::fs::read(path))
             .await
             .map_err(|_| SpoolError::Stopped)?
@@ -445,7 +484,7 @@ impl Writer {
 }
 
 /// Logs what a segment read skipped.
-pub fn report_skipped(path: &Path, segment: &Segment) {
+pub(crate) fn report_skipped(path: &Path, segment: &Segment) {
     if segment.skipped_bytes > 0 {
         warn!(
             segment = %path.display(),
@@ -485,7 +524,7 @@ mod tests {
         let seg = decode_segment(&Bytes::from(data));
         assert_eq!(seg.skipped_bytes, 0);
         assert_eq!(seg.records.len(), 2);
-        assert_eq!(&seg.records[0].stream[..], b"s");
+        assert_eq!(seg.records[0].kind, Kind::Stream(Bytes::from_static(b"s")));
         assert_eq!(&seg.records[0].fields[1].1[..], b"{\"n\":1.10}");
         assert_eq!(&seg.records[1].fields[0].0[..], b"x");
     }

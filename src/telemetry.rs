@@ -6,7 +6,7 @@ use tracing_subscriber::{
     EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
 };
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{Log, LogFormat};
 
 /// Changes the running log level.
 pub struct LogLevel(reload::Handle<EnvFilter, Registry>);
@@ -23,7 +23,7 @@ impl LogLevel {
 
 /// Installs the process's subscriber (once; a second call leaves the first
 /// in place) and returns the handle that changes its level.
-pub fn init(config: &LogConfig) -> LogLevel {
+pub fn init(config: &Log) -> LogLevel {
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&config.level));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match config.format {

@@ -24,7 +24,7 @@ use rustls::{
 
 /// The listener's TLS configuration, swapped whole when SIGHUP brings a new
 /// certificate: each new connection takes the one in place when it starts.
-pub type ListenerTls = Arc<arc_swap::ArcSwap<ServerConfig>>;
+pub(crate) type ListenerTls = Arc<arc_swap::ArcSwap<ServerConfig>>;
 
 /// Why a TLS configuration could not be built. Messages name files, never
 /// their contents.

@@ -10,8 +10,13 @@
 //! → key claimed in Redis, if one was sent → route's accept → answer
 //! ```
 //! A bad key costs a hash and a lookup, and never reaches Redis or the body.
-//! A new route is one module implementing [`Webhook`] and one line in the
-//! service's dispatch.
+//! A new route that writes the jobs of an existing kind is one module
+//! implementing [`Webhook`] and one line in the service's dispatch. A route
+//! with a job kind of its own also needs its record (`sink::job`), its
+//! stream entry and BullMQ job layouts (`sink::streams`, `sink::bullmq`),
+//! their spool encodings and replay (`sink::fallback`), its stream and
+//! queue settings (`config`), its metrics, its OpenAPI entry and the
+//! tests of each: about a dozen files.
 
 use std::{future::Future, net::SocketAddr};
 
@@ -33,7 +38,7 @@ use crate::{
 };
 
 /// A webhook route: what differs between them.
-pub trait Webhook: Sync {
+pub(crate) trait Webhook: Sync {
     /// Its name: the idempotency namespace of its keys.
     fn name(&self) -> &'static str;
 
@@ -52,7 +57,7 @@ pub trait Webhook: Sync {
 
 /// What a route's work may use: the shared state, who is asking, the
 /// request's id and the settings it started with.
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     /// The shared state (replica views, sink, metrics).
     pub app: &'a App,
     /// The caller.
@@ -64,11 +69,11 @@ pub struct Ctx<'a> {
 }
 
 /// Header marking an answer replayed for a repeated Idempotency-Key.
-pub const REPLAYED: &str = "idempotent-replayed";
+pub(crate) const REPLAYED: &str = "idempotent-replayed";
 
 /// Runs `route` on a request and returns the response to send (the request
 /// id is added by the service, unless a replayed answer carries its own).
-pub async fn handle<W, B>(
+pub(crate) async fn handle<W, B>(
     app: &App,
     route: &W,
     req: Request<B>,
@@ -97,7 +102,7 @@ where
                     req,
                     peer,
                     request_id,
-                    settings.upstream_response_timeout,
+                    settings.upstream.response_timeout_ms,
                     None,
                 ))
                 .await
@@ -112,7 +117,7 @@ where
     rate_limit(app, &principal, &settings).await?;
     let idempotency_key = idempotency::redis_key(
         req.headers(),
-        &app.boot.redis.key_prefix,
+        &settings.redis.key_prefix,
         principal.org_id.as_str(),
         route.name(),
     )?;
@@ -120,8 +125,8 @@ where
     let body = read_limited(
         &parts.headers,
         body,
-        settings.max_body_bytes,
-        settings.body_read_timeout,
+        settings.server.max_body_bytes,
+        settings.server.body_read_timeout_ms,
     )
     .await?;
     let ctx = Ctx {
@@ -150,7 +155,7 @@ async fn idempotent<W: Webhook>(
         key,
         fp,
         ctx.request_id,
-        ctx.settings.idempotency_wait,
+        ctx.settings.idempotency.wait_ms,
     )
     .await?
     {
@@ -185,7 +190,7 @@ async fn idempotent<W: Webhook>(
                 request_id: ctx.request_id.clone(),
                 body,
             },
-            ctx.settings.idempotency_window,
+            ctx.settings.idempotency.window_secs,
         )
         .await;
     result.map(|(status, body)| json(status, body))
@@ -197,20 +202,21 @@ async fn idempotent<W: Webhook>(
 async fn rate_limit(app: &App, principal: &Principal, settings: &Settings) -> Result<(), Reject> {
     let per_sec = match principal.rate_limit_per_sec {
         Some(r) => r,
-        None => match settings.rate_limit_default {
+        None => match settings.rate_limit.default_per_sec {
             Some(r) => r.get(),
             None => return Ok(()),
         },
     };
     // A burst of 0 is the limiter's "one second's worth".
     let burst = settings
-        .rate_limit_burst
+        .rate_limit
+        .burst
         .map_or(0, std::num::NonZeroU32::get);
-    if settings.rate_limit_global
+    if (settings.rate_limit.scope == crate::config::RateLimitScope::Global)
         && let Some(digest) = &principal.digest
     {
-        let mut key = format!("{}ratelimit:", app.boot.redis.key_prefix);
-        crate::auth::push_hex(&mut key, &digest[..]);
+        let mut key = format!("{}ratelimit:", settings.redis.key_prefix);
+        crate::hex::push(&mut key, &digest[..]);
         match Box::pin(limit::check_global(app.sink.redis(), key, per_sec, burst)).await {
             Ok(verdict) => {
                 return verdict

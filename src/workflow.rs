@@ -15,17 +15,16 @@ use http::StatusCode;
 
 use crate::{
     error::Reject,
-    metrics as m,
     parse::parse_envelope,
     replica::now_ms,
     response::{decimal, workflow_accepted},
-    sink::{Stored, WorkflowJobs},
+    sink::WorkflowJobs,
     webhook::{Ctx, Webhook},
 };
 
 /// `POST /api/webhook/workflow`.
 #[derive(Debug, Clone, Copy)]
-pub struct Workflow;
+pub(crate) struct Workflow;
 
 impl Webhook for Workflow {
     fn name(&self) -> &'static str {
@@ -62,21 +61,8 @@ impl Webhook for Workflow {
                 received_at: Bytes::copy_from_slice(decimal(received_at, &mut digits)),
                 request_id: Bytes::copy_from_slice(request_id.as_bytes()),
             };
-            let started = std::time::Instant::now();
-            match app.sink.enqueue(&jobs, settings).await {
-                Ok(Stored::Spooled) => {}
-                Ok(Stored::Redis) => {
-                    app.metrics
-                        .sink_duration
-                        .record(started.elapsed().as_secs_f64());
-                    app.metrics.sink_batch.record(jobs.len() as f64);
-                    app.metrics.jobs_workflow.increment(jobs.len() as u64);
-                }
-                Err(e) => {
-                    metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => e.reason()).increment(1);
-                    return Err(Reject::Unavailable(e));
-                }
-            }
+            // Spooled or stored, the caller hears 202 either way.
+            app.sink.enqueue(&jobs, settings).await?;
         }
         Ok((
             StatusCode::ACCEPTED,

@@ -7,10 +7,8 @@
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
 use tether_ingress::{
-    auth::{Authenticator, Credential, KeyTable, digest_key},
-    parse::parse_envelope,
-    replica::{Fetched, View},
-    route::WebhookIndex,
+    digest_key,
+    hot_path::{Authenticator, Credential, Fetched, KeyTable, View, WebhookIndex, parse_envelope},
 };
 
 /// Allocations this thread makes while running `f`.

@@ -15,7 +15,7 @@ use fred::prelude::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use support::{node, *};
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 
 const KEY: &str = "user_bullmq_key";
 const OPTIONS: &str = r#"{"attempts":2,"backoff":{"type":"fixed","delay":50}}"#;
@@ -28,11 +28,11 @@ async fn seed(redis: &RedisServer) -> Client {
     r
 }
 
-fn bullmq_config(redis_url: &str, workflow_queue: &str) -> RawConfig {
-    let mut raw = RawConfig::default();
+fn bullmq_config(redis_url: &str, workflow_queue: &str) -> Config {
+    let mut raw = Config::default();
     raw.redis.url = redis_url.to_owned();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.sink.kind = "bullmq".into();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.sink.kind = tether_ingress::config::SinkKind::Bullmq;
     raw.bullmq.workflow_queue = workflow_queue.into();
     raw.bullmq.job_options = OPTIONS.into();
     raw
@@ -416,8 +416,8 @@ async fn redis_killed_under_load_every_accepted_job_runs_exactly_once() {
     let r = seed(&redis).await;
     let spool = tempfile::tempdir().unwrap();
     let mut raw = bullmq_config(&redis.url(), "faults");
-    raw.redis.command_timeout_ms = 500;
-    raw.spool.dir = spool.path().display().to_string();
+    raw.redis.command_timeout_ms = std::time::Duration::from_millis(500);
+    raw.spool.dir = Some(spool.path().into());
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     let body = r#"{"webhookId":"wh_1","email":"lead@example.com"}"#;
     let load = Load::start(&ingress.uri(""), KEY, body, 16, "bq");
@@ -502,10 +502,10 @@ async fn the_example_worker_prints_the_ingress_s_job() {
     use tokio::io::AsyncBufReadExt;
     let redis = RedisServer::start();
     let r = seed(&redis).await;
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.sink.kind = "bullmq".into();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.sink.kind = tether_ingress::config::SinkKind::Bullmq;
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bullmq-worker.js");

@@ -18,7 +18,7 @@ use std::{
 use fred::prelude::*;
 use http::StatusCode;
 use support::{cluster::Cluster, *};
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 
 const STREAM: &str = "tether:jobs:workflow";
 
@@ -100,12 +100,12 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
         .into_iter()
         .find(|s| cluster.primary_of(s) != cluster.primary_of(STREAM))
         .unwrap();
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = cluster.url();
-    raw.server.listen = "127.0.0.1:0".into();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
     raw.streams.workflow = stream.clone();
-    raw.rate_limit.scope = "global".into();
-    raw.rate_limit.burst = 3;
+    raw.rate_limit.scope = tether_ingress::config::RateLimitScope::Global;
+    raw.rate_limit.burst = std::num::NonZeroU32::new(3);
     put_key(
         &r,
         "user_limited",
@@ -425,10 +425,10 @@ async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_the_example_worker() {
     let r = client_at(&cluster.url()).await;
     put_key(&r, "user_bq", r#"{"userId":"u_1","orgId":"o_c"}"#).await;
     add_trigger(&r, ORG, "wh_bq", &["wf_a"]).await;
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = cluster.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.sink.kind = "bullmq".into();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.sink.kind = tether_ingress::config::SinkKind::Bullmq;
     raw.bullmq.prefix = "{tether}".into();
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     let example =
@@ -510,10 +510,10 @@ async fn rediss_cluster_checks_every_node_against_the_ca() {
     cluster.cli(port, &["-c", "SET", &apikey("user_tls"), record]);
     cluster.cli(port, &["-c", "SADD", &trigger_key("wh_tls"), "wf_t"]);
     let config = |ca: &str| {
-        let mut raw = RawConfig::default();
+        let mut raw = Config::default();
         raw.redis.url = cluster.url_as("rediss-cluster", "localhost");
-        raw.redis.tls.ca_file = dir.path().join(ca).display().to_string();
-        raw.server.listen = "127.0.0.1:0".into();
+        raw.redis.tls.ca_file = Some(dir.path().join(ca));
+        raw.server.listen = ([127, 0, 0, 1], 0).into();
         raw.validate().unwrap()
     };
     let ingress = Ingress::start_with(config("good-ca.crt")).await;

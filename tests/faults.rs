@@ -12,7 +12,7 @@ use std::{collections::HashMap, time::Duration};
 
 use http::StatusCode;
 use support::*;
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 
 const KEY: &str = "user_faults";
 const BODY: &str = r#"{"webhookId":"wh_1","email":"lead@example.com","n":12345678901234567890123}"#;
@@ -75,11 +75,11 @@ async fn redis_killed_under_load_with_a_spool_loses_no_accepted_job() {
     let mut redis = RedisServer::start_durable();
     seed(&redis).await;
     let spool = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.redis.command_timeout_ms = 500;
-    raw.spool.dir = spool.path().display().to_string();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.redis.command_timeout_ms = std::time::Duration::from_millis(500);
+    raw.spool.dir = Some(spool.path().into());
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     let load = Load::start(&ingress.uri(""), KEY, BODY, 16, "spool");
     let t0 = std::time::Instant::now();
@@ -135,10 +135,10 @@ async fn redis_killed_under_load_with_a_spool_loses_no_accepted_job() {
 async fn redis_killed_under_load_without_a_spool_answers_503_with_retry_after() {
     let mut redis = RedisServer::start_durable();
     seed(&redis).await;
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.redis.command_timeout_ms = 500;
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.redis.command_timeout_ms = std::time::Duration::from_millis(500);
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     let load = Load::start(&ingress.uri(""), KEY, BODY, 16, "nospool");
     load.until_accepted(300, WAIT).await;
@@ -206,7 +206,7 @@ async fn a_torn_tail_left_by_a_crash_is_skipped_and_the_rest_replayed() {
     // What a crash mid-write leaves: two whole records, then half of a third.
     let mut data = Vec::new();
     for id in ["torn-1", "torn-2", "torn-3"] {
-        tether_ingress::spool::encode(
+        tether_ingress::spool_record(
             &mut data,
             STREAM.as_bytes(),
             [
@@ -227,10 +227,10 @@ async fn a_torn_tail_left_by_a_crash_is_skipped_and_the_rest_replayed() {
         &data[..cut],
     )
     .unwrap();
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.spool.dir = spool.path().display().to_string();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.spool.dir = Some(spool.path().into());
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     assert!(
         eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
@@ -252,10 +252,10 @@ async fn a_full_spool_answers_503_with_retry_after() {
     let mut redis = RedisServer::start();
     seed(&redis).await;
     let spool = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.spool.dir = spool.path().display().to_string();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.spool.dir = Some(spool.path().into());
     raw.spool.max_bytes = 1 << 20;
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     redis.kill();
@@ -291,10 +291,10 @@ async fn outreach_is_spooled_too_and_says_so() {
     )
     .await;
     let spool = tempfile::tempdir().unwrap();
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.spool.dir = spool.path().display().to_string();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.spool.dir = Some(spool.path().into());
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     redis.kill();
     let req = http::Request::post(ingress.uri("/api/webhook/outreach"))

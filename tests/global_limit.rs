@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use http::StatusCode;
 use support::*;
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 
 const KEY: &str = "user_limited_everywhere";
 /// 2 per second, a bucket of 5.
@@ -20,11 +20,14 @@ async fn two_instances(scope: &str) -> (RedisServer, Ingress, Ingress) {
     put_key(&r, KEY, RECORD).await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
     let config = || {
-        let mut raw = RawConfig::default();
+        let mut raw = Config::default();
         raw.redis.url = redis.url();
-        raw.server.listen = "127.0.0.1:0".into();
-        raw.rate_limit.burst = 5;
-        raw.rate_limit.scope = scope.into();
+        raw.server.listen = ([127, 0, 0, 1], 0).into();
+        raw.rate_limit.burst = std::num::NonZeroU32::new(5);
+        raw.rate_limit.scope = match scope {
+            "global" => tether_ingress::config::RateLimitScope::Global,
+            _ => tether_ingress::config::RateLimitScope::Instance,
+        };
         raw.validate().unwrap()
     };
     let a = Ingress::start_with(config()).await;

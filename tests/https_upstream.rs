@@ -13,13 +13,13 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use support::{tls::pki, *};
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 
 /// An HTTPS server answering 200 with the request's path and its
 /// X-Forwarded-Proto; returns its port.
 async fn https_upstream(dir: &Path) -> u16 {
     let config =
-        tether_ingress::tls::server_config(&dir.join("upstream.crt"), &dir.join("upstream.key"))
+        tether_ingress::server_config(&dir.join("upstream.crt"), &dir.join("upstream.key"))
             .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -52,12 +52,12 @@ async fn https_upstream(dir: &Path) -> u16 {
 }
 
 async fn ingress_in_front(redis: &RedisServer, upstream: &str, ca: Option<&Path>) -> Ingress {
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.upstream.url = upstream.to_owned();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.upstream.url = Some(upstream.to_owned().parse().unwrap());
     if let Some(ca) = ca {
-        raw.upstream.ca_file = ca.display().to_string();
+        raw.upstream.ca_file = Some(ca.into());
     }
     Ingress::start_with(raw.validate().unwrap()).await
 }

@@ -25,11 +25,11 @@ async fn promtool_accepts_every_metric_family_with_its_help_text() {
     .await;
     let upstream = support::upstream::Upstream::start().await;
     let spool = tempfile::tempdir().unwrap();
-    let mut raw = tether_ingress::config::RawConfig::default();
+    let mut raw = tether_ingress::config::Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.upstream.url = upstream.url();
-    raw.spool.dir = spool.path().display().to_string();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.upstream.url = Some(upstream.url().parse().unwrap());
+    raw.spool.dir = Some(spool.path().into());
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
 
     let body = r#"{"webhookId":"wh_1","lead":{"name":"Alex"}}"#;
@@ -54,7 +54,7 @@ async fn promtool_accepts_every_metric_family_with_its_help_text() {
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(text.to_vec()).unwrap();
     // Every family the code declares is described.
-    for (name, _, help) in tether_ingress::metrics::ALL {
+    for (name, _, help) in tether_ingress::METRICS {
         if text.contains(&format!("\n{name}")) || text.starts_with(name) {
             assert!(
                 text.contains(&format!("# HELP {name} {help}")),

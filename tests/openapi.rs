@@ -138,7 +138,7 @@ async fn real_responses_match_the_document() {
         r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p","promptId":null}"#,
     )
     .await;
-    let mut raw = tether_ingress::config::RawConfig::default();
+    let mut raw = tether_ingress::config::Config::default();
     raw.redis.url = redis.url();
     raw.server.max_body_bytes = 512;
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use support::*;
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -30,10 +30,10 @@ async fn seed(redis: &RedisServer) -> fred::clients::Client {
     r
 }
 
-fn raw_for(redis: &RedisServer) -> RawConfig {
-    let mut raw = RawConfig::default();
+fn raw_for(redis: &RedisServer) -> Config {
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
     raw
 }
 
@@ -211,8 +211,8 @@ async fn keys_over_their_rate_get_429_with_retry_after() {
     )
     .await;
     let mut raw = raw_for(&redis);
-    raw.rate_limit.default_per_sec = 2;
-    raw.rate_limit.burst = 3;
+    raw.rate_limit.default_per_sec = std::num::NonZeroU32::new(2);
+    raw.rate_limit.burst = std::num::NonZeroU32::new(3);
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     for (key, per_sec) in [(KEY, 2.0), (KEY_2, 1.0)] {
         let started = Instant::now();
@@ -258,7 +258,7 @@ async fn fail_closed_refuses_keys_once_out_of_touch_and_recovers() {
     let mut redis = RedisServer::start();
     seed(&redis).await;
     let mut raw = raw_for(&redis);
-    raw.auth.fail_closed_after_secs = 1;
+    raw.auth.fail_closed_after_secs = Some(std::time::Duration::from_secs(1));
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     let body = r#"{"webhookId":"wh_1"}"#;
     assert_eq!(
@@ -298,7 +298,7 @@ async fn oversized_heads_and_slow_bodies_get_json_answers() {
     let redis = RedisServer::start();
     seed(&redis).await;
     let mut raw = raw_for(&redis);
-    raw.server.body_read_timeout_ms = 300;
+    raw.server.body_read_timeout_ms = std::time::Duration::from_millis(300);
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     // A head over server.max_header_bytes (16 KiB).
     let req = Request::post(ingress.uri("/api/webhook/workflow"))
@@ -332,7 +332,7 @@ async fn connections_beyond_the_cap_queue_then_get_503() {
     seed(&redis).await;
     let mut raw = raw_for(&redis);
     raw.server.max_connections = 4;
-    raw.server.connection_queue_timeout_ms = 200;
+    raw.server.connection_queue_timeout_ms = std::time::Duration::from_millis(200);
     let ingress = Ingress::spawn(raw.validate().unwrap()).await;
     // Four connections take every slot (each has sent a byte of a request).
     let mut held = Vec::new();
@@ -374,8 +374,8 @@ async fn five_hundred_idle_or_trickling_connections_do_not_stop_anybody_else() {
     let redis = RedisServer::start();
     let r = seed(&redis).await;
     let mut raw = raw_for(&redis);
-    raw.server.first_byte_timeout_ms = 2_000;
-    raw.server.header_read_timeout_ms = 2_000;
+    raw.server.first_byte_timeout_ms = std::time::Duration::from_millis(2_000);
+    raw.server.header_read_timeout_ms = std::time::Duration::from_millis(2_000);
     let ingress = std::sync::Arc::new(Ingress::start_with(raw.validate().unwrap()).await);
     let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut hostile = Vec::new();

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use support::{upstream::Upstream, *};
 use tether_ingress::{
-    auth::jwt::sign,
-    config::{RawConfig, RawThreads},
+    config::{Config, ServingThreads},
+    sign_jwt as sign,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,16 +23,16 @@ const KEY: &str = "user_proxy_key";
 async fn start(
     upstream: Option<&str>,
     secret: Option<&str>,
-    tweak: impl FnOnce(&mut RawConfig),
+    tweak: impl FnOnce(&mut Config),
 ) -> (RedisServer, fred::clients::Client, Ingress) {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
     if let Some(u) = upstream {
-        raw.upstream.url = u.to_owned();
+        raw.upstream.url = Some(u.to_owned().parse().unwrap());
     }
     if let Some(s) = secret {
-        raw.auth.jwt_secret = tether_ingress::config::Secret::new(s);
+        raw.auth.jwt_secret = Some(tether_ingress::config::Secret::new(s));
     }
     tweak(&mut raw);
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
@@ -252,7 +252,7 @@ async fn a_connections_upstream_lane_is_reused_and_reopened() {
 async fn upstream_failures_are_502_and_504() {
     let up = Upstream::start().await;
     let (_redis, _r, ingress) = start(Some(&up.url()), None, |raw| {
-        raw.upstream.response_timeout_ms = 300
+        raw.upstream.response_timeout_ms = std::time::Duration::from_millis(300)
     })
     .await;
     let (status, headers, body) = ingress.get("/slow").await;
@@ -271,7 +271,7 @@ fn token(header: &str, claims: &str) -> String {
 }
 
 fn now() -> u64 {
-    tether_ingress::replica::now_ms() / 1000
+    tether_ingress::now_ms() / 1000
 }
 
 #[tokio::test]
@@ -406,7 +406,7 @@ async fn without_a_secret_jwts_go_to_the_upstream_unchanged() {
 async fn serving_threads_proxy_write_jobs_and_drain() {
     let up = Upstream::start().await;
     let (_redis, r, ingress) = start(Some(&up.url()), None, |raw| {
-        raw.server.serving_threads = RawThreads::Count(2)
+        raw.server.serving_threads = ServingThreads::Count(2)
     })
     .await;
     // Proxied requests run on a serving thread with their lane there too.

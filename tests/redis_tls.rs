@@ -14,7 +14,7 @@ use std::{
 
 use http::StatusCode;
 use support::{tls::pki, *};
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 
 /// A redis-server speaking TLS only on `port` (plaintext only on its unix
 /// socket, for the test's own redis-cli).
@@ -105,23 +105,23 @@ impl Drop for TlsRedis {
     }
 }
 
-fn config(url: &str, ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> RawConfig {
-    let mut raw = RawConfig::default();
+fn config(url: &str, ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Config {
+    let mut raw = Config::default();
     raw.redis.url = url.to_owned();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.redis.connect_timeout_ms = 500;
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.redis.connect_timeout_ms = std::time::Duration::from_millis(500);
     if let Some(ca) = ca {
-        raw.redis.tls.ca_file = ca.display().to_string();
+        raw.redis.tls.ca_file = Some(ca.into());
     }
     if let Some((cert, key)) = identity {
-        raw.redis.tls.cert_file = cert.display().to_string();
-        raw.redis.tls.key_file = key.display().to_string();
+        raw.redis.tls.cert_file = Some(cert.into());
+        raw.redis.tls.key_file = Some(key.into());
     }
     raw
 }
 
 /// Serves with `raw`, and checks that one request writes its job.
-async fn serves(raw: RawConfig, redis: &TlsRedis) {
+async fn serves(raw: Config, redis: &TlsRedis) {
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     let (status, _, body) = ingress
         .workflow(Some(TEST_KEY), r#"{"webhookId":"wh_1","lead":{"n":1}}"#)
@@ -133,7 +133,7 @@ async fn serves(raw: RawConfig, redis: &TlsRedis) {
 }
 
 /// Starts with `raw` and checks it stays not ready for `for_at_least`.
-async fn never_ready(raw: RawConfig, for_at_least: Duration) {
+async fn never_ready(raw: Config, for_at_least: Duration) {
     let config = match raw.validate() {
         Ok(config) => config,
         // Only a machine without system roots refuses the no-CA case at start.

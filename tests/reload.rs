@@ -11,8 +11,8 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use support::*;
 use tether_ingress::{
-    auth::jwt::sign,
-    config::{RawConfig, Secret},
+    config::{Config, Secret},
+    sign_jwt as sign,
 };
 
 const KEY: &str = "user_reload_key";
@@ -20,13 +20,13 @@ const KEY: &str = "user_reload_key";
 #[tokio::test]
 async fn limits_streams_and_jwt_secret_change_without_dropping_requests() {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.auth.jwt_secret = Secret::new("old-secret");
+    raw.auth.jwt_secret = Some(Secret::new("old-secret"));
     let (ingress, reload) = Ingress::start_reloadable(raw.clone().validate().unwrap()).await;
     let ingress = Arc::new(ingress);
     let big = format!(r#"{{"webhookId":"wh_1","pad":"{}"}}"#, "x".repeat(200));
-    let exp = tether_ingress::replica::now_ms() / 1000 + 600;
+    let exp = tether_ingress::now_ms() / 1000 + 600;
     let claims = format!(r#"{{"userId":"u_1","orgId":"o_1","exp":{exp}}}"#);
     let old_jwt = sign(b"old-secret", r#"{"alg":"HS256"}"#, &claims);
     let new_jwt = sign(b"new-secret", r#"{"alg":"HS256"}"#, &claims);
@@ -57,7 +57,7 @@ async fn limits_streams_and_jwt_secret_change_without_dropping_requests() {
     let mut new = raw.clone();
     new.server.max_body_bytes = 100;
     new.streams.workflow = "tether:jobs:workflow:v2".into();
-    new.auth.jwt_secret = Secret::new("new-secret");
+    new.auth.jwt_secret = Some(Secret::new("new-secret"));
     reload.unbounded_send(new.validate().unwrap()).unwrap();
     for t in load {
         assert_eq!(t.await.unwrap(), StatusCode::ACCEPTED);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use support::*;
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 
 const KEY: &str = "user_replicated";
 const STREAM: &str = "tether:jobs:workflow";
@@ -42,13 +42,13 @@ async fn start(primary: &RedisServer, spool: Option<&std::path::Path>) -> Ingres
     let r = primary.client().await;
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = primary.url();
-    raw.server.listen = "127.0.0.1:0".into();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
     raw.redis.wait_replicas = 1;
-    raw.redis.command_timeout_ms = 600;
+    raw.redis.command_timeout_ms = std::time::Duration::from_millis(600);
     if let Some(dir) = spool {
-        raw.spool.dir = dir.display().to_string();
+        raw.spool.dir = Some(dir.into());
     }
     Ingress::start_with(raw.validate().unwrap()).await
 }

@@ -44,11 +44,11 @@ async fn http2_prior_knowledge_on_the_same_port() {
 #[tokio::test]
 async fn connections_over_the_cap_wait_for_a_free_slot() {
     let redis = RedisServer::start();
-    let mut raw = tether_ingress::config::RawConfig::default();
+    let mut raw = tether_ingress::config::Config::default();
     raw.redis.url = redis.url();
     raw.server.max_connections = 2;
     // Long enough that the waiting connection is never refused here.
-    raw.server.connection_queue_timeout_ms = 60_000;
+    raw.server.connection_queue_timeout_ms = std::time::Duration::from_millis(60_000);
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     // The harness client holds one keep-alive connection; take the second slot.
     let held = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();

@@ -23,10 +23,10 @@ fn in_flight(metrics: &str) -> Option<f64> {
 #[tokio::test]
 async fn shutdown_finishes_requests_in_flight_and_loses_nothing() {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a", "wf_b"]).await;
-    let mut raw = tether_ingress::config::RawConfig::default();
+    let mut raw = tether_ingress::config::Config::default();
     raw.redis.url = redis.url();
-    raw.redis.command_timeout_ms = 30_000;
-    raw.server.shutdown_grace_ms = 30_000;
+    raw.redis.command_timeout_ms = std::time::Duration::from_millis(30_000);
+    raw.server.shutdown_grace_ms = std::time::Duration::from_millis(30_000);
     let mut ingress = Ingress::start_with(raw.validate().unwrap()).await;
 
     // Hold every write in Redis so the requests stay in flight.

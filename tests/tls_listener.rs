@@ -14,7 +14,7 @@ use std::{
 };
 
 use support::{tls::pki, *};
-use tether_ingress::config::RawConfig;
+use tether_ingress::config::Config;
 
 /// curl with our CA; returns (status, HTTP version, body).
 async fn curl(ca: PathBuf, args: Vec<String>) -> (String, String, String) {
@@ -96,14 +96,14 @@ fn tls_config(
     upstream: &str,
     max_body_bytes: usize,
 ) -> tether_ingress::config::Config {
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis_url.to_owned();
-    raw.upstream.url = upstream.to_owned();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.server.header_read_timeout_ms = 500;
+    raw.upstream.url = Some(upstream.to_owned().parse().unwrap());
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.server.header_read_timeout_ms = std::time::Duration::from_millis(500);
     raw.server.max_body_bytes = max_body_bytes;
-    raw.server.tls.cert_file = dir.join("listener.crt").display().to_string();
-    raw.server.tls.key_file = dir.join("listener.key").display().to_string();
+    raw.server.tls.cert_file = Some(dir.join("listener.crt"));
+    raw.server.tls.key_file = Some(dir.join("listener.key"));
     raw.validate().unwrap()
 }
 
@@ -261,7 +261,7 @@ async fn tls_connect(
     port: u16,
     ca: &Path,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let config = tether_ingress::tls::client_config(tether_ingress::tls::ClientFiles {
+    let config = tether_ingress::client_config(tether_ingress::ClientFiles {
         ca: Some(ca),
         identity: None,
     })
@@ -285,14 +285,14 @@ async fn hostile_input_over_tls_gets_the_same_answers() {
     install(d, "server");
     let ca = d.join("good-ca.crt");
     let (redis, r) = redis_with_key_and_trigger(TEST_KEY, &["wf_a"]).await;
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis.url();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.server.first_byte_timeout_ms = 2_000;
-    raw.server.header_read_timeout_ms = 2_000;
-    raw.server.body_read_timeout_ms = 300;
-    raw.server.tls.cert_file = d.join("listener.crt").display().to_string();
-    raw.server.tls.key_file = d.join("listener.key").display().to_string();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.server.first_byte_timeout_ms = std::time::Duration::from_millis(2_000);
+    raw.server.header_read_timeout_ms = std::time::Duration::from_millis(2_000);
+    raw.server.body_read_timeout_ms = std::time::Duration::from_millis(300);
+    raw.server.tls.cert_file = Some(d.join("listener.crt"));
+    raw.server.tls.key_file = Some(d.join("listener.key"));
     let ingress = Ingress::spawn(raw.validate().unwrap()).await;
     let port = ingress.addr.port();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -9,7 +9,7 @@ use std::{sync::Mutex, time::Duration};
 use fred::prelude::*;
 use http::StatusCode;
 use support::*;
-use tether_ingress::worker::Worker;
+use tether_ingress::Worker;
 
 const STREAM: &str = "tether:jobs:workflow";
 
@@ -39,7 +39,7 @@ async fn each_job_is_handled_once_even_when_written_twice() {
         .await
         .unwrap();
     let seen = Mutex::new(Vec::new());
-    let mut total = tether_ingress::worker::Polled::default();
+    let mut total = tether_ingress::Polled::default();
     while total.handled + total.duplicates < 20 {
         let p = worker
             .poll(7, Duration::from_millis(100), |e| {

@@ -21,7 +21,7 @@ async fn setup() -> (RedisServer, fred::clients::Client, Ingress) {
 #[tokio::test]
 async fn accepted_request_writes_one_exact_entry_per_match() {
     let (_redis, r, ingress) = setup().await;
-    let before = tether_ingress::replica::now_ms();
+    let before = tether_ingress::now_ms();
     let body = r#"{"source":"zillow","webhookId":"wh_1","lead":{"phone":12345678901234567890123,"score":1.10,"name":"caf\u00e9"}}"#;
     let (status, headers, resp) = ingress.workflow(Some(KEY), body).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -60,7 +60,7 @@ async fn accepted_request_writes_one_exact_entry_per_match() {
         );
         assert_eq!(field(e, "requestId"), request_id);
         let at: u64 = field(e, "receivedAt").parse().unwrap();
-        assert!(at >= before && at <= tether_ingress::replica::now_ms());
+        assert!(at >= before && at <= tether_ingress::now_ms());
     }
 }
 
@@ -366,6 +366,16 @@ async fn redis_outage_gives_503_then_resyncs_everything() {
     drop(r);
     redis.kill();
 
+    // A write racing the close is sent and then unconfirmed (503
+    // JOB_STORE_UNCONFIRMED); once the writer has seen its connection go,
+    // nothing is sent.
+    assert_eq!(
+        ingress
+            .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     // Down: the cached key still authenticates, but nothing can be stored.
     let (status, headers, resp) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -468,7 +478,7 @@ async fn two_thousand_concurrent_requests_write_exactly_their_entries() {
 #[tokio::test]
 async fn oversized_bodies_get_413() {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
-    let mut raw = tether_ingress::config::RawConfig::default();
+    let mut raw = tether_ingress::config::Config::default();
     raw.redis.url = redis.url();
     raw.server.max_body_bytes = 1024;
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
@@ -557,10 +567,10 @@ async fn not_ready_until_redis_is_loaded() {
 async fn silent_connections_are_closed() {
     use tokio::io::AsyncReadExt;
     let redis = RedisServer::start();
-    let mut raw = tether_ingress::config::RawConfig::default();
+    let mut raw = tether_ingress::config::Config::default();
     raw.redis.url = redis.url();
-    raw.server.first_byte_timeout_ms = 200;
-    raw.server.header_read_timeout_ms = 200;
+    raw.server.first_byte_timeout_ms = std::time::Duration::from_millis(200);
+    raw.server.header_read_timeout_ms = std::time::Duration::from_millis(200);
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     // Sends nothing.
     let mut silent = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
@@ -654,8 +664,7 @@ async fn control_plane_keys_of_the_wrong_type_are_ignored() {
 async fn each_serving_thread_writes_through_its_own_redis_connection() {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let mut config = config_for(&redis.url());
-    config.server.serving_threads =
-        tether_ingress::config::ServingThreads::PerThread(std::num::NonZeroUsize::new(2).unwrap());
+    config.server.serving_threads = tether_ingress::config::ServingThreads::Count(2);
     let ingress = Ingress::start_with(config).await;
     // Both connections are open before either sends, so they are accepted
     // back to back and land on different threads.

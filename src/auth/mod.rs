@@ -23,10 +23,10 @@ use crate::{
     replica::{Fetched, KeyKind, View},
 };
 
-pub mod jwt;
+pub(crate) mod jwt;
 mod principal;
 
-pub use principal::Principal;
+pub(crate) use principal::Principal;
 
 /// What a bearer token turned out to be.
 #[derive(Debug)]
@@ -40,13 +40,13 @@ pub enum Credential {
 }
 
 /// A SHA-256 digest of an API key.
-pub type KeyDigest = [u8; 32];
+pub(crate) type KeyDigest = [u8; 32];
 
 /// Hashes a [`KeyDigest`] by its first 8 bytes: a SHA-256 output is already
 /// uniform, and a caller controls only the preimage, so collisions cannot be
 /// aimed. Much cheaper than SipHash on the hot path and during a load.
 #[derive(Clone, Copy, Default)]
-pub struct DigestHasher(u64);
+pub(crate) struct DigestHasher(u64);
 
 impl std::hash::Hasher for DigestHasher {
     fn finish(&self) -> u64 {
@@ -65,7 +65,7 @@ impl std::hash::Hasher for DigestHasher {
 }
 
 /// Builds [`DigestHasher`]s.
-pub type DigestHash = std::hash::BuildHasherDefault<DigestHasher>;
+pub(crate) type DigestHash = std::hash::BuildHasherDefault<DigestHasher>;
 
 /// SHA-256 of `key`, on the stack.
 pub fn digest_key(key: &[u8]) -> KeyDigest {
@@ -75,19 +75,9 @@ pub fn digest_key(key: &[u8]) -> KeyDigest {
     out
 }
 
-/// Appends `bytes` as lowercase hex to `out` (no allocation beyond `out`'s growth).
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 15)] as char);
-    }
-}
-
 /// Extracts the bearer token. Scheme is case-insensitive (RFC 7235);
 /// surrounding spaces are ignored.
-pub fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Reject> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Reject> {
     let value = headers.get(AUTHORIZATION).ok_or(Reject::NoCredentials)?;
     let raw = trim(value.as_bytes());
     if raw.is_empty() {
@@ -118,7 +108,7 @@ fn trim(mut b: &[u8]) -> &[u8] {
 }
 
 /// True when `token` has the shape of a JWT: three non-empty base64url parts.
-pub fn looks_like_jwt(token: &[u8]) -> bool {
+pub(crate) fn looks_like_jwt(token: &[u8]) -> bool {
     let mut parts = 0;
     for part in token.split(|&b| b == b'.') {
         if part.is_empty()
@@ -362,11 +352,11 @@ mod tests {
     #[test]
     fn hex_is_lowercase_and_complete() {
         let mut s = String::from("x:");
-        push_hex(&mut s, &[0x00, 0x0f, 0xa5, 0xff]);
+        crate::hex::push(&mut s, &[0x00, 0x0f, 0xa5, 0xff]);
         assert_eq!(s, "x:000fa5ff");
         let d = digest_key(b"k");
         let mut h = String::new();
-        push_hex(&mut h, &d);
+        crate::hex::push(&mut h, &d);
         assert_eq!(h, hex(&d));
     }
 

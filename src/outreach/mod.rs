@@ -17,23 +17,22 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
 use simd_json::Node;
 
-pub mod views;
+pub(crate) mod views;
 
-pub use views::{Category, OrgProperties, OutreachConfig, OutreachConfigs, Properties};
+pub(crate) use views::Category;
 
 use crate::{
     error::Reject,
     id::Id,
-    metrics as m,
     parse::{Document, with_document},
     replica::now_ms,
     response::decimal,
-    sink::OutreachJob,
+    sink::{OutreachJob, Stored},
     webhook::{Ctx, Webhook},
 };
 
 /// Accepted spellings of the configuration id, in order of precedence.
-pub const CONFIGURATION_ID_KEYS: [&str; 3] =
+pub(crate) const CONFIGURATION_ID_KEYS: [&str; 3] =
     ["configurationId", "configuration_id", "CONFIGURATION_ID"];
 /// The fixed-format group keys.
 const GROUPS: [&str; 3] = ["contacts", "applications", "conversations"];
@@ -52,7 +51,7 @@ struct Plan {
 
 /// `POST /api/webhook/outreach`.
 #[derive(Debug, Clone, Copy)]
-pub struct Outreach;
+pub(crate) struct Outreach;
 
 impl Webhook for Outreach {
     fn name(&self) -> &'static str {
@@ -98,20 +97,9 @@ async fn accept(ctx: &Ctx<'_>, body: BytesMut) -> Result<(StatusCode, Bytes), Re
         received_at: Bytes::copy_from_slice(decimal(received_at, &mut digits)),
         request_id: Bytes::copy_from_slice(request_id.as_bytes()),
     };
-    let started = std::time::Instant::now();
-    let job_id = match app.sink.enqueue_outreach(&job, settings).await {
-        Ok(None) => None,
-        Ok(Some(id)) => {
-            app.metrics
-                .sink_duration
-                .record(started.elapsed().as_secs_f64());
-            app.metrics.jobs_outreach.increment(1);
-            Some(id)
-        }
-        Err(e) => {
-            metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => e.reason()).increment(1);
-            return Err(Reject::Unavailable(e));
-        }
+    let job_id = match app.sink.enqueue_outreach(&job, settings).await? {
+        Stored::Redis(id) => Some(id),
+        Stored::Spooled => None,
     };
     // Spooled: no stream entry id exists yet; 202 says "accepted, not yet
     // in the stream", jobId is null.
@@ -168,7 +156,7 @@ fn plan(ctx: &Ctx<'_>, body: &[u8], doc: &Document<'_>) -> Result<Plan, Reject> 
 /// an object; a missing one is `{}`); raw format otherwise: every top-level
 /// member but the configuration id goes where `properties` says, unknown
 /// fields to `contacts`. Returns (fixed?, buffer, the three ranges).
-pub fn group_fields(
+pub(crate) fn group_fields(
     body: &[u8],
     doc: &Document<'_>,
     properties: Option<&HashMap<Box<str>, Category>>,
@@ -249,6 +237,7 @@ fn accepted(configuration_id_json: &[u8], job_id: Option<&[u8]>) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use super::views::{OrgProperties, OutreachConfigs};
     use super::*;
     use crate::replica::{Fetched, View};
 

@@ -14,7 +14,7 @@ use crate::{
 
 /// Where a raw-format field goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Category {
+pub(crate) enum Category {
     /// `contacts` (also the default for unknown fields).
     Contact,
     /// `applications`
@@ -24,27 +24,29 @@ pub enum Category {
 }
 
 impl Category {
+    /// Every category, in [`Category::index`] order.
+    const ALL: [Category; 3] = [
+        Category::Contact,
+        Category::Application,
+        Category::Conversation,
+    ];
+    /// Their names in an org's properties hash, in the same order: the one
+    /// list the admin CLI, the import and the replica check against.
+    pub(crate) const NAMES: [&'static str; 3] = ["contact", "application", "conversation"];
+
     pub(super) fn parse(v: &[u8]) -> Option<Self> {
-        match v {
-            b"contact" => Some(Category::Contact),
-            b"application" => Some(Category::Application),
-            b"conversation" => Some(Category::Conversation),
-            _ => None,
-        }
+        let i = Self::NAMES.iter().position(|name| name.as_bytes() == v)?;
+        Some(Self::ALL[i])
     }
 
     pub(super) fn index(self) -> usize {
-        match self {
-            Category::Contact => 0,
-            Category::Application => 1,
-            Category::Conversation => 2,
-        }
+        self as usize
     }
 }
 
 /// An outreach configuration as the ingress needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutreachConfig {
+pub(crate) struct OutreachConfig {
     /// Owner: only this user's keys may use it.
     pub user_id: Id,
     /// Owner's org.
@@ -71,14 +73,14 @@ struct ConfigRecord {
 // === impl OutreachConfigs ===
 
 /// Live view of `<prefix>outreach:config:<id>`.
-pub struct OutreachConfigs {
+pub(crate) struct OutreachConfigs {
     prefix: String,
     entries: DashMap<Box<str>, (OutreachConfig, u64)>,
 }
 
 impl OutreachConfigs {
     /// An empty view for `<key_prefix>outreach:config:`.
-    pub fn new(key_prefix: &str) -> Self {
+    pub(crate) fn new(key_prefix: &str) -> Self {
         Self {
             prefix: format!("{key_prefix}outreach:config:"),
             entries: DashMap::new(),
@@ -86,7 +88,7 @@ impl OutreachConfigs {
     }
 
     /// The configuration with this id.
-    pub fn lookup(&self, id: &str) -> Option<OutreachConfig> {
+    pub(crate) fn lookup(&self, id: &str) -> Option<OutreachConfig> {
         self.entries.get(id).map(|e| e.0.clone())
     }
 }
@@ -138,10 +140,10 @@ impl View for OutreachConfigs {
 // === impl OrgProperties ===
 
 /// Field name → category of one org.
-pub type Properties = Arc<HashMap<Box<str>, Category>>;
+pub(crate) type Properties = Arc<HashMap<Box<str>, Category>>;
 
 /// Live view of `<prefix>org:<orgId>:properties`.
-pub struct OrgProperties {
+pub(crate) struct OrgProperties {
     prefix: String,
     orgs: DashMap<Box<str>, (Properties, u64)>,
 }
@@ -150,7 +152,7 @@ const PROPERTIES_SUFFIX: &str = ":properties";
 
 impl OrgProperties {
     /// An empty view for `<key_prefix>org:<orgId>:properties`.
-    pub fn new(key_prefix: &str) -> Self {
+    pub(crate) fn new(key_prefix: &str) -> Self {
         Self {
             prefix: format!("{key_prefix}org:"),
             orgs: DashMap::new(),
@@ -158,7 +160,7 @@ impl OrgProperties {
     }
 
     /// The properties of `org`, if it has any.
-    pub fn lookup(&self, org: &str) -> Option<Properties> {
+    pub(crate) fn lookup(&self, org: &str) -> Option<Properties> {
         self.orgs.get(org).map(|e| e.0.clone())
     }
 }

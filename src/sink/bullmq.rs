@@ -36,7 +36,7 @@ use fred::prelude::*;
 
 use super::job::{OutreachJob, WorkflowJobs};
 use crate::{
-    config::BullmqConfig,
+    config::Bullmq as BullmqConfig,
     redis::Script,
     settings::Settings,
     spool::{self, Record},
@@ -87,10 +87,6 @@ static ADD: LazyLock<Script> = LazyLock::new(|| Script::new(ADD_SCRIPT));
 /// The queue keys the script takes, in its `KEYS` order.
 const SUFFIXES: [&str; 7] = ["id", "meta", "events", "wait", "paused", "marker", "active"];
 
-/// The spool record's "stream" for a BullMQ job: no configured stream starts
-/// with a NUL byte, so replay tells the layouts apart by it.
-pub(super) const RECORD: &[u8] = b"\0bullmq";
-
 /// One queue: its key base (`<prefix>:<queue>:`), the keys the script takes
 /// and the name its jobs carry.
 #[derive(Debug)]
@@ -137,7 +133,7 @@ fn key(base: &[u8], suffix: &[u8]) -> Bytes {
 
 /// The two queues and the `opts` every job is stored with.
 #[derive(Debug)]
-pub(super) struct Queues {
+pub(crate) struct Queues {
     workflow: Queue,
     outreach: Queue,
     /// `opts` up to the job id: `{…,"jobId":"`.
@@ -147,8 +143,10 @@ pub(super) struct Queues {
 impl Queues {
     /// The queues `[bullmq]` names.
     pub(super) fn new(config: &BullmqConfig) -> Self {
-        // job_options is a checked JSON object: `{…}`, never empty.
-        let opts = config.job_options.trim_end();
+        // Checked options: a JSON object `{…}`. Unchecked ones that do not
+        // read (only a test can build them) store BullMQ's defaults.
+        let opts = (config.job_options.stored()).unwrap_or_else(|_| r#"{"attempts":0}"#.to_owned());
+        let opts = opts.trim_end();
         let opts = opts.strip_suffix('}').unwrap_or(opts);
         Self {
             workflow: Queue::new(
@@ -191,7 +189,6 @@ fn job_id(out: &mut BytesMut, parts: [&[u8]; 4]) {
 
 /// Appends `s` as a JSON string.
 fn json_string(out: &mut BytesMut, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.put_u8(b'"');
     for &b in s {
         match b {
@@ -202,7 +199,7 @@ fn json_string(out: &mut BytesMut, s: &[u8]) {
             b'\t' => out.put_slice(b"\\t"),
             0..0x20 => {
                 out.put_slice(b"\\u00");
-                out.put_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+                out.put_slice(&crate::hex::byte(b));
             }
             _ => out.put_u8(b),
         }
@@ -252,7 +249,7 @@ impl Call<'_> {
     /// `Ok` once Redis holds every job (new, or found already there).
     async fn run(&self, client: &Client, settings: &Settings) -> Result<(), Error> {
         let options = Options {
-            timeout: Some(settings.command_timeout),
+            timeout: Some(settings.redis.command_timeout_ms),
             ..Default::default()
         };
         let _added: i64 = ADD
@@ -279,7 +276,7 @@ impl Call<'_> {
                 (b"id", &id),
                 (b"data", &data),
             ];
-            spool::encode(out, RECORD, fields.into_iter());
+            spool::encode_bullmq_job(out, fields.into_iter());
         }
     }
 }
@@ -469,9 +466,9 @@ mod tests {
     use crate::{id::Id, route::Workflows};
 
     fn queues(job_options: &str) -> Queues {
-        let mut raw = crate::config::RawConfig::default();
-        raw.bullmq.job_options = job_options.into();
-        Queues::new(&raw.validate().unwrap().bullmq)
+        let mut config = crate::config::Config::default();
+        config.bullmq.job_options = job_options.into();
+        Queues::new(&config.validate().unwrap().bullmq)
     }
 
     fn jobs(workflows: &[&str], request_id: &str) -> WorkflowJobs {
@@ -580,9 +577,9 @@ mod tests {
             "nope",
             r#"{"removeOnComplete":{"weeks":1}}"#,
         ] {
-            let mut raw = crate::config::RawConfig::default();
-            raw.bullmq.job_options = bad.into();
-            let err = raw.validate().unwrap_err().to_string();
+            let mut config = crate::config::Config::default();
+            config.bullmq.job_options = bad.into();
+            let err = config.validate().unwrap_err().to_string();
             assert!(err.contains("bullmq.job_options"), "{bad}: {err}");
         }
     }

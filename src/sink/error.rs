@@ -1,33 +1,42 @@
-//! Why jobs could not be stored: [`SinkError`], and [`SpoolError`] for the
-//! local spool. A leaf: it imports nothing of the crate, so every module
-//! can name these errors without importing the sink, and only the service
-//! turns them into a response ([`crate::error`]).
+//! Why jobs could not be stored: [`SinkError`], and how each becomes the
+//! caller's answer: `JOB_STORE_UNAVAILABLE` when nothing was sent (or
+//! Redis refused it), `JOB_STORE_UNCONFIRMED` when the jobs were sent and
+//! may be stored.
 
 use fred::error::{Error, ErrorKind};
 
+use crate::{error::Reject, spool::SpoolError};
+
 /// Why jobs could not be stored.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The client has no live connection to Redis.
+pub(crate) enum SinkError {
+    /// The client has no live connection to Redis: nothing was sent.
     #[error("redis is not connected")]
     Disconnected,
-    /// Redis did not acknowledge in time (the entry may still be written).
-    #[error("redis did not answer in time")]
-    Timeout,
-    /// Too many commands queued towards Redis.
+    /// Too many commands queued towards Redis: nothing was sent.
     #[error("too many commands queued towards redis")]
     Backpressure,
-    /// Fewer replicas than `redis.wait_replicas` confirmed the jobs in time.
-    #[error("the replicas did not confirm the write in time")]
-    NotReplicated,
-    /// Redis answered with an error.
+    /// Redis answered with an error: it refused the write.
     #[error("redis refused the write: {0}")]
     Redis(#[source] Error),
+    /// Sent, and Redis did not answer in time (the jobs may be written).
+    #[error("redis did not answer in time")]
+    Timeout,
+    /// Sent, and the connection broke before the answer (the jobs may be
+    /// written).
+    #[error("the connection to redis broke before its answer")]
+    Lost,
+    /// Stored on the primary, and fewer replicas than `redis.wait_replicas`
+    /// confirmed them in time.
+    #[error("the replicas did not confirm the write in time")]
+    NotReplicated,
     /// Redis could not take the jobs and neither could the spool.
     #[error("redis could not take the jobs ({redis}) and the spool refused them: {spool}")]
     Spool {
-        /// Why Redis did not take them.
+        /// Why Redis did not take them ([`SinkError::reason`]).
         redis: &'static str,
+        /// Whether they were sent to Redis and may be stored there.
+        unconfirmed: bool,
         /// Why the spool refused them.
         #[source]
         spool: SpoolError,
@@ -36,18 +45,28 @@ pub enum SinkError {
 
 impl SinkError {
     /// A bounded metric label.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             SinkError::Disconnected => "disconnected",
-            SinkError::Timeout => "timeout",
             SinkError::Backpressure => "backpressure",
-            SinkError::NotReplicated => "not_replicated",
             SinkError::Redis(_) => "redis_error",
+            SinkError::Timeout => "timeout",
+            SinkError::Lost => "connection_lost",
+            SinkError::NotReplicated => "not_replicated",
             SinkError::Spool {
                 spool: SpoolError::Full,
                 ..
             } => "spool_full",
             SinkError::Spool { .. } => "spool_failed",
+        }
+    }
+
+    /// Whether the jobs were sent to Redis and may be stored there.
+    pub(crate) fn unconfirmed(&self) -> bool {
+        match self {
+            SinkError::Timeout | SinkError::Lost | SinkError::NotReplicated => true,
+            SinkError::Spool { unconfirmed, .. } => *unconfirmed,
+            SinkError::Disconnected | SinkError::Backpressure | SinkError::Redis(_) => false,
         }
     }
 }
@@ -57,22 +76,18 @@ impl From<Error> for SinkError {
         match e.kind() {
             ErrorKind::Timeout => SinkError::Timeout,
             ErrorKind::Backpressure => SinkError::Backpressure,
-            ErrorKind::Canceled | ErrorKind::IO => SinkError::Disconnected,
+            ErrorKind::Canceled | ErrorKind::IO => SinkError::Lost,
             _ => SinkError::Redis(e),
         }
     }
 }
 
-/// Why the spool could not take or give records.
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    /// The size cap is reached.
-    #[error("spool is full")]
-    Full,
-    /// The disk refused a write or sync.
-    #[error("spool write failed: {0}")]
-    Io(#[source] std::io::Error),
-    /// The writer thread is gone (shutting down).
-    #[error("spool writer stopped")]
-    Stopped,
+impl From<SinkError> for Reject {
+    fn from(e: SinkError) -> Self {
+        if e.unconfirmed() {
+            Reject::Unconfirmed(Box::new(e))
+        } else {
+            Reject::Unavailable(Box::new(e))
+        }
+    }
 }

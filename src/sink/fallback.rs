@@ -15,15 +15,14 @@ use super::{bullmq, error::SinkError, job::Stored, replicas, streams};
 use crate::{
     metrics as m,
     settings::{Settings, SharedSettings},
-    spool::{self, Record, Spool},
+    spool::{self, Kind, Record, Spool},
 };
 
 /// Writes one spooled record in the layout it was spooled in.
 async fn write_record(client: &Client, record: &Record, settings: &Settings) -> Result<(), Error> {
-    if record.stream.as_ref() == bullmq::RECORD {
-        bullmq::write_record(client, record, settings).await
-    } else {
-        streams::write_record(client, record, settings).await
+    match &record.kind {
+        Kind::BullmqJob => bullmq::write_record(client, record, settings).await,
+        Kind::Stream(stream) => streams::write_record(client, stream, record, settings).await,
     }
 }
 
@@ -39,6 +38,7 @@ async fn replay(
     let replayed = metrics::counter!(m::SPOOL_REPLAYED);
     let segments = spool.seal().await.map_err(|spool| SinkError::Spool {
         redis: "replay",
+        unconfirmed: false,
         spool,
     })?;
     for path in segments {
@@ -46,6 +46,7 @@ async fn replay(
             .await
             .map_err(|spool| SinkError::Spool {
                 redis: "replay",
+                unconfirmed: false,
                 spool,
             })?;
         let mut from = match resume {
@@ -87,6 +88,7 @@ async fn replay(
             .await
             .map_err(|spool| SinkError::Spool {
                 redis: "replay",
+                unconfirmed: false,
                 spool,
             })?;
         info!(segment = %path.display(), records = segment.records.len(), "spool segment replayed into redis");
@@ -96,23 +98,27 @@ async fn replay(
 
 /// With a spool: writes the frames `encode` makes to it and reports
 /// [`Stored::Spooled`]. Without: `error`.
-pub(super) async fn spool_or(
+pub(super) async fn spool_or<T>(
     spool: Option<&Spool>,
     error: SinkError,
     encode: impl FnOnce(&mut Vec<u8>),
-) -> Result<Stored, SinkError> {
+) -> Result<Stored<T>, SinkError> {
     let Some(spool) = spool else {
         return Err(error);
     };
     let mut frames = Vec::new();
     encode(&mut frames);
-    let redis = error.reason();
+    let (redis, unconfirmed) = (error.reason(), error.unconfirmed());
     match spool.append(frames).await {
         Ok(()) => {
             metrics::counter!(m::SPOOL_WRITTEN).increment(1);
             Ok(Stored::Spooled)
         }
-        Err(spool) => Err(SinkError::Spool { redis, spool }),
+        Err(spool) => Err(SinkError::Spool {
+            redis,
+            unconfirmed,
+            spool,
+        }),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::{id::Id, route::Workflows};
 /// One request's `tether:jobs:workflow` entries: one per matched workflow,
 /// every other field shared, as the contract names them.
 #[derive(Debug, Clone)]
-pub struct WorkflowJobs {
+pub(crate) struct WorkflowJobs {
     /// `workflowId` of each entry, in the order they are written.
     pub workflows: Workflows,
     /// `orgId`
@@ -28,7 +28,7 @@ pub struct WorkflowJobs {
 
 impl WorkflowJobs {
     /// The fields of `workflow`'s entry, in the contract's order.
-    pub fn pairs<'a>(&'a self, workflow: &'a Id) -> [(&'static str, &'a Bytes); 7] {
+    pub(crate) fn pairs<'a>(&'a self, workflow: &'a Id) -> [(&'static str, &'a Bytes); 7] {
         [
             ("workflowId", workflow.bytes()),
             ("orgId", &self.org_id),
@@ -41,19 +41,19 @@ impl WorkflowJobs {
     }
 
     /// The number of entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.workflows.len()
     }
 
     /// True when there is none to write.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.workflows.is_empty()
     }
 }
 
 /// One `tether:jobs:outreach` entry, fields as the contract names them.
 #[derive(Debug, Clone)]
-pub struct OutreachJob {
+pub(crate) struct OutreachJob {
     /// `configurationId`
     pub configuration_id: Bytes,
     /// `userId`
@@ -76,7 +76,7 @@ pub struct OutreachJob {
 
 impl OutreachJob {
     /// The entry's fields, in the contract's order.
-    pub fn pairs(&self) -> [(&'static str, &Bytes); 9] {
+    pub(crate) fn pairs(&self) -> [(&'static str, &Bytes); 9] {
         [
             ("configurationId", &self.configuration_id),
             ("userId", &self.user_id),
@@ -91,11 +91,12 @@ impl OutreachJob {
     }
 }
 
-/// Where a request's jobs were stored.
+/// Where a request's jobs were stored: `T` is what Redis answered (an
+/// outreach job's entry or job id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
+pub(crate) enum Stored<T = ()> {
     /// Acknowledged by Redis.
-    Redis,
+    Redis(T),
     /// Some or all went to the local spool (synced to disk), to be replayed.
     Spooled,
 }

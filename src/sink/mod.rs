@@ -29,9 +29,9 @@
 //!   on retries, and otherwise by the payload's own lead id.
 
 mod bullmq;
-pub mod error;
+pub(crate) mod error;
 mod fallback;
-pub mod job;
+pub(crate) mod job;
 mod replicas;
 mod streams;
 mod writers;
@@ -41,12 +41,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fred::prelude::*;
 
-pub use self::{
-    error::{SinkError, SpoolError},
+pub(crate) use self::{
+    error::SinkError,
     job::{OutreachJob, Stored, WorkflowJobs},
 };
 use crate::{
     config::{Config, SinkKind},
+    error::Reject,
+    metrics as m,
     redis::Target,
     settings::{Settings, SharedSettings},
     spool::Spool,
@@ -54,34 +56,88 @@ use crate::{
 
 /// The layout jobs are written in (`sink.kind`), fixed for the process.
 #[derive(Debug, Clone)]
-pub struct Layout(Option<Arc<bullmq::Queues>>);
+pub(crate) enum Layout {
+    /// One stream entry per job (`[streams]`).
+    Streams,
+    /// One BullMQ job per job (`[bullmq]`).
+    Bullmq(Arc<bullmq::Queues>),
+}
 
 impl Layout {
     /// The layout `config` selects.
-    pub fn of(config: &Config) -> Self {
-        Self(match config.sink.kind {
-            SinkKind::Streams => None,
-            SinkKind::Bullmq => Some(Arc::new(bullmq::Queues::new(&config.bullmq))),
-        })
+    pub(crate) fn of(config: &Config) -> Self {
+        match config.sink.kind {
+            SinkKind::Streams => Layout::Streams,
+            SinkKind::Bullmq => Layout::Bullmq(Arc::new(bullmq::Queues::new(&config.bullmq))),
+        }
     }
+
+    async fn write_workflow(
+        &self,
+        writer: &Client,
+        jobs: &WorkflowJobs,
+        settings: &Settings,
+    ) -> Result<(), Error> {
+        match self {
+            Layout::Streams => streams::write_workflow(writer, jobs, settings).await,
+            // Boxed: the stream layout's future stays as small as before.
+            Layout::Bullmq(q) => Box::pin(bullmq::write_workflow(writer, q, jobs, settings)).await,
+        }
+    }
+
+    async fn write_outreach(
+        &self,
+        writer: &Client,
+        job: &OutreachJob,
+        settings: &Settings,
+    ) -> Result<Bytes, Error> {
+        match self {
+            Layout::Streams => streams::write_outreach(writer, job, settings).await,
+            Layout::Bullmq(q) => Box::pin(bullmq::write_outreach(writer, q, job, settings)).await,
+        }
+    }
+
+    fn spool_workflow(&self, out: &mut Vec<u8>, jobs: &WorkflowJobs, settings: &Settings) {
+        match self {
+            Layout::Streams => streams::spool_workflow(out, jobs, settings),
+            Layout::Bullmq(q) => bullmq::spool_workflow(out, q, jobs),
+        }
+    }
+
+    fn spool_outreach(&self, out: &mut Vec<u8>, job: &OutreachJob, settings: &Settings) {
+        match self {
+            Layout::Streams => streams::spool_outreach(out, job, settings),
+            Layout::Bullmq(q) => bullmq::spool_outreach(out, q, job),
+        }
+    }
+}
+
+/// The sink's metric handles, registered once.
+#[derive(Clone)]
+struct SinkMetrics {
+    duration: metrics::Histogram,
+    batch: metrics::Histogram,
+    workflow: metrics::Counter,
+    outreach: metrics::Counter,
 }
 
 /// Writes jobs to Redis through the per-thread writers, falling back to the
 /// spool when one is configured.
 #[derive(Clone)]
-pub struct Sink {
+pub(crate) struct Sink {
     writers: writers::Writers,
     spool: Option<Spool>,
     layout: Layout,
     /// `redis.wait_replicas` and the `WAIT` deadline, when on.
     wait: Option<(u32, std::time::Duration)>,
+    metrics: SinkMetrics,
 }
 
 impl Sink {
     /// Builds the clients and starts connecting them in the background
     /// (requests get [`SinkError::Disconnected`] until theirs is up): the
     /// shared one on the current runtime, one writer on each of `cores`.
-    pub fn connect(
+    pub(crate) fn connect(
         target: &Target,
         max_pending_commands: usize,
         wait_replicas: u32,
@@ -94,16 +150,22 @@ impl Sink {
             spool,
             layout,
             wait: (wait_replicas > 0).then_some((wait_replicas, target.command_timeout / 2)),
+            metrics: SinkMetrics {
+                duration: metrics::histogram!(m::SINK_DURATION),
+                batch: metrics::histogram!(m::SINK_BATCH),
+                workflow: metrics::counter!(m::JOBS_WRITTEN, "stream" => "workflow"),
+                outreach: metrics::counter!(m::JOBS_WRITTEN, "stream" => "outreach"),
+            },
         })
     }
 
     /// The shared client (for the idempotency store).
-    pub fn redis(&self) -> &Client {
+    pub(crate) fn redis(&self) -> &Client {
         self.writers.shared()
     }
 
     /// True once every client connected to Redis at least once.
-    pub fn has_connected(&self) -> bool {
+    pub(crate) fn has_connected(&self) -> bool {
         self.writers.have_connected()
     }
 
@@ -113,17 +175,27 @@ impl Sink {
     /// acknowledged, spooled or refused together (should Redis fail midway
     /// through the script, what it wrote stays; spooled stream copies are
     /// duplicates a worker drops by requestId and workflowId, spooled BullMQ
-    /// jobs find theirs by id and add nothing).
-    pub async fn enqueue(
+    /// jobs find theirs by id and add nothing). Times, counts and maps the
+    /// outcome: a route only answers it.
+    pub(crate) async fn enqueue(
+        &self,
+        jobs: &WorkflowJobs,
+        settings: &Settings,
+    ) -> Result<Stored, Reject> {
+        let started = std::time::Instant::now();
+        let stored = self.store_workflow(jobs, settings).await;
+        if let Ok(Stored::Redis(())) = stored {
+            self.metrics.batch.record(jobs.len() as f64);
+        }
+        self.account(started, jobs.len(), &self.metrics.workflow, stored)
+    }
+
+    async fn store_workflow(
         &self,
         jobs: &WorkflowJobs,
         settings: &Settings,
     ) -> Result<Stored, SinkError> {
-        let queues = self.layout.0.as_deref();
-        let spool_all = |out: &mut Vec<u8>| match queues {
-            None => streams::spool_workflow(out, jobs, settings),
-            Some(q) => bullmq::spool_workflow(out, q, jobs),
-        };
+        let spool_all = |out: &mut Vec<u8>| self.layout.spool_workflow(out, jobs, settings);
         let writer = self.writers.current();
         if !writer.is_connected() {
             return Box::pin(fallback::spool_or(
@@ -133,41 +205,41 @@ impl Sink {
             ))
             .await;
         }
-        let written = match queues {
-            None => streams::write_workflow(writer, jobs, settings).await,
-            // Boxed: the stream layout's future stays as small as before.
-            Some(q) => Box::pin(bullmq::write_workflow(writer, q, jobs, settings)).await,
-        };
-        let stored = match written {
+        let stored = match self.layout.write_workflow(writer, jobs, settings).await {
             Ok(()) if self.wait.is_some() => Box::pin(self.writers.confirm()).await,
             Ok(()) => Ok(()),
             Err(e) => Err(SinkError::from(e)),
         };
         match stored {
-            Ok(()) => Ok(Stored::Redis),
+            Ok(()) => Ok(Stored::Redis(())),
             Err(e) => Box::pin(fallback::spool_or(self.spool.as_ref(), e, spool_all)).await,
         }
     }
 
-    /// Stores one outreach job; returns its stream entry id (or BullMQ job
-    /// id) once Redis acknowledged it, or `None` once it is synced to the
-    /// spool.
-    pub async fn enqueue_outreach(
+    /// Stores one outreach job: its stream entry id (or BullMQ job id) once
+    /// Redis acknowledged it, or [`Stored::Spooled`] once it is synced to
+    /// the spool.
+    pub(crate) async fn enqueue_outreach(
         &self,
         job: &OutreachJob,
         settings: &Settings,
-    ) -> Result<Option<Bytes>, SinkError> {
-        let queues = self.layout.0.as_deref();
+    ) -> Result<Stored<Bytes>, Reject> {
+        let started = std::time::Instant::now();
+        let stored = self.store_outreach(job, settings).await;
+        self.account(started, 1, &self.metrics.outreach, stored)
+    }
+
+    async fn store_outreach(
+        &self,
+        job: &OutreachJob,
+        settings: &Settings,
+    ) -> Result<Stored<Bytes>, SinkError> {
         let writer = self.writers.current();
         let error = if writer.is_connected() {
-            let written = match queues {
-                None => streams::write_outreach(writer, job, settings).await,
-                Some(q) => Box::pin(bullmq::write_outreach(writer, q, job, settings)).await,
-            };
-            match written {
-                Ok(id) if self.wait.is_none() => return Ok(Some(id)),
+            match self.layout.write_outreach(writer, job, settings).await {
+                Ok(id) if self.wait.is_none() => return Ok(Stored::Redis(id)),
                 Ok(id) => match Box::pin(self.writers.confirm()).await {
-                    Ok(()) => return Ok(Some(id)),
+                    Ok(()) => return Ok(Stored::Redis(id)),
                     Err(e) => e,
                 },
                 Err(e) => SinkError::from(e),
@@ -175,16 +247,39 @@ impl Sink {
         } else {
             SinkError::Disconnected
         };
-        fallback::spool_or(self.spool.as_ref(), error, |out| match queues {
-            None => streams::spool_outreach(out, job, settings),
-            Some(q) => bullmq::spool_outreach(out, q, job),
+        fallback::spool_or(self.spool.as_ref(), error, |out| {
+            self.layout.spool_outreach(out, job, settings)
         })
         .await
-        .map(|_| None)
+    }
+
+    /// The bookkeeping of one request's write: its duration and jobs when
+    /// Redis acknowledged them, the failure's reason, the caller's answer.
+    fn account<T>(
+        &self,
+        started: std::time::Instant,
+        jobs: usize,
+        written: &metrics::Counter,
+        stored: Result<Stored<T>, SinkError>,
+    ) -> Result<Stored<T>, Reject> {
+        match stored {
+            Ok(Stored::Redis(id)) => {
+                self.metrics
+                    .duration
+                    .record(started.elapsed().as_secs_f64());
+                written.increment(jobs as u64);
+                Ok(Stored::Redis(id))
+            }
+            Ok(Stored::Spooled) => Ok(Stored::Spooled),
+            Err(e) => {
+                metrics::counter!(m::JOB_WRITE_FAILURES, "reason" => e.reason()).increment(1);
+                Err(Reject::from(e))
+            }
+        }
     }
 
     /// Starts replaying the spool into Redis (no-op without a spool).
-    pub fn spawn_replay(
+    pub(crate) fn spawn_replay(
         &self,
         settings: SharedSettings,
         stop: tokio::sync::watch::Receiver<bool>,
@@ -202,7 +297,7 @@ impl Sink {
     /// Closes the connections (after in-flight commands were answered).
     /// Call it before the serving threads stop: their writers' connection
     /// tasks run there.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.writers.close().await;
     }
 }

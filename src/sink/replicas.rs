@@ -41,8 +41,8 @@ impl Outcome {
         match self {
             Outcome::Confirmed => Ok(()),
             Outcome::Short => Err(SinkError::NotReplicated),
-            Outcome::Timeout => Err(SinkError::Timeout),
-            Outcome::Failed => Err(SinkError::Disconnected),
+            // The jobs are on the primary either way: not confirmed.
+            Outcome::Timeout | Outcome::Failed => Err(SinkError::NotReplicated),
         }
     }
 }
@@ -148,7 +148,7 @@ impl Confirmer {
     pub(super) async fn confirm(&self) -> Result<(), SinkError> {
         let (tx, rx) = oneshot::channel();
         if self.requests.send(tx).is_err() {
-            return Err(SinkError::Disconnected);
+            return Err(SinkError::NotReplicated);
         }
         rx.await.unwrap_or(Outcome::Failed).into_result()
     }

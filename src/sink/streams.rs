@@ -47,7 +47,7 @@ async fn add_all(
     args.push(Value::from_static_str(ADD_JOBS_SCRIPT));
     args.push(Value::Integer(1));
     args.push(Value::Bytes(stream.clone().into_bytes()));
-    args.push(Value::Integer(settings.stream_maxlen));
+    args.push(Value::Integer(settings.streams.maxlen));
     for field in [
         &jobs.org_id,
         &jobs.user_id,
@@ -100,14 +100,14 @@ fn cap(settings: &Settings) -> (XCapKind, XCapTrim, i64) {
     (
         XCapKind::MaxLen,
         XCapTrim::AlmostExact,
-        settings.stream_maxlen,
+        settings.streams.maxlen,
     )
 }
 
 /// One job write's deadline.
 fn options(settings: &Settings) -> Options {
     Options {
-        timeout: Some(settings.command_timeout),
+        timeout: Some(settings.redis.command_timeout_ms),
         ..Default::default()
     }
 }
@@ -175,6 +175,7 @@ pub(super) fn spool_outreach(out: &mut Vec<u8>, job: &OutreachJob, settings: &Se
 /// Writes one record read back from the spool to the stream it names.
 pub(super) async fn write_record(
     client: &Client,
+    stream: &Bytes,
     record: &Record,
     settings: &Settings,
 ) -> Result<(), Error> {
@@ -185,13 +186,7 @@ pub(super) async fn write_record(
         .collect();
     client
         .with_options(&options(settings))
-        .xadd::<Value, _, _, _, _>(
-            Key::from(record.stream.clone()),
-            false,
-            cap(settings),
-            "*",
-            fields,
-        )
+        .xadd::<Value, _, _, _, _>(Key::from(stream.clone()), false, cap(settings), "*", fields)
         .await
         .map(drop)
 }

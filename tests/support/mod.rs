@@ -26,7 +26,7 @@ use fred::prelude::*;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client as HttpClient, rt::TokioExecutor};
-use tether_ingress::config::{Config, RawConfig};
+use tether_ingress::config::Config;
 use tokio::sync::oneshot;
 
 /// Polls `cond` every 5 ms until it holds or `within` passes.
@@ -245,7 +245,7 @@ pub async fn start_with_key_and_trigger() -> (RedisServer, fred::clients::Client
 }
 
 pub fn sha256_hex(key: &str) -> String {
-    tether_ingress::auth::digest_key(key.as_bytes())
+    tether_ingress::digest_key(key.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -303,10 +303,10 @@ pub struct Ingress {
 }
 
 pub fn config_for(redis_url: &str) -> Config {
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis_url.to_owned();
-    raw.server.listen = "127.0.0.1:0".into();
-    raw.server.shutdown_grace_ms = 20_000;
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.server.shutdown_grace_ms = std::time::Duration::from_millis(20_000);
     raw.validate().unwrap()
 }
 
@@ -663,12 +663,12 @@ impl Load {
 /// confirms it (`wait_replicas = 1`, 500 ms commands) and spools to
 /// `spool` meanwhile: the failover tests' setting.
 pub async fn confirming_ingress(redis_url: &str, spool: &std::path::Path) -> Ingress {
-    let mut raw = RawConfig::default();
+    let mut raw = Config::default();
     raw.redis.url = redis_url.to_owned();
-    raw.server.listen = "127.0.0.1:0".into();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
     raw.redis.wait_replicas = 1;
-    raw.redis.command_timeout_ms = 500;
-    raw.spool.dir = spool.display().to_string();
+    raw.redis.command_timeout_ms = std::time::Duration::from_millis(500);
+    raw.spool.dir = Some(spool.into());
     Ingress::start_with(raw.validate().unwrap()).await
 }
 

@@ -1,0 +1,83 @@
+//! The two lists keyed by setting name: the environment variables the
+//! operator may set (their names are fixed and follow no one rule), and
+//! the settings a reload applies while serving. Every other setting that
+//! changes on reload is reported as needing a restart.
+
+use super::file::Config;
+
+/// Environment variable → the `section.key` it sets. Applied to the merged
+/// TOML before it is deserialised, so a bad value is reported like one in
+/// the file, under the key's name. A value goes in as an integer where the
+/// default is one and the text is a number, else as text.
+pub(crate) const ENV: [(&str, &str); 21] = [
+    ("TETHER_INGRESS_LISTEN", "server.listen"),
+    ("TETHER_INGRESS_TLS_CERT_FILE", "server.tls.cert_file"),
+    ("TETHER_INGRESS_TLS_KEY_FILE", "server.tls.key_file"),
+    ("TETHER_INGRESS_REDIS_URL", "redis.url"),
+    ("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "redis.wait_replicas"),
+    ("TETHER_INGRESS_REDIS_TLS_CA_FILE", "redis.tls.ca_file"),
+    ("TETHER_INGRESS_REDIS_TLS_CERT_FILE", "redis.tls.cert_file"),
+    ("TETHER_INGRESS_REDIS_TLS_KEY_FILE", "redis.tls.key_file"),
+    ("TETHER_INGRESS_SINK", "sink.kind"),
+    ("TETHER_INGRESS_BULLMQ_PREFIX", "bullmq.prefix"),
+    (
+        "TETHER_INGRESS_BULLMQ_WORKFLOW_QUEUE",
+        "bullmq.workflow_queue",
+    ),
+    (
+        "TETHER_INGRESS_BULLMQ_OUTREACH_QUEUE",
+        "bullmq.outreach_queue",
+    ),
+    ("TETHER_INGRESS_BULLMQ_JOB_OPTIONS", "bullmq.job_options"),
+    ("TETHER_INGRESS_UPSTREAM_URL", "upstream.url"),
+    ("TETHER_INGRESS_UPSTREAM_CA_FILE", "upstream.ca_file"),
+    ("TETHER_INGRESS_JWT_SECRET", "auth.jwt_secret"),
+    ("TETHER_INGRESS_JWT_SECRET_FILE", "auth.jwt_secret_file"),
+    ("TETHER_INGRESS_SPOOL_DIR", "spool.dir"),
+    ("TETHER_INGRESS_RATE_LIMIT_SCOPE", "rate_limit.scope"),
+    ("TETHER_INGRESS_LOG", "log.level"),
+    ("TETHER_INGRESS_LOG_FORMAT", "log.format"),
+];
+
+/// A setting a reload applies: its name and how it is taken from the new
+/// configuration.
+pub(super) type Live = (&'static str, fn(&mut Config, &Config));
+
+macro_rules! live {
+    ($($section:ident . $key:ident),* $(,)?) => {
+        /// The settings a reload applies while serving (a name covers the
+        /// keys under it). Connections already open keep what they started
+        /// with; every request reads the settings once.
+        pub(super) const LIVE: &[Live] = &[$((
+            concat!(stringify!($section), ".", stringify!($key)),
+            |to: &mut Config, from: &Config| to.$section.$key.clone_from(&from.$section.$key),
+        )),*];
+    };
+}
+
+live!(
+    server.max_body_bytes,
+    server.first_byte_timeout_ms,
+    server.header_read_timeout_ms,
+    server.max_header_bytes,
+    server.http2_max_concurrent_streams,
+    server.shutdown_grace_ms,
+    server.body_read_timeout_ms,
+    server.connection_queue_timeout_ms,
+    server.tls,
+    redis.command_timeout_ms,
+    redis.retry_after_secs,
+    streams.workflow,
+    streams.outreach,
+    streams.maxlen,
+    upstream.response_timeout_ms,
+    auth.jwt_secret,
+    auth.jwt_secret_file,
+    auth.jwt_leeway_secs,
+    auth.fail_closed_after_secs,
+    idempotency.window_secs,
+    idempotency.wait_ms,
+    rate_limit.default_per_sec,
+    rate_limit.burst,
+    log.level,
+);

@@ -1,0 +1,343 @@
+use std::{collections::HashMap, time::Duration};
+
+use super::*;
+
+fn with_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<&str, &str> = vars.iter().copied().collect();
+    Config::from_sources(None, |k| env.get(k).map(|v| v.to_string()))
+}
+
+#[test]
+fn default_toml_is_the_valid_default() {
+    let parsed =
+        Config::from_toml(include_str!("../../config/default.toml"), "default.toml").unwrap();
+    assert_eq!(parsed, Config::default());
+    assert!(Config::default().validate().is_ok());
+    assert!(!file::default_table().is_empty());
+}
+
+#[test]
+fn partial_file_keeps_other_defaults() {
+    let config = Config::from_toml("[server]\nmax_body_bytes = 10\n", "t").unwrap();
+    assert_eq!(config.server.max_body_bytes, 10);
+    assert_eq!(config.redis, Config::default().redis);
+}
+
+#[test]
+fn unknown_setting_is_refused() {
+    let err = Config::from_toml("[server]\nlisten_addr = \"x\"\n", "t").unwrap_err();
+    assert!(err.to_string().contains("listen_addr"), "{err}");
+}
+
+#[test]
+fn env_overrides_file() {
+    let cfg = with_env(&[
+        ("TETHER_INGRESS_LISTEN", "0.0.0.0:9999"),
+        ("TETHER_INGRESS_REDIS_URL", "redis://10.0.0.1:6380"),
+        ("TETHER_INGRESS_JWT_SECRET", "s3cret"),
+    ])
+    .unwrap();
+    assert_eq!(cfg.server.listen.port(), 9999);
+    assert_eq!(cfg.redis.url, "redis://10.0.0.1:6380");
+    assert_eq!(cfg.auth.secret().unwrap().expose(), b"s3cret");
+    assert!(!format!("{cfg:?}").contains("s3cret"));
+}
+
+#[test]
+fn every_environment_name_sets_a_setting_of_the_default_file() {
+    for (name, key) in ENV {
+        assert!(
+            tree::get(&file::default_table(), key).is_some(),
+            "{name} → {key}"
+        );
+    }
+}
+
+#[test]
+fn an_environment_value_of_the_wrong_type_names_its_key() {
+    let err = with_env(&[("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "two")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("redis.wait_replicas"), "{err}");
+    let cfg = with_env(&[("TETHER_INGRESS_REDIS_WAIT_REPLICAS", " 2 ")]).unwrap();
+    assert_eq!(cfg.redis.wait_replicas, 2);
+}
+
+#[test]
+fn bullmq_in_a_cluster_needs_a_hash_tag() {
+    let check = |prefix: &str, queue: &str| {
+        let mut c = Config::default();
+        c.redis.url = "redis-cluster://127.0.0.1:7000".into();
+        c.sink.kind = SinkKind::Bullmq;
+        c.bullmq.prefix = prefix.into();
+        c.bullmq.workflow_queue = queue.into();
+        c.bullmq.outreach_queue = format!("{queue}-out");
+        c.validate().map(drop).map_err(|e| e.to_string())
+    };
+    assert!(check("{bull}", "wf").is_ok());
+    assert!(check("bull", "{wf}").is_ok());
+    let err = check("bull", "wf").unwrap_err();
+    assert!(err.contains("hash tag"), "{err}");
+    assert!(
+        check("bull{}", "wf").is_err(),
+        "an empty tag hashes the whole key"
+    );
+    assert_eq!(jobs::hash_tag("a{b}c{d}"), Some("b"));
+    // Off a cluster, any prefix does.
+    let mut c = Config::default();
+    c.sink.kind = SinkKind::Bullmq;
+    c.bullmq.prefix = "bull".into();
+    assert!(c.validate().is_ok());
+}
+
+#[test]
+fn bullmq_settings_from_the_environment() {
+    let cfg = with_env(&[
+        ("TETHER_INGRESS_SINK", "bullmq"),
+        ("TETHER_INGRESS_BULLMQ_PREFIX", "{bull}"),
+        ("TETHER_INGRESS_BULLMQ_WORKFLOW_QUEUE", "wf"),
+        ("TETHER_INGRESS_BULLMQ_OUTREACH_QUEUE", "out"),
+        (
+            "TETHER_INGRESS_BULLMQ_JOB_OPTIONS",
+            r#"{"attempts":3,"removeOnComplete":true}"#,
+        ),
+    ])
+    .unwrap();
+    assert_eq!(cfg.sink.kind, SinkKind::Bullmq);
+    assert_eq!(
+        (
+            cfg.bullmq.prefix.as_str(),
+            cfg.bullmq.workflow_queue.as_str(),
+            cfg.bullmq.outreach_queue.as_str()
+        ),
+        ("{bull}", "wf", "out")
+    );
+    assert_eq!(
+        cfg.bullmq.job_options.stored().unwrap(),
+        r#"{"attempts":3,"removeOnComplete":true}"#
+    );
+    for (var, value, says) in [
+        ("TETHER_INGRESS_SINK", "kafka", "sink.kind"),
+        (
+            "TETHER_INGRESS_BULLMQ_WORKFLOW_QUEUE",
+            "a:b",
+            "bullmq.workflow_queue",
+        ),
+        (
+            "TETHER_INGRESS_BULLMQ_OUTREACH_QUEUE",
+            "",
+            "bullmq.outreach_queue",
+        ),
+    ] {
+        let err = with_env(&[(var, value)]).unwrap_err().to_string();
+        assert!(err.contains(says), "{var}={value}: {err}");
+    }
+}
+
+#[test]
+fn jwt_secret_from_a_file() {
+    let path = std::env::temp_dir().join(format!("tether-secret-{}", std::process::id()));
+    std::fs::write(&path, "file-secret\n").unwrap();
+    let toml = format!(
+        "[auth]\njwt_secret_file = {:?}\n",
+        path.display().to_string()
+    );
+    let cfg = Config::from_toml(&toml, "t").unwrap();
+    assert_eq!(cfg.auth.secret().unwrap().expose(), b"file-secret");
+    let both = format!("{toml}jwt_secret = \"inline\"\n");
+    assert!(Config::from_toml(&both, "t").is_err(), "both set");
+    let _ = std::fs::remove_file(&path);
+    let err = Config::from_toml("[auth]\njwt_secret_file = \"/nonexistent/secret\"\n", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("auth.jwt_secret_file"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let mut c = Config::default();
+    c.server.max_connections = 0;
+    c.redis.url = "http://x".into();
+    c.server.max_body_bytes = 0;
+    let ConfigError::Invalid(problems) = c.validate().unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    // Structural problems (unknown keys, wrong types) with the others.
+    let file = "[server]\nlisten = \"nope\"\nmax_connections = 0\nnope = 1\n[redis]\nurl = \"http://x\"\n[sink]\nkind = \"kafka\"\n[extra]\nx = 1\n";
+    let ConfigError::Invalid(problems) = Config::from_toml(file, "t").unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    let text = problems.join("\n");
+    for says in [
+        "server.listen",
+        "server.max_connections",
+        "nope",
+        "redis.url",
+        "sink.kind",
+        "extra",
+    ] {
+        assert!(text.contains(says), "{says} missing from:\n{text}");
+    }
+    assert_eq!(problems.len(), 6, "{text}");
+}
+
+#[test]
+fn redis_urls_this_build_cannot_honour_are_refused() {
+    let check = |url: &str| {
+        let mut c = Config::default();
+        c.redis.url = url.into();
+        c.validate().map(drop).map_err(|e| e.to_string())
+    };
+    assert!(check("redis://127.0.0.1:6379/0").is_ok());
+    assert!(check("redis://user:pw@127.0.0.1:6379").is_ok());
+    assert!(check("redis+unix:///tmp/redis.sock").is_ok());
+    assert!(
+        check("redis-sentinel://u:pw@127.0.0.1:26379?sentinelServiceName=m&node=127.0.0.1:26380")
+            .is_ok()
+    );
+    assert!(check("redis-cluster://u:pw@127.0.0.1:7000?node=127.0.0.1:7001").is_ok());
+    for (url, says) in [
+        ("redis-sentinel://h:1", "sentinelServiceName"),
+        ("http://h:1", "must start with"),
+        ("redis+unix://", "path"),
+    ] {
+        let err = check(url).unwrap_err();
+        assert!(err.contains(says), "{url}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+#[test]
+fn serving_threads_auto_count_or_refused() {
+    let threads = |text: &str| {
+        Config::from_toml(&format!("[server]\nserving_threads = {text}\n"), "t")
+            .map_err(|e| e.to_string())
+            .map(|c| c.server.serving_threads.count())
+    };
+    assert_eq!(threads(r#""auto""#), Ok(crate::cores::per_core()));
+    assert_eq!(threads("3"), Ok(3));
+    assert_eq!(threads("0"), Ok(0));
+    for bad in [r#""many""#, "257", "-1"] {
+        let err = threads(bad).unwrap_err();
+        assert!(err.contains("serving_threads"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn describe_masks_the_secret() {
+    let mut c = Config::default();
+    c.auth.jwt_secret = Some(Secret::new("top-secret"));
+    c.redis.url = "redis://u:pw@h:1".into();
+    let text = describe(&c.validate().unwrap());
+    assert!(text.contains("auth.jwt_secret = **REDACTED**"));
+    assert!(!text.contains("top-secret"));
+    assert!(!text.contains("pw@"));
+}
+
+#[test]
+fn describe_prints_job_options_as_given() {
+    let text = describe(&Config::default());
+    assert!(text.contains("bullmq.job_options = (none)"), "{text}");
+    let mut c = Config::default();
+    c.bullmq.job_options = JobOptions::from(r#"{ "attempts": 3, "backoff": 1000 }"#);
+    let text = describe(&c.validate().unwrap());
+    assert!(
+        text.contains(r#"bullmq.job_options = {"attempts":3,"backoff":1000}"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn describe_names_every_setting_of_the_default_file() {
+    let text = describe(&Config::default());
+    let described: std::collections::BTreeSet<&str> =
+        text.lines().filter_map(|l| l.split(" = ").next()).collect();
+    let file = file::default_table();
+    fn keys_of(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value.as_table() {
+                Some(inner) => keys_of(&path, inner, out),
+                None => out.push(path),
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    keys_of("", &file, &mut keys);
+    assert!(keys.len() > 30, "{keys:?}");
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !described.contains(k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "check-config leaves out {missing:?}:\n{text}"
+    );
+    // And nothing that is not a setting.
+    assert_eq!(described.len(), keys.len(), "{text}");
+}
+
+#[test]
+fn every_live_setting_is_a_setting() {
+    let defaults = file::default_table();
+    for (name, _) in keys::LIVE {
+        assert!(tree::get(&defaults, name).is_some(), "{name}");
+    }
+}
+
+#[test]
+fn a_reload_applies_live_settings_and_names_the_rest() {
+    let running = Config::default();
+    let mut new = running.clone();
+    new.server.max_body_bytes = 10;
+    new.redis.command_timeout_ms = Duration::from_millis(5);
+    new.redis.url = "redis://10.0.0.1:6379".into();
+    let r = reload(&running, &new);
+    assert_eq!(r.applied.server.max_body_bytes, 10);
+    assert_eq!(r.applied.redis.command_timeout_ms, Duration::from_millis(5));
+    assert_eq!(r.applied.redis.url, running.redis.url);
+    assert_eq!(r.restart_needed, ["redis.url"]);
+}
+
+#[test]
+fn a_reload_never_switches_the_rate_limit_scope() {
+    let mut running = Config::default();
+    running.rate_limit.scope = RateLimitScope::Global;
+    let mut new = running.clone();
+    new.rate_limit.scope = RateLimitScope::Instance;
+    new.rate_limit.burst = std::num::NonZeroU32::new(7);
+    let r = reload(&running, &new);
+    assert_eq!(r.applied.rate_limit.scope, RateLimitScope::Global);
+    assert_eq!(r.applied.rate_limit.burst, new.rate_limit.burst);
+    assert_eq!(r.restart_needed, ["rate_limit.scope"]);
+}
+
+#[test]
+fn a_reload_reports_redis_tls_and_a_changed_password() {
+    let mut running = Config::default();
+    running.redis.url = "rediss://u:old@127.0.0.1:6380".into();
+    let mut new = running.clone();
+    new.redis.url = "rediss://u:new@127.0.0.1:6380".into();
+    new.redis.tls.ca_file = Some("/etc/ca.pem".into());
+    let r = reload(&running, &new);
+    assert_eq!(r.applied.redis, running.redis);
+    assert_eq!(r.restart_needed, ["redis.url", "redis.tls.ca_file"]);
+    // The report names the key, never the password.
+    assert!(!r.restart_needed.join(" ").contains("old"));
+}
+
+#[test]
+fn a_reload_does_not_turn_the_listener_tls_on() {
+    let running = Config::default();
+    let mut new = running.clone();
+    new.server.tls.cert_file = Some("/c.pem".into());
+    new.server.tls.key_file = Some("/k.pem".into());
+    let r = reload(&running, &new);
+    assert_eq!(r.applied.server.tls, running.server.tls);
+    assert_eq!(r.restart_needed, ["server.tls (on or off)"]);
+}
