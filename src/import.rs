@@ -195,6 +195,18 @@ fn text<'a>(obj: &'a Map<String, Json>, name: &str) -> Result<&'a str, String> {
     }
 }
 
+/// A member the key layout puts between `:`s (`orgId`, a trigger's
+/// `webhookId`): it cannot hold one itself.
+fn key_part<'a>(obj: &'a Map<String, Json>, name: &str) -> Result<&'a str, String> {
+    let value = text(obj, name)?;
+    if value.contains(':') {
+        return Err(format!(
+            "{name} must not contain ':' (the Redis key layout cannot tell it apart)"
+        ));
+    }
+    Ok(value)
+}
+
 /// Parses one line into an item under `prefix`. The error names the kind
 /// when it is known, and never holds a plain key.
 fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
@@ -240,7 +252,7 @@ fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
                 _ => return Err(with_kind("key must be a non-empty string".into())),
             };
             text(&obj, "userId").map_err(with_kind)?;
-            text(&obj, "orgId").map_err(with_kind)?;
+            key_part(&obj, "orgId").map_err(with_kind)?;
             if obj.get("active").is_some_and(|a| !a.is_boolean()) {
                 return Err(with_kind("active must be true or false".into()));
             }
@@ -255,8 +267,8 @@ fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
             (format!("{prefix}apikey:{digest}"), Desired::Record(obj))
         }
         Kind::Trigger => {
-            let org = text(&obj, "orgId").map_err(with_kind)?;
-            let webhook = text(&obj, "webhookId").map_err(with_kind)?;
+            let org = key_part(&obj, "orgId").map_err(with_kind)?;
+            let webhook = key_part(&obj, "webhookId").map_err(with_kind)?;
             let workflows = match obj.get("workflowIds") {
                 Some(Json::Array(ids)) => ids
                     .iter()
@@ -276,7 +288,7 @@ fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
             let id = text(&obj, "configurationId").map_err(with_kind)?.to_owned();
             obj.remove("configurationId");
             text(&obj, "userId").map_err(with_kind)?;
-            text(&obj, "orgId").map_err(with_kind)?;
+            key_part(&obj, "orgId").map_err(with_kind)?;
             if !obj.get("active").is_some_and(Json::is_boolean) {
                 return Err(with_kind("active must be true or false".into()));
             }
@@ -294,7 +306,7 @@ fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
             )
         }
         Kind::OrgProperties => {
-            let org = text(&obj, "orgId").map_err(with_kind)?;
+            let org = key_part(&obj, "orgId").map_err(with_kind)?;
             let Some(Json::Object(props)) = obj.get("properties") else {
                 return Err(with_kind("properties must be an object".into()));
             };
@@ -624,6 +636,64 @@ impl Run<'_> {
     }
 }
 
+/// The longest line the import reads; a longer one is refused without
+/// being held in memory.
+const MAX_LINE: usize = 1 << 20;
+
+/// One line of the input.
+enum Line<'a> {
+    /// The line's text, without its line end.
+    Text(&'a str),
+    /// Over [`MAX_LINE`] bytes (skipped, not kept).
+    TooLong,
+    /// Not UTF-8.
+    NotUtf8,
+}
+
+/// Reads the next line of `input` into `buf` (at most [`MAX_LINE`] bytes of
+/// it); the line and the bytes it took, or `None` at the end.
+fn next_line<'b>(
+    input: &mut impl BufRead,
+    buf: &'b mut Vec<u8>,
+) -> std::io::Result<Option<(Line<'b>, u64)>> {
+    buf.clear();
+    let (mut taken, mut too_long) = (0u64, false);
+    loop {
+        let available = input.fill_buf()?;
+        if available.is_empty() {
+            if taken == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let end = available.iter().position(|&b| b == b'\n');
+        let chunk = &available[..end.unwrap_or(available.len())];
+        if !too_long && buf.len() + chunk.len() > MAX_LINE {
+            too_long = true;
+            buf.clear();
+        }
+        if !too_long {
+            buf.extend_from_slice(chunk);
+        }
+        let used = end.map_or(available.len(), |i| i + 1);
+        input.consume(used);
+        taken += used as u64;
+        if end.is_some() {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Some((Line::TooLong, taken)));
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    Ok(Some(match std::str::from_utf8(buf) {
+        Ok(text) => (Line::Text(text), taken),
+        Err(_) => (Line::NotUtf8, taken),
+    }))
+}
+
 /// Imports the JSON lines of `input` (of `total_bytes`, when known, for the
 /// progress bar) into the control plane under `prefix`. Bad lines are
 /// reported on stderr with their number and counted; dry-run changes are
@@ -631,7 +701,7 @@ impl Run<'_> {
 pub async fn import(
     client: &Client,
     prefix: &str,
-    input: impl BufRead,
+    mut input: impl BufRead,
     total_bytes: Option<u64>,
     options: Options,
     out: &mut dyn Write,
@@ -650,25 +720,23 @@ pub async fn import(
     let mut progress = Progress::new(total_bytes);
     let mut batch = Vec::with_capacity(BATCH);
     let mut bytes = 0u64;
-    let mut lines = input.lines();
     let mut number = 0u64;
+    let mut buf = Vec::new();
     loop {
-        let line = match lines.next() {
-            None => break,
-            Some(Ok(line)) => line,
-            Some(Err(e)) => {
-                return Err(AdminError::Refused(format!(
-                    "cannot read line {}: {e}",
-                    number + 1
-                )));
-            }
+        let read = next_line(&mut input, &mut buf)
+            .map_err(|e| AdminError::Refused(format!("cannot read line {}: {e}", number + 1)))?;
+        let Some((line, length)) = read else {
+            break;
         };
         number += 1;
-        bytes += line.len() as u64 + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse(&line, prefix) {
+        bytes += length;
+        let parsed = match line {
+            Line::Text(line) if line.trim().is_empty() => continue,
+            Line::Text(line) => parse(line, prefix),
+            Line::TooLong => Err((None, format!("longer than {MAX_LINE} bytes; not read"))),
+            Line::NotUtf8 => Err((None, "not UTF-8 text".to_owned())),
+        };
+        match parsed {
             Ok(item) => {
                 if options.prune {
                     run.seen[item.kind.index()]

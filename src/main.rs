@@ -5,7 +5,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tether_ingress::{
     Admin, AdminError,
     config::{self, Config},
@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "tether-ingress",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TETHER_INGRESS_COMMIT"), ")"),
     about = "Webhook ingress for Redis Streams or BullMQ queues, and its admin commands"
 )]
 struct Cli {
@@ -176,8 +176,21 @@ enum JobsCommand {
     },
 }
 
+/// The environment variables, from the table the configuration reads.
+fn environment_help() -> String {
+    let mut text = String::from("Environment (each overrides the setting in parentheses):\n");
+    for (name, key) in config::ENV {
+        text.push_str(&format!("  {name:<40} ({key})\n"));
+    }
+    text
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().after_help(environment_help()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

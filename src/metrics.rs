@@ -66,6 +66,8 @@ metrics! {
         "Entries written together for one request (its batch).";
     gauge REPLICA_ENTRIES = "tether_replica_entries":
         "Entries held by each replica view, by view.";
+    counter REPLICA_SKIPPED = "tether_replica_skipped_keys_total":
+        "Control-plane keys the replica skipped because the key layout cannot represent them (an org id or webhookId with ':'), by view.";
     gauge REPLICA_AGE = "tether_replica_age_seconds":
         "Seconds the replica has been out of touch with Redis (0 while connected and tracking; grows from the moment the connection is lost).";
     counter REPLICA_RESYNCS = "tether_replica_resyncs_total":

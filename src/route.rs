@@ -12,6 +12,7 @@ use dashmap::DashMap;
 
 use crate::{
     id::Id,
+    metrics as m,
     replica::{Fetched, KeyKind, View},
 };
 
@@ -29,6 +30,8 @@ struct Trigger {
 pub struct WebhookIndex {
     prefix: String,
     orgs: DashMap<Box<str>, HashMap<Box<str>, Trigger, Hash>, Hash>,
+    /// Whether a skipped key was logged (once per process).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl WebhookIndex {
@@ -37,6 +40,7 @@ impl WebhookIndex {
         Self {
             prefix: format!("{key_prefix}triggers:"),
             orgs: DashMap::with_hasher(Hash::default()),
+            warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -66,6 +70,17 @@ impl View for WebhookIndex {
             return;
         };
         if org.is_empty() {
+            return;
+        }
+        // `o:x:w` is org `o:x` or webhookId `x:w`: never guess.
+        if webhook_id.contains(':') {
+            metrics::counter!(m::REPLICA_SKIPPED, "view" => "triggers").increment(1);
+            if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    key = %format!("{}{suffix}", self.prefix),
+                    "trigger key skipped: an org id or webhookId holding ':' cannot be told apart (this and others like it are counted in tether_replica_skipped_keys_total)"
+                );
+            }
             return;
         }
         let workflows: Option<Workflows> = match value {
@@ -150,10 +165,14 @@ mod tests {
     }
 
     #[test]
-    fn webhook_id_may_contain_colons() {
+    fn a_key_with_a_second_colon_is_skipped() {
+        // `o1:a:b` is org `o1:a` or webhookId `a:b`: matching either would
+        // risk another org's workflows (it used to match `a:b` of `o1`).
         let idx = WebhookIndex::new("tether:");
         idx.apply("o1:a:b", set(&["w"]), 1);
-        assert!(idx.lookup("o1", "a:b").is_some());
+        assert!(idx.lookup("o1", "a:b").is_none());
+        assert!(idx.lookup("o1:a", "b").is_none());
+        assert_eq!(idx.len(), 0);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! or JSON lines (`log.format`), its level filter behind a handle so a
 //! reload (SIGHUP) can change `log.level` without a restart.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{
     EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
 };
@@ -28,9 +30,17 @@ pub fn init(config: &Log) -> LogLevel {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match config.format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_ansi(false),
+            )
             .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        // Colour only on a terminal: a file or a pipe gets plain text.
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
     };
     LogLevel(handle)
 }

@@ -338,3 +338,58 @@ async fn exported_documents_convert_to_lines_that_import() {
         .await
     );
 }
+
+#[tokio::test]
+async fn lines_that_are_not_text_too_long_or_unrepresentable_are_refused_alone() {
+    let redis = RedisServer::start();
+    let mut input = Vec::new();
+    input.extend_from_slice(b"{\"type\":\"trigger\",\"orgId\":\"o_1\",\"webhookId\":\"w\xff\",\"workflowIds\":[\"a\"]}\n");
+    input.extend_from_slice(
+        br#"{"type":"trigger","orgId":"o:x","webhookId":"w","workflowIds":["wf_1"]}"#,
+    );
+    input.push(b'\n');
+    input.extend_from_slice(br#"{"type":"apiKey","key":"k","userId":"u","orgId":"o","pad":""#);
+    input.extend(std::iter::repeat_n(b'x', 2 << 20));
+    input.extend_from_slice(b"\"}\n");
+    input.extend_from_slice(
+        br#"{"type":"trigger","orgId":"o_1","webhookId":"wh_1","workflowIds":["wf_a"]}"#,
+    );
+    input.push(b'\n');
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["import", "-"])
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(1), "bad lines make the exit code 1");
+    let errors = text(&out.stderr);
+    for (n, says) in [
+        (1, "not UTF-8"),
+        (2, "orgId must not contain ':'"),
+        (3, "longer than 1048576 bytes"),
+    ] {
+        assert!(
+            errors.contains(&format!("line {n}: ")) && errors.contains(says),
+            "line {n}: {errors}"
+        );
+    }
+    // The good line after them is imported; nothing of org `o:x` is.
+    assert_eq!(row(&out, "trigger"), [1, 0, 0, 1]);
+    assert_eq!(redis.cli(&["EXISTS", "tether:triggers:o_1:wh_1"]), "1");
+    assert_eq!(redis.cli(&["EXISTS", "tether:triggers:o:x:w"]), "0");
+    // The admin CLI refuses such an org id too.
+    let refused = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["triggers", "add", "o:x", "w", "wf_1"])
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("must not contain ':'"));
+    assert_eq!(redis.cli(&["EXISTS", "tether:triggers:o:x:w"]), "0");
+}

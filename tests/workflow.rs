@@ -255,6 +255,29 @@ async fn triggers_of_other_orgs_do_not_match() {
 }
 
 #[tokio::test]
+async fn a_trigger_key_with_an_org_id_holding_a_colon_is_never_matched() {
+    let (_redis, r, ingress) = setup().await;
+    // `tether:triggers:o_1:x:w` is org `o_1:x` (the backend's typo) or
+    // webhookId `x:w` of org `o_1`: the ingress skips it rather than guess.
+    add_trigger(&r, "o_1:x", "w", &["wf_other_org"]).await;
+    assert!(
+        eventually(WITHIN, || async {
+            metric_value(
+                &ingress,
+                "tether_replica_skipped_keys_total{view=\"triggers\"}",
+            )
+            .await
+                >= 1.0
+        })
+        .await,
+        "the key was not counted as skipped"
+    );
+    let (status, _, resp) = ingress.workflow(Some(KEY), r#"{"webhookId":"x:w"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(json(&resp)["data"]["matchedCount"], 0);
+}
+
+#[tokio::test]
 async fn control_plane_changes_are_seen_within_a_second() {
     let (_redis, r, ingress) = setup().await;
     let body = r#"{"webhookId":"wh_1"}"#;

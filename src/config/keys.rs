@@ -5,11 +5,12 @@
 
 use super::file::Config;
 
-/// Environment variable → the `section.key` it sets. Applied to the merged
+/// Environment variable → the `section.key` it sets (`--help` lists them
+/// from here). Applied to the merged
 /// TOML before it is deserialised, so a bad value is reported like one in
 /// the file, under the key's name. A value goes in as an integer where the
 /// default is one and the text is a number, else as text.
-pub(crate) const ENV: [(&str, &str); 21] = [
+pub const ENV: [(&str, &str); 21] = [
     ("TETHER_INGRESS_LISTEN", "server.listen"),
     ("TETHER_INGRESS_TLS_CERT_FILE", "server.tls.cert_file"),
     ("TETHER_INGRESS_TLS_KEY_FILE", "server.tls.key_file"),

@@ -26,7 +26,7 @@ pub use file::Config;
 pub use forms::Secret;
 pub(crate) use forms::redact_url;
 pub use jobs::{Bullmq, JobOptions, Sink, SinkKind, Streams};
-pub(crate) use keys::ENV;
+pub use keys::ENV;
 pub use redis::{Redis, RedisTls};
 pub use sections::{
     Auth, Idempotency, Log, LogFormat, RateLimit, RateLimitScope, SecretFile, Spool, Upstream,

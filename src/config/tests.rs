@@ -180,6 +180,16 @@ fn every_problem_is_reported() {
         assert!(text.contains(says), "{says} missing from:\n{text}");
     }
     assert_eq!(problems.len(), 6, "{text}");
+    // Each with where it was set: the line of the file, or the variable.
+    assert!(text.contains("server.listen (line 2): "), "{text}");
+    assert!(text.contains("extra (line 9): "), "{text}");
+    let err = with_env(&[("TETHER_INGRESS_LISTEN", "x")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.listen (from TETHER_INGRESS_LISTEN): "),
+        "{err}"
+    );
 }
 
 #[test]
