@@ -60,6 +60,7 @@ mod parse;
 mod route;
 mod id;
 mod hex;
+mod forwarded;
 mod sink;
 mod spool;
 mod redis;

@@ -5,8 +5,9 @@
 //!   replace the request's. `Host` is kept (taken from `:authority` for h2).
 //! - Hop-by-hop headers (RFC 9110 §7.6.1 plus every header named in
 //!   `Connection`) are dropped both ways; `TE: trailers` is kept so trailers
-//!   flow. `X-Forwarded-For` is appended, `X-Forwarded-Proto` and
-//!   `X-Forwarded-Host` are set when absent.
+//!   flow. The forwarding headers (`X-Forwarded-*`, `Forwarded`,
+//!   `X-Real-IP`) are set by the one rule of `forwarded`: a trusted
+//!   proxy's are kept and extended, anyone else's replaced.
 //! - Bodies stream both ways frame by frame: nothing is buffered whole and
 //!   there is no size cap. Trailers pass through.
 //! - `Upgrade` requests (WebSocket) are forwarded with their upgrade headers;
@@ -22,9 +23,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use std::fmt::Write;
-
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
     header::{
@@ -43,11 +42,7 @@ use hyper_util::{
 };
 use tracing::debug;
 
-use crate::{error::Reject, response::REQUEST_ID};
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+use crate::{error::Reject, forwarded, response::REQUEST_ID};
 
 /// Error type of bodies sent upstream.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -108,8 +103,8 @@ pub(crate) struct Proxy {
     scheme: Scheme,
     authority: Authority,
     connect_timeout: Duration,
-    /// `X-Forwarded-Proto` when the caller sent none.
-    forwarded_proto: HeaderValue,
+    /// Whether the listener speaks TLS (what `X-Forwarded-Proto` says).
+    downstream_tls: bool,
 }
 
 /// One downstream connection's own keep-alive connection to the upstream.
@@ -214,20 +209,19 @@ impl Proxy {
             scheme: parts.scheme?,
             authority: parts.authority?,
             connect_timeout: settings.connect_timeout,
-            forwarded_proto: HeaderValue::from_static(if settings.downstream_tls {
-                "https"
-            } else {
-                "http"
-            }),
+            downstream_tls: settings.downstream_tls,
         })
     }
 
-    /// Forwards `req` from `peer` and returns the upstream's answer. The
-    /// request id goes along as `X-Request-Id`, so both sides log the same one.
+    /// Forwards `req` from `peer` (`trusted`: a trusted proxy) and returns
+    /// the upstream's answer. The request id goes along as `X-Request-Id`,
+    /// so both sides log the same one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn forward<B>(
         &self,
         mut req: Request<B>,
         peer: SocketAddr,
+        trusted: bool,
         request_id: &HeaderValue,
         response_timeout: Duration,
         lane: Option<&Lane>,
@@ -249,25 +243,17 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, upgrade);
         if let Some(host) = &host {
             parts.headers.insert(HOST, host.clone());
-            if !parts.headers.contains_key(&X_FORWARDED_HOST) {
-                parts.headers.insert(X_FORWARDED_HOST, host.clone());
-            }
         }
-        let mut xff = BytesMut::with_capacity(64);
-        if let Some(prev) = parts.headers.get(&X_FORWARDED_FOR) {
-            xff.extend_from_slice(prev.as_bytes());
-            xff.extend_from_slice(b", ");
-        }
-        let _ = write!(xff, "{}", peer.ip());
-        if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
-            parts.headers.insert(X_FORWARDED_FOR, v);
-        }
+        forwarded::rewrite(
+            &mut parts.headers,
+            &forwarded::Hop {
+                peer: peer.ip(),
+                tls: self.downstream_tls,
+                host: host.as_ref(),
+                trusted,
+            },
+        );
         parts.headers.insert(REQUEST_ID, request_id.clone());
-        if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-            parts
-                .headers
-                .insert(X_FORWARDED_PROTO, self.forwarded_proto.clone());
-        }
         let mut uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone());

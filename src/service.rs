@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use crate::{
     app::App,
     error::Reject,
+    forwarded,
     metrics::{self as m, Route},
     outreach::Outreach,
     proxy::{BoxError, Lane},
@@ -125,7 +126,11 @@ impl App {
         }
         let started = Instant::now();
         let request_id = self.request_ids.for_request(req.headers());
-        let head_limit = self.settings.load().server.max_header_bytes;
+        let (head_limit, client) = {
+            let settings = self.settings.load();
+            let limit = settings.server.max_header_bytes;
+            (limit, self.client_for_log(&req, peer, &settings))
+        };
         let result = match (route, req.method()) {
             _ if head_size(&req) > head_limit => Err(Reject::HeadersTooLarge),
             // One line per webhook route.
@@ -147,7 +152,19 @@ impl App {
             // Answered by `proxied` above.
             (Route::Other, _) => Err(Reject::NotFound),
         };
-        self.finish(route, started, request_id, result)
+        self.finish(route, started, request_id, client, result)
+    }
+
+    /// The caller's address for the request log line (by the trusted
+    /// proxies rule), found only when that line is written.
+    fn client_for_log<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+        settings: &crate::settings::Settings,
+    ) -> Option<std::net::IpAddr> {
+        tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| forwarded::client(req.headers(), peer.ip(), &settings.server.trusted_proxies))
     }
 
     /// A request for the upstream (any path but the ingress's own).
@@ -164,19 +181,21 @@ impl App {
         let started = Instant::now();
         let request_id = self.request_ids.for_request(req.headers());
         let settings = self.settings.load();
+        let client = self.client_for_log(&req, peer, &settings);
         let result = match &self.proxy {
             _ if head_size(&req) > settings.server.max_header_bytes => Err(Reject::HeadersTooLarge),
             Some(proxy) => {
                 let timeout = settings.upstream.response_timeout_ms;
+                let trusted = settings.server.trusted_proxies.contains(peer.ip());
                 drop(settings);
                 proxy
-                    .forward(req, peer, &request_id, timeout, lane)
+                    .forward(req, peer, trusted, &request_id, timeout, lane)
                     .await
                     .map(|r| r.map(Either::Right))
             }
             None => Err(Reject::NotFound),
         };
-        self.finish(Route::Other, started, request_id, result)
+        self.finish(Route::Other, started, request_id, client, result)
     }
 
     /// Turns a route's result into the response: refusals answered in one
@@ -186,6 +205,7 @@ impl App {
         route: Route,
         started: Instant,
         request_id: HeaderValue,
+        client: Option<std::net::IpAddr>,
         result: Result<Response<ResponseBody>, Reject>,
     ) -> Response<ResponseBody> {
         let mut res = match result {
@@ -201,6 +221,7 @@ impl App {
         debug!(
             request_id = ?res.headers().get(REQUEST_ID),
             route = route.label(),
+            client = client.map(tracing::field::display),
             status = res.status().as_u16(),
             micros = started.elapsed().as_micros() as u64,
             "request"

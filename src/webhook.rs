@@ -101,6 +101,7 @@ where
                 Some(proxy) => Box::pin(proxy.forward(
                     req,
                     peer,
+                    settings.server.trusted_proxies.contains(peer.ip()),
                     request_id,
                     settings.upstream.response_timeout_ms,
                     None,

@@ -95,3 +95,41 @@ fn no_doc_points_outside_the_repository() {
         }
     }
 }
+
+/// The shell block of `text` that starts with `first`, after `first`.
+fn block<'a>(text: &'a str, first: &str) -> &'a str {
+    let (_, rest) = text
+        .split_once(&format!("```sh\n{first}"))
+        .unwrap_or_else(|| panic!("no block starting {first}"));
+    let (body, _) = rest.split_once("```").unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walk_from_nothing_to_a_job_runs_as_written() {
+    let redis = RedisServer::start();
+    let ingress = Ingress::start_with(config_for(&redis.url())).await;
+    let readme = read("README.md");
+    let body = block(&readme, "B=target/release/tether-ingress");
+    // The walk as written, against this test's ingress and binary; the
+    // tail stops after the two entries instead of following (Ctrl-C).
+    let script = format!("B={}{body}", env!("CARGO_BIN_EXE_tether-ingress"))
+        .replace("http://127.0.0.1:8080", &format!("http://{}", ingress.addr))
+        .replace("--from-start", "--from-start --limit 2");
+    let out = tokio::process::Command::new("timeout")
+        .args(["30", "bash", "-euc", &script])
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(r#""matchedCount":2"#), "{stdout}");
+    for workflow in ["wf_enrich", "wf_notify"] {
+        assert!(stdout.contains(workflow), "{workflow}: {stdout}");
+    }
+}

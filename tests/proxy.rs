@@ -49,7 +49,12 @@ fn client() -> hyper_util::client::legacy::Client<
 #[tokio::test]
 async fn other_requests_are_forwarded_unchanged() {
     let up = Upstream::start().await;
-    let (_redis, _r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    // The test client stands for a load balancer here: its X-Forwarded-For is
+    // kept and extended (tests/forwarded.rs has the untrusted case).
+    let (_redis, _r, ingress) = start(Some(&up.url()), None, |c| {
+        c.server.trusted_proxies = "127.0.0.1".parse().unwrap();
+    })
+    .await;
     let req = Request::put(ingress.uri("/api/contacts/42?expand=notes&x=%20y"))
         .header("x-custom", "one")
         .header("authorization", "Bearer session-token")

@@ -158,10 +158,21 @@ async fn https_listener_serves_h1_and_h2_and_swaps_its_certificate() {
     assert_eq!(status, "202", "{body}");
     assert_eq!(xlen(&r, "tether:jobs:workflow").await, 1);
     // The backend behind it learns the caller came over HTTPS.
-    let (status, _, body) = curl(ca.clone(), vec![format!("{base}/api/leads")]).await;
+    // A claim of plaintext from the (untrusted) caller does not change that.
+    let (status, _, body) = curl(
+        ca.clone(),
+        vec![
+            "-H".into(),
+            "x-forwarded-proto: http".into(),
+            format!("{base}/api/leads"),
+        ],
+    )
+    .await;
     assert_eq!(status, "418", "{body}");
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echoed["headers"]["x-forwarded-proto"], "https", "{body}");
+    let forwarded = echoed["headers"]["forwarded"].as_str().unwrap_or("");
+    assert!(forwarded.ends_with(";proto=https"), "{body}");
     // Plaintext on the TLS port gets no HTTP answer.
     let (status, _, _) = curl(ca.clone(), vec![format!("http://127.0.0.1:{port}/healthz")]).await;
     assert_ne!(status, "200");

@@ -10,10 +10,11 @@ use super::file::Config;
 /// TOML before it is deserialised, so a bad value is reported like one in
 /// the file, under the key's name. A value goes in as an integer where the
 /// default is one and the text is a number, else as text.
-pub const ENV: [(&str, &str); 21] = [
+pub const ENV: [(&str, &str); 22] = [
     ("TETHER_INGRESS_LISTEN", "server.listen"),
     ("TETHER_INGRESS_TLS_CERT_FILE", "server.tls.cert_file"),
     ("TETHER_INGRESS_TLS_KEY_FILE", "server.tls.key_file"),
+    ("TETHER_INGRESS_TRUSTED_PROXIES", "server.trusted_proxies"),
     ("TETHER_INGRESS_REDIS_URL", "redis.url"),
     ("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "redis.wait_replicas"),
     ("TETHER_INGRESS_REDIS_TLS_CA_FILE", "redis.tls.ca_file"),
@@ -66,6 +67,7 @@ live!(
     server.body_read_timeout_ms,
     server.connection_queue_timeout_ms,
     server.tls,
+    server.trusted_proxies,
     redis.command_timeout_ms,
     redis.retry_after_secs,
     streams.workflow,

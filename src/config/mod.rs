@@ -31,7 +31,7 @@ pub use redis::{Redis, RedisTls};
 pub use sections::{
     Auth, Idempotency, Log, LogFormat, RateLimit, RateLimitScope, SecretFile, Spool, Upstream,
 };
-pub use server::{Server, ServerTls, ServingThreads};
+pub use server::{Server, ServerTls, ServingThreads, TrustedProxies};
 
 use problems::Problems;
 

@@ -40,8 +40,64 @@ pub struct Server {
     /// Wait for a connection slot at the cap before refusing.
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub connection_queue_timeout_ms: Duration,
+    /// Proxies in front (the load balancer) whose forwarding headers are
+    /// kept and extended; from any other peer they are replaced.
+    pub trusted_proxies: TrustedProxies,
     /// `[server.tls]`
     pub tls: ServerTls,
+}
+
+/// `server.trusted_proxies`: addresses and CIDR ranges, IPv4 and IPv6,
+/// written comma-separated (`"10.0.0.0/8, fd00::/8, 192.0.2.7"`); `""`:
+/// nobody is trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Whether `ip` (an IPv4 address seen as IPv6-mapped counts as IPv4)
+    /// is a trusted proxy.
+    pub(crate) fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let net = match part.parse::<ipnet::IpNet>() {
+                Ok(net) => net.trunc(),
+                Err(_) => match part.parse::<std::net::IpAddr>() {
+                    Ok(ip) => ipnet::IpNet::from(ip),
+                    Err(_) => {
+                        return Err(format!(
+                            "{part:?} is not an address or a CIDR range like 10.0.0.0/8 or fd00::/8"
+                        ));
+                    }
+                },
+            };
+            nets.push(net);
+        }
+        Ok(Self(nets))
+    }
+}
+
+impl Serialize for TrustedProxies {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let texts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        s.serialize_str(&texts.join(", "))
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[server.tls]`: the listener's PEM files; both empty means plaintext.

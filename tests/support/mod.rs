@@ -361,7 +361,13 @@ impl Ingress {
         config: Config,
         reloads: impl futures::Stream<Item = Config> + Send + 'static,
     ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A test asking for another address with a free port (`[::1]:0`)
+        // gets it; every other one gets a free loopback port.
+        let bind = match config.server.listen {
+            a if a.port() == 0 => a,
+            _ => ([127, 0, 0, 1], 0).into(),
+        };
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

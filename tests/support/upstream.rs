@@ -118,12 +118,23 @@ async fn handle(
                     let _ = tokio::io::copy(&mut r, &mut w).await;
                 }
             });
-            Response::builder()
+            // The forwarding headers it was sent, told back on the 101.
+            let mut res = Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .body(full(Bytes::new()))
-                .unwrap()
+                .header("upgrade", "websocket");
+            for name in [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-real-ip",
+                "forwarded",
+            ] {
+                if let Some(v) = req.headers().get(name) {
+                    res = res.header(format!("x-seen-{name}"), v);
+                }
+            }
+            res.body(full(Bytes::new())).unwrap()
         }
         _ => {
             let (parts, body) = req.into_parts();
