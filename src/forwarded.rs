@@ -34,7 +34,9 @@ pub(crate) struct Hop<'a> {
     pub(crate) trusted: bool,
 }
 
-/// Sets the forwarding headers of a request about to go upstream.
+/// Sets the forwarding headers of a request about to go upstream. Two
+/// buffers at most: the peer's address (shared by the headers that carry
+/// it) and this hop's `Forwarded` element.
 pub(crate) fn rewrite(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let peer = hop.peer.to_canonical();
     let proto = HeaderValue::from_static(if hop.tls { "https" } else { "http" });
@@ -47,10 +49,13 @@ pub(crate) fn rewrite(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
     element.extend_from_slice(b";proto=");
     element.extend_from_slice(proto.as_bytes());
-    let mut peer_text = BytesMut::with_capacity(40);
-    push_ip(&mut peer_text, peer);
+    let mut text = BytesMut::with_capacity(40);
+    push_ip(&mut text, peer);
+    let Ok(peer_value) = HeaderValue::from_maybe_shared(text.freeze()) else {
+        return;
+    };
     if hop.trusted {
-        append(headers, X_FORWARDED_FOR, &peer_text);
+        append(headers, X_FORWARDED_FOR, peer_value.as_bytes());
         append(headers, FORWARDED, &element);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, proto);
@@ -59,11 +64,11 @@ pub(crate) fn rewrite(headers: &mut HeaderMap, hop: &Hop<'_>) {
             headers.insert(X_FORWARDED_HOST, host.clone());
         }
         if !headers.contains_key(&X_REAL_IP) {
-            set(headers, X_REAL_IP, peer_text);
+            headers.insert(X_REAL_IP, peer_value);
         }
     } else {
-        set(headers, X_FORWARDED_FOR, peer_text.clone());
-        set(headers, X_REAL_IP, peer_text);
+        headers.insert(X_FORWARDED_FOR, peer_value.clone());
+        headers.insert(X_REAL_IP, peer_value);
         set(headers, FORWARDED, element);
         headers.insert(X_FORWARDED_PROTO, proto);
         match hop.host {
