@@ -2,7 +2,7 @@
 //! from a real upstream that records them: a caller's claims are replaced
 //! unless it is a trusted proxy, whose values are kept and extended; the
 //! same over HTTP/1, HTTP/2, TLS and a WebSocket upgrade.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, missing_docs, clippy::disallowed_methods)]
 
 mod support;
 
