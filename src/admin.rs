@@ -50,14 +50,18 @@ impl AdminError {
 }
 
 /// Refuses an org id or webhookId the key layout cannot represent: empty,
-/// or holding the `:` that separates the parts of a key.
-fn key_part<'a>(what: &str, value: &'a str) -> Result<&'a str, AdminError> {
-    if value.is_empty() || value.contains(':') {
-        return Err(AdminError::Refused(format!(
-            "{what} {value:?} must be non-empty and must not contain ':' (the Redis key layout cannot tell it apart)"
-        )));
+/// or holding the `:` that separates the parts of a key (the one check of
+/// the admin commands and the import).
+pub(crate) fn key_part<'a>(what: &str, value: &'a str) -> Result<&'a str, String> {
+    if value.is_empty() {
+        Err(format!("{what} must not be empty"))
+    } else if value.contains(':') {
+        Err(format!(
+            "{what} must not contain ':' (the Redis key layout cannot tell it apart)"
+        ))
+    } else {
+        Ok(value)
     }
-    Ok(value)
 }
 
 /// A connected admin session.
@@ -109,7 +113,7 @@ impl Admin {
         org: &str,
         rate_limit: Option<u32>,
     ) -> Result<String, AdminError> {
-        key_part("org id", org)?;
+        key_part("org id", org).map_err(AdminError::Refused)?;
         let mut raw = [0u8; 32];
         SystemRandom::new()
             .fill(&mut raw)
@@ -193,8 +197,8 @@ impl Admin {
         webhook: &str,
         workflows: &[String],
     ) -> Result<(), AdminError> {
-        key_part("org id", org)?;
-        key_part("webhookId", webhook)?;
+        key_part("org id", org).map_err(AdminError::Refused)?;
+        key_part("webhookId", webhook).map_err(AdminError::Refused)?;
         let _: i64 = self
             .client
             .sadd(
@@ -249,7 +253,7 @@ impl Admin {
         prompt: Option<&str>,
         active: bool,
     ) -> Result<(), AdminError> {
-        key_part("org id", org)?;
+        key_part("org id", org).map_err(AdminError::Refused)?;
         let record = serde_json::json!({
             "userId": user, "orgId": org, "active": active, "processId": process, "promptId": prompt,
         });
@@ -268,7 +272,7 @@ impl Admin {
 
     /// Sets org dynamic properties from `FIELD=CATEGORY` pairs.
     pub async fn properties_set(&self, org: &str, pairs: &[String]) -> Result<(), AdminError> {
-        key_part("org id", org)?;
+        key_part("org id", org).map_err(AdminError::Refused)?;
         let mut fields = Vec::with_capacity(pairs.len());
         for pair in pairs {
             let Some((field, category)) = pair.split_once('=') else {

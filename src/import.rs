@@ -198,13 +198,7 @@ fn text<'a>(obj: &'a Map<String, Json>, name: &str) -> Result<&'a str, String> {
 /// A member the key layout puts between `:`s (`orgId`, a trigger's
 /// `webhookId`): it cannot hold one itself.
 fn key_part<'a>(obj: &'a Map<String, Json>, name: &str) -> Result<&'a str, String> {
-    let value = text(obj, name)?;
-    if value.contains(':') {
-        return Err(format!(
-            "{name} must not contain ':' (the Redis key layout cannot tell it apart)"
-        ));
-    }
-    Ok(value)
+    crate::admin::key_part(name, text(obj, name)?)
 }
 
 /// Parses one line into an item under `prefix`. The error names the kind

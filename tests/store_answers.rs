@@ -9,7 +9,6 @@ mod support;
 
 use http::StatusCode;
 use support::*;
-use tether_ingress::config::Config;
 
 const KEY: &str = "user_store_answers";
 const STREAM: &str = "tether:jobs:workflow";
@@ -19,9 +18,7 @@ async fn unconfirmed_when_the_jobs_are_on_the_primary_without_a_replica() {
     // wait_replicas = 1 against a Redis with no replica: every write reaches
     // the primary, and none is ever confirmed.
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a", "wf_b"]).await;
-    let mut config = Config::default();
-    config.redis.url = redis.url();
-    config.server.listen = ([127, 0, 0, 1], 0).into();
+    let mut config = config_for(&redis.url());
     config.redis.wait_replicas = 1;
     config.redis.command_timeout_ms = std::time::Duration::from_millis(400);
     let ingress = Ingress::start_with(config.validate().unwrap()).await;
@@ -44,10 +41,7 @@ async fn unavailable_when_nothing_reached_redis() {
     let r = redis.client().await;
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
-    let mut config = Config::default();
-    config.redis.url = redis.url();
-    config.server.listen = ([127, 0, 0, 1], 0).into();
-    let ingress = Ingress::start_with(config.validate().unwrap()).await;
+    let ingress = Ingress::start_with(config_for(&redis.url())).await;
     assert_eq!(
         ingress
             .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
