@@ -6,6 +6,8 @@
 //! cargo run --release --example comparator -- accept 127.0.0.1:9002           # read body, 202 (hyper ceiling)
 //! cargo run --release --example comparator -- xadd   127.0.0.1:9003 redis://127.0.0.1:6379
 //!                                           # read body, one awaited XADD through fred, 202
+//! cargo run --release --example comparator -- xadd-rs 127.0.0.1:9004 redis://127.0.0.1:6379
+//!                                           # the same XADD through redis-rs's multiplexed connection
 //! ```
 #![allow(missing_docs, clippy::unwrap_used, clippy::disallowed_methods)]
 
@@ -23,11 +25,35 @@ enum Mode {
     Ok,
     Accept,
     Xadd,
+    XaddRs,
+}
+
+/// The seven fields of one workflow entry, as the ingress writes them.
+fn entry(body: Bytes) -> Vec<(&'static str, Bytes)> {
+    vec![
+        ("workflowId", Bytes::from_static(b"wf_one")),
+        ("orgId", Bytes::from_static(b"o_0")),
+        ("userId", Bytes::from_static(b"u_0")),
+        ("webhookId", Bytes::from_static(b"wh_one")),
+        ("payload", body),
+        ("receivedAt", Bytes::from_static(b"1795425600000")),
+        (
+            "requestId",
+            Bytes::from_static(b"0193f1d2-7c3a-7b6e-9a51-3f0c2d4e5a6b"),
+        ),
+    ]
+}
+
+/// The Redis client of a mode that writes.
+#[derive(Clone)]
+enum Writer {
+    Fred(Arc<Client>),
+    RedisRs(redis::aio::MultiplexedConnection),
 }
 
 async fn handle(
     mode: Mode,
-    redis: Option<Arc<Client>>,
+    redis: Option<Writer>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = req
@@ -36,26 +62,14 @@ async fn handle(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let (status, text) = match mode {
-        Mode::Ok => (StatusCode::OK, &b"ok"[..]),
-        Mode::Accept => (StatusCode::ACCEPTED, &br#"{"success":true}"#[..]),
-        Mode::Xadd => {
-            let client = redis.unwrap();
+    let (status, text) = match (mode, redis) {
+        (Mode::Ok, _) => (StatusCode::OK, &b"ok"[..]),
+        (Mode::Accept, _) => (StatusCode::ACCEPTED, &br#"{"success":true}"#[..]),
+        (_, Some(Writer::Fred(client))) => {
             let fields: Vec<(&str, Bytes)> = if std::env::var_os("COMPARATOR_ONE_FIELD").is_some() {
                 vec![("payload", body)]
             } else {
-                vec![
-                    ("workflowId", Bytes::from_static(b"wf_one")),
-                    ("orgId", Bytes::from_static(b"o_0")),
-                    ("userId", Bytes::from_static(b"u_0")),
-                    ("webhookId", Bytes::from_static(b"wh_one")),
-                    ("payload", body),
-                    ("receivedAt", Bytes::from_static(b"1795425600000")),
-                    (
-                        "requestId",
-                        Bytes::from_static(b"0193f1d2-7c3a-7b6e-9a51-3f0c2d4e5a6b"),
-                    ),
-                ]
+                entry(body)
             };
             let r: Result<Value, Error> = client
                 .xadd(
@@ -71,6 +85,22 @@ async fn handle(
                 Err(_) => (StatusCode::SERVICE_UNAVAILABLE, &b"{}"[..]),
             }
         }
+        (_, Some(Writer::RedisRs(mut conn))) => {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg("comparator:jobs")
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(1_000_000)
+                .arg("*");
+            for (k, v) in entry(body) {
+                cmd.arg(k).arg(&v[..]);
+            }
+            match cmd.query_async::<redis::Value>(&mut conn).await {
+                Ok(_) => (StatusCode::ACCEPTED, &br#"{"success":true}"#[..]),
+                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, &b"{}"[..]),
+            }
+        }
+        (_, None) => (StatusCode::SERVICE_UNAVAILABLE, &b"{}"[..]),
     };
     let mut res = Response::new(Full::new(Bytes::from_static(text)));
     *res.status_mut() = status;
@@ -80,11 +110,12 @@ async fn handle(
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: comparator ok|accept|xadd ADDR [REDIS_URL]";
+    let usage = "usage: comparator ok|accept|xadd|xadd-rs ADDR [REDIS_URL]";
     let mode = match args.get(1).map(String::as_str) {
         Some("ok") => Mode::Ok,
         Some("accept") => Mode::Accept,
         Some("xadd") => Mode::Xadd,
+        Some("xadd-rs") => Mode::XaddRs,
         _ => {
             eprintln!("{usage}");
             std::process::exit(2);
@@ -94,18 +125,24 @@ async fn main() {
         eprintln!("{usage}");
         std::process::exit(2)
     });
-    let redis = if let Mode::Xadd = mode {
-        let url = args
-            .get(3)
-            .cloned()
-            .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-        let client = Builder::from_config(Config::from_url(&url).unwrap())
-            .build()
-            .unwrap();
-        client.init().await.unwrap();
-        Some(Arc::new(client))
-    } else {
-        None
+    let url = args
+        .get(3)
+        .cloned()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let redis = match mode {
+        Mode::Xadd => {
+            let client = Builder::from_config(Config::from_url(&url).unwrap())
+                .build()
+                .unwrap();
+            client.init().await.unwrap();
+            Some(Writer::Fred(Arc::new(client)))
+        }
+        Mode::XaddRs => {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let conn = client.get_multiplexed_async_connection().await.unwrap();
+            Some(Writer::RedisRs(conn))
+        }
+        Mode::Ok | Mode::Accept => None,
     };
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     loop {

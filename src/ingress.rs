@@ -87,14 +87,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         None => None,
     };
     let cores = Cores::start(config.server.serving_threads.count());
-    let sink = Sink::connect(
-        &target,
-        config.redis.max_pending_commands,
-        config.redis.wait_replicas,
-        spool,
-        cores.handles(),
-        Layout::of(config),
-    )?;
+    let sink = Sink::connect(&target, config, spool, cores.handles(), Layout::of(config))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = replica.status();
     let replay_task = sink.spawn_replay(settings.clone(), stop_rx.clone());

@@ -208,6 +208,16 @@ impl Script {
         }
     }
 
+    /// Its SHA-1, in hex (what `EVALSHA` names it by).
+    pub(crate) fn sha(&self) -> &[u8] {
+        &self.sha
+    }
+
+    /// Its body (what `EVAL` sends).
+    pub(crate) fn body(&self) -> &'static str {
+        self.body
+    }
+
     /// Runs it through `client`: `args` builds the call's arguments after
     /// the script, which it is given (its SHA-1, or its body).
     pub(crate) async fn call<R: FromValue>(

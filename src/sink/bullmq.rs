@@ -31,10 +31,18 @@
 
 use std::sync::LazyLock;
 
+use std::time::Instant;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::prelude::*;
+use redis_protocol::resp2::types::BorrowedFrame;
 
-use super::job::{OutreachJob, WorkflowJobs};
+use super::{
+    error::SinkError,
+    job::{OutreachJob, WorkflowJobs},
+    lane::Lane,
+    wire,
+};
 use crate::{
     config::Bullmq as BullmqConfig,
     redis::Script,
@@ -207,6 +215,12 @@ fn json_string(out: &mut BytesMut, s: &[u8]) {
     out.put_u8(b'"');
 }
 
+/// One argument of a script call.
+enum Part<'a> {
+    Int(i64),
+    Bytes(&'a [u8]),
+}
+
 /// One call of [`ADD_SCRIPT`]: the jobs of one request on one queue.
 struct Call<'a> {
     queue: &'a Queue,
@@ -224,29 +238,74 @@ impl Call<'_> {
         key.slice(self.queue.base.len()..)
     }
 
-    /// The script call's arguments, the script named by `script` (its body
-    /// or its SHA-1).
-    fn args(&self, script: Value) -> Vec<Value> {
-        let mut args =
-            Vec::with_capacity(7 + SUFFIXES.len() + self.shared.len() + 3 * self.jobs.len());
-        args.push(script);
-        args.push(Value::Integer((SUFFIXES.len() + self.jobs.len()) as i64));
-        args.extend(self.queue.keys.iter().cloned().map(Value::Bytes));
-        args.extend(self.jobs.iter().map(|(key, _)| Value::Bytes(key.clone())));
-        args.push(Value::Bytes(self.queue.job_name.clone()));
-        args.push(Value::Bytes(self.timestamp.clone()));
-        args.push(Value::Bytes(self.opts_head.clone()));
-        args.push(Value::Integer(self.shared.len() as i64));
-        args.extend(self.shared.iter().cloned().map(Value::Bytes));
-        for (key, head) in &self.jobs {
-            args.push(Value::Bytes(self.id(key)));
-            args.push(Value::Bytes(head.clone()));
-        }
-        args
+    /// The script call's arguments after the script: key count, keys,
+    /// then `ARGV`.
+    fn parts(&self) -> impl Iterator<Item = Part<'_>> {
+        let count = (SUFFIXES.len() + self.jobs.len()) as i64;
+        std::iter::once(Part::Int(count))
+            .chain(self.queue.keys.iter().map(|k| Part::Bytes(k)))
+            .chain(self.jobs.iter().map(|(key, _)| Part::Bytes(key)))
+            .chain([
+                Part::Bytes(&self.queue.job_name),
+                Part::Bytes(self.timestamp),
+                Part::Bytes(self.opts_head),
+                Part::Int(self.shared.len() as i64),
+            ])
+            .chain(self.shared.iter().map(|p| Part::Bytes(p)))
+            .chain(self.jobs.iter().flat_map(|(key, head)| {
+                [
+                    Part::Bytes(&key[self.queue.base.len()..]),
+                    Part::Bytes(head),
+                ]
+            }))
     }
 
-    /// Runs it through `client` (by `EVALSHA`, the body only on `NOSCRIPT`);
-    /// `Ok` once Redis holds every job (new, or found already there).
+    /// The call's arguments in fred's form, the script named by `script`
+    /// (its body or its SHA-1), for the spool's replay.
+    fn args(&self, script: Value) -> Vec<Value> {
+        std::iter::once(script)
+            .chain(self.parts().map(|part| match part {
+                Part::Int(n) => Value::Integer(n),
+                Part::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
+            }))
+            .collect()
+    }
+
+    /// Appends the call to `out`: `command` (`EVALSHA` or `EVAL`), then
+    /// `script` (the SHA-1 or the body).
+    fn encode(&self, out: &mut BytesMut, command: &[u8], script: &[u8]) -> Result<(), String> {
+        let frames: Vec<BorrowedFrame<'_>> = [
+            BorrowedFrame::BulkString(command),
+            BorrowedFrame::BulkString(script),
+        ]
+        .into_iter()
+        .chain(self.parts().map(|part| match part {
+            Part::Int(n) => BorrowedFrame::Integer(n),
+            Part::Bytes(b) => BorrowedFrame::BulkString(b),
+        }))
+        .collect();
+        wire::encode(out, &frames)
+    }
+
+    /// Sends it through `lane` by `EVALSHA`, and whole by `EVAL` only when
+    /// Redis answers `NOSCRIPT` (which ran nothing); `Ok` once Redis holds
+    /// every job (new, or found already there).
+    async fn send(&self, lane: &Lane, deadline: Instant) -> Result<(), SinkError> {
+        let by_sha = lane.send(1, false, deadline, |out| {
+            self.encode(out, b"EVALSHA", ADD.sha())
+        })?;
+        match by_sha.await {
+            Err(SinkError::Redis(e)) if e.details().starts_with("NOSCRIPT") => {
+                let whole = lane.send(1, false, deadline, |out| {
+                    self.encode(out, b"EVAL", ADD.body().as_bytes())
+                })?;
+                whole.await.map(drop)
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// Runs it through the shared fred `client` (the spool's replay).
     async fn run(&self, client: &Client, settings: &Settings) -> Result<(), Error> {
         let options = Options {
             timeout: Some(settings.redis.command_timeout_ms),
@@ -389,31 +448,37 @@ fn outreach_call<'a>(queues: &'a Queues, job: &'a OutreachJob) -> Call<'a> {
     }
 }
 
-/// Adds every job of `jobs` to the workflow queue in one script call; `Ok`
-/// once Redis holds all of them.
+/// Adds every job of `jobs` to the workflow queue in one script call
+/// through `lane`; `Ok` once Redis holds all of them.
 pub(super) async fn write_workflow(
-    client: &Client,
+    lane: &Lane,
     queues: &Queues,
     jobs: &WorkflowJobs,
-    settings: &Settings,
-) -> Result<(), Error> {
+    deadline: Instant,
+) -> Result<(), SinkError> {
     if jobs.is_empty() {
         return Ok(());
     }
-    workflow_call(queues, jobs).run(client, settings).await
+    workflow_call(queues, jobs).send(lane, deadline).await
 }
 
-/// Adds `job` to the outreach queue; returns its BullMQ job id once Redis
-/// holds it.
+/// Adds `job` to the outreach queue through `lane`; returns its BullMQ job
+/// id once Redis holds it.
 pub(super) async fn write_outreach(
-    client: &Client,
+    lane: &Lane,
     queues: &Queues,
     job: &OutreachJob,
-    settings: &Settings,
-) -> Result<Bytes, Error> {
+    deadline: Instant,
+) -> Result<Bytes, SinkError> {
     let call = outreach_call(queues, job);
-    call.run(client, settings).await?;
+    call.send(lane, deadline).await?;
     Ok(call.id(&call.jobs[0].0))
+}
+
+/// The key whose slot places the workflow and the outreach queue's writes
+/// in a cluster (each call's first key).
+pub(super) fn route_keys(queues: &Queues) -> [&[u8]; 2] {
+    [&queues.workflow.keys[0], &queues.outreach.keys[0]]
 }
 
 /// Appends the spool records of every job of `jobs` to `out`.

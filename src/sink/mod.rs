@@ -32,11 +32,13 @@ mod bullmq;
 pub(crate) mod error;
 mod fallback;
 pub(crate) mod job;
+mod lane;
 mod replicas;
 mod streams;
+mod wire;
 mod writers;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use fred::prelude::*;
@@ -44,6 +46,10 @@ use fred::prelude::*;
 pub(crate) use self::{
     error::SinkError,
     job::{OutreachJob, Stored, WorkflowJobs},
+};
+use self::{
+    lane::Lane,
+    writers::{LaneSettings, Route},
 };
 use crate::{
     config::{Config, SinkKind},
@@ -74,26 +80,40 @@ impl Layout {
 
     async fn write_workflow(
         &self,
-        writer: &Client,
+        lane: &Lane,
         jobs: &WorkflowJobs,
         settings: &Settings,
-    ) -> Result<(), Error> {
+        deadline: Instant,
+    ) -> Result<(), SinkError> {
         match self {
-            Layout::Streams => streams::write_workflow(writer, jobs, settings).await,
+            Layout::Streams => streams::write_workflow(lane, jobs, settings, deadline).await,
             // Boxed: the stream layout's future stays as small as before.
-            Layout::Bullmq(q) => Box::pin(bullmq::write_workflow(writer, q, jobs, settings)).await,
+            Layout::Bullmq(q) => Box::pin(bullmq::write_workflow(lane, q, jobs, deadline)).await,
         }
     }
 
     async fn write_outreach(
         &self,
-        writer: &Client,
+        lane: &Lane,
         job: &OutreachJob,
         settings: &Settings,
-    ) -> Result<Bytes, Error> {
+        deadline: Instant,
+    ) -> Result<Bytes, SinkError> {
         match self {
-            Layout::Streams => streams::write_outreach(writer, job, settings).await,
-            Layout::Bullmq(q) => Box::pin(bullmq::write_outreach(writer, q, job, settings)).await,
+            Layout::Streams => streams::write_outreach(lane, job, settings, deadline).await,
+            Layout::Bullmq(q) => Box::pin(bullmq::write_outreach(lane, q, job, deadline)).await,
+        }
+    }
+
+    /// The keys whose slots place the workflow and outreach writes in a
+    /// cluster.
+    fn route_keys<'a>(&'a self, config: &'a Config) -> [&'a [u8]; 2] {
+        match self {
+            Layout::Streams => [
+                config.streams.workflow.as_bytes(),
+                config.streams.outreach.as_bytes(),
+            ],
+            Layout::Bullmq(q) => bullmq::route_keys(q),
         }
     }
 
@@ -134,22 +154,30 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    /// Builds the clients and starts connecting them in the background
+    /// Builds the writers and starts connecting them in the background
     /// (requests get [`SinkError::Disconnected`] until theirs is up): the
-    /// shared one on the current runtime, one writer on each of `cores`.
+    /// shared client on the current runtime, a lane on each of `cores`.
     pub(crate) fn connect(
         target: &Target,
-        max_pending_commands: usize,
-        wait_replicas: u32,
+        config: &Config,
         spool: Option<Spool>,
         cores: &[tokio::runtime::Handle],
         layout: Layout,
     ) -> Result<Self, Error> {
+        let wait_replicas = config.redis.wait_replicas;
+        // Half the command deadline: the writes queued behind a WAIT in
+        // Redis still get their answer in time.
+        let wait = (wait_replicas > 0).then_some((wait_replicas, target.command_timeout / 2));
+        let lanes = LaneSettings {
+            max_pending: config.redis.max_pending_commands,
+            wait,
+        };
+        let writers = writers::Writers::connect(target, lanes, layout.route_keys(config), cores)?;
         Ok(Self {
-            writers: writers::Writers::connect(target, max_pending_commands, wait_replicas, cores)?,
+            writers,
             spool,
             layout,
-            wait: (wait_replicas > 0).then_some((wait_replicas, target.command_timeout / 2)),
+            wait,
             metrics: SinkMetrics {
                 duration: metrics::histogram!(m::SINK_DURATION),
                 batch: metrics::histogram!(m::SINK_BATCH),
@@ -182,8 +210,8 @@ impl Sink {
         jobs: &WorkflowJobs,
         settings: &Settings,
     ) -> Result<Stored, Reject> {
-        let started = std::time::Instant::now();
-        let stored = self.store_workflow(jobs, settings).await;
+        let started = Instant::now();
+        let stored = self.store_workflow(jobs, settings, started).await;
         if let Ok(Stored::Redis(())) = stored {
             self.metrics.batch.record(jobs.len() as f64);
         }
@@ -194,25 +222,23 @@ impl Sink {
         &self,
         jobs: &WorkflowJobs,
         settings: &Settings,
+        started: Instant,
     ) -> Result<Stored, SinkError> {
-        let spool_all = |out: &mut Vec<u8>| self.layout.spool_workflow(out, jobs, settings);
-        let writer = self.writers.current();
-        if !writer.is_connected() {
-            return Box::pin(fallback::spool_or(
-                self.spool.as_ref(),
-                SinkError::Disconnected,
-                spool_all,
-            ))
-            .await;
-        }
-        let stored = match self.layout.write_workflow(writer, jobs, settings).await {
-            Ok(()) if self.wait.is_some() => Box::pin(self.writers.confirm()).await,
-            Ok(()) => Ok(()),
-            Err(e) => Err(SinkError::from(e)),
+        let deadline = started + settings.redis.command_timeout_ms;
+        let written = match self.writers.current(Route::Workflow) {
+            Some(lane) => {
+                self.layout
+                    .write_workflow(lane, jobs, settings, deadline)
+                    .await
+            }
+            None => Err(SinkError::Disconnected),
         };
-        match stored {
+        match written {
             Ok(()) => Ok(Stored::Redis(())),
-            Err(e) => Box::pin(fallback::spool_or(self.spool.as_ref(), e, spool_all)).await,
+            Err(e) => {
+                let spool_all = |out: &mut Vec<u8>| self.layout.spool_workflow(out, jobs, settings);
+                Box::pin(fallback::spool_or(self.spool.as_ref(), e, spool_all)).await
+            }
         }
     }
 
@@ -224,8 +250,8 @@ impl Sink {
         job: &OutreachJob,
         settings: &Settings,
     ) -> Result<Stored<Bytes>, Reject> {
-        let started = std::time::Instant::now();
-        let stored = self.store_outreach(job, settings).await;
+        let started = Instant::now();
+        let stored = self.store_outreach(job, settings, started).await;
         self.account(started, 1, &self.metrics.outreach, stored)
     }
 
@@ -233,31 +259,33 @@ impl Sink {
         &self,
         job: &OutreachJob,
         settings: &Settings,
+        started: Instant,
     ) -> Result<Stored<Bytes>, SinkError> {
-        let writer = self.writers.current();
-        let error = if writer.is_connected() {
-            match self.layout.write_outreach(writer, job, settings).await {
-                Ok(id) if self.wait.is_none() => return Ok(Stored::Redis(id)),
-                Ok(id) => match Box::pin(self.writers.confirm()).await {
-                    Ok(()) => return Ok(Stored::Redis(id)),
-                    Err(e) => e,
-                },
-                Err(e) => SinkError::from(e),
+        let deadline = started + settings.redis.command_timeout_ms;
+        let written = match self.writers.current(Route::Outreach) {
+            Some(lane) => {
+                self.layout
+                    .write_outreach(lane, job, settings, deadline)
+                    .await
             }
-        } else {
-            SinkError::Disconnected
+            None => Err(SinkError::Disconnected),
         };
-        fallback::spool_or(self.spool.as_ref(), error, |out| {
-            self.layout.spool_outreach(out, job, settings)
-        })
-        .await
+        match written {
+            Ok(id) => Ok(Stored::Redis(id)),
+            Err(e) => {
+                fallback::spool_or(self.spool.as_ref(), e, |out| {
+                    self.layout.spool_outreach(out, job, settings)
+                })
+                .await
+            }
+        }
     }
 
     /// The bookkeeping of one request's write: its duration and jobs when
     /// Redis acknowledged them, the failure's reason, the caller's answer.
     fn account<T>(
         &self,
-        started: std::time::Instant,
+        started: Instant,
         jobs: usize,
         written: &metrics::Counter,
         stored: Result<Stored<T>, SinkError>,

@@ -1,18 +1,11 @@
-//! `redis.wait_replicas`: a job counts as stored only once that many
-//! replicas hold it, so a 2xx survives the loss of the primary.
+//! `redis.wait_replicas` for the spool's replay: a replayed batch counts as
+//! stored only once that many replicas hold it.
 //!
 //! Redis's `WAIT N timeout` answers once N replicas acknowledged every write
-//! sent before it on the same connection. So one `WAIT` confirms every job a
-//! writer's connection carried before it: each writer has a [`Confirmer`]
-//! whose task sends one `WAIT` for all the requests that finished their write
-//! meanwhile (they queue while the previous `WAIT` is out), never one per
-//! request. Fewer replicas in time, or no answer: those requests' jobs are
-//! not confirmed and go to the spool, or get 503, like any unstored job.
-//!
-//! In a cluster, each primary's connection gets its own `WAIT` per batch.
-//!
-//! Off (`wait_replicas = 0`), none of this exists: no task, no channel, no
-//! allocation on the request path.
+//! sent before it on the same connection. The request path's writers end
+//! each flushed batch with their own `WAIT` (`lane`); the replay, which
+//! writes through the shared fred client, sends one here after each batch.
+//! In a cluster, each primary's connection gets its own.
 
 use std::time::Duration;
 
@@ -20,7 +13,6 @@ use fred::{
     prelude::*,
     types::{ClusterHash, CustomCommand},
 };
-use tokio::sync::{mpsc, oneshot};
 
 use super::error::SinkError;
 
@@ -107,50 +99,6 @@ async fn wait_on(
         Ok(_) => Outcome::Short,
         Err(e) if *e.kind() == ErrorKind::Timeout => Outcome::Timeout,
         Err(_) => Outcome::Failed,
-    }
-}
-
-/// Confirms the jobs one writer connection carried, a `WAIT` per batch.
-#[derive(Debug, Clone)]
-pub(super) struct Confirmer {
-    requests: mpsc::UnboundedSender<oneshot::Sender<Outcome>>,
-}
-
-impl Confirmer {
-    /// Starts the confirming task of `client` on `runtime` (where the
-    /// client's connection runs).
-    pub(super) fn start(
-        client: Client,
-        replicas: u32,
-        timeout: Duration,
-        runtime: &tokio::runtime::Handle,
-    ) -> Self {
-        let (requests, mut queue) = mpsc::unbounded_channel::<oneshot::Sender<Outcome>>();
-        runtime.spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(first) = queue.recv().await {
-                // Everyone queued now wrote before this WAIT is sent.
-                batch.push(first);
-                while let Ok(next) = queue.try_recv() {
-                    batch.push(next);
-                }
-                let outcome = wait(&client, replicas, timeout).await;
-                for waiter in batch.drain(..) {
-                    let _ = waiter.send(outcome);
-                }
-            }
-        });
-        Self { requests }
-    }
-
-    /// Returns once the replicas hold everything this connection wrote
-    /// before the call (the caller's acknowledged jobs among them).
-    pub(super) async fn confirm(&self) -> Result<(), SinkError> {
-        let (tx, rx) = oneshot::channel();
-        if self.requests.send(tx).is_err() {
-            return Err(SinkError::NotReplicated);
-        }
-        rx.await.unwrap_or(Outcome::Failed).into_result()
     }
 }
 

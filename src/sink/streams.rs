@@ -4,82 +4,124 @@
 //! never name a stream command; a second layout (BullMQ) sits beside this
 //! one.
 //!
-//! A request with one match is one `XADD`. Several are one script call: the
-//! `XADD`s run in Redis and the payload is sent once, one command per request
-//! instead of one per job.
+//! A request's jobs are native `XADD`s, one per match, encoded straight
+//! into its lane's buffer (the payload is written once per entry on the
+//! wire and copied nowhere else): Redis spends less on a native `XADD` than
+//! on one run from a script (BENCHMARKS.md §18).
 
-use bytes::Bytes;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
 use fred::{
     prelude::*,
     types::streams::{XCapKind, XCapTrim},
 };
+use redis_protocol::resp2::types::BorrowedFrame;
 
-use super::job::{OutreachJob, WorkflowJobs};
+use super::{
+    error::SinkError,
+    job::{OutreachJob, WorkflowJobs},
+    lane::Lane,
+    wire,
+};
 use crate::{
-    redis::eval_pipelined,
     settings::Settings,
     spool::{self, Record},
 };
 
-/// Adds one `tether:jobs:workflow` entry per workflow id, in the contract's
-/// field order, every other field shared.
-/// `KEYS[1]`: the stream; `ARGV`: maxlen, orgId, userId, webhookId, payload,
-/// receivedAt, requestId, then the workflow ids. Answers how many it added.
-const ADD_JOBS_SCRIPT: &str = r#"
-for i = 8, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'workflowId', ARGV[i], 'orgId', ARGV[2], 'userId', ARGV[3],
-    'webhookId', ARGV[4], 'payload', ARGV[5], 'receivedAt', ARGV[6],
-    'requestId', ARGV[7])
-end
-return #ARGV - 7
-"#;
+/// The most fields an entry has (an outreach job's nine).
+const MAX_FIELDS: usize = 9;
 
-/// Writes every entry of `jobs` in one script call: one command and the
-/// payload sent once, instead of a command per entry.
-async fn add_all(
-    client: &Client,
-    stream: &Key,
-    settings: &Settings,
-    jobs: &WorkflowJobs,
-) -> Result<(), Error> {
-    let mut args = Vec::with_capacity(10 + jobs.len());
-    args.push(Value::from_static_str(ADD_JOBS_SCRIPT));
-    args.push(Value::Integer(1));
-    args.push(Value::Bytes(stream.clone().into_bytes()));
-    args.push(Value::Integer(settings.streams.maxlen));
-    for field in [
-        &jobs.org_id,
-        &jobs.user_id,
-        &jobs.webhook_id,
-        &jobs.payload,
-        &jobs.received_at,
-        &jobs.request_id,
-    ] {
-        args.push(Value::Bytes(field.clone()));
+/// Appends `XADD stream MAXLEN ~ maxlen * field value…` to `out`.
+fn xadd<const N: usize>(
+    out: &mut BytesMut,
+    stream: &[u8],
+    maxlen: i64,
+    pairs: [(&'static str, &Bytes); N],
+) -> Result<(), String> {
+    let mut args = [const { BorrowedFrame::Null }; 6 + 2 * MAX_FIELDS];
+    let head = [
+        BorrowedFrame::BulkString(b"XADD"),
+        BorrowedFrame::BulkString(stream),
+        BorrowedFrame::BulkString(b"MAXLEN"),
+        BorrowedFrame::BulkString(b"~"),
+        BorrowedFrame::Integer(maxlen),
+        BorrowedFrame::BulkString(b"*"),
+    ];
+    let fields = pairs.iter().flat_map(|(k, v)| {
+        [
+            BorrowedFrame::BulkString(k.as_bytes()),
+            BorrowedFrame::BulkString(&v[..]),
+        ]
+    });
+    let mut used = 0;
+    for (slot, frame) in args.iter_mut().zip(head.into_iter().chain(fields)) {
+        *slot = frame;
+        used += 1;
     }
-    args.extend(
+    if used != 6 + 2 * N {
+        return Err(format!("an entry of {N} fields does not fit an XADD"));
+    }
+    wire::encode(out, &args[..used])
+}
+
+/// Stores every entry of `jobs` on the workflow stream through `lane`, one
+/// `XADD` each; `Ok` once Redis acknowledged all of them (should one be
+/// refused, the others stay written, and the request is refused).
+pub(super) async fn write_workflow(
+    lane: &Lane,
+    jobs: &WorkflowJobs,
+    settings: &Settings,
+    deadline: Instant,
+) -> Result<(), SinkError> {
+    let Ok(count @ 1..) = u32::try_from(jobs.len()) else {
+        return Ok(());
+    };
+    let (stream, maxlen) = (settings.workflow_stream.as_bytes(), settings.streams.maxlen);
+    let ack = lane.send(count, false, deadline, |out| {
         jobs.workflows
             .iter()
-            .map(|w| Value::Bytes(w.bytes().clone())),
-    );
-    let added: i64 = client.custom(eval_pipelined(client, &args), args).await?;
-    if usize::try_from(added).ok() == Some(jobs.len()) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::Unknown,
-            "the job script added another number of entries",
-        ))
+            .try_for_each(|workflow| xadd(out, stream, maxlen, jobs.pairs(workflow)))
+    })?;
+    ack.await.map(drop)
+}
+
+/// Stores one outreach job; returns its stream entry id once Redis
+/// acknowledged it.
+pub(super) async fn write_outreach(
+    lane: &Lane,
+    job: &OutreachJob,
+    settings: &Settings,
+    deadline: Instant,
+) -> Result<Bytes, SinkError> {
+    let (stream, maxlen) = (settings.outreach_stream.as_bytes(), settings.streams.maxlen);
+    let ack = lane.send(1, true, deadline, |out| {
+        xadd(out, stream, maxlen, job.pairs())
+    })?;
+    match ack.await? {
+        Some(id) => Ok(id),
+        None => Err(SinkError::Redis(Error::new(
+            ErrorKind::Protocol,
+            "XADD answered without an entry id",
+        ))),
     }
 }
 
-/// fred's form of an entry's fields.
-fn fields<const N: usize>(pairs: [(&'static str, &Bytes); N]) -> Vec<(Key, Value)> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (Key::from_static_str(k), Value::Bytes(v.clone())))
-        .collect()
+/// The stream cap: `MAXLEN ~ maxlen`.
+fn cap(settings: &Settings) -> (XCapKind, XCapTrim, i64) {
+    (
+        XCapKind::MaxLen,
+        XCapTrim::AlmostExact,
+        settings.streams.maxlen,
+    )
+}
+
+/// One replayed write's deadline.
+fn options(settings: &Settings) -> Options {
+    Options {
+        timeout: Some(settings.redis.command_timeout_ms),
+        ..Default::default()
+    }
 }
 
 /// Appends the spool frame of one entry to `out`.
@@ -93,71 +135,6 @@ fn spool_frame<const N: usize>(
         stream.as_bytes(),
         pairs.into_iter().map(|(k, v)| (k.as_bytes(), &v[..])),
     );
-}
-
-/// The stream cap: `MAXLEN ~ maxlen`.
-fn cap(settings: &Settings) -> (XCapKind, XCapTrim, i64) {
-    (
-        XCapKind::MaxLen,
-        XCapTrim::AlmostExact,
-        settings.streams.maxlen,
-    )
-}
-
-/// One job write's deadline.
-fn options(settings: &Settings) -> Options {
-    Options {
-        timeout: Some(settings.redis.command_timeout_ms),
-        ..Default::default()
-    }
-}
-
-/// Stores every entry of `jobs` on the workflow stream through `client`;
-/// `Ok` once Redis acknowledged all of them. Several entries are one script
-/// call, so they are acknowledged or refused together (should Redis fail
-/// midway through the script, what it wrote stays).
-pub(super) async fn write_workflow(
-    client: &Client,
-    jobs: &WorkflowJobs,
-    settings: &Settings,
-) -> Result<(), Error> {
-    let stream = &settings.workflow_stream;
-    let client = client.with_options(&options(settings));
-    // Each of fred's command futures is kilobytes; boxed, it is moved once,
-    // instead of growing every future that awaits this one (each is moved
-    // whole when created).
-    match &jobs.workflows[..] {
-        [] => Ok(()),
-        [workflow] => Box::pin(client.xadd::<Value, _, _, _, _>(
-            stream.clone(),
-            false,
-            cap(settings),
-            "*",
-            fields(jobs.pairs(workflow)),
-        ))
-        .await
-        .map(drop),
-        _ => Box::pin(add_all(&client, stream, settings, jobs)).await,
-    }
-}
-
-/// Stores one outreach job; returns its stream entry id once Redis
-/// acknowledged it.
-pub(super) async fn write_outreach(
-    client: &Client,
-    job: &OutreachJob,
-    settings: &Settings,
-) -> Result<Bytes, Error> {
-    client
-        .with_options(&options(settings))
-        .xadd(
-            settings.outreach_stream.clone(),
-            false,
-            cap(settings),
-            "*",
-            fields(job.pairs()),
-        )
-        .await
 }
 
 /// Appends the spool frames of every entry of `jobs` to `out`.

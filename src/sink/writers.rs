@@ -1,11 +1,14 @@
-//! The connections jobs are written through: one fred client per serving
-//! thread ([`crate::cores`]), connected from that thread so its replies wake
-//! requests without crossing threads, and one shared client for everything
-//! off those threads (the spool replay, idempotency records). fred pipelines
-//! commands from concurrent tasks onto its connection, so many requests'
-//! writes leave in one write. The topology (one node, Sentinel, Cluster,
-//! where a client holds a connection per primary and each command goes to its
-//! key's) is decided where the clients are built ([`crate::redis`]).
+//! The connections jobs are written through: one lean writer ([`Lane`])
+//! per serving thread ([`crate::cores`]), whose task runs on that thread so
+//! its replies wake requests without crossing threads, plus one on the
+//! runtime that built the sink for requests served off those threads; and
+//! one shared fred client for everything off the hot path (the spool
+//! replay, idempotency records, and the cluster's layout, which the lanes
+//! follow).
+//!
+//! In a cluster the two job routes (workflow, outreach) may live on two
+//! primaries, so each thread has a lane per route, each connected to the
+//! owner of its key's slot. Elsewhere both routes share one lane.
 
 use std::{
     sync::{
@@ -17,72 +20,102 @@ use std::{
 
 use fred::prelude::*;
 
-use super::{error::SinkError, replicas::Confirmer};
+use super::{lane::Lane, wire::Endpoint};
 use crate::redis::{self, Role, Target};
 
-/// The shared client and the per-thread writers.
+/// The route a write takes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Route {
+    Workflow,
+    Outreach,
+}
+
+/// One thread's lanes.
+#[derive(Debug, Clone)]
+struct Lanes {
+    workflow: Lane,
+    outreach: Lane,
+}
+
+/// The shared client and the per-thread lanes.
 #[derive(Clone)]
 pub(super) struct Writers {
     shared: Client,
-    /// Indexed by [`crate::cores::current`].
-    per_thread: Arc<[Client]>,
-    /// With `redis.wait_replicas`: the shared client's confirmer, then one
-    /// per writer, in `per_thread`'s order.
-    confirmers: Option<Arc<[Confirmer]>>,
-    /// Clients that have connected at least once.
+    /// `[0]` serves requests off the serving threads; `[i + 1]` serving
+    /// thread `i` ([`crate::cores::current`]).
+    lanes: Arc<[Lanes]>,
+    /// Lanes (and the shared client) that connected at least once.
     connected: Arc<AtomicUsize>,
-    waiters: Arc<[tokio::task::JoinHandle<()>]>,
+    expected: usize,
+    waiter: Arc<tokio::task::JoinHandle<()>>,
+}
+
+/// How the lanes behave: the queue cap and `redis.wait_replicas`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LaneSettings {
+    /// `redis.max_pending_commands`.
+    pub(super) max_pending: usize,
+    /// `redis.wait_replicas` and the `WAIT`'s own timeout, when on.
+    pub(super) wait: Option<(u32, Duration)>,
 }
 
 impl Writers {
-    /// Builds the clients and starts connecting them in the background: the
-    /// shared one on the current runtime, one writer on each of `cores`.
+    /// Builds the shared client and the lanes, and starts connecting them
+    /// in the background: the shared client and lane `[0]` on the current
+    /// runtime, one lane (two in a cluster) on each of `cores`. `keys` are
+    /// the workflow and outreach routes' keys (their slots place a
+    /// cluster's lanes).
     pub(super) fn connect(
         target: &Target,
-        max_pending_commands: usize,
-        wait_replicas: u32,
+        lane: LaneSettings,
+        keys: [&[u8]; 2],
         cores: &[tokio::runtime::Handle],
     ) -> Result<Self, Error> {
-        let role = Role::Writer {
-            max_pending_commands,
-        };
-        let shared = redis::client(target, role)?;
-        let per_thread = cores
-            .iter()
-            .map(|_| redis::client(target, role))
-            .collect::<Result<Vec<_>, _>>()?;
+        let shared = redis::client(
+            target,
+            Role::Writer {
+                max_pending_commands: lane.max_pending,
+            },
+        )?;
         let connected = Arc::new(AtomicUsize::new(0));
-        // fred spawns a client's connection task on the runtime it is
-        // connected from.
-        let start = |client: &Client, runtime: &tokio::runtime::Handle| {
-            let _entered = runtime.enter();
-            let _task = client.connect();
-            let (client, connected) = (client.clone(), connected.clone());
-            runtime.spawn(async move {
+        let here = tokio::runtime::Handle::current();
+        let waiter = {
+            let _task = shared.connect();
+            let (client, connected) = (shared.clone(), connected.clone());
+            here.spawn(async move {
                 if client.wait_for_connect().await.is_ok() {
                     connected.fetch_add(1, Ordering::Release);
                 }
             })
         };
-        let here = tokio::runtime::Handle::current();
-        let waiters = std::iter::once(start(&shared, &here))
-            .chain(per_thread.iter().zip(cores).map(|(w, rt)| start(w, rt)))
-            .collect();
-        // Half the command deadline: the writes queued behind a WAIT in
-        // Redis still get their answer in time.
-        let wait_timeout = target.command_timeout / 2;
-        let confirmers = (wait_replicas > 0).then(|| {
-            std::iter::once((&shared, &here))
-                .chain(per_thread.iter().zip(cores))
-                .map(|(c, rt)| Confirmer::start(c.clone(), wait_replicas, wait_timeout, rt))
-                .collect()
-        });
+        let clustered = shared.is_clustered();
+        let mut expected = 1;
+        let mut start = |key: &[u8], runtime: &tokio::runtime::Handle| {
+            expected += 1;
+            Ok::<_, Error>(Lane::start(
+                Endpoint::new(target, &shared, key)?,
+                lane.max_pending,
+                lane.wait,
+                connected.clone(),
+                runtime,
+            ))
+        };
+        let mut lanes = Vec::with_capacity(cores.len() + 1);
+        for runtime in std::iter::once(&here).chain(cores) {
+            let workflow = start(keys[0], runtime)?;
+            let outreach = if clustered {
+                start(keys[1], runtime)?
+            } else {
+                workflow.clone()
+            };
+            lanes.push(Lanes { workflow, outreach });
+        }
         Ok(Self {
             shared,
-            per_thread: per_thread.into(),
-            confirmers,
+            lanes: lanes.into(),
             connected,
-            waiters,
+            expected,
+            waiter: Arc::new(waiter),
         })
     }
 
@@ -91,43 +124,34 @@ impl Writers {
         &self.shared
     }
 
-    /// The client job writes use on this thread.
-    pub(super) fn current(&self) -> &Client {
-        crate::cores::current()
-            .and_then(|i| self.per_thread.get(i))
-            .unwrap_or(&self.shared)
+    /// The lane `route`'s writes take on this thread.
+    pub(super) fn current(&self, route: Route) -> Option<&Lane> {
+        let lanes = crate::cores::current()
+            .and_then(|i| self.lanes.get(i + 1))
+            .or_else(|| self.lanes.first())?;
+        Some(match route {
+            Route::Workflow => &lanes.workflow,
+            Route::Outreach => &lanes.outreach,
+        })
     }
 
-    /// With `redis.wait_replicas`: returns once the replicas hold every job
-    /// this thread's writer carried so far; without, at once.
-    pub(super) async fn confirm(&self) -> Result<(), SinkError> {
-        let Some(confirmers) = &self.confirmers else {
-            return Ok(());
-        };
-        let index = crate::cores::current()
-            .filter(|i| *i < self.per_thread.len())
-            .map_or(0, |i| i + 1);
-        match confirmers.get(index) {
-            Some(c) => c.confirm().await,
-            None => Ok(()),
-        }
-    }
-
-    /// True once every client connected to Redis at least once.
+    /// True once the shared client and every lane connected at least once.
     pub(super) fn have_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire) == 1 + self.per_thread.len()
+        self.connected.load(Ordering::Acquire) >= self.expected
     }
 
-    /// Closes the connections (after in-flight commands were answered).
+    /// Stops taking writes, waits (at most 2 s) for the replies in flight,
+    /// and closes the shared client.
     pub(super) async fn close(&self) {
-        for waiter in self.waiters.iter() {
-            waiter.abort();
+        self.waiter.abort();
+        let grace = Duration::from_secs(2);
+        let lanes = self
+            .lanes
+            .iter()
+            .flat_map(|l| [l.workflow.close(grace), l.outreach.close(grace)]);
+        futures::future::join_all(lanes).await;
+        if self.shared.is_connected() {
+            let _ = tokio::time::timeout(grace, self.shared.quit()).await;
         }
-        let quits = std::iter::once(&self.shared)
-            .chain(self.per_thread.iter())
-            // QUIT on a client that never connected would wait for a connection.
-            .filter(|c| c.is_connected())
-            .map(|c| tokio::time::timeout(Duration::from_secs(2), c.quit()));
-        futures::future::join_all(quits).await;
     }
 }

@@ -1,0 +1,702 @@
+//! The lean writer: a connection of our own that carries job writes.
+//!
+//! Each serving thread has its own ([`super::writers`]), run by a task on
+//! that thread. A request encodes its commands (`XADD`s or one `EVALSHA`)
+//! straight into the lane's one buffer and waits on a slot; every request
+//! that reaches the lane in one scheduler tick lands in the same buffer, and
+//! the lane's task writes it with one syscall. Replies come back in order:
+//! each is matched to the front of the queue of expected replies, and a
+//! request is woken once all of its own commands are answered. In steady
+//! state nothing is allocated per request: the buffers and the slots are
+//! reused, and a field is copied once, into the bytes on the wire.
+//!
+//! # Guarantees
+//! - Nothing is re-sent: a connection that breaks fails its unanswered
+//!   requests (`Lost`: sent, may be stored; `Disconnected`: never sent), and
+//!   the next connection starts empty.
+//! - Each request has a deadline (`redis.command_timeout_ms`, from its
+//!   start): past it, the request is answered `Timeout` while its entries
+//!   stay in the queue, so the late replies still land where they belong.
+//! - `redis.max_pending_commands` caps the unanswered commands.
+//! - With `redis.wait_replicas`, each flushed batch ends with one `WAIT`,
+//!   and its requests are answered when that `WAIT` is.
+//! - A reply that says the node no longer owns the key (`MOVED`, `ASK`,
+//!   `READONLY`, `CLUSTERDOWN`, `MASTERDOWN`) refuses that write (Redis ran
+//!   none of it); the lane stops taking writes, drains what is in flight,
+//!   and reconnects to wherever writes go now.
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use fred::{
+    error::{Error, ErrorKind},
+    interfaces::ClusterInterface as _,
+};
+use redis_protocol::resp2::{
+    decode::decode_range,
+    types::{BorrowedFrame, RangeFrame},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::Notify,
+};
+use tracing::{info, warn};
+
+use super::{
+    error::SinkError,
+    wire::{self, Endpoint, ReadHalf, WriteHalf},
+};
+
+/// What a request's commands are answered with.
+pub(super) type Answer = Result<Option<Bytes>, SinkError>;
+
+/// The slot index of a `WAIT` entry (it answers a batch, not a request).
+const BATCH: u32 = u32::MAX;
+
+/// How often a busy lane checks its deadlines.
+const TICK: Duration = Duration::from_millis(10);
+
+/// What one queued reply is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A command whose success is all that matters.
+    Done,
+    /// A command whose bulk-string answer is the request's result (an
+    /// outreach entry's id).
+    Id,
+    /// The `WAIT` closing a batch.
+    Wait,
+}
+
+/// One expected reply, in the order the commands were written.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    slot: u32,
+    expect: Expect,
+    deadline: Instant,
+}
+
+/// One request's place in the lane: how many replies it still expects and
+/// what it will be told.
+#[derive(Debug, Default)]
+struct Slot {
+    outstanding: u32,
+    /// Its commands are answered; it waits for its batch's `WAIT`.
+    confirming: bool,
+    /// An answer was given (it may have been taken already).
+    resolved: bool,
+    /// The request's future is gone (it took its answer or was dropped).
+    taken: bool,
+    answer: Option<Answer>,
+    id: Option<Bytes>,
+    refused: Option<Error>,
+    waker: Option<Waker>,
+}
+
+/// What the lane's task and its requests share.
+#[derive(Debug, Default)]
+struct State {
+    /// A connection is up and taking writes.
+    up: bool,
+    /// The lane is shutting down: no new writes.
+    closing: bool,
+    /// The node said writes go elsewhere: no new writes until reconnected.
+    misplaced: bool,
+    /// Commands encoded and not yet handed to the socket.
+    out: BytesMut,
+    /// How many of `queue`'s last entries are still in `out`.
+    unsent: usize,
+    /// Replies expected, oldest first.
+    queue: VecDeque<Entry>,
+    /// How many of `queue`'s first entries are past their deadline.
+    expired: usize,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Slots waiting for the next `WAIT`'s answer.
+    confirming: Vec<u32>,
+}
+
+impl State {
+    fn slot(&mut self, outstanding: u32) -> u32 {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                // The queue is capped far below u32::MAX slots.
+                u32::try_from(self.slots.len() - 1).unwrap_or(BATCH - 1)
+            }
+        };
+        if let Some(slot) = self.slots.get_mut(index as usize) {
+            *slot = Slot {
+                outstanding,
+                ..Slot::default()
+            };
+        }
+        index
+    }
+
+    fn resolve(&mut self, index: u32, answer: Answer) {
+        if let Some(slot) = self.slots.get_mut(index as usize)
+            && !slot.resolved
+        {
+            slot.resolved = true;
+            slot.answer = Some(answer);
+            if let Some(waker) = slot.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Frees `index` once nothing refers to it any more.
+    fn release(&mut self, index: u32) {
+        if let Some(slot) = self.slots.get_mut(index as usize)
+            && slot.taken
+            && slot.outstanding == 0
+            && !slot.confirming
+        {
+            *slot = Slot::default();
+            self.free.push(index);
+        }
+    }
+
+    /// One reply for the front entry: `frame`, read from `buf`.
+    fn answer(&mut self, entry: Entry, reply: Reply, confirm: bool) {
+        if entry.slot == BATCH {
+            let confirmed = matches!(reply, Reply::Acked(true));
+            let mut confirming = std::mem::take(&mut self.confirming);
+            for index in confirming.drain(..) {
+                let id = self.slots.get_mut(index as usize).and_then(|slot| {
+                    slot.confirming = false;
+                    slot.id.take()
+                });
+                let answer = if confirmed {
+                    Ok(id)
+                } else {
+                    Err(SinkError::NotReplicated)
+                };
+                self.resolve(index, answer);
+                self.release(index);
+            }
+            self.confirming = confirming;
+            return;
+        }
+        let index = entry.slot;
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        slot.outstanding = slot.outstanding.saturating_sub(1);
+        match reply {
+            Reply::Refused(e) => {
+                slot.refused.get_or_insert(e);
+            }
+            Reply::Id(id) => slot.id = Some(id),
+            Reply::Acked(_) | Reply::Ok => {}
+        }
+        if slot.outstanding > 0 {
+            return;
+        }
+        if let Some(e) = slot.refused.take() {
+            self.resolve(index, Err(SinkError::Redis(e)));
+        } else if confirm && !slot.resolved {
+            slot.confirming = true;
+            self.confirming.push(index);
+        } else {
+            let id = slot.id.take();
+            self.resolve(index, Ok(id));
+        }
+        self.release(index);
+    }
+
+    /// Answers `Timeout` to every request past its deadline.
+    fn expire(&mut self, now: Instant) {
+        while let Some(entry) = self.queue.get(self.expired).copied() {
+            if entry.deadline > now {
+                break;
+            }
+            self.expired += 1;
+            if entry.slot == BATCH {
+                for i in 0..self.confirming.len() {
+                    let index = self.confirming[i];
+                    self.resolve(index, Err(SinkError::Timeout));
+                }
+            } else {
+                self.resolve(entry.slot, Err(SinkError::Timeout));
+            }
+        }
+    }
+
+    /// The connection ended: everything unanswered fails (`Lost` if it was
+    /// handed to the socket, `Disconnected` if not) and the lane is down.
+    fn fail_all(&mut self) {
+        self.up = false;
+        let sent = self.queue.len() - self.unsent.min(self.queue.len());
+        let queue = std::mem::take(&mut self.queue);
+        for (i, entry) in queue.iter().enumerate() {
+            if entry.slot == BATCH {
+                continue;
+            }
+            if let Some(slot) = self.slots.get_mut(entry.slot as usize) {
+                slot.outstanding = slot.outstanding.saturating_sub(1);
+            }
+            let error = if i < sent {
+                SinkError::Lost
+            } else {
+                SinkError::Disconnected
+            };
+            self.resolve(entry.slot, Err(error));
+            self.release(entry.slot);
+        }
+        self.queue = queue;
+        self.queue.clear();
+        let mut confirming = std::mem::take(&mut self.confirming);
+        for index in confirming.drain(..) {
+            if let Some(slot) = self.slots.get_mut(index as usize) {
+                slot.confirming = false;
+            }
+            self.resolve(index, Err(SinkError::Lost));
+            self.release(index);
+        }
+        self.confirming = confirming;
+        self.out.clear();
+        self.unsent = 0;
+        self.expired = 0;
+    }
+}
+
+/// A decoded reply, as much of it as the lane needs.
+enum Reply {
+    Ok,
+    Id(Bytes),
+    /// A `WAIT`'s answer: whether enough replicas acknowledged.
+    Acked(bool),
+    Refused(Error),
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    /// Wakes the task's writing half: `out` has bytes.
+    flush: Notify,
+    /// Wakes the task's reading half: the queue was empty and is not, so
+    /// its deadlines need watching.
+    busy: Notify,
+    /// Wakes a closing lane's caller: the queue emptied.
+    drained: Notify,
+    endpoint: Endpoint,
+    max_pending: usize,
+    /// `redis.wait_replicas` and the `WAIT`'s own timeout, when on.
+    wait: Option<(u32, Duration)>,
+    /// Counts the lanes (and clients) that connected at least once.
+    connected: Arc<AtomicUsize>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding it cannot leave the state half-updated in a
+        // way that matters more than stopping would: keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One lean writer. Cheap to clone (all clones are the same lane).
+#[derive(Debug, Clone)]
+pub(super) struct Lane {
+    inner: Arc<Inner>,
+}
+
+impl Lane {
+    /// A lane to `endpoint`, its connection task started on `runtime`.
+    pub(super) fn start(
+        endpoint: Endpoint,
+        max_pending: usize,
+        wait: Option<(u32, Duration)>,
+        connected: Arc<AtomicUsize>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                out: BytesMut::with_capacity(16 * 1024),
+                ..State::default()
+            }),
+            flush: Notify::new(),
+            busy: Notify::new(),
+            drained: Notify::new(),
+            endpoint,
+            max_pending,
+            wait,
+            connected,
+        });
+        runtime.spawn(run(inner.clone()));
+        Self { inner }
+    }
+
+    /// Queues `commands` commands that `encode` appends, all due by
+    /// `deadline`; the last one's bulk-string answer is the result when
+    /// `want_id`. Refused at once (nothing sent) when the lane is down or
+    /// full.
+    pub(super) fn send(
+        &self,
+        commands: u32,
+        want_id: bool,
+        deadline: Instant,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), String>,
+    ) -> Result<Ack<'_>, SinkError> {
+        let mut state = self.inner.lock();
+        if !state.up || state.misplaced || state.closing {
+            return Err(SinkError::Disconnected);
+        }
+        if state.queue.len() + commands as usize > self.inner.max_pending {
+            return Err(SinkError::Backpressure);
+        }
+        let idle = state.queue.is_empty();
+        let before = state.out.len();
+        if let Err(e) = encode(&mut state.out) {
+            state.out.truncate(before);
+            return Err(SinkError::Redis(Error::new(ErrorKind::InvalidArgument, e)));
+        }
+        let slot = state.slot(commands);
+        for i in 0..commands {
+            let expect = if want_id && i + 1 == commands {
+                Expect::Id
+            } else {
+                Expect::Done
+            };
+            state.queue.push_back(Entry {
+                slot,
+                expect,
+                deadline,
+            });
+        }
+        state.unsent += commands as usize;
+        drop(state);
+        if before == 0 {
+            self.inner.flush.notify_one();
+        }
+        if idle {
+            self.inner.busy.notify_one();
+        }
+        Ok(Ack {
+            lane: &self.inner,
+            slot,
+            done: false,
+        })
+    }
+
+    /// Stops taking writes and waits (at most `grace`) for the replies of
+    /// those in flight.
+    pub(super) async fn close(&self, grace: Duration) {
+        let drained = self.inner.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        {
+            let mut state = self.inner.lock();
+            state.closing = true;
+            if state.queue.is_empty() || !state.up {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(grace, drained).await;
+    }
+}
+
+/// A request's wait for its answer. Dropped early, it leaves the slot to be
+/// freed when its replies arrive.
+#[derive(Debug)]
+pub(super) struct Ack<'a> {
+    lane: &'a Inner,
+    slot: u32,
+    done: bool,
+}
+
+impl Future for Ack<'_> {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let mut state = self.lane.lock();
+        let index = self.slot;
+        let Some(slot) = state.slots.get_mut(index as usize) else {
+            return Poll::Ready(Err(SinkError::Lost));
+        };
+        match slot.answer.take() {
+            Some(answer) => {
+                slot.taken = true;
+                state.release(index);
+                drop(state);
+                self.done = true;
+                Poll::Ready(answer)
+            }
+            None => {
+                match &slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Ack<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut state = self.lane.lock();
+        if let Some(slot) = state.slots.get_mut(self.slot as usize) {
+            slot.taken = true;
+            slot.waker = None;
+        }
+        state.release(self.slot);
+    }
+}
+
+/// Why a connection's life ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// The node said writes go elsewhere, and what was in flight is answered.
+    #[error("the node no longer takes these writes")]
+    Misplaced,
+    /// A reply that fits no request or does not parse.
+    #[error("unreadable reply: {0}")]
+    Protocol(String),
+}
+
+/// The lane's task: connect, carry writes until the connection ends, fail
+/// what it left unanswered, reconnect (50 ms doubling to 1 s between tries).
+async fn run(inner: Arc<Inner>) {
+    let mut counted = false;
+    let mut down_logged = false;
+    let mut backoff = Duration::ZERO;
+    loop {
+        if inner.lock().closing {
+            return;
+        }
+        match inner.endpoint.connect().await {
+            Ok((read, write)) => {
+                inner.lock().up = true;
+                if !counted {
+                    counted = true;
+                    inner.connected.fetch_add(1, Ordering::Release);
+                }
+                if down_logged {
+                    info!("job writer reconnected to redis");
+                    down_logged = false;
+                }
+                backoff = Duration::ZERO;
+                let ended = tokio::select! {
+                    e = read_loop(&inner, read) => e,
+                    e = write_loop(&inner, write) => Ended::Io(e),
+                };
+                let (closing, misplaced) = {
+                    let mut state = inner.lock();
+                    state.fail_all();
+                    let misplaced = std::mem::take(&mut state.misplaced);
+                    (state.closing, misplaced)
+                };
+                inner.drained.notify_waiters();
+                if closing {
+                    return;
+                }
+                if misplaced && let Some(view) = inner.endpoint.cluster_view() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), view.sync_cluster()).await;
+                }
+                if !down_logged {
+                    warn!(reason = %ended, "job writer lost its redis connection; reconnecting");
+                    down_logged = true;
+                }
+            }
+            Err(e) => {
+                if !down_logged {
+                    warn!(error = %e, "job writer cannot connect to redis; retrying");
+                    down_logged = true;
+                }
+            }
+        }
+        backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Hands each batch of encoded commands to the socket, one write each.
+async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
+    let mut batch = BytesMut::with_capacity(16 * 1024);
+    loop {
+        inner.flush.notified().await;
+        loop {
+            {
+                let mut state = inner.lock();
+                if state.out.is_empty() {
+                    break;
+                }
+                if let Some((replicas, timeout)) = inner.wait {
+                    let deadline = state.queue.back().map_or_else(Instant::now, |e| e.deadline);
+                    if wait_command(&mut state.out, replicas, timeout).is_ok() {
+                        state.queue.push_back(Entry {
+                            slot: BATCH,
+                            expect: Expect::Wait,
+                            deadline,
+                        });
+                    }
+                }
+                std::mem::swap(&mut state.out, &mut batch);
+                state.unsent = 0;
+            }
+            if let Err(e) = write.write_all(&batch).await {
+                return e;
+            }
+            if let Err(e) = write.flush().await {
+                return e;
+            }
+            batch.clear();
+        }
+    }
+}
+
+/// `WAIT replicas timeout-ms`, appended to `out`.
+fn wait_command(out: &mut BytesMut, replicas: u32, timeout: Duration) -> Result<(), String> {
+    let millis = i64::try_from(timeout.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    wire::encode(
+        out,
+        &[
+            BorrowedFrame::BulkString(b"WAIT"),
+            BorrowedFrame::Integer(i64::from(replicas)),
+            BorrowedFrame::Integer(millis),
+        ],
+    )
+}
+
+/// Reads replies, answers their requests in order, and checks deadlines
+/// while anything is in flight.
+async fn read_loop(inner: &Inner, mut read: ReadHalf) -> Ended {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let busy = !inner.lock().queue.is_empty();
+        let read_some = async {
+            if busy {
+                tokio::select! {
+                    biased;
+                    r = read.read_buf(&mut buf) => Some(r),
+                    _ = tick.tick() => None,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    r = read.read_buf(&mut buf) => Some(r),
+                    () = inner.busy.notified() => None,
+                }
+            }
+        };
+        match read_some.await {
+            None => {
+                let mut state = inner.lock();
+                state.expire(Instant::now());
+                // A node that said "elsewhere" and then stopped answering.
+                if state.misplaced && state.expired == state.queue.len() {
+                    return Ended::Misplaced;
+                }
+            }
+            Some(Err(e)) => return Ended::Io(e),
+            Some(Ok(0)) => return Ended::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            Some(Ok(_)) => {
+                if let Some(ended) = take_replies(inner, &mut buf) {
+                    return ended;
+                }
+            }
+        }
+    }
+}
+
+/// Answers every complete reply in `buf`; `Some` when the connection must
+/// end.
+fn take_replies(inner: &Inner, buf: &mut BytesMut) -> Option<Ended> {
+    let mut state = inner.lock();
+    loop {
+        let (frame, used) = match decode_range(buf) {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) => break,
+            Err(e) => return Some(Ended::Protocol(e.to_string())),
+        };
+        let Some(entry) = state.queue.pop_front() else {
+            return Some(Ended::Protocol("a reply nobody asked for".to_owned()));
+        };
+        state.expired = state.expired.saturating_sub(1);
+        let reply = match (frame, entry.expect) {
+            (RangeFrame::Error(range), _) => {
+                let text = String::from_utf8_lossy(&buf[range.0..range.1]).into_owned();
+                if is_misplaced(&text) {
+                    state.misplaced = true;
+                }
+                buf.advance(used);
+                Reply::Refused(Error::new(ErrorKind::Unknown, text))
+            }
+            (RangeFrame::BulkString(range), Expect::Id) => {
+                let id = buf.split_to(used).freeze().slice(range.0..range.1);
+                Reply::Id(id)
+            }
+            (RangeFrame::Integer(n), Expect::Wait) => {
+                buf.advance(used);
+                let wanted = inner.wait.map_or(0, |(r, _)| i64::from(r));
+                Reply::Acked(n >= wanted)
+            }
+            (_, Expect::Wait) => {
+                buf.advance(used);
+                Reply::Acked(false)
+            }
+            _ => {
+                buf.advance(used);
+                Reply::Ok
+            }
+        };
+        state.answer(entry, reply, inner.wait.is_some());
+    }
+    // Under a steady flow the tick may never win against the reads: check
+    // the oldest deadline here too (one clock read per batch of replies).
+    if state
+        .queue
+        .get(state.expired)
+        .is_some_and(|oldest| oldest.deadline <= Instant::now())
+    {
+        state.expire(Instant::now());
+    }
+    if state.queue.is_empty() {
+        if state.misplaced {
+            return Some(Ended::Misplaced);
+        }
+        if state.closing {
+            inner.drained.notify_waiters();
+        }
+    }
+    None
+}
+
+/// Whether an error reply says this node no longer takes the write.
+fn is_misplaced(error: &str) -> bool {
+    [
+        "MOVED",
+        "ASK",
+        "READONLY",
+        "CLUSTERDOWN",
+        "MASTERDOWN",
+        "TRYAGAIN",
+    ]
+    .iter()
+    .any(|code| error.starts_with(code))
+}

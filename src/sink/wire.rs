@@ -1,0 +1,308 @@
+//! The lean writer's wire: where its connection goes, the connection itself,
+//! its handshake, and RESP through the `redis-protocol` crate (fred's own
+//! codec).
+//!
+//! *Where* is resolved at every (re)connection, so a writer follows the
+//! topology: one node or a Unix socket as the URL says; behind Sentinel, the
+//! primary a sentinel names now (checked with `ROLE`, as fred does); in a
+//! cluster, the primary that owns the writer's key slot in the shared fred
+//! client's view of the cluster (which fred keeps current; a `MOVED` asks it
+//! to refresh). The connection is TCP (no Nagle), a Unix socket, or TLS
+//! through tokio-rustls with the configuration fred's clients use.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use bytes::{Buf, BytesMut};
+use fred::{
+    interfaces::ClusterInterface as _,
+    prelude::{Client, Config as FredConfig},
+    types::config::ServerConfig,
+};
+use redis_protocol::resp2::{
+    decode::decode,
+    encode::extend_encode_borrowed,
+    types::{BorrowedFrame, OwnedFrame},
+};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use crate::redis::Target;
+
+/// The read half of a writer's connection.
+pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a writer's connection.
+pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Why a connection could not be made (logged by the writer, never shown
+/// to a caller; it holds no secret).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WireError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("redis answered the handshake with an error: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Topology(String),
+    #[error("the connection did not complete within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where a writer's connection goes.
+#[derive(Debug)]
+enum Place {
+    /// One node, by host and port.
+    Node(String, u16),
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// The primary of `service`, as one of `sentinels` names it.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        service: String,
+    },
+    /// The primary owning `slot` in the shared client's view of the cluster.
+    Cluster { view: Client, slot: u16 },
+}
+
+/// A writer's destination and how to open a connection there.
+#[derive(Debug)]
+pub(super) struct Endpoint {
+    place: Place,
+    username: Option<String>,
+    password: Option<String>,
+    database: Option<u8>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    connect_timeout: Duration,
+}
+
+impl Endpoint {
+    /// The endpoint of `target` for writes to `key` (its slot matters only
+    /// in a cluster, whose layout `view`, a fred client, follows).
+    pub(super) fn new(
+        target: &Target,
+        view: &Client,
+        key: &[u8],
+    ) -> Result<Self, fred::error::Error> {
+        let config = FredConfig::from_url(&target.url)?;
+        let place = match &config.server {
+            ServerConfig::Centralized { server } => {
+                Place::Node(server.host.to_string(), server.port)
+            }
+            ServerConfig::Unix { path } => Place::Unix(path.clone()),
+            ServerConfig::Sentinel {
+                hosts,
+                service_name,
+            } => Place::Sentinel {
+                sentinels: hosts.iter().map(|s| (s.host.to_string(), s.port)).collect(),
+                service: service_name.clone(),
+            },
+            ServerConfig::Clustered { .. } => Place::Cluster {
+                view: view.clone(),
+                slot: fred::util::redis_keyslot(key),
+            },
+        };
+        Ok(Self {
+            place,
+            username: config.username,
+            password: config.password,
+            database: config.database.filter(|db| *db != 0),
+            tls: target.tls.clone(),
+            connect_timeout: target.connect_timeout,
+        })
+    }
+
+    /// Whether the endpoint is a cluster node (whose `MOVED` should refresh
+    /// the cluster's layout).
+    pub(super) fn cluster_view(&self) -> Option<&Client> {
+        match &self.place {
+            Place::Cluster { view, .. } => Some(view),
+            _ => None,
+        }
+    }
+
+    /// A new connection to where writes go now, authenticated, on the
+    /// right database, and checked to be a primary.
+    pub(super) async fn connect(&self) -> Result<(ReadHalf, WriteHalf), WireError> {
+        tokio::time::timeout(self.connect_timeout, self.open())
+            .await
+            .map_err(|_| WireError::Timeout(self.connect_timeout))?
+    }
+
+    async fn open(&self) -> Result<(ReadHalf, WriteHalf), WireError> {
+        let mut conn = match &self.place {
+            Place::Node(host, port) => self.tcp(host, *port, host).await?,
+            Place::Unix(path) => {
+                let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
+                Conn::new(Box::new(r), Box::new(w))
+            }
+            Place::Sentinel { sentinels, service } => {
+                let (host, port) = self.ask_sentinels(sentinels, service).await?;
+                self.tcp(&host, port, &host).await?
+            }
+            Place::Cluster { view, slot } => {
+                let server = view
+                    .cached_cluster_state()
+                    .and_then(|state| state.get_server(*slot).cloned())
+                    .ok_or_else(|| {
+                        WireError::Topology(format!("no cluster node owns slot {slot} yet"))
+                    })?;
+                let name = server
+                    .tls_server_name
+                    .as_ref()
+                    .map_or_else(|| server.host.to_string(), ToString::to_string);
+                self.tcp(&server.host, server.port, &name).await?
+            }
+        };
+        self.authenticate(&mut conn).await?;
+        if let Some(db) = self.database {
+            conn.call(&[b"SELECT", db.to_string().as_bytes()]).await?;
+        }
+        match conn.call(&[b"ROLE"]).await? {
+            OwnedFrame::Array(role) if matches!(role.first(), Some(OwnedFrame::BulkString(r)) if r == b"master") =>
+                {}
+            _ => return Err(WireError::Topology("the node is not a primary".to_owned())),
+        }
+        Ok((conn.read, conn.write))
+    }
+
+    /// `AUTH` with the URL's credentials, when it has any.
+    async fn authenticate(&self, conn: &mut Conn) -> Result<(), WireError> {
+        match (&self.username, &self.password) {
+            (Some(user), Some(pass)) => {
+                conn.call(&[b"AUTH", user.as_bytes(), pass.as_bytes()])
+                    .await?;
+            }
+            (None, Some(pass)) => {
+                conn.call(&[b"AUTH", pass.as_bytes()]).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A TCP connection to `host:port`, in TLS (checked as `name`) when the
+    /// target uses it.
+    async fn tcp(&self, host: &str, port: u16, name: &str) -> Result<Conn, WireError> {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => {
+                let (r, w) = tcp.into_split();
+                Ok(Conn::new(Box::new(r), Box::new(w)))
+            }
+            Some(tls) => {
+                let name =
+                    rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
+                        WireError::Topology(format!("{name} is not a TLS server name: {e}"))
+                    })?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await?;
+                let (r, w) = tokio::io::split(stream);
+                Ok(Conn::new(Box::new(r), Box::new(w)))
+            }
+        }
+    }
+
+    /// The primary's address, from the first sentinel that names one.
+    async fn ask_sentinels(
+        &self,
+        sentinels: &[(String, u16)],
+        service: &str,
+    ) -> Result<(String, u16), WireError> {
+        let mut last = WireError::Topology("no sentinel configured".to_owned());
+        for (host, port) in sentinels {
+            let asked = async {
+                let mut conn = self.tcp(host, *port, host).await?;
+                self.authenticate(&mut conn).await?;
+                let answer = conn
+                    .call(&[b"SENTINEL", b"get-master-addr-by-name", service.as_bytes()])
+                    .await?;
+                primary_address(&answer).ok_or_else(|| {
+                    WireError::Topology(format!(
+                        "sentinel {host}:{port} names no primary for {service}"
+                    ))
+                })
+            };
+            match asked.await {
+                Ok(address) => return Ok(address),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// `host` and `port` from a `SENTINEL get-master-addr-by-name` answer.
+fn primary_address(answer: &OwnedFrame) -> Option<(String, u16)> {
+    let OwnedFrame::Array(parts) = answer else {
+        return None;
+    };
+    match &parts[..] {
+        [OwnedFrame::BulkString(host), OwnedFrame::BulkString(port)] => Some((
+            String::from_utf8(host.clone()).ok()?,
+            std::str::from_utf8(port).ok()?.parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
+/// A connection during its handshake: one command at a time.
+struct Conn {
+    read: ReadHalf,
+    write: WriteHalf,
+    buf: BytesMut,
+}
+
+impl Conn {
+    fn new(read: ReadHalf, write: WriteHalf) -> Self {
+        Self {
+            read,
+            write,
+            buf: BytesMut::with_capacity(512),
+        }
+    }
+
+    /// Sends one command and reads its answer; an error answer is an error.
+    async fn call(&mut self, args: &[&[u8]]) -> Result<OwnedFrame, WireError> {
+        let frames: Vec<BorrowedFrame<'_>> =
+            args.iter().map(|a| BorrowedFrame::BulkString(a)).collect();
+        let mut out = BytesMut::new();
+        encode(&mut out, &frames)
+            .map_err(|e| WireError::Refused(format!("cannot encode a handshake command: {e}")))?;
+        self.write.write_all(&out).await?;
+        self.write.flush().await?;
+        loop {
+            match decode(&self.buf) {
+                Ok(Some((frame, used))) => {
+                    self.buf.advance(used);
+                    return match frame {
+                        OwnedFrame::Error(e) => Err(WireError::Refused(first_word_and_rest(&e))),
+                        frame => Ok(frame),
+                    };
+                }
+                Ok(None) => {
+                    if self.read.read_buf(&mut self.buf).await? == 0 {
+                        return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+                Err(e) => return Err(WireError::Refused(format!("unreadable answer: {e}"))),
+            }
+        }
+    }
+}
+
+/// An error answer as Redis wrote it (it names no secret: `WRONGPASS`
+/// says only that the pair was wrong).
+fn first_word_and_rest(error: &str) -> String {
+    error.chars().take(200).collect()
+}
+
+/// Appends one command (`args`, each a bulk string or an integer written
+/// as one) to `out`. On failure `out` is left as it was.
+pub(super) fn encode(out: &mut BytesMut, args: &[BorrowedFrame<'_>]) -> Result<(), String> {
+    let before = out.len();
+    extend_encode_borrowed(out, &BorrowedFrame::Array(args), true).map_err(|e| {
+        out.truncate(before);
+        e.to_string()
+    })?;
+    Ok(())
+}
