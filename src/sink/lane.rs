@@ -127,6 +127,11 @@ struct State {
 }
 
 impl State {
+    /// Entries written to the socket and not answered yet.
+    fn in_flight(&self) -> usize {
+        self.queue.len() - self.unsent.min(self.queue.len())
+    }
+
     fn slot(&mut self, outstanding: u32) -> u32 {
         let index = match self.free.pop() {
             Some(i) => i,
@@ -539,7 +544,11 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
         loop {
             {
                 let mut state = inner.lock();
-                if state.out.is_empty() {
+                // One batch in flight at a time: what arrives meanwhile
+                // waits for its answers and leaves as the next, deeper
+                // batch (the reader wakes this loop when they land). Idle,
+                // a request leaves at once.
+                if state.out.is_empty() || state.in_flight() > 0 {
                     break;
                 }
                 if let Some((replicas, timeout)) = inner.wait {
@@ -683,6 +692,11 @@ fn take_replies(inner: &Inner, buf: &mut BytesMut) -> Option<Ended> {
         if state.closing {
             inner.drained.notify_waiters();
         }
+    }
+    let next_batch = state.in_flight() == 0 && !state.out.is_empty();
+    drop(state);
+    if next_batch {
+        inner.flush.notify_one();
     }
     None
 }

@@ -156,6 +156,12 @@ impl RedisServer {
         self.dir.join("redis.sock")
     }
 
+    /// The server's process id (to freeze it with SIGSTOP, say).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap()
+    }
+
     /// SIGKILL: no goodbye to clients.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,163 @@
+//! The job writer's own guarantees, against a real redis-server frozen,
+//! demoted and promoted: a deadline answered honestly while the connection
+//! survives, a full queue refused at once, and a node that stops taking
+//! writes refused and followed, never written twice.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+use tether_ingress::config::ServingThreads;
+
+const KEY: &str = "user_writer";
+const STREAM: &str = "tether:jobs:workflow";
+
+/// A frozen Redis (SIGSTOP): the request is answered `JOB_STORE_UNCONFIRMED`
+/// at its deadline, not when Redis wakes; Redis runs the write when it wakes
+/// (so "may or may not" was the truth), and the same connection carries the
+/// next request, its late reply matched to nobody's but its own.
+#[tokio::test]
+async fn a_frozen_redis_answers_unconfirmed_at_the_deadline_and_the_writer_recovers() {
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let mut config = config_for(&redis.url());
+    config.redis.command_timeout_ms = Duration::from_millis(300);
+    let ingress = Ingress::start_with(config.validate().unwrap()).await;
+    let (status, _, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    signal(redis.pid(), "STOP");
+    let started = Instant::now();
+    let (status, headers, body) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":2}"#)
+        .await;
+    let waited = started.elapsed();
+    signal(redis.pid(), "CONT");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(json(&body)["code"], "JOB_STORE_UNCONFIRMED");
+    assert!(waited < Duration::from_millis(1_500), "{waited:?}");
+
+    // Redis ran the timed-out write once it woke.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            xlen(&r, STREAM).await == 2
+        })
+        .await
+    );
+    // The next requests are answered from their own replies.
+    for n in 3..6 {
+        let (status, _, _) = ingress
+            .workflow(Some(KEY), &format!(r#"{{"webhookId":"wh_1","n":{n}}}"#))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(xlen(&r, STREAM).await, 5);
+    assert!(ingress.shutdown().await);
+}
+
+/// `redis.max_pending_commands` caps what waits on Redis: with the one
+/// slot taken by a write to a frozen Redis, the next request is refused at
+/// once and says nothing was enqueued.
+#[tokio::test]
+async fn a_full_writer_refuses_at_once_with_nothing_sent() {
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let mut config = config_for(&redis.url());
+    config.redis.command_timeout_ms = Duration::from_millis(1_500);
+    config.redis.max_pending_commands = 1;
+    config.server.serving_threads = ServingThreads::Count(1);
+    let ingress = Ingress::start_with(config.validate().unwrap()).await;
+
+    signal(redis.pid(), "STOP");
+    let timed = |n: u32| {
+        let ingress = &ingress;
+        async move {
+            let started = Instant::now();
+            let body = format!(r#"{{"webhookId":"wh_1","n":{n}}}"#);
+            let (status, _, body) = ingress.workflow(Some(KEY), &body).await;
+            (
+                status,
+                json(&body)["code"].as_str().unwrap_or("").to_owned(),
+                started.elapsed(),
+            )
+        }
+    };
+    let (a, b) = tokio::join!(timed(1), timed(2));
+    signal(redis.pid(), "CONT");
+    // Whichever came second was refused at once; the other waited out its
+    // deadline on the frozen Redis.
+    let (sent, refused) = if a.2 < b.2 { (b, a) } else { (a, b) };
+    assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.1, "JOB_STORE_UNAVAILABLE");
+    assert!(refused.2 < Duration::from_millis(500), "{:?}", refused.2);
+    assert_eq!(sent.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(sent.1, "JOB_STORE_UNCONFIRMED");
+    assert!(sent.2 >= Duration::from_millis(1_000), "{:?}", sent.2);
+    // Only the first request's entry was ever sent.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            xlen(&r, STREAM).await == 1
+        })
+        .await
+    );
+    let (status, _, _) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":3}"#)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+/// A primary demoted to a replica answers `READONLY`: the write is refused
+/// (Redis ran none of it: `JOB_STORE_UNAVAILABLE`), the writer stops using
+/// that node, does not reconnect to it while it is a replica, and writes
+/// again once it is a primary.
+#[tokio::test]
+async fn a_demoted_primary_is_refused_and_the_writer_follows_it_back() {
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    // The node it will replicate holds the same control-plane data.
+    let (other, _o) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let ingress = Ingress::start(&redis.url()).await;
+    let (status, _, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    redis.cli(&["REPLICAOF", "127.0.0.1", &other.port.to_string()]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            redis
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        })
+        .await
+    );
+    let (status, _, body) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":2}"#)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&body)["code"], "JOB_STORE_UNAVAILABLE");
+    // While it is a replica, nothing is written anywhere.
+    let (status, _, _) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":3}"#)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    redis.cli(&["REPLICAOF", "NO", "ONE"]);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ingress
+                .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":4}"#)
+                .await
+                .0
+                == StatusCode::ACCEPTED
+        })
+        .await
+    );
+    // The replica took the other node's (empty) stream: exactly the one
+    // accepted write is there, none of the refused ones.
+    assert_eq!(xlen(&r, STREAM).await, 1);
+    let entries = entries(&r, STREAM).await;
+    assert!(
+        field(&entries[0].1, "payload").contains("\"n\":4"),
+        "{entries:?}"
+    );
+}
