@@ -64,6 +64,10 @@ metrics! {
         "Seconds for one request's jobs to be acknowledged (the Redis round trip).";
     histogram SINK_BATCH = "tether_sink_batch_size":
         "Entries written together for one request (its batch).";
+    gauge REDIS_STALLED = "tether_redis_stalled":
+        "Job writers whose oldest write in flight waited longer than redis.stall_after_ms without a reply (their requests skip them).";
+    counter REDIS_STALLS = "tether_redis_stalls_total":
+        "Times a job writer became stalled.";
     gauge REPLICA_ENTRIES = "tether_replica_entries":
         "Entries held by each replica view, by view.";
     counter REPLICA_SKIPPED = "tether_replica_skipped_keys_total":

@@ -70,6 +70,63 @@ fn spool_files(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A frozen Redis (SIGSTOP: its connections stay open, nothing answers).
+/// Once a writer's oldest write has waited `redis.stall_after_ms`, requests
+/// skip it and go straight to the spool instead of queueing behind the
+/// stuck writes for the whole command deadline (2 s here); every answer is
+/// a 202, and after SIGCONT nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_under_load_with_a_spool_is_skipped_after_the_stall_delay() {
+    let redis = RedisServer::start_durable();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut raw = Config::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.redis.command_timeout_ms = Duration::from_millis(2_000);
+    raw.redis.stall_after_ms = Duration::from_millis(250);
+    raw.spool.dir = Some(spool.path().into());
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let load = Load::start(&ingress.uri(""), KEY, BODY, 8, "frozen");
+    load.until_accepted(200, WAIT).await;
+
+    signal(redis.pid(), "STOP");
+    let frozen = std::time::Instant::now();
+    // Without the stall, 8 senders waiting 2 s each would need 75 s for
+    // these; from the spool they take a moment.
+    load.until_accepted(300, Duration::from_secs(10)).await;
+    let took = frozen.elapsed();
+    let stalls = metric_value(&ingress, "tether_redis_stalls_total").await;
+    let stalled = metric_value(&ingress, "tether_redis_stalled").await;
+    signal(redis.pid(), "CONT");
+    assert!(stalls >= 1.0, "no stall counted");
+    assert!(stalled >= 1.0, "no writer shown stalled during the freeze");
+    assert!(spool_files(spool.path()) > 0, "nothing was spooled");
+
+    load.until_accepted(200, WAIT).await;
+    assert!(
+        eventually(WAIT, || async {
+            metric_value(&ingress, "tether_redis_stalled").await == 0.0
+        })
+        .await,
+        "a writer stayed stalled after Redis woke"
+    );
+    let outcomes = load.stop().await;
+    let other: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.status != Some(StatusCode::ACCEPTED))
+        .take(5)
+        .collect();
+    assert!(
+        other.is_empty(),
+        "with a spool every answer is 202: {other:?}"
+    );
+    let accepted = assert_every_202_stored(&redis, &outcomes).await;
+    eprintln!(
+        "figures: 300 accepted in {took:?} with Redis frozen; {accepted} accepted, none lost"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_under_load_with_a_spool_loses_no_accepted_job() {
     let mut redis = RedisServer::start_durable();

@@ -24,6 +24,7 @@ async fn a_frozen_redis_answers_unconfirmed_at_the_deadline_and_the_writer_recov
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let mut config = config_for(&redis.url());
     config.redis.command_timeout_ms = Duration::from_millis(300);
+    config.redis.stall_after_ms = Duration::ZERO;
     let ingress = Ingress::start_with(config.validate().unwrap()).await;
     let (status, _, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -67,6 +68,8 @@ async fn a_full_writer_refuses_at_once_with_nothing_sent() {
     let mut config = config_for(&redis.url());
     config.redis.command_timeout_ms = Duration::from_millis(1_500);
     config.redis.max_pending_commands = 1;
+    // The stall check would answer the first request early: off here.
+    config.redis.stall_after_ms = Duration::ZERO;
     config.server.serving_threads = ServingThreads::Count(1);
     let ingress = Ingress::start_with(config.validate().unwrap()).await;
 
@@ -159,5 +162,64 @@ async fn a_demoted_primary_is_refused_and_the_writer_follows_it_back() {
     assert!(
         field(&entries[0].1, "payload").contains("\"n\":4"),
         "{entries:?}"
+    );
+}
+
+/// Without a spool, a stalled writer answers at once: the request in flight
+/// hears `JOB_STORE_UNCONFIRMED` after `redis.stall_after_ms` (not the 5 s
+/// deadline), the next ones `JOB_STORE_UNAVAILABLE` with `Retry-After` at
+/// once (nothing sent), and the first reply after the freeze ends the stall.
+#[tokio::test]
+async fn without_a_spool_a_stalled_writer_answers_503_at_once() {
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let mut config = config_for(&redis.url());
+    config.redis.command_timeout_ms = Duration::from_millis(5_000);
+    config.redis.stall_after_ms = Duration::from_millis(200);
+    config.server.serving_threads = ServingThreads::Count(1);
+    let ingress = Ingress::start_with(config.validate().unwrap()).await;
+
+    signal(redis.pid(), "STOP");
+    let started = Instant::now();
+    let (status, _, body) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":1}"#)
+        .await;
+    let first = started.elapsed();
+    let started = Instant::now();
+    let (next, headers, next_body) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":2}"#)
+        .await;
+    let second = started.elapsed();
+    signal(redis.pid(), "CONT");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&body)["code"], "JOB_STORE_UNCONFIRMED");
+    assert!(first < Duration::from_millis(2_000), "{first:?}");
+    assert_eq!(next, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&next_body)["code"], "JOB_STORE_UNAVAILABLE");
+    assert!(headers.contains_key("retry-after"));
+    assert!(second < Duration::from_millis(500), "{second:?}");
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ingress
+                .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":3}"#)
+                .await
+                .0
+                == StatusCode::ACCEPTED
+        })
+        .await
+    );
+    // The first write ran when Redis woke; the refused one never left.
+    let payloads: Vec<String> = entries(&r, STREAM)
+        .await
+        .iter()
+        .map(|(_, fields)| field(fields, "payload").to_owned())
+        .collect();
+    assert!(
+        payloads.iter().any(|p| p.contains("\"n\":1")),
+        "{payloads:?}"
+    );
+    assert!(
+        !payloads.iter().any(|p| p.contains("\"n\":2")),
+        "{payloads:?}"
     );
 }

@@ -10,13 +10,17 @@ use super::file::Config;
 /// TOML before it is deserialised, so a bad value is reported like one in
 /// the file, under the key's name. A value goes in as an integer where the
 /// default is one and the text is a number, else as text.
-pub const ENV: [(&str, &str); 22] = [
+pub const ENV: &[(&str, &str)] = &[
     ("TETHER_INGRESS_LISTEN", "server.listen"),
     ("TETHER_INGRESS_TLS_CERT_FILE", "server.tls.cert_file"),
     ("TETHER_INGRESS_TLS_KEY_FILE", "server.tls.key_file"),
     ("TETHER_INGRESS_TRUSTED_PROXIES", "server.trusted_proxies"),
     ("TETHER_INGRESS_REDIS_URL", "redis.url"),
     ("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "redis.wait_replicas"),
+    (
+        "TETHER_INGRESS_REDIS_STALL_AFTER_MS",
+        "redis.stall_after_ms",
+    ),
     ("TETHER_INGRESS_REDIS_TLS_CA_FILE", "redis.tls.ca_file"),
     ("TETHER_INGRESS_REDIS_TLS_CERT_FILE", "redis.tls.cert_file"),
     ("TETHER_INGRESS_REDIS_TLS_KEY_FILE", "redis.tls.key_file"),
@@ -69,6 +73,7 @@ live!(
     server.tls,
     server.trusted_proxies,
     redis.command_timeout_ms,
+    redis.stall_after_ms,
     redis.retry_after_secs,
     streams.workflow,
     streams.outreach,

@@ -31,8 +31,6 @@
 
 use std::sync::LazyLock;
 
-use std::time::Instant;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::prelude::*;
 use redis_protocol::resp2::types::BorrowedFrame;
@@ -40,7 +38,7 @@ use redis_protocol::resp2::types::BorrowedFrame;
 use super::{
     error::SinkError,
     job::{OutreachJob, WorkflowJobs},
-    lane::Lane,
+    lane::{Due, Lane},
     wire,
 };
 use crate::{
@@ -290,13 +288,11 @@ impl Call<'_> {
     /// Sends it through `lane` by `EVALSHA`, and whole by `EVAL` only when
     /// Redis answers `NOSCRIPT` (which ran nothing); `Ok` once Redis holds
     /// every job (new, or found already there).
-    async fn send(&self, lane: &Lane, deadline: Instant) -> Result<(), SinkError> {
-        let by_sha = lane.send(1, false, deadline, |out| {
-            self.encode(out, b"EVALSHA", ADD.sha())
-        })?;
+    async fn send(&self, lane: &Lane, due: Due) -> Result<(), SinkError> {
+        let by_sha = lane.send(1, false, due, |out| self.encode(out, b"EVALSHA", ADD.sha()))?;
         match by_sha.await {
             Err(SinkError::Redis(e)) if e.details().starts_with("NOSCRIPT") => {
-                let whole = lane.send(1, false, deadline, |out| {
+                let whole = lane.send(1, false, due, |out| {
                     self.encode(out, b"EVAL", ADD.body().as_bytes())
                 })?;
                 whole.await.map(drop)
@@ -454,12 +450,12 @@ pub(super) async fn write_workflow(
     lane: &Lane,
     queues: &Queues,
     jobs: &WorkflowJobs,
-    deadline: Instant,
+    due: Due,
 ) -> Result<(), SinkError> {
     if jobs.is_empty() {
         return Ok(());
     }
-    workflow_call(queues, jobs).send(lane, deadline).await
+    workflow_call(queues, jobs).send(lane, due).await
 }
 
 /// Adds `job` to the outreach queue through `lane`; returns its BullMQ job
@@ -468,10 +464,10 @@ pub(super) async fn write_outreach(
     lane: &Lane,
     queues: &Queues,
     job: &OutreachJob,
-    deadline: Instant,
+    due: Due,
 ) -> Result<Bytes, SinkError> {
     let call = outreach_call(queues, job);
-    call.send(lane, deadline).await?;
+    call.send(lane, due).await?;
     Ok(call.id(&call.jobs[0].0))
 }
 

@@ -13,6 +13,10 @@ pub(crate) enum SinkError {
     /// The client has no live connection to Redis: nothing was sent.
     #[error("redis is not connected")]
     Disconnected,
+    /// The writer's oldest write has waited longer than
+    /// `redis.stall_after_ms`: nothing was sent.
+    #[error("redis stopped answering (the writer is stalled)")]
+    Stalled,
     /// Too many commands queued towards Redis: nothing was sent.
     #[error("too many commands queued towards redis")]
     Backpressure,
@@ -48,6 +52,7 @@ impl SinkError {
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             SinkError::Disconnected => "disconnected",
+            SinkError::Stalled => "stalled",
             SinkError::Backpressure => "backpressure",
             SinkError::Redis(_) => "redis_error",
             SinkError::Timeout => "timeout",
@@ -66,7 +71,10 @@ impl SinkError {
         match self {
             SinkError::Timeout | SinkError::Lost | SinkError::NotReplicated => true,
             SinkError::Spool { unconfirmed, .. } => *unconfirmed,
-            SinkError::Disconnected | SinkError::Backpressure | SinkError::Redis(_) => false,
+            SinkError::Disconnected
+            | SinkError::Stalled
+            | SinkError::Backpressure
+            | SinkError::Redis(_) => false,
         }
     }
 }

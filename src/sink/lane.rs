@@ -124,6 +124,13 @@ struct State {
     free: Vec<u32>,
     /// Slots waiting for the next `WAIT`'s answer.
     confirming: Vec<u32>,
+    /// `redis.stall_after_ms` as the latest request read it (zero: off).
+    stall_after: Duration,
+    /// When the batch in flight was written (kept only with stall_after).
+    flushed_at: Option<Instant>,
+    /// The batch in flight has waited longer than `stall_after`: new writes
+    /// skip this lane until a reply or a reconnect.
+    stalled: bool,
 }
 
 impl State {
@@ -240,6 +247,48 @@ impl State {
         }
     }
 
+    /// Marks the lane stalled when the batch in flight has waited longer
+    /// than `stall_after`: what was not sent yet is taken back (refused,
+    /// nothing sent), and the requests in flight are answered `Timeout`
+    /// now rather than at their deadline. `true` on the transition.
+    fn check_stall(&mut self, now: Instant) -> bool {
+        let waited = self.flushed_at.map(|at| now.saturating_duration_since(at));
+        if self.stalled || self.stall_after.is_zero() || waited.is_none_or(|w| w < self.stall_after)
+        {
+            return false;
+        }
+        self.stalled = true;
+        for _ in 0..std::mem::take(&mut self.unsent) {
+            let Some(entry) = self.queue.pop_back() else {
+                break;
+            };
+            if let Some(slot) = self.slots.get_mut(entry.slot as usize) {
+                slot.outstanding = slot.outstanding.saturating_sub(1);
+            }
+            self.resolve(entry.slot, Err(SinkError::Stalled));
+            self.release(entry.slot);
+        }
+        self.out.clear();
+        self.expired = self.expired.min(self.queue.len());
+        for i in 0..self.queue.len() {
+            let slot = self.queue[i].slot;
+            if slot != BATCH {
+                self.resolve(slot, Err(SinkError::Timeout));
+            }
+        }
+        for i in 0..self.confirming.len() {
+            let slot = self.confirming[i];
+            self.resolve(slot, Err(SinkError::Timeout));
+        }
+        true
+    }
+
+    /// Ends a stall (a reply came, or the connection ended); `true` on the
+    /// transition.
+    fn unstall(&mut self) -> bool {
+        std::mem::take(&mut self.stalled)
+    }
+
     /// The connection ended: everything unanswered fails (`Lost` if it was
     /// handed to the socket, `Disconnected` if not) and the lane is down.
     fn fail_all(&mut self) {
@@ -275,6 +324,7 @@ impl State {
         self.out.clear();
         self.unsent = 0;
         self.expired = 0;
+        self.flushed_at = None;
     }
 }
 
@@ -303,6 +353,8 @@ struct Inner {
     wait: Option<(u32, Duration)>,
     /// Counts the lanes (and clients) that connected at least once.
     connected: Arc<AtomicUsize>,
+    stalled: metrics::Gauge,
+    stalls: metrics::Counter,
 }
 
 impl Inner {
@@ -342,25 +394,32 @@ impl Lane {
             max_pending,
             wait,
             connected,
+            stalled: metrics::gauge!(crate::metrics::REDIS_STALLED),
+            stalls: metrics::counter!(crate::metrics::REDIS_STALLS),
         });
         runtime.spawn(run(inner.clone()));
         Self { inner }
     }
 
     /// Queues `commands` commands that `encode` appends, all due by
-    /// `deadline`; the last one's bulk-string answer is the result when
-    /// `want_id`. Refused at once (nothing sent) when the lane is down or
-    /// full.
+    /// `due.deadline`; the last one's bulk-string answer is the result when
+    /// `want_id`. Refused at once (nothing sent) when the lane is down,
+    /// stalled or full.
     pub(super) fn send(
         &self,
         commands: u32,
         want_id: bool,
-        deadline: Instant,
+        due: Due,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), String>,
     ) -> Result<Ack<'_>, SinkError> {
+        let deadline = due.deadline;
         let mut state = self.inner.lock();
         if !state.up || state.misplaced || state.closing {
             return Err(SinkError::Disconnected);
+        }
+        state.stall_after = due.stall_after;
+        if state.stalled {
+            return Err(SinkError::Stalled);
         }
         if state.queue.len() + commands as usize > self.inner.max_pending {
             return Err(SinkError::Backpressure);
@@ -414,6 +473,15 @@ impl Lane {
         }
         let _ = tokio::time::timeout(grace, drained).await;
     }
+}
+
+/// When a request's write is due, and when its lane counts as stalled.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Due {
+    /// The request's deadline (`redis.command_timeout_ms` from its start).
+    pub(super) deadline: Instant,
+    /// `redis.stall_after_ms` (zero: off).
+    pub(super) stall_after: Duration,
 }
 
 /// A request's wait for its answer. Dropped early, it leaves the slot to be
@@ -509,6 +577,9 @@ async fn run(inner: Arc<Inner>) {
                 let (closing, misplaced) = {
                     let mut state = inner.lock();
                     state.fail_all();
+                    if state.unstall() {
+                        inner.stalled.decrement(1.0);
+                    }
                     let misplaced = std::mem::take(&mut state.misplaced);
                     (state.closing, misplaced)
                 };
@@ -563,6 +634,9 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
                 }
                 std::mem::swap(&mut state.out, &mut batch);
                 state.unsent = 0;
+                if !state.stall_after.is_zero() {
+                    state.flushed_at = Some(Instant::now());
+                }
             }
             if let Err(e) = write.write_all(&batch).await {
                 return e;
@@ -616,7 +690,16 @@ async fn read_loop(inner: &Inner, mut read: ReadHalf) -> Ended {
         match read_some.await {
             None => {
                 let mut state = inner.lock();
-                state.expire(Instant::now());
+                let now = Instant::now();
+                state.expire(now);
+                if state.check_stall(now) {
+                    inner.stalled.increment(1.0);
+                    inner.stalls.increment(1);
+                    warn!(
+                        after_ms = state.stall_after.as_millis() as u64,
+                        "redis stopped answering this job writer; new writes skip it until it answers"
+                    );
+                }
                 // A node that said "elsewhere" and then stopped answering.
                 if state.misplaced && state.expired == state.queue.len() {
                     return Ended::Misplaced;
@@ -637,6 +720,10 @@ async fn read_loop(inner: &Inner, mut read: ReadHalf) -> Ended {
 /// end.
 fn take_replies(inner: &Inner, buf: &mut BytesMut) -> Option<Ended> {
     let mut state = inner.lock();
+    if state.unstall() {
+        inner.stalled.decrement(1.0);
+        info!("redis answers this job writer again");
+    }
     loop {
         let (frame, used) = match decode_range(buf) {
             Ok(Some(decoded)) => decoded,
@@ -692,6 +779,9 @@ fn take_replies(inner: &Inner, buf: &mut BytesMut) -> Option<Ended> {
         if state.closing {
             inner.drained.notify_waiters();
         }
+    }
+    if state.in_flight() == 0 {
+        state.flushed_at = None;
     }
     let next_batch = state.in_flight() == 0 && !state.out.is_empty();
     drop(state);

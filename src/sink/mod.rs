@@ -48,7 +48,7 @@ pub(crate) use self::{
     job::{OutreachJob, Stored, WorkflowJobs},
 };
 use self::{
-    lane::Lane,
+    lane::{Due, Lane},
     writers::{LaneSettings, Route},
 };
 use crate::{
@@ -83,12 +83,12 @@ impl Layout {
         lane: &Lane,
         jobs: &WorkflowJobs,
         settings: &Settings,
-        deadline: Instant,
+        due: Due,
     ) -> Result<(), SinkError> {
         match self {
-            Layout::Streams => streams::write_workflow(lane, jobs, settings, deadline).await,
+            Layout::Streams => streams::write_workflow(lane, jobs, settings, due).await,
             // Boxed: the stream layout's future stays as small as before.
-            Layout::Bullmq(q) => Box::pin(bullmq::write_workflow(lane, q, jobs, deadline)).await,
+            Layout::Bullmq(q) => Box::pin(bullmq::write_workflow(lane, q, jobs, due)).await,
         }
     }
 
@@ -97,11 +97,11 @@ impl Layout {
         lane: &Lane,
         job: &OutreachJob,
         settings: &Settings,
-        deadline: Instant,
+        due: Due,
     ) -> Result<Bytes, SinkError> {
         match self {
-            Layout::Streams => streams::write_outreach(lane, job, settings, deadline).await,
-            Layout::Bullmq(q) => Box::pin(bullmq::write_outreach(lane, q, job, deadline)).await,
+            Layout::Streams => streams::write_outreach(lane, job, settings, due).await,
+            Layout::Bullmq(q) => Box::pin(bullmq::write_outreach(lane, q, job, due)).await,
         }
     }
 
@@ -224,13 +224,12 @@ impl Sink {
         settings: &Settings,
         started: Instant,
     ) -> Result<Stored, SinkError> {
-        let deadline = started + settings.redis.command_timeout_ms;
+        let due = Due {
+            deadline: started + settings.redis.command_timeout_ms,
+            stall_after: settings.redis.stall_after_ms,
+        };
         let written = match self.writers.current(Route::Workflow) {
-            Some(lane) => {
-                self.layout
-                    .write_workflow(lane, jobs, settings, deadline)
-                    .await
-            }
+            Some(lane) => self.layout.write_workflow(lane, jobs, settings, due).await,
             None => Err(SinkError::Disconnected),
         };
         match written {
@@ -261,13 +260,12 @@ impl Sink {
         settings: &Settings,
         started: Instant,
     ) -> Result<Stored<Bytes>, SinkError> {
-        let deadline = started + settings.redis.command_timeout_ms;
+        let due = Due {
+            deadline: started + settings.redis.command_timeout_ms,
+            stall_after: settings.redis.stall_after_ms,
+        };
         let written = match self.writers.current(Route::Outreach) {
-            Some(lane) => {
-                self.layout
-                    .write_outreach(lane, job, settings, deadline)
-                    .await
-            }
+            Some(lane) => self.layout.write_outreach(lane, job, settings, due).await,
             None => Err(SinkError::Disconnected),
         };
         match written {

@@ -9,8 +9,6 @@
 //! wire and copied nowhere else): Redis spends less on a native `XADD` than
 //! on one run from a script (BENCHMARKS.md §18).
 
-use std::time::Instant;
-
 use bytes::{Bytes, BytesMut};
 use fred::{
     prelude::*,
@@ -21,7 +19,7 @@ use redis_protocol::resp2::types::BorrowedFrame;
 use super::{
     error::SinkError,
     job::{OutreachJob, WorkflowJobs},
-    lane::Lane,
+    lane::{Due, Lane},
     wire,
 };
 use crate::{
@@ -72,13 +70,13 @@ pub(super) async fn write_workflow(
     lane: &Lane,
     jobs: &WorkflowJobs,
     settings: &Settings,
-    deadline: Instant,
+    due: Due,
 ) -> Result<(), SinkError> {
     let Ok(count @ 1..) = u32::try_from(jobs.len()) else {
         return Ok(());
     };
     let (stream, maxlen) = (settings.workflow_stream.as_bytes(), settings.streams.maxlen);
-    let ack = lane.send(count, false, deadline, |out| {
+    let ack = lane.send(count, false, due, |out| {
         jobs.workflows
             .iter()
             .try_for_each(|workflow| xadd(out, stream, maxlen, jobs.pairs(workflow)))
@@ -92,12 +90,10 @@ pub(super) async fn write_outreach(
     lane: &Lane,
     job: &OutreachJob,
     settings: &Settings,
-    deadline: Instant,
+    due: Due,
 ) -> Result<Bytes, SinkError> {
     let (stream, maxlen) = (settings.outreach_stream.as_bytes(), settings.streams.maxlen);
-    let ack = lane.send(1, true, deadline, |out| {
-        xadd(out, stream, maxlen, job.pairs())
-    })?;
+    let ack = lane.send(1, true, due, |out| xadd(out, stream, maxlen, job.pairs()))?;
     match ack.await? {
         Some(id) => Ok(id),
         None => Err(SinkError::Redis(Error::new(
