@@ -126,6 +126,9 @@ struct State {
     confirming: Vec<u32>,
     /// `redis.stall_after_ms` as the latest request read it (zero: off).
     stall_after: Duration,
+    /// How long a batch's `WAIT` may hold its replies by design (its own
+    /// timeout, with `redis.wait_replicas`): added to `stall_after`.
+    wait_allowance: Duration,
     /// When the batch in flight was written (kept only with stall_after).
     flushed_at: Option<Instant>,
     /// The batch in flight has waited longer than `stall_after`: new writes
@@ -253,7 +256,9 @@ impl State {
     /// now rather than at their deadline. `true` on the transition.
     fn check_stall(&mut self, now: Instant) -> bool {
         let waited = self.flushed_at.map(|at| now.saturating_duration_since(at));
-        if self.stalled || self.stall_after.is_zero() || waited.is_none_or(|w| w < self.stall_after)
+        if self.stalled
+            || self.stall_after.is_zero()
+            || waited.is_none_or(|w| w < self.stall_after + self.wait_allowance)
         {
             return false;
         }
@@ -385,6 +390,7 @@ impl Lane {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 out: BytesMut::with_capacity(16 * 1024),
+                wait_allowance: wait.map_or(Duration::ZERO, |(_, timeout)| timeout),
                 ..State::default()
             }),
             flush: Notify::new(),
