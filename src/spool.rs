@@ -22,6 +22,11 @@
 //! flipped bit) fails its frame or checksum: it is skipped with a log line,
 //! the reader looks for the next valid frame, and garbage is never replayed.
 //!
+//! A write whose fate was unknown when it was spooled (it timed out on a
+//! connection that stayed open) is preceded by a marker record naming its
+//! ticket; a settlement record says Redis stored it after all, and the
+//! replay skips it (`sink::tickets`). Both are framed like any record.
+//!
 //! The directory has a size cap; an append past it is refused
 //! ([`SpoolError::Full`]) and the caller hears 503.
 
@@ -80,11 +85,51 @@ pub(crate) enum Kind {
     Stream(Bytes),
     /// A BullMQ job (its queue is among its fields).
     BullmqJob,
+    /// The next `records` records are a write whose fate was pending when
+    /// it was spooled (`sink::tickets`).
+    Pending {
+        /// The write's ticket.
+        ticket: u64,
+        /// How many records follow that belong to it.
+        records: u32,
+    },
+    /// The write of this ticket was stored by Redis after all: its records
+    /// are not replayed.
+    Settled(u64),
 }
 
 /// A BullMQ job's record names this stream on disk: no configured stream
 /// starts with a NUL byte, and the frame stays the one `TSP1` describes.
 const BULLMQ_JOB: &[u8] = b"\0bullmq";
+
+/// The marker of a ticketed write's records, and a ticket's settlement,
+/// named like the BullMQ tag.
+const PENDING: &[u8] = b"\0pending";
+const SETTLED: &[u8] = b"\0settled";
+
+/// Appends the marker saying the next `records` records are the write of
+/// `ticket`, whose fate is pending.
+pub(crate) fn encode_pending(out: &mut Vec<u8>, ticket: u64, records: u32) {
+    let (ticket, records) = (ticket.to_string(), records.to_string());
+    let fields: [(&[u8], &[u8]); 2] = [
+        (b"ticket", ticket.as_bytes()),
+        (b"records", records.as_bytes()),
+    ];
+    encode(out, PENDING, fields.into_iter());
+}
+
+/// Appends the settlement saying `ticket`'s write was stored by Redis.
+pub(crate) fn encode_settled(out: &mut Vec<u8>, ticket: u64) {
+    let ticket = ticket.to_string();
+    let fields: [(&[u8], &[u8]); 1] = [(b"ticket", ticket.as_bytes())];
+    encode(out, SETTLED, fields.into_iter());
+}
+
+/// The decimal number of field `name` among `fields`.
+fn number<T: std::str::FromStr>(fields: &[(Bytes, Bytes)], name: &[u8]) -> Option<T> {
+    let (_, value) = fields.iter().find(|(k, _)| k.as_ref() == name)?;
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
 
 /// Appends one framed BullMQ job record with `fields` to `out`.
 pub(crate) fn encode_bullmq_job<'a>(
@@ -148,10 +193,14 @@ fn decode_payload(payload: &Bytes) -> Option<Record> {
         let name = next()?;
         fields.push((name, next()?));
     }
-    let kind = if stream.as_ref() == BULLMQ_JOB {
-        Kind::BullmqJob
-    } else {
-        Kind::Stream(stream)
+    let kind = match stream.as_ref() {
+        BULLMQ_JOB => Kind::BullmqJob,
+        PENDING => Kind::Pending {
+            ticket: number(&fields, b"ticket")?,
+            records: number(&fields, b"records")?,
+        },
+        SETTLED => Kind::Settled(number(&fields, b"ticket")?),
+        _ => Kind::Stream(stream),
     };
     (at == payload.len()).then_some(Record { kind, fields })
 }

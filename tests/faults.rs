@@ -384,3 +384,114 @@ async fn outreach_is_spooled_too_and_says_so() {
     );
     assert_eq!(field(&e[0].1, "format"), "raw");
 }
+
+/// What a previous run left: a write spooled under a ticket that its late
+/// reply settled as stored (its settlement in a later segment), one whose
+/// ticket was never settled, and a plain record. At start-up the settled
+/// copy is skipped, the unsettled one replayed (at least once), and the
+/// plain one replayed.
+#[tokio::test]
+async fn a_copy_cancelled_by_a_late_reply_stays_cancelled_across_a_restart() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let entry = |out: &mut Vec<u8>, id: &str| {
+        tether_ingress::spool_record(
+            out,
+            STREAM.as_bytes(),
+            [
+                (&b"workflowId"[..], &b"wf_a"[..]),
+                (b"orgId", b"o_1"),
+                (b"userId", b"u_1"),
+                (b"webhookId", b"wh_1"),
+                (b"payload", br#"{"n":1}"#),
+                (b"receivedAt", b"1700000000000"),
+                (b"requestId", id.as_bytes()),
+            ]
+            .into_iter(),
+        );
+    };
+    let marker = |out: &mut Vec<u8>, ticket: &str| {
+        tether_ingress::spool_record(
+            out,
+            b"\0pending",
+            [(&b"ticket"[..], ticket.as_bytes()), (b"records", b"1")].into_iter(),
+        );
+    };
+    let mut first = Vec::new();
+    marker(&mut first, "5");
+    entry(&mut first, "cancelled-1");
+    marker(&mut first, "6");
+    entry(&mut first, "replayed-2");
+    entry(&mut first, "plain-3");
+    let mut second = Vec::new();
+    tether_ingress::spool_record(
+        &mut second,
+        b"\0settled",
+        [(&b"ticket"[..], &b"5"[..])].into_iter(),
+    );
+    std::fs::write(spool.path().join("spool-00000000000000000007.log"), &first).unwrap();
+    std::fs::write(spool.path().join("spool-00000000000000000008.log"), &second).unwrap();
+
+    let mut raw = Config::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.spool.dir = Some(spool.path().into());
+    let _ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    assert!(
+        eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
+        "spool not replayed at start-up"
+    );
+    let r = redis.client().await;
+    let e = entries(&r, STREAM).await;
+    let ids: Vec<&str> = e.iter().map(|(_, f)| field(f, "requestId")).collect();
+    assert_eq!(ids, ["replayed-2", "plain-3"]);
+}
+
+/// A frozen Redis with a spool, its connection kept: the write in flight
+/// when the writer stalls is answered 202 from the spool, and when Redis
+/// wakes and runs it, its late reply cancels the spooled copy. Requests
+/// that skipped the stalled writer are replayed once. Nothing is written
+/// twice.
+#[tokio::test]
+async fn a_late_reply_cancels_the_spooled_copy() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut raw = Config::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.redis.command_timeout_ms = Duration::from_millis(5_000);
+    raw.redis.stall_after_ms = Duration::from_millis(200);
+    raw.server.serving_threads = tether_ingress::config::ServingThreads::Count(1);
+    raw.spool.dir = Some(spool.path().into());
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+
+    signal(redis.pid(), "STOP");
+    let (in_flight, _, _) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":"in flight"}"#)
+        .await;
+    let (skipped, _, _) = ingress
+        .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":"skipped"}"#)
+        .await;
+    assert!(spool_files(spool.path()) > 0, "nothing was spooled");
+    signal(redis.pid(), "CONT");
+    assert_eq!(in_flight, StatusCode::ACCEPTED);
+    assert_eq!(skipped, StatusCode::ACCEPTED);
+
+    let r = redis.client().await;
+    assert!(
+        eventually(WAIT, || async {
+            metric_value(&ingress, "tether_spool_bytes").await == 0.0 && xlen(&r, STREAM).await >= 4
+        })
+        .await,
+        "the spool did not drain"
+    );
+    let e = entries(&r, STREAM).await;
+    let payloads: Vec<&str> = e.iter().map(|(_, f)| field(f, "payload")).collect();
+    let count = |n: &str| payloads.iter().filter(|p| p.contains(n)).count();
+    // Two matches each (seed's trigger): two entries per request, once.
+    assert_eq!(count("in flight"), 2, "{payloads:?}");
+    assert_eq!(count("skipped"), 2, "{payloads:?}");
+    assert!(ingress.shutdown().await);
+}

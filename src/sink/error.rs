@@ -24,8 +24,10 @@ pub(crate) enum SinkError {
     #[error("redis refused the write: {0}")]
     Redis(#[source] Error),
     /// Sent, and Redis did not answer in time (the jobs may be written).
+    /// With a ticket, the connection is still open and its late reply will
+    /// say whether the jobs were stored ([`crate::sink`]'s tickets).
     #[error("redis did not answer in time")]
-    Timeout,
+    Timeout(Option<u64>),
     /// Sent, and the connection broke before the answer (the jobs may be
     /// written).
     #[error("the connection to redis broke before its answer")]
@@ -55,7 +57,7 @@ impl SinkError {
             SinkError::Stalled => "stalled",
             SinkError::Backpressure => "backpressure",
             SinkError::Redis(_) => "redis_error",
-            SinkError::Timeout => "timeout",
+            SinkError::Timeout(_) => "timeout",
             SinkError::Lost => "connection_lost",
             SinkError::NotReplicated => "not_replicated",
             SinkError::Spool {
@@ -66,10 +68,19 @@ impl SinkError {
         }
     }
 
+    /// The ticket a spooled copy of these jobs goes under: Redis may still
+    /// answer whether it stored them.
+    pub(crate) fn ticket(&self) -> Option<u64> {
+        match self {
+            SinkError::Timeout(ticket) => *ticket,
+            _ => None,
+        }
+    }
+
     /// Whether the jobs were sent to Redis and may be stored there.
     pub(crate) fn unconfirmed(&self) -> bool {
         match self {
-            SinkError::Timeout | SinkError::Lost | SinkError::NotReplicated => true,
+            SinkError::Timeout(_) | SinkError::Lost | SinkError::NotReplicated => true,
             SinkError::Spool { unconfirmed, .. } => *unconfirmed,
             SinkError::Disconnected
             | SinkError::Stalled
@@ -82,7 +93,7 @@ impl SinkError {
 impl From<Error> for SinkError {
     fn from(e: Error) -> Self {
         match e.kind() {
-            ErrorKind::Timeout => SinkError::Timeout,
+            ErrorKind::Timeout => SinkError::Timeout(None),
             ErrorKind::Backpressure => SinkError::Backpressure,
             ErrorKind::Canceled | ErrorKind::IO => SinkError::Lost,
             _ => SinkError::Redis(e),

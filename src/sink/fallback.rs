@@ -6,12 +6,19 @@
 //! stream entry is then a duplicate a worker drops by (`requestId`,
 //! `workflowId`); a replayed BullMQ job finds its id taken and adds nothing.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use fred::prelude::*;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{bullmq, error::SinkError, job::Stored, replicas, streams};
+use super::{
+    bullmq,
+    error::SinkError,
+    job::Stored,
+    replicas, streams,
+    tickets::{Fate, Ticket, Tickets},
+};
 use crate::{
     metrics as m,
     settings::{Settings, SharedSettings},
@@ -23,18 +30,35 @@ async fn write_record(client: &Client, record: &Record, settings: &Settings) -> 
     match &record.kind {
         Kind::BullmqJob => bullmq::write_record(client, record, settings).await,
         Kind::Stream(stream) => streams::write_record(client, stream, record, settings).await,
+        // Never handed here: the replay reads them itself.
+        Kind::Pending { .. } | Kind::Settled(_) => Ok(()),
     }
 }
 
+/// How a replay pass ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Pass {
+    /// Every sealed segment was replayed.
+    Done,
+    /// It stopped at the records of a write whose late reply may still come.
+    Waiting,
+}
+
+/// Whether a record is a marker or a settlement rather than a job.
+fn is_bookkeeping(record: &Record) -> bool {
+    matches!(record.kind, Kind::Pending { .. } | Kind::Settled(_))
+}
+
 /// Replays every sealed segment; `resume` remembers how far a segment got
-/// when Redis went away mid-way.
+/// when Redis went away mid-way, or when it reached a pending ticket.
 async fn replay(
     spool: &Spool,
     client: &Client,
     wait: Option<(u32, Duration)>,
+    tickets: Option<&Tickets>,
     settings: &SharedSettings,
     resume: &mut Option<(std::path::PathBuf, usize)>,
-) -> Result<(), SinkError> {
+) -> Result<Pass, SinkError> {
     let replayed = metrics::counter!(m::SPOOL_REPLAYED);
     let segments = spool.seal().await.map_err(|spool| SinkError::Spool {
         redis: "replay",
@@ -56,9 +80,40 @@ async fn replay(
         if from == 0 {
             spool::report_skipped(&path, &segment);
         }
-        while from < segment.records.len() {
+        let len = segment.records.len();
+        while from < len {
+            match segment.records[from].kind {
+                Kind::Settled(_) => {
+                    from += 1;
+                    continue;
+                }
+                Kind::Pending { ticket, records } => {
+                    match tickets.and_then(|t| t.fate(ticket)) {
+                        Some(Fate::Pending) => {
+                            *resume = Some((path, from));
+                            return Ok(Pass::Waiting);
+                        }
+                        // Redis stored it after all: its copy is skipped.
+                        Some(Fate::Stored) => {
+                            from = (from + 1).saturating_add(records as usize).min(len);
+                        }
+                        // Refused, its connection closed, or a previous
+                        // run's that nobody settled: replayed.
+                        _ => from += 1,
+                    }
+                    if let Some(t) = tickets {
+                        t.forget(ticket);
+                    }
+                    continue;
+                }
+                Kind::Stream(_) | Kind::BullmqJob => {}
+            }
             let s = settings.load();
-            let end = (from + 256).min(segment.records.len());
+            let end = segment.records[from..]
+                .iter()
+                .take(256)
+                .position(is_bookkeeping)
+                .map_or((from + 256).min(len), |n| from + n);
             // One connection writes them in order; fred pipelines the batch.
             let results = futures::future::join_all(
                 segment.records[from..end]
@@ -93,67 +148,157 @@ async fn replay(
             })?;
         info!(segment = %path.display(), records = segment.records.len(), "spool segment replayed into redis");
     }
-    Ok(())
+    Ok(Pass::Done)
 }
 
-/// With a spool: writes the frames `encode` makes to it and reports
-/// [`Stored::Spooled`]. Without: `error`.
-pub(super) async fn spool_or<T>(
-    spool: Option<&Spool>,
-    error: SinkError,
-    encode: impl FnOnce(&mut Vec<u8>),
-) -> Result<Stored<T>, SinkError> {
-    let Some(spool) = spool else {
-        return Err(error);
+/// Reads the settlements a previous run left in the spool, so its copies
+/// of writes Redis stored are skipped after a restart too.
+async fn remember_settlements(spool: &Spool, tickets: &Tickets) {
+    let Ok(segments) = spool.seal().await else {
+        return;
     };
-    let mut frames = Vec::new();
-    encode(&mut frames);
-    let (redis, unconfirmed) = (error.reason(), error.unconfirmed());
-    match spool.append(frames).await {
-        Ok(()) => {
-            metrics::counter!(m::SPOOL_WRITTEN).increment(1);
-            Ok(Stored::Spooled)
+    for path in segments {
+        if let Ok(segment) = Spool::read(path).await {
+            for record in &segment.records {
+                if let Kind::Settled(ticket) = record.kind {
+                    tickets.remember_stored(ticket);
+                }
+            }
         }
-        Err(spool) => Err(SinkError::Spool {
-            redis,
-            unconfirmed,
-            spool,
-        }),
+    }
+}
+
+/// Appends a settlement record for every ticket settled stored, so the
+/// skip survives a restart.
+async fn record_settlements(spool: Spool, mut settled: mpsc::UnboundedReceiver<Ticket>) {
+    while let Some(first) = settled.recv().await {
+        let mut frames = Vec::new();
+        spool::encode_settled(&mut frames, first);
+        while let Ok(next) = settled.try_recv() {
+            spool::encode_settled(&mut frames, next);
+        }
+        if let Err(e) = spool.append(frames).await {
+            warn!(error = %e, "cannot record a late reply in the spool; its copy may be replayed after a restart");
+        }
+    }
+}
+
+/// Where a request's jobs go when Redis does not take them: the spool, if
+/// there is one, and under a ticket when Redis may still say it stored them.
+pub(super) struct Fallback<'a> {
+    pub(super) spool: Option<&'a Spool>,
+    pub(super) tickets: Option<&'a Tickets>,
+    /// How many records the request's jobs are.
+    pub(super) records: usize,
+}
+
+impl Fallback<'_> {
+    /// With a spool: writes the records `encode` makes to it (after the
+    /// marker of `error`'s ticket, when it has one) and reports
+    /// [`Stored::Spooled`]. Without: `error`.
+    pub(super) async fn spool_or<T>(
+        self,
+        error: SinkError,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Stored<T>, SinkError> {
+        let Some(spool) = self.spool else {
+            return Err(error);
+        };
+        let mut frames = Vec::new();
+        let ticket = error.ticket().filter(|_| self.tickets.is_some());
+        if let Some(ticket) = ticket {
+            let records = u32::try_from(self.records).unwrap_or(u32::MAX);
+            spool::encode_pending(&mut frames, ticket, records);
+        }
+        encode(&mut frames);
+        let (redis, unconfirmed) = (error.reason(), error.unconfirmed());
+        match spool.append(frames).await {
+            Ok(()) => {
+                metrics::counter!(m::SPOOL_WRITTEN).increment(1);
+                Ok(Stored::Spooled)
+            }
+            Err(spool) => {
+                if let (Some(ticket), Some(tickets)) = (ticket, self.tickets) {
+                    tickets.forget(ticket);
+                }
+                Err(SinkError::Spool {
+                    redis,
+                    unconfirmed,
+                    spool,
+                })
+            }
+        }
     }
 }
 
 /// Starts replaying `spool` into Redis through `client`: at start-up and
 /// whenever something is spooled, as soon as Redis is connected; segments
-/// in order, records in order. Runs until `stop` changes.
+/// in order, records in order. With `tickets`, first reads a previous run's
+/// settlements, records this run's, and waits at a pending ticket's records
+/// until it is settled. Runs until `stop` changes.
 pub(super) fn spawn_replay(
     spool: Spool,
     client: Client,
     wait: Option<(u32, Duration)>,
+    tickets: Option<(Arc<Tickets>, mpsc::UnboundedReceiver<Ticket>)>,
     settings: SharedSettings,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let (tickets, recorder) = match tickets {
+            Some((tickets, settled)) => {
+                remember_settlements(&spool, &tickets).await;
+                let recorder = tokio::spawn(record_settlements(spool.clone(), settled));
+                (Some(tickets), Some(recorder))
+            }
+            None => (None, None),
+        };
         let mut resume: Option<(std::path::PathBuf, usize)> = None;
         let mut backoff = Duration::from_millis(50);
         loop {
+            let mut waiting = false;
             if spool.bytes() > 0 && client.is_connected() {
-                match replay(&spool, &client, wait, &settings, &mut resume).await {
-                    Ok(()) => backoff = Duration::from_millis(50),
+                match replay(
+                    &spool,
+                    &client,
+                    wait,
+                    tickets.as_deref(),
+                    &settings,
+                    &mut resume,
+                )
+                .await
+                {
+                    Ok(pass) => {
+                        waiting = pass == Pass::Waiting;
+                        backoff = Duration::from_millis(50);
+                    }
                     Err(e) => {
                         warn!(error = %e, "spool replay paused; retrying");
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
-            let wait = if spool.bytes() > 0 {
+            let pause = if spool.bytes() > 0 {
                 backoff
             } else {
                 Duration::from_secs(1)
             };
+            let settled = async {
+                match (&tickets, waiting) {
+                    (Some(t), true) => t.next_settlement().await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = spool.appended() => {}
-                () = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return,
+                () = spool.appended(), if !waiting => {}
+                () = settled => {}
+                () = tokio::time::sleep(if waiting { Duration::from_secs(1) } else { pause }) => {}
+                _ = stop.changed() => {
+                    if let Some(recorder) = recorder {
+                        recorder.abort();
+                    }
+                    return;
+                }
             }
         }
     })

@@ -54,6 +54,7 @@ use tracing::{info, warn};
 
 use super::{
     error::SinkError,
+    tickets::{Fate, Ticket, Tickets},
     wire::{self, Endpoint, ReadHalf, WriteHalf},
 };
 
@@ -62,6 +63,9 @@ pub(super) type Answer = Result<Option<Bytes>, SinkError>;
 
 /// The slot index of a `WAIT` entry (it answers a batch, not a request).
 const BATCH: u32 = u32::MAX;
+
+/// A connection whose batch in flight has had no reply this long is closed.
+const SILENCE: Duration = Duration::from_secs(30);
 
 /// How often a busy lane checks its deadlines.
 const TICK: Duration = Duration::from_millis(10);
@@ -101,6 +105,8 @@ struct Slot {
     id: Option<Bytes>,
     refused: Option<Error>,
     waker: Option<Waker>,
+    /// Answered `Timeout` with this ticket: its replies settle it.
+    ticket: Option<Ticket>,
 }
 
 /// What the lane's task and its requests share.
@@ -134,6 +140,9 @@ struct State {
     /// The batch in flight has waited longer than `stall_after`: new writes
     /// skip this lane until a reply or a reconnect.
     stalled: bool,
+    /// With a spool (and no `WAIT`): tickets for writes answered before
+    /// their reply, so a late reply can cancel their spooled copy.
+    tickets: Option<Arc<Tickets>>,
 }
 
 impl State {
@@ -169,6 +178,35 @@ impl State {
             if let Some(waker) = slot.waker.take() {
                 waker.wake();
             }
+        }
+    }
+
+    /// Answers `index` `Timeout` before its replies came: with tickets, under
+    /// a new ticket its replies will settle.
+    fn time_out(&mut self, index: u32) {
+        let tickets = self.tickets.clone();
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if slot.resolved {
+            return;
+        }
+        let ticket = match &tickets {
+            Some(t) if slot.outstanding > 0 && !slot.confirming => Some(t.issue()),
+            _ => None,
+        };
+        slot.ticket = ticket;
+        self.resolve(index, Err(SinkError::Timeout(ticket)));
+    }
+
+    /// Settles the ticket of `index`, if it has one.
+    fn settle(&mut self, index: u32, fate: Fate) {
+        let ticket = self
+            .slots
+            .get_mut(index as usize)
+            .and_then(|slot| slot.ticket.take());
+        if let (Some(ticket), Some(tickets)) = (ticket, &self.tickets) {
+            tickets.settle(ticket, fate);
         }
     }
 
@@ -220,6 +258,15 @@ impl State {
         if slot.outstanding > 0 {
             return;
         }
+        let fate = if slot.refused.is_some() {
+            Fate::Replay
+        } else {
+            Fate::Stored
+        };
+        self.settle(index, fate);
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
         if let Some(e) = slot.refused.take() {
             self.resolve(index, Err(SinkError::Redis(e)));
         } else if confirm && !slot.resolved {
@@ -242,10 +289,10 @@ impl State {
             if entry.slot == BATCH {
                 for i in 0..self.confirming.len() {
                     let index = self.confirming[i];
-                    self.resolve(index, Err(SinkError::Timeout));
+                    self.resolve(index, Err(SinkError::Timeout(None)));
                 }
             } else {
-                self.resolve(entry.slot, Err(SinkError::Timeout));
+                self.time_out(entry.slot);
             }
         }
     }
@@ -278,12 +325,12 @@ impl State {
         for i in 0..self.queue.len() {
             let slot = self.queue[i].slot;
             if slot != BATCH {
-                self.resolve(slot, Err(SinkError::Timeout));
+                self.time_out(slot);
             }
         }
         for i in 0..self.confirming.len() {
             let slot = self.confirming[i];
-            self.resolve(slot, Err(SinkError::Timeout));
+            self.resolve(slot, Err(SinkError::Timeout(None)));
         }
         true
     }
@@ -312,6 +359,8 @@ impl State {
             } else {
                 SinkError::Disconnected
             };
+            // Its late reply can no longer come: the spooled copy replays.
+            self.settle(entry.slot, Fate::Replay);
             self.resolve(entry.slot, Err(error));
             self.release(entry.slot);
         }
@@ -384,6 +433,7 @@ impl Lane {
         endpoint: Endpoint,
         max_pending: usize,
         wait: Option<(u32, Duration)>,
+        tickets: Option<Arc<Tickets>>,
         connected: Arc<AtomicUsize>,
         runtime: &tokio::runtime::Handle,
     ) -> Self {
@@ -391,6 +441,7 @@ impl Lane {
             state: Mutex::new(State {
                 out: BytesMut::with_capacity(16 * 1024),
                 wait_allowance: wait.map_or(Duration::ZERO, |(_, timeout)| timeout),
+                tickets: tickets.filter(|_| wait.is_none()),
                 ..State::default()
             }),
             flush: Notify::new(),
@@ -533,9 +584,17 @@ impl Drop for Ack<'_> {
             return;
         }
         let mut state = self.lane.lock();
+        let tickets = state.tickets.clone();
         if let Some(slot) = state.slots.get_mut(self.slot as usize) {
             slot.taken = true;
             slot.waker = None;
+            // An answer nobody took: no spooled copy waits on its ticket.
+            if let Some(Err(SinkError::Timeout(Some(ticket)))) = slot.answer.take() {
+                slot.ticket = None;
+                if let Some(tickets) = tickets {
+                    tickets.forget(ticket);
+                }
+            }
         }
         state.release(self.slot);
     }
@@ -552,6 +611,9 @@ enum Ended {
     /// A reply that fits no request or does not parse.
     #[error("unreadable reply: {0}")]
     Protocol(String),
+    /// Nothing answered the batch in flight for [`SILENCE`].
+    #[error("no reply for {SILENCE:?}")]
+    Silent,
 }
 
 /// The lane's task: connect, carry writes until the connection ends, fail
@@ -640,7 +702,7 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
                 }
                 std::mem::swap(&mut state.out, &mut batch);
                 state.unsent = 0;
-                if !state.stall_after.is_zero() {
+                if !state.stall_after.is_zero() || state.tickets.is_some() {
                     state.flushed_at = Some(Instant::now());
                 }
             }
@@ -709,6 +771,14 @@ async fn read_loop(inner: &Inner, mut read: ReadHalf) -> Ended {
                 // A node that said "elsewhere" and then stopped answering.
                 if state.misplaced && state.expired == state.queue.len() {
                     return Ended::Misplaced;
+                }
+                // Silent for this long, the connection is given up: its
+                // ticketed writes become replays instead of waiting forever.
+                if state
+                    .flushed_at
+                    .is_some_and(|at| now.saturating_duration_since(at) > SILENCE)
+                {
+                    return Ended::Silent;
                 }
             }
             Some(Err(e)) => return Ended::Io(e),

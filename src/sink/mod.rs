@@ -3,30 +3,33 @@
 //!
 //! [`Sink::enqueue`] takes one request's [`WorkflowJobs`] (or an
 //! [`OutreachJob`]), picks this thread's writer (`writers`), writes the
-//! jobs in the configured [`Layout`] (`streams`: one `XADD`, or one script
-//! call for several matches; `bullmq`: one script call adding every match
-//! as a BullMQ job), and returns once Redis acknowledged every one. When
-//! Redis cannot take them and a spool is configured, they are synced to the
-//! spool instead and replayed later (`fallback`).
+//! jobs in the configured [`Layout`] (`streams`: one `XADD` per match;
+//! `bullmq`: one script call adding every match as a BullMQ job), and
+//! returns once Redis acknowledged every one. When Redis cannot take them
+//! and a spool is configured, they are synced to the spool instead and
+//! replayed later (`fallback`).
 //!
 //! One file per concern: [`job`] the records, `streams` and `bullmq` the
-//! two layouts, `writers` the connections, `replicas` the `WAIT` that
-//! confirms them with `redis.wait_replicas`, `fallback` the spool fallback and replay,
-//! [`error`] the errors (a leaf). The children import each other, never this
-//! facade.
+//! two layouts, `writers` the per-thread lanes, `lane` the lean writer
+//! connection and `wire` where it connects and how it speaks RESP,
+//! `replicas` the replay's `WAIT`, `fallback` the spool fallback and replay,
+//! `tickets` the fates of spooled copies a late reply may cancel, [`error`]
+//! the errors (a leaf). The children import each other, never this facade.
 //!
 //! # Failure and delivery
-//! - Disconnected client: refused at once ([`SinkError::Disconnected`]), so a
-//!   caller gets a quick 503 rather than waiting out the command timeout.
-//! - Each command has a deadline; the queue towards Redis is capped.
-//! - A write is never re-sent by the client after a reconnect
-//!   (`max_command_attempts = 1`): a caller told 503 will retry, and a replay
-//!   would double its jobs. What remains ambiguous is a write Redis executed
-//!   whose acknowledgement was lost (connection cut, or the deadline passed):
-//!   the caller hears 503, retries, and the job exists twice. Delivery is
+//! - A lane that is down, stalled (`redis.stall_after_ms`) or full refuses
+//!   at once ([`SinkError::Disconnected`], `Stalled`, `Backpressure`):
+//!   nothing was sent, and the caller gets a quick 503 (or the spool).
+//! - Each request has a deadline (`redis.command_timeout_ms`).
+//! - A write is never re-sent by a writer after a reconnect: a caller told
+//!   503 will retry, and a re-send would double its jobs. What remains
+//!   ambiguous is a write Redis executed whose acknowledgement was lost
+//!   (connection cut, or the deadline passed): the caller hears 503
+//!   `JOB_STORE_UNCONFIRMED`, retries, and the job exists twice. Delivery is
 //!   therefore **at least once**; a worker drops a duplicate by
 //!   (`requestId`, `workflowId`) when callers send their own `X-Request-Id`
-//!   on retries, and otherwise by the payload's own lead id.
+//!   on retries, and otherwise by the payload's own lead id. With a spool, a
+//!   late reply on a still-open connection cancels the spooled copy.
 
 mod bullmq;
 pub(crate) mod error;
@@ -35,6 +38,7 @@ pub(crate) mod job;
 mod lane;
 mod replicas;
 mod streams;
+mod tickets;
 mod wire;
 mod writers;
 
@@ -150,6 +154,12 @@ pub(crate) struct Sink {
     layout: Layout,
     /// `redis.wait_replicas` and the `WAIT` deadline, when on.
     wait: Option<(u32, std::time::Duration)>,
+    /// Writes answered before their reply, whose spooled copies a late
+    /// reply cancels (with a spool, without `WAIT`).
+    tickets: Option<Arc<tickets::Tickets>>,
+    /// The tickets settled stored, for the replay task to record in the
+    /// spool (taken when it starts).
+    settled: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<u64>>>>,
     metrics: SinkMetrics,
 }
 
@@ -168,16 +178,28 @@ impl Sink {
         // Half the command deadline: the writes queued behind a WAIT in
         // Redis still get their answer in time.
         let wait = (wait_replicas > 0).then_some((wait_replicas, target.command_timeout / 2));
+        // Late replies settle spooled copies only where a write's own reply
+        // is its confirmation (no WAIT) and there is a spool to settle.
+        let (tickets, settled) = match (&spool, wait) {
+            (Some(_), None) => {
+                let (tickets, settled) = tickets::Tickets::new();
+                (Some(Arc::new(tickets)), Some(settled))
+            }
+            _ => (None, None),
+        };
         let lanes = LaneSettings {
             max_pending: config.redis.max_pending_commands,
             wait,
+            tickets: tickets.clone(),
         };
-        let writers = writers::Writers::connect(target, lanes, layout.route_keys(config), cores)?;
+        let writers = writers::Writers::connect(target, &lanes, layout.route_keys(config), cores)?;
         Ok(Self {
             writers,
             spool,
             layout,
             wait,
+            tickets,
+            settled: Arc::new(std::sync::Mutex::new(settled)),
             metrics: SinkMetrics {
                 duration: metrics::histogram!(m::SINK_DURATION),
                 batch: metrics::histogram!(m::SINK_BATCH),
@@ -236,7 +258,8 @@ impl Sink {
             Ok(()) => Ok(Stored::Redis(())),
             Err(e) => {
                 let spool_all = |out: &mut Vec<u8>| self.layout.spool_workflow(out, jobs, settings);
-                Box::pin(fallback::spool_or(self.spool.as_ref(), e, spool_all)).await
+                let fallback = self.fallback(jobs.len());
+                Box::pin(fallback.spool_or(e, spool_all)).await
             }
         }
     }
@@ -271,11 +294,19 @@ impl Sink {
         match written {
             Ok(id) => Ok(Stored::Redis(id)),
             Err(e) => {
-                fallback::spool_or(self.spool.as_ref(), e, |out| {
-                    self.layout.spool_outreach(out, job, settings)
-                })
-                .await
+                self.fallback(1)
+                    .spool_or(e, |out| self.layout.spool_outreach(out, job, settings))
+                    .await
             }
+        }
+    }
+
+    /// Where a request's `records` go when Redis does not take them.
+    fn fallback(&self, records: usize) -> fallback::Fallback<'_> {
+        fallback::Fallback {
+            spool: self.spool.as_ref(),
+            tickets: self.tickets.as_deref(),
+            records,
         }
     }
 
@@ -311,10 +342,16 @@ impl Sink {
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let spool = self.spool.clone()?;
+        let settled = self
+            .settled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         Some(fallback::spawn_replay(
             spool,
             self.writers.shared().clone(),
             self.wait,
+            self.tickets.clone().zip(settled),
             settings,
             stop,
         ))

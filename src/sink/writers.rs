@@ -20,7 +20,7 @@ use std::{
 
 use fred::prelude::*;
 
-use super::{lane::Lane, wire::Endpoint};
+use super::{lane::Lane, tickets::Tickets, wire::Endpoint};
 use crate::redis::{self, Role, Target};
 
 /// The route a write takes.
@@ -51,12 +51,14 @@ pub(super) struct Writers {
 }
 
 /// How the lanes behave: the queue cap and `redis.wait_replicas`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct LaneSettings {
     /// `redis.max_pending_commands`.
     pub(super) max_pending: usize,
     /// `redis.wait_replicas` and the `WAIT`'s own timeout, when on.
     pub(super) wait: Option<(u32, Duration)>,
+    /// With a spool: the tickets of writes answered before their reply.
+    pub(super) tickets: Option<Arc<Tickets>>,
 }
 
 impl Writers {
@@ -67,7 +69,7 @@ impl Writers {
     /// cluster's lanes).
     pub(super) fn connect(
         target: &Target,
-        lane: LaneSettings,
+        lane: &LaneSettings,
         keys: [&[u8]; 2],
         cores: &[tokio::runtime::Handle],
     ) -> Result<Self, Error> {
@@ -96,6 +98,7 @@ impl Writers {
                 Endpoint::new(target, &shared, key)?,
                 lane.max_pending,
                 lane.wait,
+                lane.tickets.clone(),
                 connected.clone(),
                 runtime,
             ))
