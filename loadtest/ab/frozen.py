@@ -8,7 +8,9 @@ the spool drained) how many accepted requests are in the stream twice.
     loadtest/ab/frozen.py [BIN] [SECONDS]     (default target/release/tether-ingress, 3)
 
 The ingress runs with its defaults (command deadline 2 s,
-redis.stall_after_ms 250) and a spool in a temporary directory.
+redis.stall_after_ms 250) and a spool in a temporary directory; with
+TETHER_INGRESS_SINK=bullmq in the environment, in BullMQ mode (duplicates are
+then the adds BullMQ refused as such).
 """
 import http.client
 import os
@@ -54,7 +56,12 @@ def window(log, start, end):
 
 
 def duplicates(rport):
-    """Request ids that appear in more than one entry of the workflow stream."""
+    """Request ids that appear in more than one entry of the workflow stream;
+    in BullMQ mode, the adds BullMQ refused as duplicates (its events)."""
+    if os.environ.get("TETHER_INGRESS_SINK") == "bullmq":
+        out = subprocess.run(["redis-cli", "-p", str(rport), "--raw", "XRANGE", "bull:workflow-runs:events", "-", "+"],
+                             capture_output=True, text=True).stdout.splitlines()
+        return sum(1 for line in out if line == "duplicated")
     out = subprocess.run(["redis-cli", "-p", str(rport), "--raw", "XRANGE", "tether:jobs:workflow", "-", "+"],
                          capture_output=True, text=True).stdout.splitlines()
     seen = {}

@@ -487,38 +487,74 @@ pub(super) fn spool_outreach(out: &mut Vec<u8>, queues: &Queues, job: &OutreachJ
     outreach_call(queues, job).spool(out);
 }
 
-/// Adds the job of one record read back from the spool to the queue it
-/// names (the queue and `opts` it was spooled with, whatever the
-/// configuration says now). A job already there is left as it is.
+/// The job of one record read back from the spool: the queue and `opts`
+/// it was spooled with, whatever the configuration says now.
+struct RecordJob {
+    queue: Queue,
+    timestamp: Bytes,
+    opts_head: Bytes,
+    key: Bytes,
+    data: Bytes,
+}
+
+impl RecordJob {
+    fn of(record: &Record) -> Result<Self, Error> {
+        let field = |name: &[u8]| {
+            record
+                .fields
+                .iter()
+                .find(|(k, _)| k.as_ref() == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidArgument,
+                        "a spooled BullMQ job lacks a field",
+                    )
+                })
+        };
+        let queue = Queue::at(field(b"queue")?, field(b"name")?);
+        Ok(Self {
+            key: key(&queue.base, &field(b"id")?),
+            queue,
+            timestamp: field(b"timestamp")?,
+            opts_head: field(b"opts")?,
+            data: field(b"data")?,
+        })
+    }
+
+    fn call(&self) -> Call<'_> {
+        Call {
+            jobs: vec![(self.key.clone(), Bytes::new())],
+            queue: &self.queue,
+            timestamp: &self.timestamp,
+            opts_head: &self.opts_head,
+            shared: vec![self.data.clone()],
+        }
+    }
+}
+
+/// The key whose slot places a spooled job's write (its queue's `id` key,
+/// as [`route_keys`] names a route's).
+pub(super) fn record_key(record: &Record) -> Option<Bytes> {
+    let (_, queue) = record.fields.iter().find(|(k, _)| k.as_ref() == b"queue")?;
+    Some(key(queue, b"id"))
+}
+
+/// Adds the job of one record read back from the spool through `lane`. A
+/// job already there is left as it is.
+pub(super) async fn send_record(lane: &Lane, record: &Record, due: Due) -> Result<(), SinkError> {
+    let job = RecordJob::of(record).map_err(SinkError::Redis)?;
+    job.call().send(lane, due).await
+}
+
+/// Adds the job of one record read back from the spool through the shared
+/// fred client (a cluster key no lane owns).
 pub(super) async fn write_record(
     client: &Client,
     record: &Record,
     settings: &Settings,
 ) -> Result<(), Error> {
-    let field = |name: &[u8]| {
-        record
-            .fields
-            .iter()
-            .find(|(k, _)| k.as_ref() == name)
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidArgument,
-                    "a spooled BullMQ job lacks a field",
-                )
-            })
-    };
-    let queue = Queue::at(field(b"queue")?, field(b"name")?);
-    let (timestamp, opts_head) = (field(b"timestamp")?, field(b"opts")?);
-    Call {
-        jobs: vec![(key(&queue.base, &field(b"id")?), Bytes::new())],
-        queue: &queue,
-        timestamp: &timestamp,
-        opts_head: &opts_head,
-        shared: vec![field(b"data")?],
-    }
-    .run(client, settings)
-    .await
+    RecordJob::of(record)?.call().run(client, settings).await
 }
 
 #[cfg(test)]

@@ -2,11 +2,16 @@
 //! configured, jobs Redis does not take (disconnected, timeout, refused) are
 //! synced to local disk instead and the caller still hears success; the
 //! replay task writes them to Redis once it is back, segments in order,
-//! records in order. A timed-out write may have landed too: the replayed
+//! records in order, through the lanes (fred only for a cluster key no lane
+//! owns). A write whose late reply settled its ticket is skipped (see
+//! `tickets`); any other timed-out write may have landed too: the replayed
 //! stream entry is then a duplicate a worker drops by (`requestId`,
 //! `workflowId`); a replayed BullMQ job finds its id taken and adds nothing.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use fred::prelude::*;
 use tokio::sync::mpsc;
@@ -16,8 +21,10 @@ use super::{
     bullmq,
     error::SinkError,
     job::Stored,
+    lane::Due,
     replicas, streams,
     tickets::{Fate, Ticket, Tickets},
+    writers::Writers,
 };
 use crate::{
     metrics as m,
@@ -25,13 +32,49 @@ use crate::{
     spool::{self, Kind, Record, Spool},
 };
 
-/// Writes one spooled record in the layout it was spooled in.
-async fn write_record(client: &Client, record: &Record, settings: &Settings) -> Result<(), Error> {
-    match &record.kind {
-        Kind::BullmqJob => bullmq::write_record(client, record, settings).await,
-        Kind::Stream(stream) => streams::write_record(client, stream, record, settings).await,
+/// Writes one spooled record in the layout it was spooled in: through the
+/// lane that reaches its key, where a write that times out on a connection
+/// that stays open is settled by its late reply rather than written again;
+/// or through the shared fred client (a cluster key no lane owns). `Ok(true)`
+/// when fred wrote it (its replicas are then confirmed separately; a lane's
+/// batches carry their own `WAIT`).
+async fn write_record(
+    writers: &Writers,
+    tickets: Option<&Tickets>,
+    record: &Record,
+    settings: &Settings,
+) -> Result<bool, SinkError> {
+    let key = match &record.kind {
+        Kind::Stream(stream) => Some(stream.clone()),
+        Kind::BullmqJob => bullmq::record_key(record),
         // Never handed here: the replay reads them itself.
-        Kind::Pending { .. } | Kind::Settled(_) => Ok(()),
+        Kind::Pending { .. } | Kind::Settled(_) => return Ok(false),
+    };
+    let Some(lane) = key.as_deref().and_then(|k| writers.replay_lane(k)) else {
+        let client = writers.shared();
+        let written = match &record.kind {
+            Kind::Stream(stream) => streams::write_record(client, stream, record, settings).await,
+            _ => bullmq::write_record(client, record, settings).await,
+        };
+        return written.map(|()| true).map_err(SinkError::from);
+    };
+    let due = Due {
+        deadline: Instant::now() + settings.redis.command_timeout_ms,
+        stall_after: settings.redis.stall_after_ms,
+    };
+    let sent = match &record.kind {
+        Kind::Stream(stream) => streams::send_record(lane, stream, record, settings, due).await,
+        _ => bullmq::send_record(lane, record, due).await,
+    };
+    match (sent, tickets) {
+        // The connection stayed open: its late reply tells.
+        (Err(SinkError::Timeout(Some(ticket))), Some(tickets)) => {
+            match tickets.settled(ticket).await {
+                Fate::Stored => Ok(false),
+                Fate::Pending | Fate::Replay => Err(SinkError::Lost),
+            }
+        }
+        (sent, _) => sent.map(|()| false),
     }
 }
 
@@ -53,7 +96,7 @@ fn is_bookkeeping(record: &Record) -> bool {
 /// when Redis went away mid-way, or when it reached a pending ticket.
 async fn replay(
     spool: &Spool,
-    client: &Client,
+    writers: &Writers,
     wait: Option<(u32, Duration)>,
     tickets: Option<&Tickets>,
     settings: &SharedSettings,
@@ -114,18 +157,19 @@ async fn replay(
                 .take(256)
                 .position(is_bookkeeping)
                 .map_or((from + 256).min(len), |n| from + n);
-            // One connection writes them in order; fred pipelines the batch.
+            // One connection writes them in order, pipelined.
             let results = futures::future::join_all(
                 segment.records[from..end]
                     .iter()
-                    .map(|r| write_record(client, r, &s)),
+                    .map(|r| write_record(writers, tickets, r, &s)),
             )
             .await;
             let ok = results.iter().take_while(|r| r.is_ok()).count();
+            let by_fred = results[..ok].iter().any(|r| matches!(r, Ok(true)));
             // With wait_replicas, what was written counts only once the
             // replicas confirm it; else it is written again next time.
-            if let (Some((replicas, timeout)), true) = (wait, ok > 0)
-                && let Err(e) = replicas::confirm_now(client, replicas, timeout).await
+            if let (Some((replicas, timeout)), true) = (wait, by_fred)
+                && let Err(e) = replicas::confirm_now(writers.shared(), replicas, timeout).await
             {
                 *resume = Some((path, from));
                 return Err(e);
@@ -134,7 +178,7 @@ async fn replay(
             from += ok;
             if let Some(Err(e)) = results.into_iter().nth(ok) {
                 *resume = Some((path, from));
-                return Err(e.into());
+                return Err(e);
             }
         }
         *resume = None;
@@ -238,7 +282,7 @@ impl Fallback<'_> {
 /// until it is settled. Runs until `stop` changes.
 pub(super) fn spawn_replay(
     spool: Spool,
-    client: Client,
+    writers: Writers,
     wait: Option<(u32, Duration)>,
     tickets: Option<(Arc<Tickets>, mpsc::UnboundedReceiver<Ticket>)>,
     settings: SharedSettings,
@@ -257,10 +301,10 @@ pub(super) fn spawn_replay(
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut waiting = false;
-            if spool.bytes() > 0 && client.is_connected() {
+            if spool.bytes() > 0 && writers.shared().is_connected() {
                 match replay(
                     &spool,
-                    &client,
+                    &writers,
                     wait,
                     tickets.as_deref(),
                     &settings,

@@ -349,7 +349,7 @@ impl Sink {
             .take();
         Some(fallback::spawn_replay(
             spool,
-            self.writers.shared().clone(),
+            self.writers.clone(),
             self.wait,
             self.tickets.clone().zip(settled),
             settings,

@@ -145,7 +145,38 @@ pub(super) fn spool_outreach(out: &mut Vec<u8>, job: &OutreachJob, settings: &Se
     spool_frame(out, &settings.outreach_stream, job.pairs());
 }
 
-/// Writes one record read back from the spool to the stream it names.
+/// Writes one record read back from the spool to the stream it names,
+/// through `lane`.
+pub(super) async fn send_record(
+    lane: &Lane,
+    stream: &[u8],
+    record: &Record,
+    settings: &Settings,
+    due: Due,
+) -> Result<(), SinkError> {
+    let maxlen = settings.streams.maxlen;
+    let ack = lane.send(1, false, due, |out| {
+        let head = [
+            BorrowedFrame::BulkString(b"XADD"),
+            BorrowedFrame::BulkString(stream),
+            BorrowedFrame::BulkString(b"MAXLEN"),
+            BorrowedFrame::BulkString(b"~"),
+            BorrowedFrame::Integer(maxlen),
+            BorrowedFrame::BulkString(b"*"),
+        ];
+        let frames: Vec<BorrowedFrame<'_>> =
+            head.into_iter()
+                .chain(record.fields.iter().flat_map(|(k, v)| {
+                    [BorrowedFrame::BulkString(k), BorrowedFrame::BulkString(v)]
+                }))
+                .collect();
+        wire::encode(out, &frames)
+    })?;
+    ack.await.map(drop)
+}
+
+/// Writes one record read back from the spool to the stream it names,
+/// through the shared fred client (a cluster key no lane owns).
 pub(super) async fn write_record(
     client: &Client,
     stream: &Bytes,

@@ -113,4 +113,23 @@ impl Tickets {
     pub(crate) async fn next_settlement(&self) {
         self.settled.notified().await;
     }
+
+    /// Waits until `ticket` is settled, then forgets it: `Replay` for one
+    /// it does not know.
+    pub(crate) async fn settled(&self, ticket: Ticket) -> Fate {
+        loop {
+            let next = self.settled.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            match self.fate(ticket) {
+                Some(Fate::Pending) => {}
+                fate => {
+                    self.forget(ticket);
+                    return fate.unwrap_or(Fate::Replay);
+                }
+            }
+            // Re-checked each second as well, so no wake-up can be missed.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), next).await;
+        }
+    }
 }

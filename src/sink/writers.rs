@@ -48,6 +48,9 @@ pub(super) struct Writers {
     connected: Arc<AtomicUsize>,
     expected: usize,
     waiter: Arc<tokio::task::JoinHandle<()>>,
+    /// In a cluster, the workflow and outreach routes' keys (which lane owns
+    /// which slot); `None` elsewhere, where one lane reaches every key.
+    cluster_keys: Option<Arc<[Vec<u8>; 2]>>,
 }
 
 /// How the lanes behave: the queue cap and `redis.wait_replicas`.
@@ -119,6 +122,7 @@ impl Writers {
             connected,
             expected,
             waiter: Arc::new(waiter),
+            cluster_keys: clustered.then(|| Arc::new(keys.map(<[u8]>::to_vec))),
         })
     }
 
@@ -136,6 +140,18 @@ impl Writers {
             Route::Workflow => &lanes.workflow,
             Route::Outreach => &lanes.outreach,
         })
+    }
+
+    /// The lane (of those off the serving threads) that reaches `key`, for
+    /// the spool's replay: in a cluster only a route's own key has one.
+    pub(super) fn replay_lane(&self, key: &[u8]) -> Option<&Lane> {
+        let lanes = self.lanes.first()?;
+        match &self.cluster_keys {
+            None => Some(&lanes.workflow),
+            Some(keys) if keys[0] == key => Some(&lanes.workflow),
+            Some(keys) if keys[1] == key => Some(&lanes.outreach),
+            Some(_) => None,
+        }
     }
 
     /// True once the shared client and every lane connected at least once.
