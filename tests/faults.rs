@@ -495,3 +495,62 @@ async fn a_late_reply_cancels_the_spooled_copy() {
     assert_eq!(count("skipped"), 2, "{payloads:?}");
     assert!(ingress.shutdown().await);
 }
+
+/// `DEBUG SLEEP` freezes Redis from the inside for a second while 8 senders
+/// write through a spool: every answer is a 202, every 202's jobs are in
+/// the stream, and none twice (the late replies cancel the spooled copies
+/// of the writes that were in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_sleep_under_load_loses_nothing_and_writes_nothing_twice() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut raw = Config::default();
+    raw.redis.url = redis.url();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.spool.dir = Some(spool.path().into());
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let load = Load::start(&ingress.uri(""), KEY, BODY, 8, "sleep");
+    load.until_accepted(200, WAIT).await;
+    // redis-cli blocks for the second Redis sleeps: run it on a thread.
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "1"])
+            .output()
+            .unwrap()
+    });
+    let slept = std::time::Instant::now();
+    load.until_accepted(300, WAIT).await;
+    let out = sleeper.join().unwrap();
+    // redis-cli exits 0 on an error reply: check it said OK.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    assert!(
+        slept.elapsed() >= Duration::from_millis(900),
+        "Redis did not sleep"
+    );
+    load.until_accepted(200, WAIT).await;
+    let outcomes = load.stop().await;
+    let other: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.status != Some(StatusCode::ACCEPTED))
+        .take(5)
+        .collect();
+    assert!(
+        other.is_empty(),
+        "with a spool every answer is 202: {other:?}"
+    );
+    assert_every_202_stored(&redis, &outcomes).await;
+    assert!(
+        eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
+        "spool not drained"
+    );
+    let r = redis.client().await;
+    let twice: Vec<(String, usize)> = request_ids_in(&r, STREAM)
+        .await
+        .into_iter()
+        .filter(|(_, n)| *n > 2)
+        .take(5)
+        .collect();
+    assert!(twice.is_empty(), "written twice: {twice:?}");
+}

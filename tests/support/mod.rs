@@ -126,6 +126,9 @@ impl RedisServer {
                 self.socket().to_str().unwrap(),
                 "--dir",
                 self.dir.to_str().unwrap(),
+                // DEBUG SLEEP freezes it in the stall tests.
+                "--enable-debug-command",
+                "local",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
