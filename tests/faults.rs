@@ -255,6 +255,24 @@ async fn ingress_sigkilled_under_load_keeps_every_accepted_job() {
     );
 }
 
+/// Appends, as the spool frames it, one workflow entry with request id `id`.
+fn spool_entry(out: &mut Vec<u8>, id: &str) {
+    tether_ingress::spool_record(
+        out,
+        STREAM.as_bytes(),
+        [
+            (&b"workflowId"[..], &b"wf_a"[..]),
+            (b"orgId", b"o_1"),
+            (b"userId", b"u_1"),
+            (b"webhookId", b"wh_1"),
+            (b"payload", br#"{"n":1.10}"#),
+            (b"receivedAt", b"1700000000000"),
+            (b"requestId", id.as_bytes()),
+        ]
+        .into_iter(),
+    );
+}
+
 #[tokio::test]
 async fn a_torn_tail_left_by_a_crash_is_skipped_and_the_rest_replayed() {
     let redis = RedisServer::start();
@@ -263,20 +281,7 @@ async fn a_torn_tail_left_by_a_crash_is_skipped_and_the_rest_replayed() {
     // What a crash mid-write leaves: two whole records, then half of a third.
     let mut data = Vec::new();
     for id in ["torn-1", "torn-2", "torn-3"] {
-        tether_ingress::spool_record(
-            &mut data,
-            STREAM.as_bytes(),
-            [
-                (&b"workflowId"[..], &b"wf_a"[..]),
-                (b"orgId", b"o_1"),
-                (b"userId", b"u_1"),
-                (b"webhookId", b"wh_1"),
-                (b"payload", br#"{"n":1.10}"#),
-                (b"receivedAt", b"1700000000000"),
-                (b"requestId", id.as_bytes()),
-            ]
-            .into_iter(),
-        );
+        spool_entry(&mut data, id);
     }
     let cut = data.len() - 20;
     std::fs::write(
@@ -395,22 +400,6 @@ async fn a_copy_cancelled_by_a_late_reply_stays_cancelled_across_a_restart() {
     let redis = RedisServer::start();
     seed(&redis).await;
     let spool = tempfile::tempdir().unwrap();
-    let entry = |out: &mut Vec<u8>, id: &str| {
-        tether_ingress::spool_record(
-            out,
-            STREAM.as_bytes(),
-            [
-                (&b"workflowId"[..], &b"wf_a"[..]),
-                (b"orgId", b"o_1"),
-                (b"userId", b"u_1"),
-                (b"webhookId", b"wh_1"),
-                (b"payload", br#"{"n":1}"#),
-                (b"receivedAt", b"1700000000000"),
-                (b"requestId", id.as_bytes()),
-            ]
-            .into_iter(),
-        );
-    };
     let marker = |out: &mut Vec<u8>, ticket: &str| {
         tether_ingress::spool_record(
             out,
@@ -420,10 +409,10 @@ async fn a_copy_cancelled_by_a_late_reply_stays_cancelled_across_a_restart() {
     };
     let mut first = Vec::new();
     marker(&mut first, "5");
-    entry(&mut first, "cancelled-1");
+    spool_entry(&mut first, "cancelled-1");
     marker(&mut first, "6");
-    entry(&mut first, "replayed-2");
-    entry(&mut first, "plain-3");
+    spool_entry(&mut first, "replayed-2");
+    spool_entry(&mut first, "plain-3");
     let mut second = Vec::new();
     tether_ingress::spool_record(
         &mut second,

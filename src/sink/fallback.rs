@@ -58,10 +58,7 @@ async fn write_record(
         };
         return written.map(|()| true).map_err(SinkError::from);
     };
-    let due = Due {
-        deadline: Instant::now() + settings.redis.command_timeout_ms,
-        stall_after: settings.redis.stall_after_ms,
-    };
+    let due = Due::of(settings, Instant::now());
     let sent = match &record.kind {
         Kind::Stream(stream) => streams::send_record(lane, stream, record, settings, due).await,
         _ => bullmq::send_record(lane, record, due).await,

@@ -541,6 +541,16 @@ pub(super) struct Due {
     pub(super) stall_after: Duration,
 }
 
+impl Due {
+    /// A write started at `started`, under the settings in force.
+    pub(super) fn of(settings: &crate::settings::Settings, started: Instant) -> Self {
+        Self {
+            deadline: started + settings.redis.command_timeout_ms,
+            stall_after: settings.redis.stall_after_ms,
+        }
+    }
+}
+
 /// A request's wait for its answer. Dropped early, it leaves the slot to be
 /// freed when its replies arrive.
 #[derive(Debug)]

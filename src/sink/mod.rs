@@ -246,10 +246,7 @@ impl Sink {
         settings: &Settings,
         started: Instant,
     ) -> Result<Stored, SinkError> {
-        let due = Due {
-            deadline: started + settings.redis.command_timeout_ms,
-            stall_after: settings.redis.stall_after_ms,
-        };
+        let due = Due::of(settings, started);
         let written = match self.writers.current(Route::Workflow) {
             Some(lane) => self.layout.write_workflow(lane, jobs, settings, due).await,
             None => Err(SinkError::Disconnected),
@@ -283,10 +280,7 @@ impl Sink {
         settings: &Settings,
         started: Instant,
     ) -> Result<Stored<Bytes>, SinkError> {
-        let due = Due {
-            deadline: started + settings.redis.command_timeout_ms,
-            stall_after: settings.redis.stall_after_ms,
-        };
+        let due = Due::of(settings, started);
         let written = match self.writers.current(Route::Outreach) {
             Some(lane) => self.layout.write_outreach(lane, job, settings, due).await,
             None => Err(SinkError::Disconnected),

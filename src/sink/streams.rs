@@ -30,6 +30,18 @@ use crate::{
 /// The most fields an entry has (an outreach job's nine).
 const MAX_FIELDS: usize = 9;
 
+/// `XADD stream MAXLEN ~ maxlen *`: every entry's command up to its fields.
+fn xadd_head(stream: &[u8], maxlen: i64) -> [BorrowedFrame<'_>; 6] {
+    [
+        BorrowedFrame::BulkString(b"XADD"),
+        BorrowedFrame::BulkString(stream),
+        BorrowedFrame::BulkString(b"MAXLEN"),
+        BorrowedFrame::BulkString(b"~"),
+        BorrowedFrame::Integer(maxlen),
+        BorrowedFrame::BulkString(b"*"),
+    ]
+}
+
 /// Appends `XADD stream MAXLEN ~ maxlen * field value…` to `out`.
 fn xadd<const N: usize>(
     out: &mut BytesMut,
@@ -38,14 +50,7 @@ fn xadd<const N: usize>(
     pairs: [(&'static str, &Bytes); N],
 ) -> Result<(), String> {
     let mut args = [const { BorrowedFrame::Null }; 6 + 2 * MAX_FIELDS];
-    let head = [
-        BorrowedFrame::BulkString(b"XADD"),
-        BorrowedFrame::BulkString(stream),
-        BorrowedFrame::BulkString(b"MAXLEN"),
-        BorrowedFrame::BulkString(b"~"),
-        BorrowedFrame::Integer(maxlen),
-        BorrowedFrame::BulkString(b"*"),
-    ];
+    let head = xadd_head(stream, maxlen);
     let fields = pairs.iter().flat_map(|(k, v)| {
         [
             BorrowedFrame::BulkString(k.as_bytes()),
@@ -156,16 +161,9 @@ pub(super) async fn send_record(
 ) -> Result<(), SinkError> {
     let maxlen = settings.streams.maxlen;
     let ack = lane.send(1, false, due, |out| {
-        let head = [
-            BorrowedFrame::BulkString(b"XADD"),
-            BorrowedFrame::BulkString(stream),
-            BorrowedFrame::BulkString(b"MAXLEN"),
-            BorrowedFrame::BulkString(b"~"),
-            BorrowedFrame::Integer(maxlen),
-            BorrowedFrame::BulkString(b"*"),
-        ];
         let frames: Vec<BorrowedFrame<'_>> =
-            head.into_iter()
+            xadd_head(stream, maxlen)
+                .into_iter()
                 .chain(record.fields.iter().flat_map(|(k, v)| {
                     [BorrowedFrame::BulkString(k), BorrowedFrame::BulkString(v)]
                 }))
