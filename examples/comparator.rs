@@ -9,6 +9,10 @@
 //! cargo run --release --example comparator -- xadd-rs 127.0.0.1:9004 redis://127.0.0.1:6379
 //!                                           # the same XADD through redis-rs's multiplexed connection
 //! ```
+//!
+//! With `COMPARATOR_TLS_CERT` and `COMPARATOR_TLS_KEY` (PEM files) in the
+//! environment it serves HTTPS through tokio-rustls with ALPN h2 and
+//! http/1.1, as the ingress does: the baseline for HTTPS idle memory.
 #![allow(missing_docs, clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -144,6 +148,7 @@ async fn main() {
         }
         Mode::Ok | Mode::Accept => None,
     };
+    let tls = tls_acceptor();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -151,11 +156,42 @@ async fn main() {
         };
         let _ = stream.set_nodelay(true);
         let redis = redis.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(mode, redis.clone(), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                }
+            }
         });
     }
+}
+
+/// A TLS acceptor when `COMPARATOR_TLS_CERT` and `COMPARATOR_TLS_KEY` name PEM files.
+fn tls_acceptor() -> Option<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let cert = std::env::var("COMPARATOR_TLS_CERT").ok()?;
+    let key = std::env::var("COMPARATOR_TLS_KEY").ok()?;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
