@@ -176,7 +176,7 @@ async fn main() {
 
 /// A TLS acceptor when `COMPARATOR_TLS_CERT` and `COMPARATOR_TLS_KEY` name PEM files.
 fn tls_acceptor() -> Option<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let cert = std::env::var("COMPARATOR_TLS_CERT").ok()?;
     let key = std::env::var("COMPARATOR_TLS_KEY").ok()?;
     let certs = CertificateDer::pem_file_iter(cert)

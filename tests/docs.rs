@@ -1,12 +1,21 @@
-//! The docs a new operator pastes from: the import example of the README
-//! runs as written against a real Redis, the reference names every setting,
-//! environment variable and error code the binary has, and no doc points
-//! outside the repository.
+//! The docs a new operator pastes from. Every fenced block of the README and
+//! docs/DEPLOY.md is listed in [`EXAMPLES`] with what checks it: the shell
+//! examples run as written against a real Redis (the quick start through
+//! `scripts/run` itself, the BullMQ walk with the example Worker, the import,
+//! the start commands through `check-config`), the snippets are checked
+//! against what they stand for, and the rest says why it is not run. The
+//! reference names every setting, environment variable and error code the
+//! binary has, and no doc points outside the repository.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
 
-use std::{path::Path, process::Command};
+use std::{
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use support::*;
 
@@ -14,35 +23,17 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
 }
 
-/// The lines of the heredoc `cat > NAME <<'END'` … `END` in `text`.
-fn heredoc(text: &str, name: &str) -> String {
-    let (_, rest) = text
-        .split_once(&format!("cat > {name} <<'LINES'\n"))
-        .unwrap_or_else(|| panic!("no heredoc for {name}"));
-    let (body, _) = rest.split_once("\nLINES\n").unwrap();
-    format!("{body}\n")
-}
-
 #[test]
 fn the_readme_import_example_imports_every_line() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tenants.jsonl");
-    std::fs::write(&file, heredoc(&read("README.md"), "tenants.jsonl")).unwrap();
-    for args in [&["import", "--dry-run"][..], &["import"][..]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
-            .args(args)
-            .arg(&file)
-            .env("TETHER_INGRESS_REDIS_URL", redis.url())
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{args:?}: {text}");
-    }
+    // The whole block as written (the file, the dry run, the import, the
+    // pruning dry run and the pruning), with `B` from the block before it.
+    let block = example("README.md", "cat > tenants.jsonl <<'LINES'");
+    let script = format!("B={}\n{block}", env!("CARGO_BIN_EXE_tether-ingress"));
+    let (ok, out) = bash_in(dir.path(), &script, &redis.url());
+    // A refused line would make `import` exit 1, and bash stop.
+    assert!(ok, "{out}");
     // The digest line and the hashed key are both there.
     assert_eq!(
         redis.cli(&[
@@ -51,6 +42,7 @@ fn the_readme_import_example_imports_every_line() {
         ]),
         "1"
     );
+    assert_eq!(redis.cli(&["SCARD", "tether:triggers:o_1:wh_leads"]), "2");
 }
 
 #[test]
@@ -131,5 +123,467 @@ async fn the_readme_walk_from_nothing_to_a_job_runs_as_written() {
     assert!(stdout.contains(r#""matchedCount":2"#), "{stdout}");
     for workflow in ["wf_enrich", "wf_notify"] {
         assert!(stdout.contains(workflow), "{workflow}: {stdout}");
+    }
+}
+
+/// How a fenced block of the docs is checked.
+enum Check {
+    /// Run as written by the named test.
+    Run(&'static str),
+    /// Compared with what it stands for, by the named test.
+    Checked(&'static str),
+    /// Not run, and why.
+    NotRun(&'static str),
+}
+
+use Check::{Checked, NotRun, Run};
+
+/// Every fenced block of the README and docs/DEPLOY.md, by the start of its
+/// first line.
+const EXAMPLES: &[(&str, &str, Check)] = &[
+    (
+        "README.md",
+        "scripts/run     # build and run",
+        Run("the_quick_start_answers_as_the_readme_shows (scripts/test is CI's own command)"),
+    ),
+    (
+        "README.md",
+        "curl -s -X POST http://127.0.0.1:8080/api/webhook/workflow",
+        Run("the_quick_start_answers_as_the_readme_shows"),
+    ),
+    (
+        "README.md",
+        "curl -s -X POST http://127.0.0.1:8080/api/webhook/outreach",
+        Run("the_quick_start_answers_as_the_readme_shows"),
+    ),
+    (
+        "README.md",
+        "B=target/release/tether-ingress",
+        Run("the_readme_walk_from_nothing_to_a_job_runs_as_written"),
+    ),
+    (
+        "README.md",
+        "cat > tenants.jsonl <<'LINES'",
+        Run("the_readme_import_example_imports_every_line"),
+    ),
+    (
+        "README.md",
+        "TETHER_INGRESS_SINK=bullmq scripts/run",
+        Run("the_readme_bullmq_walk_prints_both_jobs"),
+    ),
+    ("README.md", "┌", NotRun("a diagram")),
+    (
+        "README.md",
+        "TETHER_INGRESS_TRUSTED_PROXIES=",
+        Run("the_readme_start_commands_are_valid_configurations"),
+    ),
+    (
+        "README.md",
+        "TETHER_INGRESS_TLS_CERT_FILE=/etc/tether/tls/fullchain.pem",
+        Run("the_readme_start_commands_are_valid_configurations"),
+    ),
+    (
+        "README.md",
+        "TETHER_INGRESS_REDIS_URL='rediss://",
+        Run("the_readme_start_commands_are_valid_configurations"),
+    ),
+    (
+        "README.md",
+        "TETHER_INGRESS_REDIS_WAIT_REPLICAS=1 tether-ingress",
+        Run("the_readme_start_commands_are_valid_configurations"),
+    ),
+    ("README.md", "main.rs ", NotRun("the module map")),
+    (
+        "README.md",
+        "cargo build --profile dist",
+        Checked(
+            "every_doc_block_is_run_checked_or_named (the profile exists; the build takes minutes)",
+        ),
+    ),
+    ("docs/DEPLOY.md", "flowchart LR", NotRun("a diagram")),
+    (
+        "docs/DEPLOY.md",
+        "mongoexport --collection=apikeys",
+        NotRun(
+            "mongoexport needs the backend's MongoDB; tests/import.rs runs \
+             examples/export-to-import.js on mongoexport-shaped documents and \
+             imports its output",
+        ),
+    ),
+    (
+        "docs/DEPLOY.md",
+        r#"{"type":"apiKey","sha256":"<hex"#,
+        NotRun(
+            "the line format with placeholders; the README's import example, which \
+             runs, has the same lines with real values",
+        ),
+    ),
+    (
+        "docs/DEPLOY.md",
+        "const PREFIX = 'tether:';",
+        Checked(
+            "every_doc_block_is_run_checked_or_named (each line of code is in \
+             examples/backend-control-plane.js, which tests/import.rs runs)",
+        ),
+    ),
+    (
+        "docs/DEPLOY.md",
+        "location = /api/webhook/workflow",
+        NotRun("a fragment of an nginx server block; nginx is not a test dependency"),
+    ),
+    (
+        "docs/DEPLOY.md",
+        "scrape_configs:",
+        Checked(
+            "every_doc_block_is_run_checked_or_named (`promtool check config`, \
+             where promtool is installed)",
+        ),
+    ),
+];
+
+/// The fenced blocks of `text`: (language, body), a block's indentation
+/// taken off its lines.
+fn fenced(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut open: Option<(String, usize, String)> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        match &mut open {
+            None => {
+                if let Some(lang) = trimmed.strip_prefix("```") {
+                    open = Some((lang.trim().to_owned(), indent, String::new()));
+                }
+            }
+            Some((lang, fence, body)) => {
+                if trimmed == "```" {
+                    out.push((std::mem::take(lang), std::mem::take(body)));
+                    open = None;
+                } else {
+                    body.push_str(line.get(*fence..).unwrap_or(trimmed));
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    assert!(open.is_none(), "a fenced block is not closed");
+    out
+}
+
+/// The body of the block of `doc` whose first line starts with `first`.
+fn example(doc: &str, first: &str) -> String {
+    fenced(&read(doc))
+        .into_iter()
+        .map(|(_, body)| body)
+        .find(|body| body.trim_start().starts_with(first))
+        .unwrap_or_else(|| panic!("{doc}: no block starting {first}"))
+}
+
+#[test]
+fn every_doc_block_is_run_checked_or_named() {
+    for doc in ["README.md", "docs/DEPLOY.md"] {
+        for (lang, body) in fenced(&read(doc)) {
+            let first = body.trim_start();
+            let listed: Vec<_> = EXAMPLES
+                .iter()
+                .filter(|(d, start, _)| *d == doc && first.starts_with(start))
+                .collect();
+            assert_eq!(
+                listed.len(),
+                1,
+                "{doc}: the {lang} block starting {:?} must be listed once in EXAMPLES",
+                first.lines().next().unwrap_or_default()
+            );
+            let (_, _, NotRun(why) | Run(why) | Checked(why)) = listed[0];
+            assert!(!why.is_empty());
+        }
+    }
+    for (doc, first, _) in EXAMPLES {
+        example(doc, first);
+    }
+    // The dist build's profile exists.
+    let manifest: toml::Table = toml::from_str(&read("Cargo.toml")).unwrap();
+    assert!(
+        manifest["profile"].get("dist").is_some(),
+        "no [profile.dist]"
+    );
+    // The backend's functions are the ones the tested example holds.
+    let functions = example("docs/DEPLOY.md", "const PREFIX = 'tether:';");
+    let tested = read("examples/backend-control-plane.js");
+    for line in functions.lines().map(str::trim) {
+        if !line.is_empty() && !line.starts_with("//") {
+            assert!(tested.contains(line), "not in the example: {line}");
+        }
+    }
+    // The scrape configuration is one Prometheus accepts.
+    let scrape = example("docs/DEPLOY.md", "scrape_configs:");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prometheus.yml");
+    std::fs::write(&file, scrape).unwrap();
+    match Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&file)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!("promtool is not installed (scripts/test installs it): check skipped"),
+    }
+}
+
+/// `script` run by bash in the repository, with the tests' Redis.
+fn bash(script: &str, redis_url: &str) -> (bool, String) {
+    bash_in(Path::new(env!("CARGO_MANIFEST_DIR")), script, redis_url)
+}
+
+/// `script` run by bash in `dir`, with the tests' Redis.
+fn bash_in(dir: &Path, script: &str, redis_url: &str) -> (bool, String) {
+    let out = Command::new("timeout")
+        .args(["60", "bash", "-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .env("TETHER_INGRESS_REDIS_URL", redis_url)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A README line that runs in the foreground (`scripts/run`, a Worker), run
+/// in the background in its own process group, stopped on drop.
+struct Terminal(std::process::Child);
+
+impl Terminal {
+    fn open(line: &str, redis_url: &str, env: &[(&str, String)], stdout: Stdio) -> Self {
+        let mut command = Command::new("bash");
+        command
+            .args(["-c", line])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("TETHER_INGRESS_REDIS_URL", redis_url)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .process_group(0);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        Self(command.spawn().unwrap())
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `scripts/run`'s line as pasted, on a free port (8080 may be taken), with
+/// the tests' build of the binary instead of a release build.
+fn quick_start(line: &str, redis_url: &str) -> (Terminal, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let terminal = Terminal::open(
+        line,
+        redis_url,
+        &[
+            ("TETHER_INGRESS_LISTEN", addr.clone()),
+            (
+                "TETHER_INGRESS_BIN",
+                env!("CARGO_BIN_EXE_tether-ingress").into(),
+            ),
+        ],
+        Stdio::null(),
+    );
+    (terminal, addr)
+}
+
+async fn wait_ready(addr: &str) {
+    let url = format!("http://{addr}/readyz");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", &url])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .await,
+        "scripts/run's ingress never became ready on {addr}"
+    );
+}
+
+/// The answers a block's comments show (`# {…}`), up to the first `…`.
+fn shown_answers(block: &str) -> Vec<&str> {
+    block
+        .lines()
+        .filter_map(|l| l.strip_prefix("# {"))
+        .map(|l| &l[..l.find('…').unwrap_or(l.len())])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_answers_as_the_readme_shows() {
+    let redis = RedisServer::start();
+    let first = example("README.md", "scripts/run     # build and run");
+    let (_terminal, addr) = quick_start(first.lines().next().unwrap(), &redis.url());
+    wait_ready(&addr).await;
+    for (curl, jobs) in [
+        (
+            "curl -s -X POST http://127.0.0.1:8080/api/webhook/workflow",
+            "wf_demo_1",
+        ),
+        (
+            "curl -s -X POST http://127.0.0.1:8080/api/webhook/outreach",
+            "cfg_demo",
+        ),
+    ] {
+        let block = example("README.md", curl);
+        let (ok, out) = bash(&block.replace("127.0.0.1:8080", &addr), &redis.url());
+        assert!(ok, "{out}");
+        let shown = shown_answers(&block);
+        assert!(!shown.is_empty());
+        for answer in shown {
+            assert!(out.contains(&format!("{{{answer}")), "{answer}: {out}");
+        }
+        // The redis-cli line lists the jobs.
+        assert!(out.contains(jobs), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_bullmq_walk_prints_both_jobs() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = RedisServer::start();
+    let block = example("README.md", "TETHER_INGRESS_SINK=bullmq scripts/run");
+    // Commands, continuation lines joined, comments dropped.
+    let commands: Vec<String> = block
+        .replace("\\\n", " ")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let mut terminals = Vec::new();
+    let mut addr = String::new();
+    let mut worker = None;
+    for command in &commands {
+        if command.contains("scripts/run") {
+            let (terminal, at) = quick_start(command, &redis.url());
+            wait_ready(&at).await;
+            terminals.push(terminal);
+            addr = at;
+        } else if command.contains("npm ci") {
+            // scripts/test has installed them; a second `npm ci` would
+            // replace node_modules under the tests that are using it.
+            assert!(node::dir().join("node_modules/bullmq").exists());
+        } else if command.contains("examples/bullmq-worker.js") {
+            let mut terminal = Terminal::open(command, &redis.url(), &[], Stdio::piped());
+            let stdout = tokio::process::ChildStdout::from_std(terminal.0.stdout.take().unwrap());
+            worker = Some(tokio::io::BufReader::new(stdout.unwrap()).lines());
+            terminals.push(terminal);
+        } else {
+            // The lead, then the queue's jobs (two, instead of following).
+            let command = command
+                .replace("127.0.0.1:8080", &addr)
+                .replace(
+                    "target/release/tether-ingress",
+                    env!("CARGO_BIN_EXE_tether-ingress"),
+                )
+                .replace("--from-start", "--from-start --limit 2");
+            let (ok, out) = bash(&command, &redis.url());
+            assert!(ok, "{command}: {out}");
+            assert!(!out.contains("error"), "{command}: {out}");
+        }
+    }
+    // The Worker prints each of the two matches as the README shows.
+    let mut lines = worker.expect("no Worker line in the block");
+    let mut workflows = Vec::new();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the Worker printed no job")
+            .unwrap()
+            .unwrap();
+        let job: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(job["queue"], "workflow-runs", "{line}");
+        assert_eq!(job["name"], "webhook", "{line}");
+        assert_eq!(
+            job["data"]["payload"],
+            serde_json::json!({"lead":{"name":"Alex","phone":14155551234u64}}),
+            "{line}"
+        );
+        let workflow = job["data"]["workflowId"].as_str().unwrap().to_owned();
+        let id = job["id"].as_str().unwrap();
+        assert!(
+            id.ends_with(&format!("~demo_org~demo_user~{workflow}")),
+            "{line}"
+        );
+        workflows.push(workflow);
+    }
+    workflows.sort();
+    assert_eq!(workflows, ["wf_demo_1", "wf_demo_2"]);
+}
+
+#[test]
+fn the_readme_start_commands_are_valid_configurations() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc/tether/");
+    std::fs::create_dir_all(etc.join("tls")).unwrap();
+    support::tls::pki(dir.path(), "docs", &["server"]);
+    std::fs::copy(dir.path().join("server.crt"), etc.join("tls/fullchain.pem")).unwrap();
+    std::fs::copy(dir.path().join("server.key"), etc.join("tls/privkey.pem")).unwrap();
+    std::fs::copy(dir.path().join("docs-ca.crt"), etc.join("redis-ca.pem")).unwrap();
+    for first in [
+        "TETHER_INGRESS_TRUSTED_PROXIES=",
+        "TETHER_INGRESS_TLS_CERT_FILE=/etc/tether/tls/fullchain.pem",
+        "TETHER_INGRESS_REDIS_URL='rediss://",
+        "TETHER_INGRESS_REDIS_WAIT_REPLICAS=1 tether-ingress",
+    ] {
+        let block = example("README.md", first);
+        // The start command as written, asked to check its configuration
+        // instead of serving; the files are this test's.
+        let command = block.trim_end();
+        let command = command
+            .strip_suffix("tether-ingress")
+            .unwrap_or_else(|| panic!("{command}: does not end by starting the ingress"));
+        let script = format!(
+            "{command}{} check-config",
+            env!("CARGO_BIN_EXE_tether-ingress")
+        )
+        .replace("/etc/tether/", etc.to_str().unwrap());
+        let (ok, out) = bash(&script, "redis://127.0.0.1:1");
+        assert!(ok, "{script}: {out}");
+        // Every value the command sets is in force, a URL's password masked.
+        let assignments = command.replace("\\\n", " ");
+        for assignment in assignments
+            .split(" TETHER_INGRESS_")
+            .map(|a| a.trim().trim_start_matches("TETHER_INGRESS_"))
+            .filter(|a| !a.is_empty())
+        {
+            let (name, value) = assignment.split_once('=').unwrap();
+            let value = value
+                .trim()
+                .trim_matches('\'')
+                .replace("/etc/tether/", etc.to_str().unwrap());
+            match value.split_once('@') {
+                Some((with_password, host)) => {
+                    let password = with_password.rsplit(':').next().unwrap();
+                    assert!(out.contains(&format!(":***@{host}")), "{name}: {out}");
+                    assert!(
+                        !out.contains(&format!(":{password}@")),
+                        "{name}: the password is shown: {out}"
+                    );
+                }
+                None => assert!(
+                    out.contains(&format!(" = {value}\n")),
+                    "{name}={value}: {out}"
+                ),
+            }
+        }
     }
 }
