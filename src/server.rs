@@ -135,10 +135,9 @@ pub(crate) async fn serve(
         let mut stop = stop_rx.clone();
         let current = settings.load();
         let builder = builder(&current);
-        let first_byte = current.server.first_byte_timeout_ms;
+        let within = current.server.first_byte_timeout_ms;
         let handshake_timeout = current.server.header_read_timeout_ms;
         drop(current);
-        let tls = tls.clone();
         let svc = svc.for_peer(peer);
         let open = open.clone();
         let silent = silent.clone();
@@ -151,48 +150,39 @@ pub(crate) async fn serve(
                 Err(_) => continue,
             }
         };
-        handle.spawn(async move {
-            let _permit = permit;
-            let stream = match stream {
-                Accepted::Tokio(s) => s,
-                Accepted::Std(s) => match tokio::net::TcpStream::from_std(s) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                },
-            };
-            let mut probe = [0u8; 1];
-            tokio::select! {
-                r = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => return,
-                    Err(_) => {
-                        silent.increment(1);
+        // One task type per protocol, each sized to its own state: a
+        // plaintext connection's task carries no TLS state, a TLS one's
+        // needs no box for it.
+        match &tls {
+            None => handle.spawn(async move {
+                let _permit = permit;
+                let Some(stream) = first_byte(stream, within, &silent, &mut stop).await else {
+                    return;
+                };
+                open.increment(1.0);
+                serve_io(&builder, TokioIo::new(stream), svc, &mut stop).await;
+                open.decrement(1.0);
+            }),
+            Some(config) => {
+                let config = config.load_full();
+                handle.spawn(async move {
+                    let _permit = permit;
+                    let Some(stream) = first_byte(stream, within, &silent, &mut stop).await else {
                         return;
-                    }
-                },
-                _ = stop.changed() => return,
-            }
-            match &tls {
-                None => {
-                    open.increment(1.0);
-                    serve_io(&builder, TokioIo::new(stream), svc, &mut stop).await;
-                    open.decrement(1.0);
-                }
-                // Boxed: the TLS state stays out of plaintext connections' futures.
-                Some(config) => {
-                    Box::pin(serve_tls(
+                    };
+                    serve_tls(
                         &builder,
-                        config.load_full(),
+                        config,
                         stream,
                         svc,
                         &mut stop,
                         handshake_timeout,
                         &open,
-                    ))
+                    )
                     .await;
-                }
+                })
             }
-        });
+        };
     }
     drop(listener);
     drain(stop_tx, permits, max_connections, &settings).await
@@ -252,6 +242,33 @@ async fn serve_tls(
     open.increment(1.0);
     serve_io(builder, TokioIo::new(stream), svc, stop).await;
     open.decrement(1.0);
+}
+
+/// The socket on this thread's runtime once its first byte arrives; `None`
+/// when it stays silent past `within` (counted in `silent`), closes, or the
+/// server stops first.
+async fn first_byte(
+    stream: Accepted,
+    within: Duration,
+    silent: &metrics::Counter,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<tokio::net::TcpStream> {
+    let stream = match stream {
+        Accepted::Tokio(s) => s,
+        Accepted::Std(s) => tokio::net::TcpStream::from_std(s).ok()?,
+    };
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        r = tokio::time::timeout(within, stream.peek(&mut probe)) => match r {
+            Ok(Ok(n)) if n > 0 => Some(stream),
+            Ok(_) => None,
+            Err(_) => {
+                silent.increment(1);
+                None
+            }
+        },
+        _ = stop.changed() => None,
+    }
 }
 
 /// An accepted connection, moved to another runtime as a std socket.
