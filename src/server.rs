@@ -15,7 +15,7 @@
 //! - It is served (HTTP/1.1 or HTTP/2, h2c in plaintext, with upgrades for the
 //!   proxy's WebSocket) until it closes or shutdown asks it to finish.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -81,6 +81,11 @@ pub(crate) async fn serve(
     let mut backoff = Duration::from_millis(5);
     // Connections are dealt to the serving threads round-robin.
     let mut dealt = 0usize;
+    let mut built = {
+        let current = settings.load_full();
+        let b = Arc::new(builder(&current));
+        (current, b)
+    };
     tokio::pin!(shutdown);
     loop {
         let permit = match permits.clone().try_acquire_owned() {
@@ -133,8 +138,12 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let mut stop = stop_rx.clone();
-        let current = settings.load();
-        let builder = builder(&current);
+        let current = settings.load_full();
+        // One builder per settings in force, shared by their connections.
+        if !Arc::ptr_eq(&current, &built.0) {
+            built = (current.clone(), Arc::new(builder(&current)));
+        }
+        let builder = built.1.clone();
         let within = current.server.first_byte_timeout_ms;
         let handshake_timeout = current.server.header_read_timeout_ms;
         drop(current);
@@ -160,7 +169,10 @@ pub(crate) async fn serve(
                     return;
                 };
                 open.increment(1.0);
-                serve_io(&builder, TokioIo::new(stream), svc, &mut stop).await;
+                let conn = std::pin::pin!(
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                );
+                drive(conn, &mut stop).await;
                 open.decrement(1.0);
             }),
             Some(config) => {
@@ -188,18 +200,16 @@ pub(crate) async fn serve(
     drain(stop_tx, permits, max_connections, &settings).await
 }
 
-/// Serves one connection's HTTP until it closes, or until `stop` asks it to
-/// finish what it has in flight.
-async fn serve_io<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
-    svc: Svc,
+/// Drives one connection's HTTP until it closes, or until `stop` asks it to
+/// finish what it has in flight. The connection is pinned where its caller
+/// built it: passed by value, its I/O state (a TLS stream is 1.2 KB) would
+/// be held twice in the task.
+async fn drive<I>(
+    mut conn: Pin<&mut auto::UpgradeableConnection<'_, TokioIo<I>, Svc, TokioExecutor>>,
     stop: &mut watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = stop.changed() => {
@@ -224,24 +234,41 @@ async fn serve_tls(
     handshake_timeout: Duration,
     open: &metrics::Gauge,
 ) {
+    // The TLS stream goes straight into the connection: no second copy.
+    let conn = std::pin::pin!(
+        match handshake(config, stream, handshake_timeout, stop).await {
+            Some(tls) => builder.serve_connection_with_upgrades(TokioIo::new(tls), svc),
+            None => return,
+        }
+    );
+    open.increment(1.0);
+    drive(conn, stop).await;
+    open.decrement(1.0);
+}
+
+/// The TLS handshake under `within`; `None` when it fails, times out, or
+/// the server stops first.
+async fn handshake(
+    config: Arc<rustls::ServerConfig>,
+    stream: tokio::net::TcpStream,
+    within: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    let stream = tokio::select! {
-        r = tokio::time::timeout(handshake_timeout, accept) => match r {
-            Ok(Ok(stream)) => stream,
+    tokio::select! {
+        r = tokio::time::timeout(within, accept) => match r {
+            Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
                 debug!(error = %e, "TLS handshake failed");
-                return;
+                None
             }
             Err(_) => {
                 debug!("TLS handshake not finished in time; closing");
-                return;
+                None
             }
         },
-        _ = stop.changed() => return,
-    };
-    open.increment(1.0);
-    serve_io(builder, TokioIo::new(stream), svc, stop).await;
-    open.decrement(1.0);
+        _ = stop.changed() => None,
+    }
 }
 
 /// The socket on this thread's runtime once its first byte arrives; `None`
