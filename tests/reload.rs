@@ -182,3 +182,41 @@ async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The HTTP settings of new connections follow a reload: a head deadline
+/// cut from a minute to 300 ms closes a new connection whose head never
+/// ends. (Connections share one HTTP builder per settings in force; a
+/// stale one would keep the minute.)
+#[tokio::test]
+async fn a_reloaded_head_deadline_reaches_new_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let mut raw = Config::default();
+    raw.redis.url = redis.url();
+    raw.server.header_read_timeout_ms = Duration::from_secs(60);
+    let (ingress, reload) = Ingress::start_reloadable(raw.clone().validate().unwrap()).await;
+    // A head that never ends: closed by the deadline, or still open after 3 s.
+    let closed_in_time = || async {
+        let mut s = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        s.write_all(b"POST /api/webhook/workflow HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    };
+    assert!(!closed_in_time().await, "closed before the reload");
+    let mut new = raw.clone();
+    new.server.header_read_timeout_ms = Duration::from_millis(300);
+    reload.unbounded_send(new.validate().unwrap()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), closed_in_time).await,
+        "new connections kept the old head deadline"
+    );
+}
