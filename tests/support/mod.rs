@@ -211,9 +211,19 @@ impl RedisServer {
     }
 }
 
-/// A connected fred client of the Redis at `url`.
+/// How long a test waits for one answer (of Redis or of the ingress) before
+/// it fails: long past any answer a test expects, short of hanging CI.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// A connected fred client of the Redis at `url`. It reconnects after the
+/// server drops it (a Sentinel's `CLIENT KILL` on a failover, a restart) and
+/// gives up on a command after [`ANSWER_WITHIN`]: without both, fred's next
+/// command after a dropped connection waits forever.
 pub async fn client_at(url: &str) -> fred::clients::Client {
     let c = Builder::from_config(fred::prelude::Config::from_url(url).unwrap())
+        .with_connection_config(|c| c.connection_timeout = Duration::from_secs(5))
+        .with_performance_config(|p| p.default_command_timeout = ANSWER_WITHIN)
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
         .build()
         .unwrap();
     c.init().await.unwrap();
@@ -414,11 +424,19 @@ impl Ingress {
         self.task.take().unwrap().await.unwrap()
     }
 
+    /// Sends `req` and reads the whole answer; fails the test when the
+    /// ingress has not answered within [`ANSWER_WITHIN`].
     pub async fn request(&self, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
-        let res = self.http.request(req).await.expect("request failed");
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (parts.status, parts.headers, body)
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let answer = async {
+            let res = self.http.request(req).await.expect("request failed");
+            let (parts, body) = res.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (parts.status, parts.headers, body)
+        };
+        tokio::time::timeout(ANSWER_WITHIN, answer)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {uri}: no answer within {ANSWER_WITHIN:?}"))
     }
 
     pub fn uri(&self, path: &str) -> String {
@@ -429,20 +447,25 @@ impl Ingress {
         let req = Request::get(self.uri(path))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        match self.http.request(req).await {
-            Ok(res) => {
-                let (parts, body) = res.into_parts();
-                (
-                    parts.status,
-                    parts.headers,
-                    body.collect()
-                        .await
-                        .map(|c| c.to_bytes())
-                        .unwrap_or_default(),
-                )
+        let answer = async {
+            match self.http.request(req).await {
+                Ok(res) => {
+                    let (parts, body) = res.into_parts();
+                    (
+                        parts.status,
+                        parts.headers,
+                        body.collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default(),
+                    )
+                }
+                Err(_) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), Bytes::new()),
             }
-            Err(_) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), Bytes::new()),
-        }
+        };
+        tokio::time::timeout(ANSWER_WITHIN, answer)
+            .await
+            .unwrap_or_else(|_| panic!("GET {path}: no answer within {ANSWER_WITHIN:?}"))
     }
 
     /// POST /api/webhook/workflow with an optional bearer token.
@@ -596,25 +619,22 @@ impl Load {
                             .header("x-request-id", request_id.as_str())
                             .body(Full::new(Bytes::from(body.clone())))
                             .unwrap();
-                        let res =
-                            tokio::time::timeout(Duration::from_secs(10), http.request(req)).await;
-                        let outcome = match res {
-                            Ok(Ok(res)) => {
-                                let status = res.status();
-                                let retry_after = res.headers().contains_key("retry-after");
-                                // A 2xx counts only once its body arrived whole.
-                                let whole = res.into_body().collect().await.is_ok();
-                                Outcome {
-                                    request_id,
-                                    status: whole.then_some(status),
-                                    retry_after,
-                                }
-                            }
-                            _ => Outcome {
-                                request_id,
-                                status: None,
-                                retry_after: false,
-                            },
+                        // A 2xx counts only once its body arrived whole.
+                        let answer = async {
+                            let res = http.request(req).await.ok()?;
+                            let status = res.status();
+                            let retry_after = res.headers().contains_key("retry-after");
+                            res.into_body().collect().await.ok()?;
+                            Some((status, retry_after))
+                        };
+                        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+                            .await
+                            .ok()
+                            .flatten();
+                        let outcome = Outcome {
+                            request_id,
+                            status: answer.map(|(status, _)| status),
+                            retry_after: answer.is_some_and(|(_, r)| r),
                         };
                         if outcome.status == Some(StatusCode::ACCEPTED) {
                             accepted.fetch_add(1, Ordering::AcqRel);
