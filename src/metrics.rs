@@ -68,6 +68,8 @@ metrics! {
         "Job writers whose oldest write in flight waited longer than redis.stall_after_ms without a reply (their requests skip them).";
     counter REDIS_STALLS = "tether_redis_stalls_total":
         "Times a job writer became stalled.";
+    counter REDIS_PRIMARY_SWITCHES = "tether_redis_primary_switches_total":
+        "Times the sentinels named a new primary (Sentinel only); the job writers leave the old one at once.";
     gauge REPLICA_ENTRIES = "tether_replica_entries":
         "Entries held by each replica view, by view.";
     counter REPLICA_SKIPPED = "tether_replica_skipped_keys_total":

@@ -621,6 +621,10 @@ enum Ended {
     /// A reply that fits no request or does not parse.
     #[error("unreadable reply: {0}")]
     Protocol(String),
+    /// The sentinels name another primary: what this one takes now, its
+    /// demotion will discard.
+    #[error("the sentinels name another primary")]
+    Moved,
     /// Nothing answered the batch in flight for [`SILENCE`].
     #[error("no reply for {SILENCE:?}")]
     Silent,
@@ -637,7 +641,7 @@ async fn run(inner: Arc<Inner>) {
             return;
         }
         match inner.endpoint.connect().await {
-            Ok((read, write)) => {
+            Ok(link) => {
                 inner.lock().up = true;
                 if !counted {
                     counted = true;
@@ -649,8 +653,9 @@ async fn run(inner: Arc<Inner>) {
                 }
                 backoff = Duration::ZERO;
                 let ended = tokio::select! {
-                    e = read_loop(&inner, read) => e,
-                    e = write_loop(&inner, write) => Ended::Io(e),
+                    e = read_loop(&inner, link.read) => e,
+                    e = write_loop(&inner, link.write) => Ended::Io(e),
+                    () = inner.endpoint.moved_from(link.primary.as_ref()) => Ended::Moved,
                 };
                 let (closing, misplaced) = {
                     let mut state = inner.lock();

@@ -9,6 +9,13 @@
 //! client's view of the cluster (which fred keeps current; a `MOVED` asks it
 //! to refresh). The connection is TCP (no Nagle), a Unix socket, or TLS
 //! through tokio-rustls with the configuration fred's clients use.
+//!
+//! Behind Sentinel, one task ([`Endpoint::watch_primary`]) also asks the
+//! sentinels which primary they name every [`WATCH_EVERY`], and a writer
+//! leaves a primary they no longer name. A primary that was frozen (or cut
+//! off) through a failover comes back still taking writes as a primary
+//! until the sentinels demote it, and the demotion discards what it took;
+//! nothing tells its clients but the sentinels.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -23,7 +30,11 @@ use redis_protocol::resp2::{
     encode::extend_encode_borrowed,
     types::{BorrowedFrame, OwnedFrame},
 };
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    sync::watch,
+};
+use tracing::warn;
 
 use crate::redis::Target;
 
@@ -31,6 +42,19 @@ use crate::redis::Target;
 pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 /// The write half of a writer's connection.
 pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+/// A primary's host and port, as the sentinels name it.
+pub(super) type Address = (String, u16);
+
+/// How often the sentinels are asked which primary they name.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// A connection ready for writes.
+pub(super) struct Link {
+    pub(super) read: ReadHalf,
+    pub(super) write: WriteHalf,
+    /// Behind Sentinel, the primary it reached.
+    pub(super) primary: Option<Address>,
+}
 
 /// Why a connection could not be made (logged by the writer, never shown
 /// to a caller; it holds no secret).
@@ -71,6 +95,9 @@ pub(super) struct Endpoint {
     database: Option<u8>,
     tls: Option<Arc<rustls::ClientConfig>>,
     connect_timeout: Duration,
+    /// Behind Sentinel, the primary the sentinels name now (kept by
+    /// [`Endpoint::watch_primary`]'s task).
+    named: Option<watch::Receiver<Option<Address>>>,
 }
 
 impl Endpoint {
@@ -106,7 +133,82 @@ impl Endpoint {
             database: config.database.filter(|db| *db != 0),
             tls: target.tls.clone(),
             connect_timeout: target.connect_timeout,
+            named: None,
         })
+    }
+
+    /// Behind Sentinel: starts, on `runtime`, the task that asks the
+    /// sentinels which primary they name every [`WATCH_EVERY`], and returns
+    /// what it learns (for [`Endpoint::following`]). It ends once nobody
+    /// follows it. `None` elsewhere.
+    pub(super) fn watch_primary(
+        self,
+        runtime: &tokio::runtime::Handle,
+    ) -> Option<watch::Receiver<Option<Address>>> {
+        let Place::Sentinel { sentinels, service } = &self.place else {
+            return None;
+        };
+        let (sentinels, service) = (sentinels.clone(), service.clone());
+        let (tx, rx) = watch::channel(None);
+        let switches = metrics::counter!(crate::metrics::REDIS_PRIMARY_SWITCHES);
+        runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(WATCH_EVERY) => {}
+                }
+                let asked = self.ask_sentinels(&sentinels, &service);
+                let Ok(Ok(now)) = tokio::time::timeout(self.connect_timeout, asked).await else {
+                    continue;
+                };
+                tx.send_if_modified(|named| {
+                    if named.as_ref() == Some(&now) {
+                        return false;
+                    }
+                    if let Some((host, port)) = named.replace(now.clone()) {
+                        switches.increment(1);
+                        warn!(
+                            from = %format_args!("{host}:{port}"),
+                            to = %format_args!("{}:{}", now.0, now.1),
+                            "the sentinels name a new primary; the job writers leave the old one"
+                        );
+                    }
+                    true
+                });
+            }
+        });
+        Some(rx)
+    }
+
+    /// This endpoint, its writers leaving a primary the sentinels no longer
+    /// name (`named`, from [`Endpoint::watch_primary`]).
+    pub(super) fn following(mut self, named: Option<&watch::Receiver<Option<Address>>>) -> Self {
+        self.named = named.cloned();
+        self
+    }
+
+    /// Resolves when the sentinels name a primary other than `primary` (the
+    /// one a connection reached); never without Sentinel.
+    pub(super) async fn moved_from(&self, primary: Option<&Address>) {
+        let (Some(named), Some(primary)) = (&self.named, primary) else {
+            return std::future::pending().await;
+        };
+        // What was named before the connection was made is no news: a
+        // change since is.
+        let mut named = named.clone();
+        named.borrow_and_update();
+        loop {
+            if named.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if named
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(|now| now != primary)
+            {
+                return;
+            }
+        }
     }
 
     /// Whether the endpoint is a cluster node (whose `MOVED` should refresh
@@ -120,13 +222,14 @@ impl Endpoint {
 
     /// A new connection to where writes go now, authenticated, on the
     /// right database, and checked to be a primary.
-    pub(super) async fn connect(&self) -> Result<(ReadHalf, WriteHalf), WireError> {
+    pub(super) async fn connect(&self) -> Result<Link, WireError> {
         tokio::time::timeout(self.connect_timeout, self.open())
             .await
             .map_err(|_| WireError::Timeout(self.connect_timeout))?
     }
 
-    async fn open(&self) -> Result<(ReadHalf, WriteHalf), WireError> {
+    async fn open(&self) -> Result<Link, WireError> {
+        let mut primary = None;
         let mut conn = match &self.place {
             Place::Node(host, port) => self.tcp(host, *port, host).await?,
             Place::Unix(path) => {
@@ -135,7 +238,9 @@ impl Endpoint {
             }
             Place::Sentinel { sentinels, service } => {
                 let (host, port) = self.ask_sentinels(sentinels, service).await?;
-                self.tcp(&host, port, &host).await?
+                let conn = self.tcp(&host, port, &host).await?;
+                primary = Some((host, port));
+                conn
             }
             Place::Cluster { view, slot } => {
                 let server = view
@@ -160,7 +265,11 @@ impl Endpoint {
                 {}
             _ => return Err(WireError::Topology("the node is not a primary".to_owned())),
         }
-        Ok((conn.read, conn.write))
+        Ok(Link {
+            read: conn.read,
+            write: conn.write,
+            primary,
+        })
     }
 
     /// `AUTH` with the URL's credentials, when it has any.

@@ -94,11 +94,12 @@ impl Writers {
             })
         };
         let clustered = shared.is_clustered();
+        let named = Endpoint::new(target, &shared, keys[0])?.watch_primary(&here);
         let mut expected = 1;
         let mut start = |key: &[u8], runtime: &tokio::runtime::Handle| {
             expected += 1;
             Ok::<_, Error>(Lane::start(
-                Endpoint::new(target, &shared, key)?,
+                Endpoint::new(target, &shared, key)?.following(named.as_ref()),
                 lane.max_pending,
                 lane.wait,
                 lane.tickets.clone(),

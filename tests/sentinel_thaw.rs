@@ -1,0 +1,82 @@
+//! A Sentinel primary frozen past the sentinels' down-after time (its own
+//! test binary: the process-wide metrics must not mix with the other
+//! Sentinel tests'). The sentinels fail over while it sleeps; woken, it
+//! still takes writes as a primary until they demote it, and the demotion
+//! discards them. The writers follow the sentinels, not their old
+//! connection: every 202's job is on the new primary.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use support::{sentinel::Sentinels, *};
+
+const KEY: &str = "user_sentinel_thaw";
+const STREAM: &str = "tether:jobs:workflow";
+const WAIT: Duration = Duration::from_secs(40);
+const SWITCHES: &str = "tether_redis_primary_switches_total";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_woken_after_its_failover_is_left_and_no_202_is_lost() {
+    let deployment = Sentinels::start().await;
+    let old = deployment.primary.port;
+    let r = deployment.primary.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    drop(r);
+    let ingress = Ingress::start(&deployment.url()).await;
+
+    let load = Load::start(&ingress.uri(""), KEY, r#"{"webhookId":"wh_1"}"#, 8, "thaw");
+    load.until_accepted(200, WAIT).await;
+    let switches_before = metric_value(&ingress, SWITCHES).await;
+    let pid = deployment.primary.pid();
+    signal(pid, "STOP");
+    assert!(
+        eventually(WAIT, || async { deployment.primary_port() != old }).await,
+        "the sentinels never failed over from the frozen primary"
+    );
+    // The ingress learns it from the sentinels while the old primary
+    // sleeps, and its writers leave it.
+    assert!(
+        eventually(WAIT, || async {
+            metric_value(&ingress, SWITCHES).await > switches_before
+        })
+        .await,
+        "the ingress never saw the sentinels name a new primary"
+    );
+    signal(pid, "CONT");
+    load.until_accepted(200, WAIT).await;
+    // Until the sentinels demote it, the old primary takes writes as one.
+    let old_server = deployment.server(old);
+    assert!(
+        eventually(WAIT, || async {
+            old_server.cli(&["ROLE"]).starts_with("slave")
+        })
+        .await,
+        "the sentinels never demoted the old primary"
+    );
+    load.until_accepted(200, WAIT).await;
+    let outcomes = load.stop().await;
+    let (accepted, others) = accepted_ids(&outcomes);
+
+    let r = client_at(&deployment.url()).await;
+    let stored: HashMap<String, usize> = request_ids_in(&r, STREAM).await;
+    let missing: Vec<&str> = accepted
+        .iter()
+        .copied()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} 202s have no job on the new primary, e.g. {:?}",
+        missing.len(),
+        accepted.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!(
+        "figures: {} requests acknowledged (202), lost 0, {others} answered otherwise \
+         (while the primary was frozen)",
+        accepted.len()
+    );
+}
