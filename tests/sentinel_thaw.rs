@@ -3,13 +3,17 @@
 //! Sentinel tests'). The sentinels fail over while it sleeps; woken, it
 //! still takes writes as a primary until they demote it, and the demotion
 //! discards them. The writers follow the sentinels, not their old
-//! connection: every 202's job is on the new primary.
+//! connection: every 202's job is on the new primary, and an
+//! Idempotency-Key's record (the shared client's) is there too.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
 
 use std::{collections::HashMap, time::Duration};
 
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
 use support::{sentinel::Sentinels, *};
 
 const KEY: &str = "user_sentinel_thaw";
@@ -46,6 +50,10 @@ async fn a_primary_woken_after_its_failover_is_left_and_no_202_is_lost() {
         "the ingress never saw the sentinels name a new primary"
     );
     signal(pid, "CONT");
+    // An Idempotency-Key's record goes where the jobs go: the shared
+    // client reconnected on the switch too.
+    let (status, first, _) = ingress.request(with_idempotency_key(&ingress)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     load.until_accepted(200, WAIT).await;
     // Until the sentinels demote it, the old primary takes writes as one.
     let old_server = deployment.server(old);
@@ -56,12 +64,21 @@ async fn a_primary_woken_after_its_failover_is_left_and_no_202_is_lost() {
         .await,
         "the sentinels never demoted the old primary"
     );
+    let (status, repeat, _) = ingress.request(with_idempotency_key(&ingress)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        repeat.get("idempotent-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..]),
+        "the repeat was not answered from the record: the record was lost"
+    );
     load.until_accepted(200, WAIT).await;
     let outcomes = load.stop().await;
     let (accepted, others) = accepted_ids(&outcomes);
 
     let r = client_at(&deployment.url()).await;
     let stored: HashMap<String, usize> = request_ids_in(&r, STREAM).await;
+    let id = first.get("x-request-id").unwrap().to_str().unwrap();
+    assert_eq!(stored.get(id), Some(&1), "the idempotent request's job");
     let missing: Vec<&str> = accepted
         .iter()
         .copied()
@@ -79,4 +96,14 @@ async fn a_primary_woken_after_its_failover_is_left_and_no_202_is_lost() {
          (while the primary was frozen)",
         accepted.len()
     );
+}
+
+/// The same workflow request each time, under one Idempotency-Key.
+fn with_idempotency_key(ingress: &Ingress) -> Request<Full<Bytes>> {
+    Request::post(ingress.uri("/api/webhook/workflow"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("idempotency-key", "thaw-lead-1")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"webhookId":"wh_1"}"#)))
+        .unwrap()
 }

@@ -21,6 +21,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::{Buf, BytesMut};
 use fred::{
+    interfaces::ClientLike as _,
     interfaces::ClusterInterface as _,
     prelude::{Client, Config as FredConfig},
     types::config::ServerConfig,
@@ -139,11 +140,14 @@ impl Endpoint {
 
     /// Behind Sentinel: starts, on `runtime`, the task that asks the
     /// sentinels which primary they name every [`WATCH_EVERY`], and returns
-    /// what it learns (for [`Endpoint::following`]). It ends once nobody
-    /// follows it. `None` elsewhere.
+    /// what it learns (for [`Endpoint::following`]). On a switch it also
+    /// makes `shared` (the fred client of idempotency records and rate
+    /// buckets) reconnect, which asks the sentinels anew. It ends once
+    /// nobody follows it. `None` elsewhere.
     pub(super) fn watch_primary(
         self,
         runtime: &tokio::runtime::Handle,
+        shared: Client,
     ) -> Option<watch::Receiver<Option<Address>>> {
         let Place::Sentinel { sentinels, service } = &self.place else {
             return None;
@@ -161,11 +165,13 @@ impl Endpoint {
                 let Ok(Ok(now)) = tokio::time::timeout(self.connect_timeout, asked).await else {
                     continue;
                 };
+                let mut switched = false;
                 tx.send_if_modified(|named| {
                     if named.as_ref() == Some(&now) {
                         return false;
                     }
                     if let Some((host, port)) = named.replace(now.clone()) {
+                        switched = true;
                         switches.increment(1);
                         warn!(
                             from = %format_args!("{host}:{port}"),
@@ -175,6 +181,10 @@ impl Endpoint {
                     }
                     true
                 });
+                if switched {
+                    let again = shared.force_reconnection();
+                    let _ = tokio::time::timeout(self.connect_timeout, again).await;
+                }
             }
         });
         Some(rx)

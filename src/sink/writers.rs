@@ -94,7 +94,7 @@ impl Writers {
             })
         };
         let clustered = shared.is_clustered();
-        let named = Endpoint::new(target, &shared, keys[0])?.watch_primary(&here);
+        let named = Endpoint::new(target, &shared, keys[0])?.watch_primary(&here, shared.clone());
         let mut expected = 1;
         let mut start = |key: &[u8], runtime: &tokio::runtime::Handle| {
             expected += 1;
