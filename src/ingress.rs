@@ -94,7 +94,8 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let upkeep_task = prometheus
         .clone()
         .map(|handle| metrics::spawn_upkeep(handle, stop_rx.clone()));
-    let replica_task = replica.spawn(stop_rx);
+    // It leaves a primary the sentinels no longer name, as the writers do.
+    let replica_task = replica.following(sink.named_primary()).spawn(stop_rx);
     let app = Arc::new(App {
         auth: Authenticator::new(keys),
         triggers,

@@ -20,6 +20,36 @@ use fred::{
 
 use crate::config::Redis as RedisConfig;
 
+/// A primary's host and port, as the sentinels name it.
+pub(crate) type PrimaryAddress = (String, u16);
+
+/// Behind Sentinel, the primary the sentinels name now (`None` until first
+/// asked), kept by the job writers' watcher (see `sink::wire`).
+pub(crate) type NamedPrimary = tokio::sync::watch::Receiver<Option<PrimaryAddress>>;
+
+/// Resolves when `named` names a primary other than the one it named before
+/// (`last`, kept by the caller across calls, so a switch while this was not
+/// awaited still counts); never without Sentinel. The first naming is no
+/// switch.
+pub(crate) async fn primary_switched(
+    named: Option<&mut NamedPrimary>,
+    last: &mut Option<PrimaryAddress>,
+) {
+    let Some(named) = named else {
+        return std::future::pending().await;
+    };
+    loop {
+        if named.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let now = named.borrow_and_update().clone();
+        let before = std::mem::replace(last, now.clone());
+        if before.is_some() && now != before {
+            return;
+        }
+    }
+}
+
 /// The server and the deadlines every client of it shares.
 #[derive(Debug, Clone)]
 pub struct Target {

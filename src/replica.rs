@@ -51,7 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics as m,
-    redis::{self, Role, Target},
+    redis::{self, NamedPrimary, Role, Target},
 };
 
 /// The value of one control-plane key as read from Redis.
@@ -232,6 +232,8 @@ pub(crate) struct Replica {
     status: Arc<ReplicaStatus>,
     settings: ReplicaSettings,
     generation: u64,
+    /// Behind Sentinel, the primary the sentinels name now.
+    named: Option<NamedPrimary>,
 }
 
 impl Replica {
@@ -242,7 +244,17 @@ impl Replica {
             status: Arc::new(ReplicaStatus::default()),
             settings,
             generation: 0,
+            named: None,
         }
+    }
+
+    /// Behind Sentinel: reconnects when the sentinels name another primary.
+    /// A primary frozen or cut off through a failover comes back still
+    /// answering as one until they demote it, and tracking there misses the
+    /// writes (a revoked key) made on the new one.
+    pub(crate) fn following(mut self, named: Option<NamedPrimary>) -> Self {
+        self.named = named;
+        self
     }
 
     /// The shared status (readiness, staleness).
@@ -283,6 +295,8 @@ impl Replica {
         };
         let mut resync_timer = tokio::time::interval(self.settings.resync_interval);
         resync_timer.tick().await;
+        let mut named = self.named.take();
+        let mut named_last = None;
         // A resync is owed at start; after that, on reconnects, lag and the timer.
         let mut resync_due = true;
         loop {
@@ -323,6 +337,13 @@ impl Replica {
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = resync_timer.tick() => resync_due = true,
+                () = redis::primary_switched(named.as_mut(), &mut named_last) => {
+                    // The reconnect asks the sentinels anew and is reported
+                    // like any other (a resync follows).
+                    debug!("replica leaves a primary the sentinels no longer name");
+                    let again = client.force_reconnection();
+                    let _ = tokio::time::timeout(self.settings.target.connect_timeout, again).await;
+                }
                 r = reconnects.recv() => {
                     if matches!(r, Err(RecvError::Closed)) {
                         break;

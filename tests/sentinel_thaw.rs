@@ -4,7 +4,8 @@
 //! still takes writes as a primary until they demote it, and the demotion
 //! discards them. The writers follow the sentinels, not their old
 //! connection: every 202's job is on the new primary, and an
-//! Idempotency-Key's record (the shared client's) is there too.
+//! Idempotency-Key's record (the shared client's) is there too, and the
+//! control-plane replica sees a key revoked there at once.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
@@ -12,11 +13,13 @@ mod support;
 use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
+use fred::prelude::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use support::{sentinel::Sentinels, *};
 
 const KEY: &str = "user_sentinel_thaw";
+const OTHER: &str = "user_sentinel_thaw_other";
 const STREAM: &str = "tether:jobs:workflow";
 const WAIT: Duration = Duration::from_secs(40);
 const SWITCHES: &str = "tether_redis_primary_switches_total";
@@ -28,8 +31,16 @@ async fn a_primary_woken_after_its_failover_is_left_and_no_202_is_lost() {
     let r = deployment.primary.client().await;
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    put_key(&r, OTHER, r#"{"userId":"u_2","orgId":"o_1"}"#).await;
     drop(r);
     let ingress = Ingress::start(&deployment.url()).await;
+    let other = || async {
+        ingress
+            .workflow(Some(OTHER), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0
+    };
+    assert_eq!(other().await, StatusCode::ACCEPTED);
 
     let load = Load::start(&ingress.uri(""), KEY, r#"{"webhookId":"wh_1"}"#, 8, "thaw");
     load.until_accepted(200, WAIT).await;
@@ -50,6 +61,21 @@ async fn a_primary_woken_after_its_failover_is_left_and_no_202_is_lost() {
         "the ingress never saw the sentinels name a new primary"
     );
     signal(pid, "CONT");
+    // A key revoked on the new primary stops working within the usual
+    // second, while the old one still answers as a primary: the replica
+    // followed the switch too.
+    let r = client_at(&deployment.url()).await;
+    let _: i64 = r
+        .del(format!("tether:apikey:{}", sha256_hex(OTHER)))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            other().await == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "a key revoked on the new primary still worked after 1 s"
+    );
     // An Idempotency-Key's record goes where the jobs go: the shared
     // client reconnected on the switch too.
     let (status, first, _) = ingress.request(with_idempotency_key(&ingress)).await;
@@ -75,7 +101,6 @@ async fn a_primary_woken_after_its_failover_is_left_and_no_202_is_lost() {
     let outcomes = load.stop().await;
     let (accepted, others) = accepted_ids(&outcomes);
 
-    let r = client_at(&deployment.url()).await;
     let stored: HashMap<String, usize> = request_ids_in(&r, STREAM).await;
     let id = first.get("x-request-id").unwrap().to_str().unwrap();
     assert_eq!(stored.get(id), Some(&1), "the idempotent request's job");

@@ -214,6 +214,11 @@ impl Sink {
         self.writers.shared()
     }
 
+    /// Behind Sentinel, the primary the sentinels name now.
+    pub(crate) fn named_primary(&self) -> Option<crate::redis::NamedPrimary> {
+        self.writers.named_primary()
+    }
+
     /// True once every client connected to Redis at least once.
     pub(crate) fn has_connected(&self) -> bool {
         self.writers.have_connected()

@@ -37,14 +37,12 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::redis::Target;
+use crate::redis::{NamedPrimary, PrimaryAddress as Address, Target};
 
 /// The read half of a writer's connection.
 pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 /// The write half of a writer's connection.
 pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
-/// A primary's host and port, as the sentinels name it.
-pub(super) type Address = (String, u16);
 
 /// How often the sentinels are asked which primary they name.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -98,7 +96,7 @@ pub(super) struct Endpoint {
     connect_timeout: Duration,
     /// Behind Sentinel, the primary the sentinels name now (kept by
     /// [`Endpoint::watch_primary`]'s task).
-    named: Option<watch::Receiver<Option<Address>>>,
+    named: Option<NamedPrimary>,
 }
 
 impl Endpoint {
@@ -148,7 +146,7 @@ impl Endpoint {
         self,
         runtime: &tokio::runtime::Handle,
         shared: Client,
-    ) -> Option<watch::Receiver<Option<Address>>> {
+    ) -> Option<NamedPrimary> {
         let Place::Sentinel { sentinels, service } = &self.place else {
             return None;
         };
@@ -192,7 +190,7 @@ impl Endpoint {
 
     /// This endpoint, its writers leaving a primary the sentinels no longer
     /// name (`named`, from [`Endpoint::watch_primary`]).
-    pub(super) fn following(mut self, named: Option<&watch::Receiver<Option<Address>>>) -> Self {
+    pub(super) fn following(mut self, named: Option<&NamedPrimary>) -> Self {
         self.named = named.cloned();
         self
     }

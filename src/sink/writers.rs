@@ -21,7 +21,7 @@ use std::{
 use fred::prelude::*;
 
 use super::{lane::Lane, tickets::Tickets, wire::Endpoint};
-use crate::redis::{self, Role, Target};
+use crate::redis::{self, NamedPrimary, Role, Target};
 
 /// The route a write takes.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +51,8 @@ pub(super) struct Writers {
     /// In a cluster, the workflow and outreach routes' keys (which lane owns
     /// which slot); `None` elsewhere, where one lane reaches every key.
     cluster_keys: Option<Arc<[Vec<u8>; 2]>>,
+    /// Behind Sentinel, the primary the sentinels name now.
+    named: Option<NamedPrimary>,
 }
 
 /// How the lanes behave: the queue cap and `redis.wait_replicas`.
@@ -124,12 +126,19 @@ impl Writers {
             expected,
             waiter: Arc::new(waiter),
             cluster_keys: clustered.then(|| Arc::new(keys.map(<[u8]>::to_vec))),
+            named,
         })
     }
 
     /// The shared client.
     pub(super) fn shared(&self) -> &Client {
         &self.shared
+    }
+
+    /// Behind Sentinel, the primary the sentinels name now (for the
+    /// control-plane replica to follow too).
+    pub(super) fn named_primary(&self) -> Option<NamedPrimary> {
+        self.named.clone()
     }
 
     /// The lane `route`'s writes take on this thread.
