@@ -21,8 +21,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::{Buf, BytesMut};
 use fred::{
-    interfaces::ClientLike as _,
-    interfaces::ClusterInterface as _,
+    interfaces::{ClientLike as _, ClusterInterface as _},
     prelude::{Client, Config as FredConfig},
     types::config::ServerConfig,
 };
