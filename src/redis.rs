@@ -27,10 +27,11 @@ pub(crate) type PrimaryAddress = (String, u16);
 /// asked), kept by the job writers' watcher (see `sink::wire`).
 pub(crate) type NamedPrimary = tokio::sync::watch::Receiver<Option<PrimaryAddress>>;
 
-/// Resolves when `named` names a primary other than the one it named before
-/// (`last`, kept by the caller across calls, so a switch while this was not
-/// awaited still counts); never without Sentinel. The first naming is no
-/// switch.
+/// Resolves when `named` names a primary other than `last`: the one it named
+/// before, or the caller's starting point (the primary a connection
+/// reached). `last` is kept by the caller across calls, so a switch while
+/// this was not awaited still counts. Never without Sentinel; a first naming
+/// after `None` is no switch.
 pub(crate) async fn primary_switched(
     named: Option<&mut NamedPrimary>,
     last: &mut Option<PrimaryAddress>,

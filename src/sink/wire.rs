@@ -201,21 +201,10 @@ impl Endpoint {
             return std::future::pending().await;
         };
         // What was named before the connection was made is no news: a
-        // change since is.
+        // change since, away from the primary it reached, is.
         let mut named = named.clone();
         named.borrow_and_update();
-        loop {
-            if named.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            if named
-                .borrow_and_update()
-                .as_ref()
-                .is_some_and(|now| now != primary)
-            {
-                return;
-            }
-        }
+        crate::redis::primary_switched(Some(&mut named), &mut Some(primary.clone())).await;
     }
 
     /// Whether the endpoint is a cluster node (whose `MOVED` should refresh
