@@ -33,13 +33,12 @@ use std::sync::LazyLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::prelude::*;
-use redis_protocol::resp2::types::BorrowedFrame;
 
 use super::{
     error::SinkError,
     job::{OutreachJob, WorkflowJobs},
     lane::{Due, Lane},
-    wire,
+    wire::{self, Arg},
 };
 use crate::{
     config::Bullmq as BullmqConfig,
@@ -213,12 +212,6 @@ fn json_string(out: &mut BytesMut, s: &[u8]) {
     out.put_u8(b'"');
 }
 
-/// One argument of a script call.
-enum Part<'a> {
-    Int(i64),
-    Bytes(&'a [u8]),
-}
-
 /// One call of [`ADD_SCRIPT`]: the jobs of one request on one queue.
 struct Call<'a> {
     queue: &'a Queue,
@@ -238,23 +231,20 @@ impl Call<'_> {
 
     /// The script call's arguments after the script: key count, keys,
     /// then `ARGV`.
-    fn parts(&self) -> impl Iterator<Item = Part<'_>> {
+    fn parts(&self) -> impl Iterator<Item = Arg<'_>> + Clone {
         let count = (SUFFIXES.len() + self.jobs.len()) as i64;
-        std::iter::once(Part::Int(count))
-            .chain(self.queue.keys.iter().map(|k| Part::Bytes(k)))
-            .chain(self.jobs.iter().map(|(key, _)| Part::Bytes(key)))
+        std::iter::once(Arg::Int(count))
+            .chain(self.queue.keys.iter().map(|k| Arg::Bytes(k)))
+            .chain(self.jobs.iter().map(|(key, _)| Arg::Bytes(key)))
             .chain([
-                Part::Bytes(&self.queue.job_name),
-                Part::Bytes(self.timestamp),
-                Part::Bytes(self.opts_head),
-                Part::Int(self.shared.len() as i64),
+                Arg::Bytes(&self.queue.job_name),
+                Arg::Bytes(self.timestamp),
+                Arg::Bytes(self.opts_head),
+                Arg::Int(self.shared.len() as i64),
             ])
-            .chain(self.shared.iter().map(|p| Part::Bytes(p)))
+            .chain(self.shared.iter().map(|p| Arg::Bytes(p)))
             .chain(self.jobs.iter().flat_map(|(key, head)| {
-                [
-                    Part::Bytes(&key[self.queue.base.len()..]),
-                    Part::Bytes(head),
-                ]
+                [Arg::Bytes(&key[self.queue.base.len()..]), Arg::Bytes(head)]
             }))
     }
 
@@ -263,33 +253,26 @@ impl Call<'_> {
     fn args(&self, script: Value) -> Vec<Value> {
         std::iter::once(script)
             .chain(self.parts().map(|part| match part {
-                Part::Int(n) => Value::Integer(n),
-                Part::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
+                Arg::Int(n) => Value::Integer(n),
+                Arg::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
             }))
             .collect()
     }
 
     /// Appends the call to `out`: `command` (`EVALSHA` or `EVAL`), then
     /// `script` (the SHA-1 or the body).
-    fn encode(&self, out: &mut BytesMut, command: &[u8], script: &[u8]) -> Result<(), String> {
-        let frames: Vec<BorrowedFrame<'_>> = [
-            BorrowedFrame::BulkString(command),
-            BorrowedFrame::BulkString(script),
-        ]
-        .into_iter()
-        .chain(self.parts().map(|part| match part {
-            Part::Int(n) => BorrowedFrame::Integer(n),
-            Part::Bytes(b) => BorrowedFrame::BulkString(b),
-        }))
-        .collect();
-        wire::encode(out, &frames)
+    fn encode(&self, out: &mut BytesMut, command: &[u8], script: &[u8]) {
+        let head = [Arg::Bytes(command), Arg::Bytes(script)];
+        wire::encode(out, head.into_iter().chain(self.parts()));
     }
 
     /// Sends it through `lane` by `EVALSHA`, and whole by `EVAL` only when
     /// Redis answers `NOSCRIPT` (which ran nothing); `Ok` once Redis holds
     /// every job (new, or found already there).
     async fn send(&self, lane: &Lane, due: Due) -> Result<(), SinkError> {
-        let by_sha = lane.send(1, false, due, |out| self.encode(out, b"EVALSHA", ADD.sha()))?;
+        let by_sha = lane.send(1, false, due, |out| {
+            self.encode(out, b"EVALSHA", ADD.sha());
+        })?;
         match by_sha.await {
             Err(SinkError::Redis(e)) if e.details().starts_with("NOSCRIPT") => {
                 let whole = lane.send(1, false, due, |out| {

@@ -42,10 +42,7 @@ use fred::{
     error::{Error, ErrorKind},
     interfaces::ClusterInterface as _,
 };
-use redis_protocol::resp2::{
-    decode::decode_range,
-    types::{BorrowedFrame, RangeFrame},
-};
+use redis_protocol::resp2::{decode::decode_range, types::RangeFrame};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     sync::Notify,
@@ -55,7 +52,7 @@ use tracing::{info, warn};
 use super::{
     error::SinkError,
     tickets::{Fate, Ticket, Tickets},
-    wire::{self, Endpoint, ReadHalf, WriteHalf},
+    wire::{self, Arg, Endpoint, ReadHalf, WriteHalf},
 };
 
 /// What a request's commands are answered with.
@@ -467,7 +464,7 @@ impl Lane {
         commands: u32,
         want_id: bool,
         due: Due,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), String>,
+        encode: impl FnOnce(&mut BytesMut),
     ) -> Result<Ack<'_>, SinkError> {
         let deadline = due.deadline;
         let mut state = self.inner.lock();
@@ -483,10 +480,7 @@ impl Lane {
         }
         let idle = state.queue.is_empty();
         let before = state.out.len();
-        if let Err(e) = encode(&mut state.out) {
-            state.out.truncate(before);
-            return Err(SinkError::Redis(Error::new(ErrorKind::InvalidArgument, e)));
-        }
+        encode(&mut state.out);
         let slot = state.slot(commands);
         for i in 0..commands {
             let expect = if want_id && i + 1 == commands {
@@ -707,13 +701,12 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
                 }
                 if let Some((replicas, timeout)) = inner.wait {
                     let deadline = state.queue.back().map_or_else(Instant::now, |e| e.deadline);
-                    if wait_command(&mut state.out, replicas, timeout).is_ok() {
-                        state.queue.push_back(Entry {
-                            slot: BATCH,
-                            expect: Expect::Wait,
-                            deadline,
-                        });
-                    }
+                    wait_command(&mut state.out, replicas, timeout);
+                    state.queue.push_back(Entry {
+                        slot: BATCH,
+                        expect: Expect::Wait,
+                        deadline,
+                    });
                 }
                 std::mem::swap(&mut state.out, &mut batch);
                 state.unsent = 0;
@@ -733,18 +726,16 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
 }
 
 /// `WAIT replicas timeout-ms`, appended to `out`.
-fn wait_command(out: &mut BytesMut, replicas: u32, timeout: Duration) -> Result<(), String> {
+fn wait_command(out: &mut BytesMut, replicas: u32, timeout: Duration) {
     let millis = i64::try_from(timeout.as_millis())
         .unwrap_or(i64::MAX)
         .max(1);
-    wire::encode(
-        out,
-        &[
-            BorrowedFrame::BulkString(b"WAIT"),
-            BorrowedFrame::Integer(i64::from(replicas)),
-            BorrowedFrame::Integer(millis),
-        ],
-    )
+    let args = [
+        Arg::Bytes(b"WAIT"),
+        Arg::Int(i64::from(replicas)),
+        Arg::Int(millis),
+    ];
+    wire::encode(out, args);
 }
 
 /// Reads replies, answers their requests in order, and checks deadlines

@@ -14,58 +14,47 @@ use fred::{
     prelude::*,
     types::streams::{XCapKind, XCapTrim},
 };
-use redis_protocol::resp2::types::BorrowedFrame;
 
 use super::{
     error::SinkError,
     job::{OutreachJob, WorkflowJobs},
     lane::{Due, Lane},
-    wire,
+    wire::{self, Arg},
 };
 use crate::{
     settings::Settings,
     spool::{self, Record},
 };
 
-/// The most fields an entry has (an outreach job's nine).
-const MAX_FIELDS: usize = 9;
-
 /// `XADD stream MAXLEN ~ maxlen *`: every entry's command up to its fields.
-fn xadd_head(stream: &[u8], maxlen: i64) -> [BorrowedFrame<'_>; 6] {
+fn xadd_head(stream: &[u8], maxlen: i64) -> [Arg<'_>; 6] {
     [
-        BorrowedFrame::BulkString(b"XADD"),
-        BorrowedFrame::BulkString(stream),
-        BorrowedFrame::BulkString(b"MAXLEN"),
-        BorrowedFrame::BulkString(b"~"),
-        BorrowedFrame::Integer(maxlen),
-        BorrowedFrame::BulkString(b"*"),
+        Arg::Bytes(b"XADD"),
+        Arg::Bytes(stream),
+        Arg::Bytes(b"MAXLEN"),
+        Arg::Bytes(b"~"),
+        Arg::Int(maxlen),
+        Arg::Bytes(b"*"),
     ]
 }
 
 /// Appends `XADD stream MAXLEN ~ maxlen * field value…` to `out`.
-fn xadd<const N: usize>(
-    out: &mut BytesMut,
-    stream: &[u8],
-    maxlen: i64,
-    pairs: [(&'static str, &Bytes); N],
-) -> Result<(), String> {
-    let mut args = [const { BorrowedFrame::Null }; 6 + 2 * MAX_FIELDS];
-    let head = xadd_head(stream, maxlen);
-    let fields = pairs.iter().flat_map(|(k, v)| {
-        [
-            BorrowedFrame::BulkString(k.as_bytes()),
-            BorrowedFrame::BulkString(&v[..]),
-        ]
-    });
-    let mut used = 0;
-    for (slot, frame) in args.iter_mut().zip(head.into_iter().chain(fields)) {
-        *slot = frame;
-        used += 1;
-    }
-    if used != 6 + 2 * N {
-        return Err(format!("an entry of {N} fields does not fit an XADD"));
-    }
-    wire::encode(out, &args[..used])
+fn xadd<'a, F>(out: &mut BytesMut, stream: &[u8], maxlen: i64, fields: F)
+where
+    F: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    F::IntoIter: Clone,
+{
+    let fields = fields
+        .into_iter()
+        .flat_map(|(k, v)| [Arg::Bytes(k), Arg::Bytes(v)]);
+    wire::encode(out, xadd_head(stream, maxlen).into_iter().chain(fields));
+}
+
+/// An entry's fields as [`xadd`] takes them.
+fn fields<'a, const N: usize>(
+    pairs: [(&'static str, &'a Bytes); N],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone {
+    pairs.into_iter().map(|(k, v)| (k.as_bytes(), &v[..]))
 }
 
 /// Stores every entry of `jobs` on the workflow stream through `lane`, one
@@ -82,9 +71,9 @@ pub(super) async fn write_workflow(
     };
     let (stream, maxlen) = (settings.workflow_stream.as_bytes(), settings.streams.maxlen);
     let ack = lane.send(count, false, due, |out| {
-        jobs.workflows
-            .iter()
-            .try_for_each(|workflow| xadd(out, stream, maxlen, jobs.pairs(workflow)))
+        for workflow in jobs.workflows.iter() {
+            xadd(out, stream, maxlen, fields(jobs.pairs(workflow)));
+        }
     })?;
     ack.await.map(drop)
 }
@@ -98,7 +87,9 @@ pub(super) async fn write_outreach(
     due: Due,
 ) -> Result<Bytes, SinkError> {
     let (stream, maxlen) = (settings.outreach_stream.as_bytes(), settings.streams.maxlen);
-    let ack = lane.send(1, true, due, |out| xadd(out, stream, maxlen, job.pairs()))?;
+    let ack = lane.send(1, true, due, |out| {
+        xadd(out, stream, maxlen, fields(job.pairs()));
+    })?;
     match ack.await? {
         Some(id) => Ok(id),
         None => Err(SinkError::Redis(Error::new(
@@ -161,14 +152,8 @@ pub(super) async fn send_record(
 ) -> Result<(), SinkError> {
     let maxlen = settings.streams.maxlen;
     let ack = lane.send(1, false, due, |out| {
-        let frames: Vec<BorrowedFrame<'_>> =
-            xadd_head(stream, maxlen)
-                .into_iter()
-                .chain(record.fields.iter().flat_map(|(k, v)| {
-                    [BorrowedFrame::BulkString(k), BorrowedFrame::BulkString(v)]
-                }))
-                .collect();
-        wire::encode(out, &frames)
+        let fields = record.fields.iter().map(|(k, v)| (&k[..], &v[..]));
+        xadd(out, stream, maxlen, fields);
     })?;
     ack.await.map(drop)
 }
