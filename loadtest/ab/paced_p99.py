@@ -24,6 +24,10 @@ bins = sys.argv[1].split(",")
 rounds, dur, keys, pace = (int(a) for a in sys.argv[2:6])
 webhook = sys.argv[6] if len(sys.argv) > 6 else "wh_one"
 comparator = os.path.join(run.ROOT, "target", "release", "examples", "comparator")
+CLEAR = """
+redis.call('DEL', 'tether:jobs:workflow', 'comparator:jobs')
+for _, k in ipairs(redis.call('KEYS', 'bull:*')) do redis.call('UNLINK', k) end
+"""
 r, rport, work = run.seeded_redis(keys)
 try:
     for _ in range(rounds):
@@ -51,7 +55,9 @@ try:
                   f"non2xx {x['non2xx']}", flush=True)
             p.terminate()
             p.wait()
-            subprocess.run(["redis-cli", "-p", str(rport), "DEL", "tether:jobs:workflow", "comparator:jobs"],
-                           capture_output=True)
+            # Every binary starts on the same Redis: without the streams and
+            # the BullMQ queues written so far, or each run would meet a
+            # bigger Redis than the one before it.
+            subprocess.run(["redis-cli", "-p", str(rport), "EVAL", CLEAR, "0"], capture_output=True)
 finally:
     r.terminate()

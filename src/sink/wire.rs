@@ -1,6 +1,6 @@
 //! The lean writer's wire: where its connection goes, the connection itself,
-//! its handshake, and RESP through the `redis-protocol` crate (fred's own
-//! codec).
+//! its handshake, and RESP: commands written by [`encode`], replies read by
+//! the `redis-protocol` crate (fred's own codec).
 //!
 //! *Where* is resolved at every (re)connection, so a writer follows the
 //! topology: one node or a Unix socket as the URL says; behind Sentinel, the
