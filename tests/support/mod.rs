@@ -55,6 +55,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A directory name no other server of this test process has. (Named by a
+/// port found free, two could share one, and with it the unix socket a
+/// server's readiness is checked through: the first server would answer
+/// for the second before the second listened.)
+pub fn unique_dir(kind: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("tether-test-{kind}-{}-{n}", std::process::id()))
+}
+
 // === RedisServer ===
 
 /// A `redis-server` owned by one test: its own port and directory.
@@ -78,11 +88,7 @@ impl RedisServer {
     }
 
     fn start_inner(durable: bool) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "tether-test-redis-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = unique_dir("redis");
         std::fs::create_dir_all(&dir).unwrap();
         // A port found free can be taken before redis binds it: retry.
         for _ in 0..20 {

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use super::{RedisServer, eventually, free_port};
+use super::{RedisServer, eventually, free_port, unique_dir};
 
 pub const SERVICE: &str = "tether-primary";
 
@@ -37,11 +37,7 @@ impl Sentinels {
         for r in &replicas {
             r.cli(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
         }
-        let dir = std::env::temp_dir().join(format!(
-            "tether-test-sentinel-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = unique_dir("sentinel");
         std::fs::create_dir_all(&dir).unwrap();
         let mut ports = Vec::new();
         let mut children = Vec::new();
