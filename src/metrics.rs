@@ -8,7 +8,11 @@
 //! The recorder keeps every histogram sample until something drains it into
 //! its buckets. A scrape does, but an ingress nobody scrapes would keep them
 //! all (tens of bytes per request, without bound), so [`spawn_upkeep`] drains
-//! them every [`UPKEEP_INTERVAL`] whether or not anyone scrapes.
+//! them every [`UPKEEP_INTERVAL`] whether or not anyone scrapes. The three
+//! histograms every request records skip the recorder: [`hot`] counts them in
+//! fixed buckets and [`render`] adds them to the recorder's text.
+
+mod hot;
 
 use std::{
     sync::OnceLock,
@@ -133,19 +137,10 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(SINK_DURATION.into()), LATENCY_BUCKETS)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(SINK_BATCH.into()), BATCH_BUCKETS)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(REPLICA_RESYNC_SECONDS.into()),
-                        RESYNC_BUCKETS,
-                    )
-                })
+                .set_buckets_for_metric(
+                    Matcher::Full(REPLICA_RESYNC_SECONDS.into()),
+                    RESYNC_BUCKETS,
+                )
                 .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -156,8 +151,32 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// `/metrics`: the recorder's text (if this process's recorder is ours),
+/// then the histograms every request records.
+pub(crate) fn render(recorder: Option<&PrometheusHandle>) -> String {
+    let mut text = recorder.map(PrometheusHandle::render).unwrap_or_default();
+    if recorder.is_some() {
+        let help = |name: &str| {
+            ALL.iter()
+                .find(|(n, _, _)| *n == name)
+                .map_or("", |(_, _, help)| help)
+        };
+        hot::render(help, &mut text);
+    }
+    text
+}
+
+/// The sink's histograms: one request's write duration, and its batch size.
+pub(crate) fn sink_histograms() -> (Histogram, Histogram) {
+    (
+        hot::histogram(SINK_DURATION, None, LATENCY_BUCKETS, 1e9),
+        hot::histogram(SINK_BATCH, None, BATCH_BUCKETS, 1.0),
+    )
+}
+
 /// How often [`spawn_upkeep`] drains histogram samples into their buckets:
-/// at most this long's worth of samples is held (about 25 bytes per request).
+/// at most this long's worth of samples is held (requests record into
+/// [`hot`]'s fixed buckets, which hold nothing more).
 pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Drains `handle`'s histogram samples every [`UPKEEP_INTERVAL`] until `stop`
@@ -283,7 +302,14 @@ impl Handles {
             .collect();
         let durations = Route::ALL
             .iter()
-            .map(|r| metrics::histogram!(HTTP_DURATION, "route" => r.label()))
+            .map(|r| {
+                hot::histogram(
+                    HTTP_DURATION,
+                    Some(("route", r.label())),
+                    LATENCY_BUCKETS,
+                    1e9,
+                )
+            })
             .collect();
         Self {
             requests,

@@ -21,7 +21,6 @@ use http::{
 use http_body_util::Either;
 use hyper::body::Incoming;
 use metrics::Gauge;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::{debug, warn};
 
 use crate::{
@@ -281,11 +280,7 @@ impl App {
                 _ => 0.0,
             },
         );
-        let text = self
-            .prometheus
-            .as_ref()
-            .map(PrometheusHandle::render)
-            .unwrap_or_default();
+        let text = m::render(self.prometheus.as_ref());
         let mut res = Response::new(full(Bytes::from(text)));
         res.headers_mut().insert(
             CONTENT_TYPE,

@@ -193,6 +193,7 @@ impl Sink {
             tickets: tickets.clone(),
         };
         let writers = writers::Writers::connect(target, &lanes, layout.route_keys(config), cores)?;
+        let (duration, batch) = m::sink_histograms();
         Ok(Self {
             writers,
             spool,
@@ -201,8 +202,8 @@ impl Sink {
             tickets,
             settled: Arc::new(std::sync::Mutex::new(settled)),
             metrics: SinkMetrics {
-                duration: metrics::histogram!(m::SINK_DURATION),
-                batch: metrics::histogram!(m::SINK_BATCH),
+                duration,
+                batch,
                 workflow: metrics::counter!(m::JOBS_WRITTEN, "stream" => "workflow"),
                 outreach: metrics::counter!(m::JOBS_WRITTEN, "stream" => "outreach"),
             },
