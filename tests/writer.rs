@@ -108,16 +108,7 @@ async fn a_full_writer_refuses_at_once_with_nothing_sent() {
     // The late reply frees the one slot once the writer has read it, which
     // can be just after the entry shows in the stream: until then a request
     // is refused at once (nothing sent), after it the writer takes writes.
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            ingress
-                .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":3}"#)
-                .await
-                .0
-                == StatusCode::ACCEPTED
-        })
-        .await
-    );
+    assert!(accepted_within(&ingress, Duration::from_secs(5), 3).await);
 }
 
 /// A primary demoted to a replica answers `READONLY`: the write is refused
@@ -154,16 +145,7 @@ async fn a_demoted_primary_is_refused_and_the_writer_follows_it_back() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
     redis.cli(&["REPLICAOF", "NO", "ONE"]);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            ingress
-                .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":4}"#)
-                .await
-                .0
-                == StatusCode::ACCEPTED
-        })
-        .await
-    );
+    assert!(accepted_within(&ingress, Duration::from_secs(10), 4).await);
     // The replica took the other node's (empty) stream: exactly the one
     // accepted write is there, none of the refused ones.
     assert_eq!(xlen(&r, STREAM).await, 1);
@@ -207,16 +189,7 @@ async fn without_a_spool_a_stalled_writer_answers_503_at_once() {
     assert!(headers.contains_key("retry-after"));
     assert!(second < Duration::from_millis(500), "{second:?}");
 
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            ingress
-                .workflow(Some(KEY), r#"{"webhookId":"wh_1","n":3}"#)
-                .await
-                .0
-                == StatusCode::ACCEPTED
-        })
-        .await
-    );
+    assert!(accepted_within(&ingress, Duration::from_secs(10), 3).await);
     // The first write ran when Redis woke; the refused one never left.
     let payloads: Vec<String> = entries(&r, STREAM)
         .await
@@ -231,4 +204,14 @@ async fn without_a_spool_a_stalled_writer_answers_503_at_once() {
         !payloads.iter().any(|p| p.contains("\"n\":2")),
         "{payloads:?}"
     );
+}
+
+/// Whether a workflow request (`"n"` set to `n`) is answered 202 within
+/// `within`, asked again until it is.
+async fn accepted_within(ingress: &Ingress, within: Duration, n: u32) -> bool {
+    let body = format!(r#"{{"webhookId":"wh_1","n":{n}}}"#);
+    eventually(within, || async {
+        ingress.workflow(Some(KEY), &body).await.0 == StatusCode::ACCEPTED
+    })
+    .await
 }
