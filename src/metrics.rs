@@ -127,6 +127,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+// The per-request histograms' bounds fit `hot`'s buckets, `+Inf` beside them.
+const _: () =
+    assert!(LATENCY_BUCKETS.len() < hot::MAX_BUCKETS && BATCH_BUCKETS.len() < hot::MAX_BUCKETS);
 const RESYNC_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();

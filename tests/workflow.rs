@@ -565,6 +565,17 @@ async fn other_routes_and_methods() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    // The accepted request was counted in each histogram it records.
+    for series in [
+        r#"tether_http_request_duration_seconds_count{route="workflow"}"#,
+        "tether_sink_write_duration_seconds_count",
+        "tether_sink_batch_size_count",
+    ] {
+        let count = text
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<u64>().ok());
+        assert!(count >= Some(1), "{series}: {count:?} in\n{text}");
+    }
     assert!(!text.contains(KEY));
 }
 

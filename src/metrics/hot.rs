@@ -23,8 +23,9 @@ use metrics::{Histogram, HistogramFn};
 /// rarely add to the same cache line.
 const SHARDS: usize = 4;
 
-/// The most buckets a series has, `+Inf` included.
-const MAX_BUCKETS: usize = 16;
+/// The most buckets a series has, `+Inf` included (`metrics.rs` checks its
+/// bounds against it when it compiles).
+pub(super) const MAX_BUCKETS: usize = 16;
 
 /// One thread's counts, on cache lines of its own.
 #[repr(align(128))]
@@ -80,9 +81,8 @@ impl HistogramFn for Series {
 }
 
 impl Series {
-    /// Appends the series in Prometheus's text format; `labels` is empty or
-    /// ends with a comma (`route="workflow",`).
-    fn render(&self, name: &str, labels: &str, out: &mut String) {
+    /// Appends the series in Prometheus's text format.
+    fn render(&self, name: &str, label: Option<(&str, &str)>, out: &mut String) {
         let count = |bucket: usize| -> u64 {
             self.shards
                 .iter()
@@ -90,29 +90,24 @@ impl Series {
                 .map(|c| c.load(Relaxed))
                 .sum()
         };
+        // `route="workflow",` before `le`, and `{route="workflow"}` alone.
+        let (before_le, alone) = match label {
+            Some((key, value)) => (
+                format!("{key}=\"{value}\","),
+                format!("{{{key}=\"{value}\"}}"),
+            ),
+            None => (String::new(), String::new()),
+        };
         let mut total = 0;
         for (bucket, bound) in self.bounds.iter().enumerate() {
             total += count(bucket);
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {total}");
+            let _ = writeln!(out, "{name}_bucket{{{before_le}le=\"{bound}\"}} {total}");
         }
         total += count(self.bounds.len());
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_bucket{{{before_le}le=\"+Inf\"}} {total}");
         let sum: u64 = self.shards.iter().map(|s| s.sum.load(Relaxed)).sum();
-        let labels = labels.trim_end_matches(',');
-        let braces = |labels: &str| {
-            if labels.is_empty() {
-                String::new()
-            } else {
-                format!("{{{labels}}}")
-            }
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{} {}",
-            braces(labels),
-            sum as f64 / self.scale
-        );
-        let _ = writeln!(out, "{name}_count{} {total}", braces(labels));
+        let _ = writeln!(out, "{name}_sum{alone} {}", sum as f64 / self.scale);
+        let _ = writeln!(out, "{name}_count{alone} {total}");
     }
 }
 
@@ -174,11 +169,7 @@ pub(crate) fn render(help: impl Fn(&str) -> &'static str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {}", help(name));
         let _ = writeln!(out, "# TYPE {name} histogram");
         for r in registry.iter().filter(|r| r.name == name) {
-            let labels = r
-                .label
-                .map(|(key, value)| format!("{key}=\"{value}\","))
-                .unwrap_or_default();
-            r.series.render(name, &labels, out);
+            r.series.render(name, r.label, out);
         }
     }
 }

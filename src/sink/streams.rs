@@ -26,34 +26,30 @@ use crate::{
     spool::{self, Record},
 };
 
-/// `XADD stream MAXLEN ~ maxlen *`: every entry's command up to its fields.
-fn xadd_head(stream: &[u8], maxlen: i64) -> [Arg<'_>; 6] {
-    [
-        Arg::Bytes(b"XADD"),
-        Arg::Bytes(stream),
-        Arg::Bytes(b"MAXLEN"),
-        Arg::Bytes(b"~"),
-        Arg::Int(maxlen),
-        Arg::Bytes(b"*"),
-    ]
-}
-
 /// Appends `XADD stream MAXLEN ~ maxlen * field value…` to `out`.
 fn xadd<'a, F>(out: &mut BytesMut, stream: &[u8], maxlen: i64, fields: F)
 where
     F: IntoIterator<Item = (&'a [u8], &'a [u8])>,
     F::IntoIter: Clone,
 {
+    let head = [
+        Arg::Bytes(b"XADD"),
+        Arg::Bytes(stream),
+        Arg::Bytes(b"MAXLEN"),
+        Arg::Bytes(b"~"),
+        Arg::Int(maxlen),
+        Arg::Bytes(b"*"),
+    ];
     let fields = fields
         .into_iter()
         .flat_map(|(k, v)| [Arg::Bytes(k), Arg::Bytes(v)]);
-    wire::encode(out, xadd_head(stream, maxlen).into_iter().chain(fields));
+    wire::encode(out, head.into_iter().chain(fields));
 }
 
-/// An entry's fields as [`xadd`] takes them.
+/// An entry's fields as [`xadd`] and the spool take them.
 fn fields<'a, const N: usize>(
     pairs: [(&'static str, &'a Bytes); N],
-) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone {
+) -> impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])> + Clone {
     pairs.into_iter().map(|(k, v)| (k.as_bytes(), &v[..]))
 }
 
@@ -122,11 +118,7 @@ fn spool_frame<const N: usize>(
     stream: &Key,
     pairs: [(&'static str, &Bytes); N],
 ) {
-    spool::encode(
-        out,
-        stream.as_bytes(),
-        pairs.into_iter().map(|(k, v)| (k.as_bytes(), &v[..])),
-    );
+    spool::encode(out, stream.as_bytes(), fields(pairs));
 }
 
 /// Appends the spool frames of every entry of `jobs` to `out`.

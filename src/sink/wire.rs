@@ -417,31 +417,23 @@ where
     I::IntoIter: Clone,
 {
     let args = args.into_iter();
-    let mut digits = itoa::Buffer::new();
     out.put_u8(b'*');
-    out.put_slice(digits.format(args.clone().count()).as_bytes());
+    out.put_slice(itoa::Buffer::new().format(args.clone().count()).as_bytes());
     out.put_slice(b"\r\n");
     for arg in args {
-        let bytes = match arg {
-            Arg::Bytes(bytes) => bytes,
-            Arg::Int(n) => {
-                let text = digits.format(n).as_bytes();
-                bulk_head(out, text.len());
-                out.put_slice(text);
-                out.put_slice(b"\r\n");
-                continue;
-            }
-        };
-        bulk_head(out, bytes.len());
-        out.put_slice(bytes);
-        out.put_slice(b"\r\n");
+        match arg {
+            Arg::Bytes(bytes) => bulk(out, bytes),
+            Arg::Int(n) => bulk(out, itoa::Buffer::new().format(n).as_bytes()),
+        }
     }
 }
 
-/// `$<len>\r\n`.
-fn bulk_head(out: &mut BytesMut, len: usize) {
+/// `$<len>\r\n<bytes>\r\n`.
+fn bulk(out: &mut BytesMut, bytes: &[u8]) {
     out.put_u8(b'$');
-    out.put_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.put_slice(itoa::Buffer::new().format(bytes.len()).as_bytes());
+    out.put_slice(b"\r\n");
+    out.put_slice(bytes);
     out.put_slice(b"\r\n");
 }
 
