@@ -11,7 +11,9 @@ WEBHOOK is wh_one (1 match, the default), wh_ten (10) or any other (none);
 PACE_MS 0 saturates.
 
 A binary written `BIN|NAME=VALUE` gets that environment variable (e.g.
-`target/release/tether-ingress|TETHER_INGRESS_SERVING_THREADS=0`).
+`target/release/tether-ingress|TETHER_INGRESS_SINK=bullmq`); one written
+`BIN|section.key=VALUE` gets that setting in its configuration file (e.g.
+`target/release/tether-ingress|server.serving_threads=1`).
 """
 import os
 import subprocess
@@ -34,7 +36,16 @@ try:
         for spec in bins:
             b, *envs = spec.split("|")
             port = run.free_port()
-            extra = dict(e.split("=", 1) for e in envs)
+            extra = dict(e.split("=", 1) for e in envs if "." not in e.split("=", 1)[0])
+            settings = [e.split("=", 1) for e in envs if "." in e.split("=", 1)[0]]
+            config = work + "/load.toml"
+            if settings:
+                config = work + "/load-extra.toml"
+                with open(work + "/load.toml") as base, open(config, "w") as f:
+                    f.write(base.read())
+                    for key, value in settings:
+                        section, _, name = key.rpartition(".")
+                        f.write(f"[{section}]\n{name} = {value}\n")
             if b.startswith("comparator"):
                 mode = b.partition(":")[2] or "xadd"
                 p = subprocess.Popen([comparator, mode, f"127.0.0.1:{port}", f"redis://127.0.0.1:{rport}"],
@@ -43,7 +54,7 @@ try:
             else:
                 env = dict(os.environ, TETHER_INGRESS_LISTEN=f"127.0.0.1:{port}",
                            TETHER_INGRESS_REDIS_URL=f"redis://127.0.0.1:{rport}", TETHER_INGRESS_LOG="error", **extra)
-                p = subprocess.Popen([b, "--config", work + "/load.toml"], env=env)
+                p = subprocess.Popen([b, "--config", config], env=env)
                 assert run.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=180)
             url = f"http://127.0.0.1:{port}"
             run.warm_up(url, 64, [run.LOAD_KEY, webhook, str(pace)])
