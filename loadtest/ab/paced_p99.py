@@ -41,11 +41,11 @@ try:
             config = work + "/load.toml"
             if settings:
                 config = work + "/load-extra.toml"
+                # Dotted keys before the base file's tables: any number of
+                # keys, of one section or several.
                 with open(work + "/load.toml") as base, open(config, "w") as f:
+                    f.write("".join(f"{key} = {value}\n" for key, value in settings))
                     f.write(base.read())
-                    for key, value in settings:
-                        section, _, name = key.rpartition(".")
-                        f.write(f"[{section}]\n{name} = {value}\n")
             if b.startswith("comparator"):
                 mode = b.partition(":")[2] or "xadd"
                 p = subprocess.Popen([comparator, mode, f"127.0.0.1:{port}", f"redis://127.0.0.1:{rport}"],
