@@ -17,7 +17,7 @@ use crate::{
     config::Config,
     error::Reject,
     metrics::Handles,
-    outreach::views::{OrgProperties, OutreachConfigs},
+    outreach_views::{OrgProperties, OutreachConfigs},
     proxy::Proxy,
     replica::ReplicaStatus,
     response::RequestIds,

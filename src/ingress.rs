@@ -13,7 +13,7 @@ use crate::{
     config::{Config, RateLimitScope},
     cores::Cores,
     metrics::{self, Handles},
-    outreach::views::{OrgProperties, OutreachConfigs},
+    outreach_views::{OrgProperties, OutreachConfigs},
     proxy, redis,
     replica::{Replica, ReplicaSettings, View},
     response,

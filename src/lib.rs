@@ -24,7 +24,8 @@
 //!   `error`: every answer and every refusal.
 //! - `webhook` (the stages both webhook routes share), `auth`, `limit`,
 //!   `body`, `idempotency`.
-//! - `workflow`, `outreach`: the two routes; `parse`, `route`, `id`.
+//! - `workflow`, `outreach`: the two routes; `parse`; `route` and
+//!   `outreach_views` (what each route looks up in the replica); `id`.
 //! - `sink`: jobs into Redis (records, layout, writers, spool fallback);
 //!   `spool`: the durable local log; `redis`: every Redis client, with `tls`
 //!   for `rediss://`.
@@ -56,6 +57,7 @@ mod body;
 mod idempotency;
 mod workflow;
 mod outreach;
+mod outreach_views;
 mod parse;
 mod route;
 mod id;

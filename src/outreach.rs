@@ -17,9 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
 use simd_json::Node;
 
-pub(crate) mod views;
-
-pub(crate) use views::Category;
+pub(crate) use crate::outreach_views::Category;
 
 use crate::{
     error::Reject,
@@ -237,8 +235,8 @@ fn accepted(configuration_id_json: &[u8], job_id: Option<&[u8]>) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use super::views::{OrgProperties, OutreachConfigs};
     use super::*;
+    use crate::outreach_views::{OrgProperties, OutreachConfigs};
     use crate::replica::{Fetched, View};
 
     #[test]
