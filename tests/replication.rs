@@ -46,7 +46,10 @@ async fn start(primary: &RedisServer, spool: Option<&std::path::Path>) -> Ingres
     raw.redis.url = primary.url();
     raw.server.listen = ([127, 0, 0, 1], 0).into();
     raw.redis.wait_replicas = 1;
-    raw.redis.command_timeout_ms = std::time::Duration::from_millis(600);
+    // The WAIT may take half of this: long enough that a loaded machine's
+    // replica still confirms in time, short enough that the replica-less
+    // requests below are answered in a second.
+    raw.redis.command_timeout_ms = std::time::Duration::from_millis(2000);
     if let Some(dir) = spool {
         raw.spool.dir = Some(dir.into());
     }
