@@ -5,44 +5,36 @@
 
 use super::file::Config;
 
-/// Environment variable → the `section.key` it sets (`--help` lists them
-/// from here). Applied to the merged
-/// TOML before it is deserialised, so a bad value is reported like one in
-/// the file, under the key's name. A value goes in as an integer where the
-/// default is one and the text is a number, else as text.
+/// Environment variable → the `section.key` it sets, one row each (`--help`
+/// lists them from here). Applied to the merged TOML before it is
+/// deserialised, so a bad value is reported like one in the file, under the
+/// key's name. A value goes in as an integer where the default is one and
+/// the text is a number, else as text.
+#[rustfmt::skip]
 pub const ENV: &[(&str, &str)] = &[
-    ("TETHER_INGRESS_LISTEN", "server.listen"),
-    ("TETHER_INGRESS_TLS_CERT_FILE", "server.tls.cert_file"),
-    ("TETHER_INGRESS_TLS_KEY_FILE", "server.tls.key_file"),
-    ("TETHER_INGRESS_TRUSTED_PROXIES", "server.trusted_proxies"),
-    ("TETHER_INGRESS_REDIS_URL", "redis.url"),
-    ("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "redis.wait_replicas"),
-    (
-        "TETHER_INGRESS_REDIS_STALL_AFTER_MS",
-        "redis.stall_after_ms",
-    ),
-    ("TETHER_INGRESS_REDIS_TLS_CA_FILE", "redis.tls.ca_file"),
-    ("TETHER_INGRESS_REDIS_TLS_CERT_FILE", "redis.tls.cert_file"),
-    ("TETHER_INGRESS_REDIS_TLS_KEY_FILE", "redis.tls.key_file"),
-    ("TETHER_INGRESS_SINK", "sink.kind"),
-    ("TETHER_INGRESS_BULLMQ_PREFIX", "bullmq.prefix"),
-    (
-        "TETHER_INGRESS_BULLMQ_WORKFLOW_QUEUE",
-        "bullmq.workflow_queue",
-    ),
-    (
-        "TETHER_INGRESS_BULLMQ_OUTREACH_QUEUE",
-        "bullmq.outreach_queue",
-    ),
-    ("TETHER_INGRESS_BULLMQ_JOB_OPTIONS", "bullmq.job_options"),
-    ("TETHER_INGRESS_UPSTREAM_URL", "upstream.url"),
-    ("TETHER_INGRESS_UPSTREAM_CA_FILE", "upstream.ca_file"),
-    ("TETHER_INGRESS_JWT_SECRET", "auth.jwt_secret"),
-    ("TETHER_INGRESS_JWT_SECRET_FILE", "auth.jwt_secret_file"),
-    ("TETHER_INGRESS_SPOOL_DIR", "spool.dir"),
-    ("TETHER_INGRESS_RATE_LIMIT_SCOPE", "rate_limit.scope"),
-    ("TETHER_INGRESS_LOG", "log.level"),
-    ("TETHER_INGRESS_LOG_FORMAT", "log.format"),
+    ("TETHER_INGRESS_LISTEN",                "server.listen"),
+    ("TETHER_INGRESS_TLS_CERT_FILE",         "server.tls.cert_file"),
+    ("TETHER_INGRESS_TLS_KEY_FILE",          "server.tls.key_file"),
+    ("TETHER_INGRESS_TRUSTED_PROXIES",       "server.trusted_proxies"),
+    ("TETHER_INGRESS_REDIS_URL",             "redis.url"),
+    ("TETHER_INGRESS_REDIS_WAIT_REPLICAS",   "redis.wait_replicas"),
+    ("TETHER_INGRESS_REDIS_STALL_AFTER_MS",  "redis.stall_after_ms"),
+    ("TETHER_INGRESS_REDIS_TLS_CA_FILE",     "redis.tls.ca_file"),
+    ("TETHER_INGRESS_REDIS_TLS_CERT_FILE",   "redis.tls.cert_file"),
+    ("TETHER_INGRESS_REDIS_TLS_KEY_FILE",    "redis.tls.key_file"),
+    ("TETHER_INGRESS_SINK",                  "sink.kind"),
+    ("TETHER_INGRESS_BULLMQ_PREFIX",         "bullmq.prefix"),
+    ("TETHER_INGRESS_BULLMQ_WORKFLOW_QUEUE", "bullmq.workflow_queue"),
+    ("TETHER_INGRESS_BULLMQ_OUTREACH_QUEUE", "bullmq.outreach_queue"),
+    ("TETHER_INGRESS_BULLMQ_JOB_OPTIONS",    "bullmq.job_options"),
+    ("TETHER_INGRESS_UPSTREAM_URL",          "upstream.url"),
+    ("TETHER_INGRESS_UPSTREAM_CA_FILE",      "upstream.ca_file"),
+    ("TETHER_INGRESS_JWT_SECRET",            "auth.jwt_secret"),
+    ("TETHER_INGRESS_JWT_SECRET_FILE",       "auth.jwt_secret_file"),
+    ("TETHER_INGRESS_SPOOL_DIR",             "spool.dir"),
+    ("TETHER_INGRESS_RATE_LIMIT_SCOPE",      "rate_limit.scope"),
+    ("TETHER_INGRESS_LOG",                   "log.level"),
+    ("TETHER_INGRESS_LOG_FORMAT",            "log.format"),
 ];
 
 /// A setting a reload applies: its name and how it is taken from the new
