@@ -129,14 +129,14 @@ async fn a_primary_woken_after_its_failover_is_left_and_no_202_is_lost() {
 /// busy machine) such a request gets 503 with nothing enqueued and no claim
 /// kept, and the caller is told to retry.
 async fn send_idempotent(ingress: &Ingress) -> (StatusCode, http::HeaderMap) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let last = std::sync::Mutex::new(None);
+    eventually(WAIT, || async {
         let (status, headers, _) = ingress.request(with_idempotency_key(ingress)).await;
-        if status != StatusCode::SERVICE_UNAVAILABLE || tokio::time::Instant::now() >= deadline {
-            return (status, headers);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        *last.lock().unwrap() = Some((status, headers));
+        status != StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    last.into_inner().unwrap().unwrap()
 }
 
 /// The same workflow request each time, under one Idempotency-Key.
