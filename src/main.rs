@@ -340,6 +340,10 @@ fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
+        // Signals are watched before the port opens: from the moment anyone
+        // can connect, SIGTERM drains and SIGHUP reloads.
+        let shutdown = tether_ingress::shutdown_signal();
+        let reloads = on_sighup(path, log_level);
         let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -350,15 +354,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let reloads = on_sighup(path, log_level);
-        match tether_ingress::run_with_reloads(
-            listener,
-            config,
-            tether_ingress::shutdown_signal(),
-            reloads,
-        )
-        .await
-        {
+        match tether_ingress::run_with_reloads(listener, config, shutdown, reloads).await {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tether-ingress: {e}");

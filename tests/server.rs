@@ -298,6 +298,35 @@ async fn sigterm_exits_even_if_redis_never_came_up() {
         }
     };
     assert!(eventually(Duration::from_secs(30), healthy).await);
+    assert_eq!(terminate(child).await, Some(0));
+}
+
+/// SIGTERM the moment the port takes connections: the signals are watched
+/// before it opens, so even this one drains and exits 0 (not killed by the
+/// signal's default action).
+#[tokio::test]
+async fn sigterm_as_soon_as_the_port_opens_still_exits_cleanly() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let child = binary()
+        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_LOG", "error")
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await,
+        "the port never opened"
+    );
+    assert_eq!(terminate(child).await, Some(0));
+}
+
+/// Sends SIGTERM to `child` and returns its exit code (`None`: ended by a
+/// signal); panics if it has not exited within 20 s.
+async fn terminate(child: std::process::Child) -> Option<i32> {
     assert!(
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -316,5 +345,5 @@ async fn sigterm_exits_even_if_redis_never_came_up() {
         let _ = child.wait();
         panic!("the process did not exit after SIGTERM");
     }
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    child.wait().unwrap().code()
 }
