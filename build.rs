@@ -13,7 +13,7 @@ fn main() {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_owned());
-    println!("cargo:rustc-env=TETHER_INGRESS_COMMIT={commit}");
+    println!("cargo:rustc-env=TETHER_BUILD_COMMIT={commit}");
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
         println!("cargo:rerun-if-changed={path}");
     }

@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "tether-ingress",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TETHER_INGRESS_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TETHER_BUILD_COMMIT"), ")"),
     about = "Webhook ingress for Redis Streams or BullMQ queues, and its admin commands"
 )]
 struct Cli {

@@ -276,6 +276,27 @@ fn check_config_prints_effective_values_with_secrets_masked() {
 }
 
 #[test]
+fn a_misspelt_variable_stops_the_start_instead_of_being_ignored() {
+    // Ignored, the typo would leave the jobs on the default Redis.
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .arg("check-config")
+        .env(
+            "TETHER_INGRESS_REDIS_URI",
+            "redis://u:hunter2@10.0.0.9:6379",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TETHER_INGRESS_REDIS_URI: not a variable tether-ingress reads; did you mean TETHER_INGRESS_REDIS_URL?"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn a_tls_url_never_talks_plaintext_and_bad_tls_settings_stop_the_start() {
     // A plaintext Redis is listening: before TLS support, rediss:// reached it.
     let redis = RedisServer::start();

@@ -37,6 +37,37 @@ pub const ENV: &[(&str, &str)] = &[
     ("TETHER_INGRESS_LOG_FORMAT",            "log.format"),
 ];
 
+/// What every name in [`ENV`] starts with.
+pub(super) const ENV_PREFIX: &str = "TETHER_INGRESS_";
+
+/// The `section.key` environment variable `name` sets, if it is one.
+pub(super) fn key_of(name: &str) -> Option<&'static str> {
+    ENV.iter().find(|(n, _)| *n == name).map(|&(_, key)| key)
+}
+
+/// Why a variable of [`ENV_PREFIX`] that [`ENV`] does not name is refused,
+/// with the nearest name when one is a likely misspelling of it.
+pub(super) fn unknown_variable(name: &str) -> String {
+    let similarity = |known: &str| {
+        let (a, b) = (
+            name.trim_start_matches(ENV_PREFIX),
+            known.trim_start_matches(ENV_PREFIX),
+        );
+        strsim::normalized_damerau_levenshtein(a, b)
+    };
+    let nearest = ENV
+        .iter()
+        .map(|&(known, _)| (similarity(known), known))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let hint = match nearest {
+        Some((score, known)) if score >= 0.6 => format!("; did you mean {known}?"),
+        _ => String::new(),
+    };
+    format!(
+        "{name}: not a variable tether-ingress reads{hint} (`tether-ingress --help` lists them)"
+    )
+}
+
 /// A setting a reload applies: its name and how it is taken from the new
 /// configuration.
 pub(super) type Live = (&'static str, fn(&mut Config, &Config));

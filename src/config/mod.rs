@@ -20,7 +20,7 @@ mod sections;
 mod server;
 mod tree;
 
-use std::path::Path;
+use std::{ffi::OsString, path::Path};
 
 pub use file::Config;
 pub use forms::Secret;
@@ -74,23 +74,27 @@ impl Config {
             None => None,
         };
         let origin = path.map(|p| p.display().to_string()).unwrap_or_default();
-        Self::from_sources(text.as_deref().map(|t| (t, origin.as_str())), |name| {
-            std::env::var(name).ok()
-        })
+        // A name that is not text cannot be one of ours.
+        let env: Vec<(String, OsString)> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value)))
+            .collect();
+        Self::from_sources(text.as_deref().map(|t| (t, origin.as_str())), &env)
     }
 
     /// Defaults, then the TOML `text` (`origin` names it in errors), with no
     /// environment.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        Self::from_sources(Some((text, origin)), |_| None)
+        Self::from_sources(Some((text, origin)), &[])
     }
 
-    /// Defaults, then `file` (its text and name), then the variables `env`
-    /// gives (a closure, so tests pass a map instead of the process
-    /// environment).
+    /// Defaults, then `file` (its text and name), then the variables of
+    /// `env` named in [`ENV`]. A variable of the binary's prefix that
+    /// [`ENV`] does not name is refused like an unknown key in the file: a
+    /// misspelt `TETHER_INGRESS_REDIS_URL` must not leave the jobs going to
+    /// the default Redis.
     fn from_sources(
         file: Option<(&str, &str)>,
-        env: impl Fn(&str) -> Option<String>,
+        env: &[(String, OsString)],
     ) -> Result<Self, ConfigError> {
         let defaults = file::default_table();
         let mut table = defaults.clone();
@@ -110,15 +114,29 @@ impl Config {
             })?;
             tree::merge(&mut table, given);
         }
-        let set: Vec<(&str, &str)> = ENV
-            .iter()
-            .filter_map(|&(name, key)| {
-                let value = env(name)?;
-                tree::set_text(&mut table, &defaults, key, value);
-                Some((name, key))
-            })
-            .collect();
         let mut problems = Problems::default();
+        let mut unknown: Vec<&str> = env
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| name.starts_with(keys::ENV_PREFIX) && keys::key_of(name).is_none())
+            .collect();
+        unknown.sort_unstable();
+        for name in unknown {
+            problems.push(keys::unknown_variable(name));
+        }
+        let mut set: Vec<(&str, &str)> = Vec::new();
+        for &(name, key) in ENV {
+            let Some((_, value)) = env.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            match value.to_str() {
+                Some(text) => {
+                    tree::set_text(&mut table, &defaults, key, text.to_owned());
+                    set.push((name, key));
+                }
+                None => problems.push(format!("{key} (from {name}): is not UTF-8 text")),
+            }
+        }
         let config = tree::deserialize::<Config>(table, &defaults, &mut problems);
         if let Some(config) = &config {
             config.check(&mut problems);

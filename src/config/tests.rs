@@ -1,10 +1,65 @@
-use std::{collections::HashMap, time::Duration};
+use std::{ffi::OsString, time::Duration};
 
 use super::*;
 
 fn with_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let env: HashMap<&str, &str> = vars.iter().copied().collect();
-    Config::from_sources(None, |k| env.get(k).map(|v| v.to_string()))
+    let env: Vec<(String, OsString)> = vars
+        .iter()
+        .map(|&(name, value)| (name.to_owned(), value.into()))
+        .collect();
+    Config::from_sources(None, &env)
+}
+
+fn problems(result: Result<Config, ConfigError>) -> Vec<String> {
+    match result {
+        Err(ConfigError::Invalid(problems)) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_misspelt_variable_is_refused_with_the_name_it_is_near() {
+    let found = problems(with_env(&[
+        ("TETHER_INGRESS_REDIS_URI", "redis://10.0.0.9:6379"),
+        ("TETHER_INGRESS_PORT", "9000"),
+        ("TETHER_INGRESS_LISTEN", "nowhere"),
+        // Other programs' variables are none of ours.
+        ("TETHER_DEMO", "0"),
+        ("PATH", "/usr/bin"),
+    ]));
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(
+        found[0],
+        "TETHER_INGRESS_PORT: not a variable tether-ingress reads (`tether-ingress --help` lists them)"
+    );
+    assert_eq!(
+        found[1],
+        "TETHER_INGRESS_REDIS_URI: not a variable tether-ingress reads; did you mean TETHER_INGRESS_REDIS_URL? (`tether-ingress --help` lists them)"
+    );
+    assert!(
+        found[2].starts_with("server.listen (from TETHER_INGRESS_LISTEN): "),
+        "{found:?}"
+    );
+    assert!(with_env(&[("TETHER_DEMO", "0")]).is_ok());
+    let hint = |name| problems(with_env(&[(name, "x")])).join("");
+    assert!(hint("TETHER_INGRESS_JWT_SECERT").contains("did you mean TETHER_INGRESS_JWT_SECRET?"));
+    assert!(hint("TETHER_INGRESS_TLS_CERT").contains("did you mean TETHER_INGRESS_TLS_CERT_FILE?"));
+    for (name, _) in ENV {
+        assert!(name.starts_with(keys::ENV_PREFIX), "{name}");
+    }
+}
+
+#[test]
+fn a_value_that_is_not_text_is_refused_not_ignored() {
+    use std::os::unix::ffi::OsStringExt as _;
+    let env = [(
+        "TETHER_INGRESS_REDIS_URL".to_owned(),
+        OsString::from_vec(b"redis://\xff:6379".to_vec()),
+    )];
+    assert_eq!(
+        problems(Config::from_sources(None, &env)),
+        ["redis.url (from TETHER_INGRESS_REDIS_URL): is not UTF-8 text"]
+    );
 }
 
 #[test]
