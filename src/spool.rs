@@ -59,6 +59,21 @@ pub enum SpoolError {
     /// The writer thread is gone (shutting down).
     #[error("spool writer stopped")]
     Stopped,
+    /// The directory cannot be created, read or written (at start).
+    #[error("cannot use spool directory {}: {source}", .dir.display())]
+    Open {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the directory (at start).
+    #[error(
+        "spool directory {} is in use by another process: each instance needs its own",
+        .0.display()
+    )]
+    InUse(PathBuf),
 }
 
 const MAGIC: &[u8; 4] = b"TSP1";
@@ -283,6 +298,8 @@ pub struct Spool {
 
 struct Inner {
     dir: PathBuf,
+    /// The directory's lock, held while the spool is open.
+    _lock: File,
     tx: mpsc::Sender<Command>,
     bytes: AtomicU64,
     max_bytes: u64,
@@ -321,16 +338,42 @@ impl Spool {
     /// Opens (creating) the spool in `dir`, counting what a previous run left
     /// there (it is replayed once Redis is reachable), and starts the writer.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
-        std::fs::create_dir_all(dir).map_err(SpoolError::Io)?;
-        let existing = segments(dir).map_err(SpoolError::Io)?;
+        let refused = |source| SpoolError::Open {
+            dir: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(refused)?;
+        // Two processes on one directory would write segments of the same
+        // numbers and each replay (and delete) the other's: the directory
+        // is locked for as long as the spool is open.
+        let lock = File::open(dir).map_err(refused)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::InUse(dir.to_owned()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(refused(e)),
+        }
+        // Found now, not at the first Redis outage, when the spool is
+        // needed: a directory this process cannot write to.
+        let probe = dir.join(format!(".probe-{}", std::process::id()));
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(refused)?;
+        let existing = segments(dir).map_err(refused)?;
         let mut bytes = 0;
         for (_, p) in &existing {
-            bytes += std::fs::metadata(p).map_err(SpoolError::Io)?.len();
+            bytes += std::fs::metadata(p).map_err(refused)?.len();
         }
         let next_seq = existing.last().map_or(1, |(s, _)| s + 1);
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
+            _lock: lock,
             tx,
             bytes: AtomicU64::new(bytes),
             max_bytes,
@@ -637,5 +680,30 @@ mod tests {
         ids.sort_by_key(|s| s.parse::<u32>().unwrap());
         assert_eq!(ids, (0..50).map(|i| i.to_string()).collect::<Vec<_>>());
         assert_eq!(spool.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn one_spool_per_directory_and_an_unusable_one_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(dir.path(), 1 << 20).unwrap();
+        let second = Spool::open(dir.path(), 1 << 20).err().unwrap();
+        assert!(matches!(&second, SpoolError::InUse(d) if d == dir.path()));
+        assert!(second.to_string().contains("in use by another process"));
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        drop(first);
+        drop(Spool::open(dir.path(), 1 << 20).unwrap());
+
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let refused = Spool::open(&file.join("spool"), 1 << 20).err().unwrap();
+        assert!(matches!(refused, SpoolError::Open { .. }));
+        assert!(
+            refused.to_string().starts_with(&format!(
+                "cannot use spool directory {}",
+                file.join("spool").display()
+            )),
+            "{refused}"
+        );
     }
 }

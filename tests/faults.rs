@@ -252,6 +252,52 @@ async fn ingress_sigkilled_under_load_keeps_every_accepted_job() {
     );
 }
 
+/// Two processes on one spool directory would write segments of the same
+/// numbers and replay (and delete) each other's: the second is refused at
+/// start, naming the directory, and the first keeps serving.
+#[tokio::test]
+async fn a_second_process_on_the_same_spool_directory_is_refused_at_start() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let dir = spool.path().display().to_string();
+    let env = vec![
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        ("TETHER_INGRESS_SPOOL_DIR", dir.clone()),
+    ];
+    let first = IngressProcess::spawn(&env);
+    first.wait_ready().await;
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .env(
+            "TETHER_INGRESS_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_SPOOL_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(Duration::from_secs(20), || {
+        let done = matches!(second.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    if !exited {
+        let _ = second.kill();
+    }
+    let second = second.wait_with_output().unwrap();
+    assert!(
+        exited,
+        "a second process started on the same spool directory"
+    );
+    assert_eq!(second.status.code(), Some(1));
+    let load = Load::start(&first.base(), KEY, BODY, 4, "one-spool");
+    load.until_accepted(50, WAIT).await;
+    let outcomes = load.stop().await;
+    assert_every_202_stored(&redis, &outcomes).await;
+}
+
 /// Appends, as the spool frames it, one workflow entry with request id `id`.
 fn spool_entry(out: &mut Vec<u8>, id: &str) {
     tether_ingress::spool_record(
