@@ -430,5 +430,11 @@ mod tests {
         );
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(
+            redact_url(
+                "redis-sentinel://u:pw@s1:26379?sentinelServiceName=m&sentinelPassword=p2&node=s2:26379&sentinelPassword=p3"
+            ),
+            "redis-sentinel://u:***@s1:26379?sentinelServiceName=m&sentinelPassword=***&node=s2:26379&sentinelPassword=***"
+        );
     }
 }

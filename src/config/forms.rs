@@ -123,9 +123,10 @@ pub(super) fn redacted_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::E
     }
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`, for messages.
+/// `redis://user:secret@host` → `redis://user:***@host`, for messages; a
+/// `sentinelPassword=` value in the query is masked the same way.
 pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
             match creds.find(':') {
@@ -139,7 +140,18 @@ pub(crate) fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    };
+    const SENTINEL_PASSWORD: &str = "sentinelPassword=";
+    let mut from = 0;
+    while let Some(found) = out[from..].find(SENTINEL_PASSWORD) {
+        let start = from + found + SENTINEL_PASSWORD.len();
+        let end = out[start..]
+            .find(['&', '#'])
+            .map_or(out.len(), |n| start + n);
+        out.replace_range(start..end, "***");
+        from = start + 3;
     }
+    out
 }
 
 /// A count where `0` means none.

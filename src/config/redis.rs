@@ -151,6 +151,12 @@ fn check_url(url: &str) -> Result<(), String> {
             }
         }
         "redis-sentinel" | "rediss-sentinel" => {
+            if url.contains("sentinelUsername=") || url.contains("sentinelPassword=") {
+                return Err(
+                    "sets sentinelUsername or sentinelPassword, which this build does not honour: it authenticates to the sentinels with the URL's own user and password"
+                        .into(),
+                );
+            }
             if !url.contains("sentinelServiceName=") {
                 return Err(
                     "must name the monitored primary: redis-sentinel://sentinel:26379?sentinelServiceName=NAME&node=sentinel2:26379"

@@ -266,6 +266,15 @@ fn redis_urls_this_build_cannot_honour_are_refused() {
         ("redis-sentinel://h:1", "sentinelServiceName"),
         ("http://h:1", "must start with"),
         ("redis+unix://", "path"),
+        // Without fred's sentinel-auth, these were silently ignored.
+        (
+            "redis-sentinel://u:pw@h:1?sentinelServiceName=m&sentinelPassword=hunter2",
+            "sentinelPassword=***\" sets sentinelUsername or sentinelPassword, which this build does not honour",
+        ),
+        (
+            "redis-sentinel://h:1?sentinelServiceName=m&sentinelUsername=s",
+            "does not honour",
+        ),
     ] {
         let err = check(url).unwrap_err();
         assert!(err.contains(says), "{url}: {err}");
