@@ -75,7 +75,10 @@ impl Text for PathBuf {
 impl Text for http::Uri {
     fn read(text: String) -> Result<Self, String> {
         text.parse().map_err(|_| {
-            format!("{text:?} must be an http:// or https:// URL like http://127.0.0.1:2212")
+            format!(
+                "{:?} must be an http:// or https:// URL like http://127.0.0.1:2212",
+                redact_url(&text)
+            )
         })
     }
     fn show(&self) -> Cow<'_, str> {

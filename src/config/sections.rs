@@ -36,12 +36,25 @@ impl Upstream {
             Some(u)
                 if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() =>
             {
+                let shown = forms::redact_url(&u.to_string());
+                // The proxy forwards each request's own path and query and
+                // the caller's own Authorization: anything else in the URL
+                // would be ignored.
+                if u.authority().is_some_and(|a| a.as_str().contains('@')) {
+                    p.push(format!(
+                        "upstream.url: {shown:?} must not hold a user or password: the caller's own Authorization is forwarded"
+                    ));
+                } else if u.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+                    p.push(format!(
+                        "upstream.url: {shown:?} must name only the scheme, host and port, like http://127.0.0.1:2212: each request keeps its own path and query"
+                    ));
+                }
                 u.scheme_str() == Some("https")
             }
             Some(u) => {
                 p.push(format!(
                     "upstream.url: {:?} must be an http:// or https:// URL like http://127.0.0.1:2212",
-                    u.to_string()
+                    forms::redact_url(&u.to_string())
                 ));
                 false
             }

@@ -283,6 +283,42 @@ fn redis_urls_this_build_cannot_honour_are_refused() {
 }
 
 #[test]
+fn an_upstream_url_is_only_where_the_backend_is() {
+    let check = |url: &str| {
+        with_env(&[("TETHER_INGRESS_UPSTREAM_URL", url)])
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    assert!(check("http://127.0.0.1:2212").is_ok());
+    assert!(check("http://127.0.0.1:2212/").is_ok());
+    assert!(check("https://backend.internal").is_ok());
+    for (url, says) in [
+        (
+            "http://admin:hunter2@127.0.0.1:2212",
+            "\"http://admin:***@127.0.0.1:2212/\" must not hold a user or password",
+        ),
+        (
+            "http://127.0.0.1:2212/api",
+            "must name only the scheme, host and port",
+        ),
+        (
+            "http://127.0.0.1:2212?x=1",
+            "must name only the scheme, host and port",
+        ),
+        ("ftp://u:hunter2@h:21", "must be an http:// or https:// URL"),
+        (
+            "http://u:hunter2@bad host",
+            "must be an http:// or https:// URL",
+        ),
+    ] {
+        let err = check(url).unwrap_err();
+        assert!(err.contains(says), "{url}: {err}");
+        assert!(err.contains("(from TETHER_INGRESS_UPSTREAM_URL)"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+#[test]
 fn serving_threads_auto_count_or_refused() {
     let threads = |text: &str| {
         Config::from_toml(&format!("[server]\nserving_threads = {text}\n"), "t")
