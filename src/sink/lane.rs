@@ -390,6 +390,8 @@ enum Reply {
 
 #[derive(Debug)]
 struct Inner {
+    /// Which writer this is, in its log lines (`main`, `serve-0`, …).
+    name: Box<str>,
     state: Mutex<State>,
     /// Wakes the task's writing half: `out` has bytes.
     flush: Notify,
@@ -425,8 +427,10 @@ pub(super) struct Lane {
 }
 
 impl Lane {
-    /// A lane to `endpoint`, its connection task started on `runtime`.
+    /// A lane to `endpoint` called `name` in its log lines, its connection
+    /// task started on `runtime`.
     pub(super) fn start(
+        name: String,
         endpoint: Endpoint,
         max_pending: usize,
         wait: Option<(u32, Duration)>,
@@ -435,6 +439,7 @@ impl Lane {
         runtime: &tokio::runtime::Handle,
     ) -> Self {
         let inner = Arc::new(Inner {
+            name: name.into(),
             state: Mutex::new(State {
                 out: BytesMut::with_capacity(16 * 1024),
                 wait_allowance: wait.map_or(Duration::ZERO, |(_, timeout)| timeout),
@@ -642,7 +647,7 @@ async fn run(inner: Arc<Inner>) {
                     inner.connected.fetch_add(1, Ordering::Release);
                 }
                 if down_logged {
-                    info!("job writer reconnected to redis");
+                    info!(writer = %inner.name, "job writer reconnected to redis");
                     down_logged = false;
                 }
                 backoff = Duration::ZERO;
@@ -668,13 +673,13 @@ async fn run(inner: Arc<Inner>) {
                     let _ = tokio::time::timeout(Duration::from_secs(2), view.sync_cluster()).await;
                 }
                 if !down_logged {
-                    warn!(reason = %ended, "job writer lost its redis connection; reconnecting");
+                    warn!(writer = %inner.name, reason = %ended, "job writer lost its redis connection; reconnecting");
                     down_logged = true;
                 }
             }
             Err(e) => {
                 if !down_logged {
-                    warn!(error = %e, "job writer cannot connect to redis; retrying");
+                    warn!(writer = %inner.name, error = %e, "job writer cannot connect to redis; retrying");
                     down_logged = true;
                 }
             }
@@ -770,6 +775,7 @@ async fn read_loop(inner: &Inner, mut read: ReadHalf) -> Ended {
                     inner.stalled.increment(1.0);
                     inner.stalls.increment(1);
                     warn!(
+                        writer = %inner.name,
                         after_ms = state.stall_after.as_millis() as u64,
                         "redis stopped answering this job writer; new writes skip it until it answers"
                     );
@@ -804,7 +810,7 @@ fn take_replies(inner: &Inner, buf: &mut BytesMut) -> Option<Ended> {
     let mut state = inner.lock();
     if state.unstall() {
         inner.stalled.decrement(1.0);
-        info!("redis answers this job writer again");
+        info!(writer = %inner.name, "redis answers this job writer again");
     }
     loop {
         let (frame, used) = match decode_range(buf) {

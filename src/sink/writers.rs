@@ -98,9 +98,10 @@ impl Writers {
         let clustered = shared.is_clustered();
         let named = Endpoint::new(target, &shared, keys[0])?.watch_primary(&here, shared.clone());
         let mut expected = 1;
-        let mut start = |key: &[u8], runtime: &tokio::runtime::Handle| {
+        let mut start = |name: String, key: &[u8], runtime: &tokio::runtime::Handle| {
             expected += 1;
             Ok::<_, Error>(Lane::start(
+                name,
                 Endpoint::new(target, &shared, key)?.following(named.as_ref()),
                 lane.max_pending,
                 lane.wait,
@@ -110,10 +111,15 @@ impl Writers {
             ))
         };
         let mut lanes = Vec::with_capacity(cores.len() + 1);
-        for runtime in std::iter::once(&here).chain(cores) {
-            let workflow = start(keys[0], runtime)?;
+        for (i, runtime) in std::iter::once(&here).chain(cores).enumerate() {
+            // Lane 0 is the shared runtime's; lane i + 1 serving thread i's.
+            let name = match i {
+                0 => "main".to_owned(),
+                i => format!("serve-{}", i - 1),
+            };
+            let workflow = start(name.clone(), keys[0], runtime)?;
             let outreach = if clustered {
-                start(keys[1], runtime)?
+                start(format!("{name}/outreach"), keys[1], runtime)?
             } else {
                 workflow.clone()
             };
