@@ -43,9 +43,26 @@ pub enum TlsError {
     /// The system's roots could not be loaded, or none is there.
     #[error("no CA file given and the system's CA roots cannot be used: {0}")]
     SystemRoots(String),
-    /// rustls refused the pieces (a key that does not match its certificate).
+    /// rustls refused the pieces.
     #[error("{0}")]
     Rustls(String),
+}
+
+/// Why rustls refused certificate file `cert` with key file `key`, in the
+/// operator's words for the usual cause.
+fn pair_error(cert: &Path, key: &Path, e: rustls::Error) -> TlsError {
+    TlsError::Rustls(match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+            "key file {} does not belong to the certificate in {}",
+            key.display(),
+            cert.display()
+        ),
+        e => format!(
+            "certificate file {} and key file {}: {e}",
+            cert.display(),
+            key.display()
+        ),
+    })
 }
 
 /// The files of a TLS client configuration.
@@ -94,7 +111,7 @@ pub fn client_config(files: ClientFiles<'_>) -> Result<Arc<ClientConfig>, TlsErr
     let config = match files.identity {
         Some((cert, key)) => builder
             .with_client_auth_cert(certificates("certificate file", cert)?, private_key(key)?)
-            .map_err(|e| TlsError::Rustls(format!("client certificate and key: {e}")))?,
+            .map_err(|e| pair_error(cert, key, e))?,
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
@@ -109,7 +126,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
             .map_err(|e| TlsError::Rustls(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(certificates("certificate file", cert)?, private_key(key)?)
-            .map_err(|e| TlsError::Rustls(format!("certificate and key: {e}")))?;
+            .map_err(|e| pair_error(cert, key, e))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -265,6 +265,24 @@ fn a_listener_certificate_that_does_not_load_stops_the_start() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("server.tls"), "{err}");
     }
+    // A key that belongs to another certificate is named as such.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, "good", &["server", "server2"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .arg("check-config")
+        .env("TETHER_INGRESS_TLS_CERT_FILE", d.join("server.crt"))
+        .env("TETHER_INGRESS_TLS_KEY_FILE", d.join("server2.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let says = format!(
+        "server.tls: key file {} does not belong to the certificate in {}",
+        d.join("server2.key").display(),
+        d.join("server.crt").display()
+    );
+    assert!(err.contains(&says), "{err}");
 }
 
 /// A TLS connection to the listener, trusting `ca`.
