@@ -114,6 +114,16 @@ impl Admin {
         rate_limit: Option<u32>,
     ) -> Result<String, AdminError> {
         key_part("org id", org).map_err(AdminError::Refused)?;
+        // As the import refuses them: a key acting as nobody, and a limit
+        // of 0, which the ingress reads as "none set" (the default applies).
+        if user.is_empty() {
+            return Err(AdminError::Refused("user id must not be empty".into()));
+        }
+        if rate_limit == Some(0) {
+            return Err(AdminError::Refused(
+                "rate limit must be at least 1 request per second (leave it out for rate_limit.default_per_sec)".into(),
+            ));
+        }
         let mut raw = [0u8; 32];
         SystemRandom::new()
             .fill(&mut raw)

@@ -240,6 +240,24 @@ fn bad_arguments_and_unreachable_redis_have_distinct_exit_codes() {
             .code(),
         Some(2)
     );
+    // Refused as the import refuses them, and nothing is written.
+    for (args, says) in [
+        (
+            ["--user", "", "--org", "o_1", "--rate-limit", "5"],
+            "user id must not be empty",
+        ),
+        (
+            ["--user", "u", "--org", "o_1", "--rate-limit", "0"],
+            "rate limit must be at least 1",
+        ),
+    ] {
+        let out = cli(&redis, &[&["keys", "create"][..], &args[..]].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    assert_eq!(stdout(&cli(&redis, &["keys", "count"])), "0");
     assert_eq!(
         cli(&redis, &["jobs", "tail", "nope", "--limit", "1"])
             .status
