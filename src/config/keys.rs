@@ -40,11 +40,6 @@ pub const ENV: &[(&str, &str)] = &[
 /// What every name in [`ENV`] starts with.
 pub(super) const ENV_PREFIX: &str = "TETHER_INGRESS_";
 
-/// The `section.key` environment variable `name` sets, if it is one.
-pub(super) fn key_of(name: &str) -> Option<&'static str> {
-    ENV.iter().find(|(n, _)| *n == name).map(|&(_, key)| key)
-}
-
 /// Why a variable of [`ENV_PREFIX`] that [`ENV`] does not name is refused,
 /// with the nearest name when one is a likely misspelling of it.
 pub(super) fn unknown_variable(name: &str) -> String {

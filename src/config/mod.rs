@@ -118,7 +118,9 @@ impl Config {
         let mut unknown: Vec<&str> = env
             .iter()
             .map(|(name, _)| name.as_str())
-            .filter(|name| name.starts_with(keys::ENV_PREFIX) && keys::key_of(name).is_none())
+            .filter(|name| {
+                name.starts_with(keys::ENV_PREFIX) && !ENV.iter().any(|(known, _)| known == name)
+            })
             .collect();
         unknown.sort_unstable();
         for name in unknown {
