@@ -24,7 +24,7 @@ use fred::{
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 use ring::digest;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{error::Reject, hex, metrics as m};
 
@@ -230,14 +230,15 @@ impl Claim {
                 vec![
                     Value::Bytes(self.pending.clone()),
                     Value::Bytes(value),
-                    Value::from(window.as_millis() as i64),
+                    Value::from(i64::try_from(window.as_millis()).unwrap_or(i64::MAX)),
                 ],
             )
             .await;
         if let Err(e) = stored {
             // The claim lapses after its lease; a repeat then does the work
-            // again (at least once, like any retry).
-            debug!(error = %e, "idempotency answer not stored");
+            // again (at least once, like any retry). Rare (Redis took the
+            // claim a moment ago) and worth an operator's eye.
+            warn!(error = %e, "idempotency answer not stored; a repeat of this key after its claim lapses (60 s) does the work again");
         }
     }
 
