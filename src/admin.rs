@@ -49,13 +49,20 @@ impl AdminError {
     }
 }
 
+/// Refuses an empty id, as the import does.
+fn non_empty<'a>(what: &str, value: &'a str) -> Result<&'a str, String> {
+    if value.is_empty() {
+        Err(format!("{what} must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
 /// Refuses an org id or webhookId the key layout cannot represent: empty,
 /// or holding the `:` that separates the parts of a key (the one check of
 /// the admin commands and the import).
 pub(crate) fn key_part<'a>(what: &str, value: &'a str) -> Result<&'a str, String> {
-    if value.is_empty() {
-        Err(format!("{what} must not be empty"))
-    } else if value.contains(':') {
+    if non_empty(what, value)?.contains(':') {
         Err(format!(
             "{what} must not contain ':' (the Redis key layout cannot tell it apart)"
         ))
@@ -114,11 +121,9 @@ impl Admin {
         rate_limit: Option<u32>,
     ) -> Result<String, AdminError> {
         key_part("org id", org).map_err(AdminError::Refused)?;
-        // As the import refuses them: a key acting as nobody, and a limit
-        // of 0, which the ingress reads as "none set" (the default applies).
-        if user.is_empty() {
-            return Err(AdminError::Refused("user id must not be empty".into()));
-        }
+        non_empty("user id", user).map_err(AdminError::Refused)?;
+        // As the import refuses it: the ingress reads a limit of 0 as "none
+        // set", so the default would apply.
         if rate_limit == Some(0) {
             return Err(AdminError::Refused(
                 "rate limit must be at least 1 request per second (leave it out for rate_limit.default_per_sec)".into(),
@@ -263,6 +268,8 @@ impl Admin {
         prompt: Option<&str>,
         active: bool,
     ) -> Result<(), AdminError> {
+        non_empty("configuration id", id).map_err(AdminError::Refused)?;
+        non_empty("user id", user).map_err(AdminError::Refused)?;
         key_part("org id", org).map_err(AdminError::Refused)?;
         let record = serde_json::json!({
             "userId": user, "orgId": org, "active": active, "processId": process, "promptId": prompt,

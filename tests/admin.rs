@@ -258,6 +258,15 @@ fn bad_arguments_and_unreachable_redis_have_distinct_exit_codes() {
         assert!(out.stdout.is_empty());
     }
     assert_eq!(stdout(&cli(&redis, &["keys", "count"])), "0");
+    for (id, user) in [("", "u_1"), ("cfg_1", "")] {
+        let out = cli(
+            &redis,
+            &["outreach", "put", id, "--user", user, "--org", "o_1"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{id:?} {user:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("must not be empty"));
+    }
+    assert_eq!(redis.cli(&["KEYS", "tether:outreach:*"]), "");
     assert_eq!(
         cli(&redis, &["jobs", "tail", "nope", "--limit", "1"])
             .status
