@@ -128,14 +128,25 @@ impl Summary {
     pub fn of(&self, kind: Kind) -> Counts {
         self.counts[kind.index()]
     }
+
+    /// What the command ends with when a line was refused.
+    pub fn refusal(&self) -> Option<String> {
+        let refused = self.refused();
+        (refused > 0).then(|| format!("{} refused (see above)", lines(refused)))
+    }
+}
+
+/// `1 line`, `2 lines`.
+fn lines(n: u64) -> String {
+    format!("{n} line{}", if n == 1 { "" } else { "s" })
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} lines in {:.1} s{}",
-            self.lines,
+            "{} in {:.1} s{}",
+            lines(self.lines),
             self.elapsed.as_secs_f64(),
             if self.dry_run {
                 " (dry run: nothing written)"
@@ -161,7 +172,7 @@ impl fmt::Display for Summary {
             )?;
         }
         if self.unreadable > 0 {
-            writeln!(f, "{} lines of no known kind refused", self.unreadable)?;
+            writeln!(f, "{} of no known kind refused", lines(self.unreadable))?;
         }
         Ok(())
     }
@@ -199,6 +210,33 @@ fn text<'a>(obj: &'a Map<String, Json>, name: &str) -> Result<&'a str, String> {
 /// `webhookId`): it cannot hold one itself.
 fn key_part<'a>(obj: &'a Map<String, Json>, name: &str) -> Result<&'a str, String> {
     crate::admin::key_part(name, text(obj, name)?)
+}
+
+/// Refuses a member whose name is a near miss of one the ingress reads
+/// (`Active`, `rateLimitPersec`, `rate_limit_per_sec`, `actve`): the record
+/// keeps members it does not know as given, so such a typo would be stored
+/// and ignored, leaving a key meant to be disabled active or one meant to be
+/// limited unlimited. Names are compared ignoring case, `_` and `-`, within
+/// one edit.
+fn near_miss(obj: &Map<String, Json>, read: &[&str]) -> Result<(), String> {
+    fn plain(name: &str) -> String {
+        name.chars()
+            .filter(|c| !matches!(c, '_' | '-'))
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    }
+    for name in obj.keys().filter(|name| !read.contains(&name.as_str())) {
+        let given = plain(name);
+        if let Some(meant) = read
+            .iter()
+            .find(|known| strsim::damerau_levenshtein(&given, &plain(known)) <= 1)
+        {
+            return Err(format!(
+                "{name:?} is not a field the ingress reads; did you mean {meant}? (rename it if it is a field of your own)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses one line into an item under `prefix`. The error names the kind
@@ -245,6 +283,8 @@ fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
                 }
                 _ => return Err(with_kind("key must be a non-empty string".into())),
             };
+            near_miss(&obj, &["userId", "orgId", "active", "rateLimitPerSec"])
+                .map_err(with_kind)?;
             text(&obj, "userId").map_err(with_kind)?;
             key_part(&obj, "orgId").map_err(with_kind)?;
             if obj.get("active").is_some_and(|a| !a.is_boolean()) {
@@ -281,6 +321,11 @@ fn parse(line: &str, prefix: &str) -> Result<Item, (Option<Kind>, String)> {
         Kind::OutreachConfig => {
             let id = text(&obj, "configurationId").map_err(with_kind)?.to_owned();
             obj.remove("configurationId");
+            near_miss(
+                &obj,
+                &["userId", "orgId", "active", "processId", "promptId"],
+            )
+            .map_err(with_kind)?;
             text(&obj, "userId").map_err(with_kind)?;
             key_part(&obj, "orgId").map_err(with_kind)?;
             if !obj.get("active").is_some_and(Json::is_boolean) {

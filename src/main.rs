@@ -314,11 +314,8 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
                     import(client, prefix, input, size, options, out).await?
                 };
                 print!("{summary}");
-                if summary.refused() > 0 {
-                    return Err(AdminError::Refused(format!(
-                        "{} lines refused (see above)",
-                        summary.refused()
-                    )));
+                if let Some(refusal) = summary.refusal() {
+                    return Err(AdminError::Refused(refusal));
                 }
             }
             Command::Serve | Command::CheckConfig => {}

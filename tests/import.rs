@@ -244,6 +244,73 @@ async fn bad_lines_are_refused_with_their_number_and_the_rest_imported() {
     assert!(text(&out.stdout).contains("2 lines of no known kind refused"));
 }
 
+/// A misspelt field the ingress reads would be stored as given and ignored:
+/// a key meant to be disabled would stay active, one meant to be limited
+/// would be unlimited. Such a line is refused; a field of the backend's own
+/// is kept.
+#[tokio::test]
+async fn a_misspelt_field_is_refused_and_a_field_of_ones_own_is_kept() {
+    let redis = RedisServer::start();
+    let lines = concat!(
+        r#"{"type":"apiKey","key":"meant_disabled","userId":"u_1","orgId":"o_1","Active":false}"#,
+        "\n",
+        r#"{"type":"apiKey","key":"meant_limited","userId":"u_1","orgId":"o_1","rate_limit_per_sec":5}"#,
+        "\n",
+        r#"{"type":"outreachConfig","configurationId":"cfg_1","userId":"u_1","orgId":"o_1","active":true,"procesId":"p_1"}"#,
+        "\n",
+        r#"{"type":"apiKey","key":"with_extras","userId":"u_1","orgId":"o_1","inactive":true,"name":"prod"}"#,
+        "\n",
+    );
+    let out = import(&redis, &[], lines);
+    assert_eq!(out.status.code(), Some(1));
+    let errors = text(&out.stderr);
+    for (n, says) in [
+        (
+            1,
+            r#"apiKey: "Active" is not a field the ingress reads; did you mean active?"#,
+        ),
+        (
+            2,
+            r#"apiKey: "rate_limit_per_sec" is not a field the ingress reads; did you mean rateLimitPerSec?"#,
+        ),
+        (
+            3,
+            r#"outreachConfig: "procesId" is not a field the ingress reads; did you mean processId?"#,
+        ),
+    ] {
+        assert!(
+            errors.contains(&format!("line {n}: {says}")),
+            "line {n}: {errors}"
+        );
+    }
+    assert!(errors.contains("3 lines refused"), "{errors}");
+    assert!(!errors.contains("meant_"), "a plain key in {errors}");
+    assert_eq!(row(&out, "apiKey"), [1, 0, 0, 2]);
+    assert_eq!(row(&out, "outreachConfig"), [0, 0, 0, 1]);
+    let stored: Option<String> = redis
+        .client()
+        .await
+        .get(format!("tether:apikey:{}", sha256_hex("with_extras")))
+        .await
+        .unwrap();
+    let stored = stored.expect("the line with fields of its own was written");
+    assert!(stored.contains(r#""name":"prod""#), "{stored}");
+    assert!(stored.contains(r#""inactive":true"#), "{stored}");
+
+    // One refused line is one line.
+    let out = import(&redis, &[], "{\"type\":\"gadget\"}\n");
+    assert!(
+        text(&out.stdout).contains("1 line in "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("1 line refused"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 fn node_example(args: &[&str], stdin: &str) -> Output {
     let dir = support::node::dir();
     assert!(
