@@ -100,6 +100,8 @@ metrics! {
         "Jobs written to the local spool (Redis could not take them).";
     counter SPOOL_REPLAYED = "tether_spool_jobs_replayed_total":
         "Spooled jobs replayed into Redis.";
+    counter SPOOL_SKIPPED = "tether_spool_jobs_skipped_total":
+        "Spooled jobs not replayed because the late reply to their first write showed Redis had stored them.";
     counter SPOOL_SYNCS = "tether_spool_syncs_total":
         "Group commits (one write + fdatasync for every request waiting).";
     counter SPOOL_CORRUPT = "tether_spool_corrupt_records_total":

@@ -489,7 +489,7 @@ async fn redis_killed_under_load_every_accepted_job_runs_exactly_once() {
     assert!(twice.is_empty(), "jobs run twice: {twice:?}");
     let spooled = metric_value(&ingress, "tether_spool_jobs_written_total").await;
     eprintln!(
-        "figures: {} accepted, {} jobs run once each, {spooled} requests spooled",
+        "figures: {} accepted, {} jobs run once each, {spooled} jobs spooled",
         accepted.len(),
         runs.len()
     );

@@ -177,10 +177,10 @@ async fn redis_killed_under_load_with_a_spool_loses_no_accepted_job() {
     let syncs = metric_value(&ingress, "tether_spool_syncs_total").await;
     assert!(
         syncs > 0.0 && spooled > syncs,
-        "{spooled} spooled requests, {syncs} syncs"
+        "{spooled} spooled jobs, {syncs} syncs"
     );
     eprintln!(
-        "figures: {spooled} requests spooled with {syncs} fsyncs ({:.1} per sync), {replayed} jobs replayed",
+        "figures: {spooled} jobs spooled with {syncs} fsyncs ({:.1} per sync), {replayed} jobs replayed",
         spooled / syncs
     );
 }

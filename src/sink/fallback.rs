@@ -100,6 +100,7 @@ async fn replay(
     resume: &mut Option<(std::path::PathBuf, usize)>,
 ) -> Result<Pass, SinkError> {
     let replayed = metrics::counter!(m::SPOOL_REPLAYED);
+    let skipped = metrics::counter!(m::SPOOL_SKIPPED);
     let segments = spool.seal().await.map_err(|spool| SinkError::Spool {
         redis: "replay",
         unconfirmed: false,
@@ -135,7 +136,9 @@ async fn replay(
                         }
                         // Redis stored it after all: its copy is skipped.
                         Some(Fate::Stored) => {
-                            from = (from + 1).saturating_add(records as usize).min(len);
+                            let next = (from + 1).saturating_add(records as usize).min(len);
+                            skipped.increment((next - from - 1) as u64);
+                            from = next;
                         }
                         // Refused, its connection closed, or a previous
                         // run's that nobody settled: replayed.
@@ -229,7 +232,7 @@ async fn record_settlements(spool: Spool, mut settled: mpsc::UnboundedReceiver<T
 pub(super) struct Fallback<'a> {
     pub(super) spool: Option<&'a Spool>,
     pub(super) tickets: Option<&'a Tickets>,
-    /// How many records the request's jobs are.
+    /// How many records the request's jobs are: one per job.
     pub(super) records: usize,
 }
 
@@ -255,7 +258,7 @@ impl Fallback<'_> {
         let (redis, unconfirmed) = (error.reason(), error.unconfirmed());
         match spool.append(frames).await {
             Ok(()) => {
-                metrics::counter!(m::SPOOL_WRITTEN).increment(1);
+                metrics::counter!(m::SPOOL_WRITTEN).increment(self.records as u64);
                 Ok(Stored::Spooled)
             }
             Err(spool) => {
