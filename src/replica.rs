@@ -299,6 +299,7 @@ impl Replica {
         let mut named_last = None;
         // A resync is owed at start; after that, on reconnects, lag and the timer.
         let mut resync_due = true;
+        let mut failures = Failures::default();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -318,16 +319,16 @@ impl Replica {
                 {
                     Ok(()) => {
                         resync_due = false;
+                        failures = Failures::default();
                         self.status.mark_in_touch();
                     }
                     Err(e) => {
                         self.status.connected.store(false, Ordering::Release);
                         self.status.mark_lost();
                         metrics::counter!(m::REPLICA_RESYNC_FAILURES).increment(1);
-                        warn!(error = %e, "replica resync failed; serving the last copy and retrying");
-                        // Retry after a short pause unless an event comes first.
+                        let pause = failures.failed(&e);
                         tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            _ = tokio::time::sleep(pause) => {}
                             _ = shutdown.changed() => {}
                         }
                         continue;
@@ -910,6 +911,47 @@ fn to_fetched(kind: KeyKind, value: Value) -> Fetched {
     }
 }
 
+/// Resyncs that failed in a row: how long to pause before the next, and
+/// whether to log this one. A failure that lasts (a Redis user without a
+/// permission the replica needs) must not fill the log five times a second.
+#[derive(Default)]
+struct Failures {
+    in_a_row: u32,
+    /// What was last logged, and when.
+    logged: Option<(String, std::time::Instant)>,
+}
+
+impl Failures {
+    /// The first pause; it doubles with each failure in a row.
+    const FIRST_PAUSE: Duration = Duration::from_millis(200);
+    /// The longest pause between two attempts.
+    const MAX_PAUSE: Duration = Duration::from_secs(5);
+    /// The same error is logged again after this long.
+    const RELOG_AFTER: Duration = Duration::from_secs(60);
+
+    /// Counts `e`, logs it when it is new or has not been logged for a
+    /// while, and returns the pause before the next attempt.
+    fn failed(&mut self, e: &Error) -> Duration {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        let text = e.to_string();
+        let now = std::time::Instant::now();
+        let due = self
+            .logged
+            .as_ref()
+            .is_none_or(|(last, at)| *last != text || now.duration_since(*at) >= Self::RELOG_AFTER);
+        if due {
+            if text.contains("NOPERM") {
+                warn!(error = %text, failures = self.in_a_row, "replica resync failed: the Redis user lacks a permission the ingress needs (docs/DEPLOY.md lists them); serving the last copy and retrying");
+            } else {
+                warn!(error = %text, failures = self.in_a_row, "replica resync failed; serving the last copy and retrying");
+            }
+            self.logged = Some((text, now));
+        }
+        let doublings = self.in_a_row.saturating_sub(1).min(5);
+        (Self::FIRST_PAUSE * (1 << doublings)).min(Self::MAX_PAUSE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -925,6 +967,28 @@ mod tests {
         assert!(r.supersedes(&k, 2));
         assert!(!r.supersedes(&k, 4), "page 4 was read after it");
         assert!(!r.supersedes(&Bytes::from_static(b"tether:apikey:other"), 3));
+    }
+
+    #[test]
+    fn resync_failures_back_off_and_a_repeated_error_is_logged_once() {
+        let mut f = Failures::default();
+        let denied = Error::new(ErrorKind::Unknown, "NOPERM this user has no permissions");
+        let pauses: Vec<u64> = (0..8)
+            .map(|_| f.failed(&denied).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        let (_, first) = f.logged.clone().unwrap();
+        f.failed(&denied);
+        assert_eq!(
+            f.logged.as_ref().unwrap().1,
+            first,
+            "the same error logged again"
+        );
+        f.failed(&Error::new(ErrorKind::IO, "connection refused"));
+        assert_eq!(f.logged.as_ref().unwrap().0, "IO Error: connection refused");
+        // A success starts over.
+        f = Failures::default();
+        assert_eq!(f.failed(&denied), Duration::from_millis(200));
     }
 
     #[test]

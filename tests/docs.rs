@@ -45,6 +45,75 @@ fn the_readme_import_example_imports_every_line() {
     assert_eq!(redis.cli(&["SCARD", "tether:triggers:o_1:wh_leads"]), "2");
 }
 
+/// DEPLOY's least-privilege ACL user, created by its own line, serves both
+/// webhooks in both sink modes, with an idempotency key and the global rate
+/// limit, and Redis refuses it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_acl_user_serves_both_modes_and_is_never_refused() {
+    use http::{Request, StatusCode};
+    use tether_ingress::config::{Config, RateLimitScope, SinkKind};
+
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, TEST_KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
+    put_outreach_config(
+        &r,
+        "cfg_1",
+        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
+    )
+    .await;
+    let line = example("docs/DEPLOY.md", "redis-cli ACL SETUSER tether-ingress").replacen(
+        "redis-cli",
+        &format!("redis-cli -p {}", redis.port),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = bash_in(dir.path(), &line, &redis.url());
+    assert!(ok && out.trim() == "OK", "{out}");
+    redis.cli(&["ACL", "LOG", "RESET"]);
+
+    for (n, sink) in [SinkKind::Streams, SinkKind::Bullmq]
+        .into_iter()
+        .enumerate()
+    {
+        let mut config = Config::default();
+        config.redis.url = format!("redis://tether-ingress:CHANGE_ME@127.0.0.1:{}", redis.port);
+        config.server.listen = ([127, 0, 0, 1], 0).into();
+        config.sink.kind = sink;
+        config.rate_limit.scope = RateLimitScope::Global;
+        config.rate_limit.default_per_sec = std::num::NonZeroU32::new(1000);
+        let ingress = Ingress::start_with(config.validate().unwrap()).await;
+        let post = |path: &str, body: &str| {
+            Request::post(ingress.uri(path))
+                .header("authorization", format!("Bearer {TEST_KEY}"))
+                .header("idempotency-key", format!("acl-{n}-{path}"))
+                .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                    body.as_bytes(),
+                )))
+                .unwrap()
+        };
+        let (status, _, body) = ingress
+            .request(post("/api/webhook/workflow", r#"{"webhookId":"wh_1"}"#))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{sink:?}: {body:?}");
+        assert_eq!(json(&body)["data"]["matchedCount"], 2, "{sink:?}");
+        let (status, _, body) = ingress
+            .request(post(
+                "/api/webhook/outreach",
+                r#"{"configurationId":"cfg_1","firstName":"Jane"}"#,
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sink:?}: {body:?}");
+        assert!(ingress.shutdown().await);
+    }
+    assert_eq!(
+        redis.cli(&["ACL", "LOG"]),
+        "",
+        "Redis refused the user something"
+    );
+}
+
 #[test]
 fn the_reference_names_every_setting_variable_and_code() {
     let reference = read("docs/REFERENCE.md");
@@ -201,6 +270,11 @@ const EXAMPLES: &[(&str, &str, Check)] = &[
         ),
     ),
     ("docs/DEPLOY.md", "flowchart LR", NotRun("a diagram")),
+    (
+        "docs/DEPLOY.md",
+        "redis-cli ACL SETUSER tether-ingress",
+        Run("the_deploy_acl_user_serves_both_modes_and_is_never_refused"),
+    ),
     (
         "docs/DEPLOY.md",
         "mongoexport --collection=apikeys",
