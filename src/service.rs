@@ -30,7 +30,9 @@ use crate::{
     metrics::{self as m, Route},
     outreach::Outreach,
     proxy::{BoxError, Lane},
+    replica::now_ms,
     response::{REQUEST_ID, ResponseBody, full, json},
+    telemetry::Throttle,
     webhook,
     workflow::Workflow,
 };
@@ -230,13 +232,28 @@ impl App {
 
     /// The one place a refusal becomes a response.
     fn refuse(&self, reject: &Reject, request_id: &HeaderValue) -> Response<ResponseBody> {
+        // During an outage every request is refused: one line a second of
+        // each kind says so, the rest go to debug (the metrics count all).
+        static UNAVAILABLE: Throttle = Throttle::new();
+        static UNCONFIRMED: Throttle = Throttle::new();
         match reject {
-            Reject::Unavailable(cause) => {
-                warn!(?request_id, error = %cause, "jobs not stored; answering 503")
-            }
-            Reject::Unconfirmed(cause) => {
-                warn!(?request_id, error = %cause, "jobs sent but not confirmed; answering 503")
-            }
+            Reject::Unavailable(cause) => match UNAVAILABLE.admit(now_ms()) {
+                Some(held_back) => {
+                    warn!(?request_id, error = %cause, held_back, "jobs not stored; answering 503")
+                }
+                None => debug!(?request_id, error = %cause, "jobs not stored; answering 503"),
+            },
+            Reject::Unconfirmed(cause) => match UNCONFIRMED.admit(now_ms()) {
+                Some(held_back) => warn!(
+                    ?request_id,
+                    error = %cause,
+                    held_back,
+                    "jobs sent but not confirmed; answering 503"
+                ),
+                None => {
+                    debug!(?request_id, error = %cause, "jobs sent but not confirmed; answering 503")
+                }
+            },
             other => debug!(?request_id, code = other.code(), "request refused"),
         }
         metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);

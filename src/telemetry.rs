@@ -2,7 +2,10 @@
 //! or JSON lines (`log.format`), its level filter behind a handle so a
 //! reload (SIGHUP) can change `log.level` without a restart.
 
-use std::io::IsTerminal as _;
+use std::{
+    io::IsTerminal as _,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use tracing_subscriber::{
     EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
@@ -43,4 +46,64 @@ pub fn init(config: &Log) -> LogLevel {
             .try_init(),
     };
     LogLevel(handle)
+}
+
+/// Lets one line of a kind through per second and counts the rest: for
+/// events that come once per request during an outage (a 503 at every
+/// request), which would otherwise write as many lines as requests. The
+/// metrics count every one.
+pub(crate) struct Throttle {
+    /// Unix milliseconds from which the next line may go out.
+    next_ms: AtomicU64,
+    /// Lines held back since the last one let through.
+    held: AtomicU64,
+}
+
+impl Throttle {
+    const EVERY_MS: u64 = 1000;
+
+    pub(crate) const fn new() -> Self {
+        Self {
+            next_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: log this one, saying `n` were held back since the last;
+    /// `None`: held back (counted).
+    pub(crate) fn admit(&self, now_ms: u64) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now_ms >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now_ms + Self::EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_a_second_gets_through_and_the_rest_are_counted() {
+        let t = Throttle::new();
+        assert_eq!(t.admit(10_000), Some(0));
+        assert_eq!(t.admit(10_001), None);
+        assert_eq!(t.admit(10_999), None);
+        assert_eq!(t.admit(11_000), Some(2));
+        assert_eq!(t.admit(11_500), None);
+        assert_eq!(t.admit(13_000), Some(1));
+    }
 }

@@ -218,6 +218,68 @@ async fn redis_killed_under_load_without_a_spool_answers_503_with_retry_after() 
     assert_every_202_stored(&redis, &outcomes).await;
 }
 
+/// With Redis gone and no spool every request is answered 503: the log
+/// says so about once a second, with how many it held back, not once per
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_once_a_second_not_once_a_request() {
+    let mut redis = RedisServer::start();
+    seed(&redis).await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("ingress.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let ingress = IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", redis.url())], log);
+    ingress.wait_ready().await;
+    redis.kill();
+    let started = std::time::Instant::now();
+    let load = Load::start(&ingress.base(), KEY, BODY, 8, "outage-log");
+    load.until_answered(2_000, WAIT).await;
+    // Past the first second, the second line says how many it held back.
+    let logged = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .matches("jobs not stored")
+            .count()
+    };
+    let second_line = eventually(WAIT, || {
+        let n = logged();
+        async move { n >= 2 }
+    })
+    .await;
+    let outcomes = load.stop().await;
+    let seconds = started.elapsed().as_secs();
+    assert!(second_line, "one line in {seconds} s of refusals");
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.status == Some(StatusCode::SERVICE_UNAVAILABLE))
+        .count();
+    assert!(
+        refused >= 1_000,
+        "{refused} answered 503 of {}",
+        outcomes.len()
+    );
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("jobs not stored"))
+        .collect();
+    assert!(!lines.is_empty(), "the outage was not logged:\n{text}");
+    assert!(
+        lines.len() as u64 <= seconds + 2,
+        "{} lines in {seconds} s for {refused} refusals",
+        lines.len()
+    );
+    let held_back: u64 = lines
+        .iter()
+        .filter_map(|l| l.split("held_back=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        held_back > 0,
+        "no line says how many it held back: {lines:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_sigkilled_under_load_keeps_every_accepted_job() {
     let mut redis = RedisServer::start_durable();

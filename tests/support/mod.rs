@@ -515,12 +515,18 @@ pub struct IngressProcess {
 impl IngressProcess {
     /// Starts the binary on a free port with `env` (TETHER_INGRESS_*) set.
     pub fn spawn(env: &[(&str, String)]) -> Self {
+        Self::spawn_logging(env, Stdio::null())
+    }
+
+    /// [`Self::spawn`], its log (warnings and above, on stdout) going to
+    /// `log`.
+    pub fn spawn_logging(env: &[(&str, String)], log: impl Into<Stdio>) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
             .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
             .env("TETHER_INGRESS_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
