@@ -527,7 +527,11 @@ impl Writer {
         let result = self.write(buf);
         self.synced.increment(1);
         if let Err(e) = &result {
-            error!(error = %e, dir = %self.dir.display(), "spool write failed; answering 503");
+            // A full disk fails every group commit: one line a second.
+            static FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(held_back) = FAILED.admit(crate::replica::now_ms()) {
+                error!(error = %e, dir = %self.dir.display(), held_back, "spool write failed; answering 503");
+            }
             // Whatever reached the file is a torn record replay will skip;
             // start a fresh segment for the next write.
             self.current = None;
