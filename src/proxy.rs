@@ -40,9 +40,9 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::{error::Reject, forwarded, response::REQUEST_ID};
+use crate::{error::Reject, forwarded, replica::now_ms, response::REQUEST_ID, telemetry::Throttle};
 
 /// Error type of bodies sent upstream.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -270,10 +270,31 @@ impl Proxy {
                 _ => self.client.request(out).await.map_err(Into::into),
             }
         };
+        // A backend that is down fails every forwarded request: one line a
+        // second of each kind, the rest at debug level.
+        static FAILED: Throttle = Throttle::new();
+        static TIMED_OUT: Throttle = Throttle::new();
         let mut res = match tokio::time::timeout(response_timeout, sent).await {
-            Err(_) => return Err(Reject::GatewayTimeout),
+            Err(_) => {
+                match TIMED_OUT.admit(now_ms()) {
+                    Some(held_back) => {
+                        warn!(?request_id, upstream = %self.authority, held_back, "upstream did not answer within upstream.response_timeout_ms; answering 504")
+                    }
+                    None => debug!(
+                        ?request_id,
+                        "upstream did not answer in time; answering 504"
+                    ),
+                }
+                return Err(Reject::GatewayTimeout);
+            }
             Ok(Err(e)) => {
-                debug!(?request_id, error = %e, "upstream request failed");
+                let error = causes(&*e);
+                match FAILED.admit(now_ms()) {
+                    Some(held_back) => {
+                        warn!(?request_id, upstream = %self.authority, %error, held_back, "upstream request failed; answering 502")
+                    }
+                    None => debug!(?request_id, %error, "upstream request failed; answering 502"),
+                }
                 return Err(Reject::BadGateway);
             }
             Ok(Ok(res)) => res,
@@ -374,6 +395,22 @@ impl Proxy {
         });
         Ok(sender)
     }
+}
+
+/// An error and its causes, `outer: inner: innermost`: hyper's own text
+/// ("client error (Connect)") does not say what failed.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

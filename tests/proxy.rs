@@ -427,3 +427,50 @@ async fn serving_threads_proxy_write_jobs_and_drain() {
     assert_eq!(xlen(&r, "tether:jobs:workflow").await, 1);
     assert!(ingress.shutdown().await, "drain across serving threads");
 }
+
+/// A backend that is down is logged with why, naming it, about once a
+/// second rather than once per forwarded request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_is_down_is_logged_with_why_once_a_second() {
+    let redis = RedisServer::start();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("ingress.log");
+    let ingress = IngressProcess::spawn_logging(
+        &[
+            ("TETHER_INGRESS_REDIS_URL", redis.url()),
+            ("TETHER_INGRESS_UPSTREAM_URL", format!("http://{closed}")),
+        ],
+        std::fs::File::create(&log_path).unwrap(),
+    );
+    ingress.wait_ready().await;
+    let started = std::time::Instant::now();
+    let http = http_client();
+    for _ in 0..200 {
+        let req = Request::get(format!("{}/api/anything", ingress.base()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = http.request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    }
+    let seconds = started.elapsed().as_secs();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("upstream request failed"))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "a backend that is down was not logged:\n{text}"
+    );
+    assert!(
+        lines.len() as u64 <= seconds + 2,
+        "{} lines in {seconds} s",
+        lines.len()
+    );
+    assert!(
+        lines[0].contains(&format!("upstream={closed}")) && lines[0].contains("refused"),
+        "{}",
+        lines[0]
+    );
+}
