@@ -204,7 +204,9 @@ pub(super) mod socket_addr {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(|_| {
-            D::Error::custom(format!("{text:?} is not an address like 127.0.0.1:8080"))
+            D::Error::custom(format!(
+                "{text:?} is not an address like 127.0.0.1:8080: an IP address and a port (0.0.0.0:8080 or [::]:8080 listens on every interface)"
+            ))
         })
     }
 }

@@ -322,6 +322,19 @@ fn an_upstream_url_is_only_where_the_backend_is() {
 }
 
 #[test]
+fn a_listen_address_without_an_ip_says_what_is_missing() {
+    for given in ["8080", ":8080", "localhost:8080"] {
+        let problems = problems(with_env(&[("TETHER_INGRESS_LISTEN", given)]));
+        assert_eq!(
+            problems,
+            [format!(
+                "server.listen (from TETHER_INGRESS_LISTEN): {given:?} is not an address like 127.0.0.1:8080: an IP address and a port (0.0.0.0:8080 or [::]:8080 listens on every interface)"
+            )]
+        );
+    }
+}
+
+#[test]
 fn serving_threads_auto_count_or_refused() {
     let threads = |text: &str| {
         Config::from_toml(&format!("[server]\nserving_threads = {text}\n"), "t")
