@@ -69,7 +69,7 @@ metrics! {
     histogram SINK_BATCH = "tether_sink_batch_size":
         "Entries written together for one request (its batch).";
     gauge REDIS_STALLED = "tether_redis_stalled":
-        "Job writers whose oldest write in flight waited longer than redis.stall_after_ms without a reply (their requests skip them).";
+        "Job writers whose writes in flight have had no reply for longer than redis.stall_after_ms (their requests skip them).";
     counter REDIS_STALLS = "tether_redis_stalls_total":
         "Times a job writer became stalled.";
     counter REDIS_PRIMARY_SWITCHES = "tether_redis_primary_switches_total":

@@ -215,3 +215,30 @@ async fn accepted_within(ingress: &Ingress, within: Duration, n: u32) -> bool {
     })
     .await
 }
+
+/// A Redis that is answering, only slowly (one request whose jobs take it
+/// longer than `redis.stall_after_ms` to store), is not a stalled one: a
+/// reply to part of the batch starts the wait again, so the request is
+/// answered 202 when its last job is stored, not 503 at the stall delay.
+#[tokio::test]
+async fn a_slow_but_answering_redis_is_not_stalled() {
+    let workflows: Vec<String> = (0..400).map(|i| format!("wf_{i:03}")).collect();
+    let names: Vec<&str> = workflows.iter().map(String::as_str).collect();
+    let (redis, r) = redis_with_key_and_trigger(KEY, &names).await;
+    let mut config = config_for(&redis.url());
+    config.redis.command_timeout_ms = Duration::from_millis(20_000);
+    config.redis.stall_after_ms = Duration::from_millis(20);
+    config.server.max_body_bytes = 1 << 20;
+    config.server.serving_threads = ServingThreads::Count(1);
+    let ingress = Ingress::start_with(config.validate().unwrap()).await;
+
+    // 400 entries of 256 KiB each: about 100 MiB for Redis to take in.
+    let body = format!(r#"{{"webhookId":"wh_1","x":"{}"}}"#, "a".repeat(256 << 10));
+    let started = Instant::now();
+    let (status, _, answer) = ingress.workflow(Some(KEY), &body).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::ACCEPTED, "after {took:?}: {answer:?}");
+    assert_eq!(json(&answer)["data"]["matchedCount"], 400);
+    assert_eq!(xlen(&r, STREAM).await, 400);
+    eprintln!("figures: 400 entries of 256 KiB stored in {took:?} with stall_after_ms = 20");
+}

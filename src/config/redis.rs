@@ -21,8 +21,8 @@ pub struct Redis {
     /// Deadline of one command (a job write).
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub command_timeout_ms: Duration,
-    /// A writer whose oldest write in flight has waited this long counts as
-    /// stalled: new requests skip it (to the spool, or 503 at once) until it
+    /// A writer whose writes in flight have had no reply for this long counts
+    /// as stalled: new requests skip it (to the spool, or 503 at once) until it
     /// hears a reply or reconnects. Zero: off.
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub stall_after_ms: Duration,

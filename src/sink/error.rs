@@ -13,7 +13,7 @@ pub(crate) enum SinkError {
     /// The client has no live connection to Redis: nothing was sent.
     #[error("redis is not connected")]
     Disconnected,
-    /// The writer's oldest write has waited longer than
+    /// The writer's writes in flight have had no reply for longer than
     /// `redis.stall_after_ms`: nothing was sent.
     #[error("redis stopped answering (the writer is stalled)")]
     Stalled,

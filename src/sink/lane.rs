@@ -64,6 +64,10 @@ const BATCH: u32 = u32::MAX;
 /// A connection whose batch in flight has had no reply this long is closed.
 const SILENCE: Duration = Duration::from_secs(30);
 
+/// The most a lane keeps of a written batch's buffer for the next one; a
+/// larger buffer is dropped once written.
+const RETAINED_BATCH_BYTES: usize = 4 << 20;
+
 /// How often a busy lane checks its deadlines.
 const TICK: Duration = Duration::from_millis(10);
 
@@ -132,7 +136,8 @@ struct State {
     /// How long a batch's `WAIT` may hold its replies by design (its own
     /// timeout, with `redis.wait_replicas`): added to `stall_after`.
     wait_allowance: Duration,
-    /// When the batch in flight was written (kept only with stall_after).
+    /// When the batch in flight was written, or Redis last answered part
+    /// of it (kept only with stall_after or tickets).
     flushed_at: Option<Instant>,
     /// The batch in flight has waited longer than `stall_after`: new writes
     /// skip this lane until a reply or a reconnect.
@@ -294,8 +299,8 @@ impl State {
         }
     }
 
-    /// Marks the lane stalled when the batch in flight has waited longer
-    /// than `stall_after`: what was not sent yet is taken back (refused,
+    /// Marks the lane stalled when the batch in flight has heard nothing
+    /// for longer than `stall_after`: what was not sent yet is taken back (refused,
     /// nothing sent), and the requests in flight are answered `Timeout`
     /// now rather than at their deadline. `true` on the transition.
     fn check_stall(&mut self, now: Instant) -> bool {
@@ -726,6 +731,11 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
                 return e;
             }
             batch.clear();
+            // One huge request (a 1 MiB body matching many workflows) must
+            // not pin its batch's memory for the life of the connection.
+            if batch.capacity() > RETAINED_BATCH_BYTES {
+                batch = BytesMut::with_capacity(16 * 1024);
+            }
         }
     }
 }
@@ -853,12 +863,13 @@ fn take_replies(inner: &Inner, buf: &mut BytesMut) -> Option<Ended> {
     }
     // Under a steady flow the tick may never win against the reads: check
     // the oldest deadline here too (one clock read per batch of replies).
+    let now = Instant::now();
     if state
         .queue
         .get(state.expired)
-        .is_some_and(|oldest| oldest.deadline <= Instant::now())
+        .is_some_and(|oldest| oldest.deadline <= now)
     {
-        state.expire(Instant::now());
+        state.expire(now);
     }
     if state.queue.is_empty() {
         if state.misplaced {
@@ -870,6 +881,11 @@ fn take_replies(inner: &Inner, buf: &mut BytesMut) -> Option<Ended> {
     }
     if state.in_flight() == 0 {
         state.flushed_at = None;
+    } else if state.flushed_at.is_some() {
+        // Redis is answering, only slowly (a batch it takes seconds over):
+        // a stall and the silence limit count from its latest reply, or the
+        // lane would stall again at every tick between two replies.
+        state.flushed_at = Some(now);
     }
     let next_batch = state.in_flight() == 0 && !state.out.is_empty();
     drop(state);
