@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use support::*;
-use tether_ingress::config::{Config, ServingThreads};
+use tether_ingress::config::ServingThreads;
 
 const KEY: &str = "user_spool_metrics";
 const STREAM: &str = "tether:jobs:workflow";
@@ -21,9 +21,7 @@ async fn spooled_jobs_are_counted_as_replayed_or_skipped() {
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
     let spool = tempfile::tempdir().unwrap();
-    let mut raw = Config::default();
-    raw.redis.url = redis.url();
-    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    let mut raw = config_for(&redis.url());
     raw.redis.command_timeout_ms = Duration::from_millis(5_000);
     raw.redis.stall_after_ms = Duration::from_millis(200);
     raw.server.serving_threads = ServingThreads::Count(1);
