@@ -242,3 +242,59 @@ async fn a_slow_but_answering_redis_is_not_stalled() {
     assert_eq!(xlen(&r, STREAM).await, 400);
     eprintln!("figures: 400 entries of 256 KiB stored in {took:?} with stall_after_ms = 20");
 }
+
+/// What waits behind the batch in flight is capped in bytes too: with a
+/// frozen Redis, requests of large bodies matching ten workflows are taken
+/// until about 64 MiB wait, and then refused at once (nothing sent) instead
+/// of growing the queue; when Redis wakes every accepted request's jobs are
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_queued_behind_a_frozen_redis_are_capped_in_bytes() {
+    let workflows: Vec<String> = (0..10).map(|i| format!("wf_{i}")).collect();
+    let names: Vec<&str> = workflows.iter().map(String::as_str).collect();
+    let (redis, r) = redis_with_key_and_trigger(KEY, &names).await;
+    let mut config = config_for(&redis.url());
+    config.redis.command_timeout_ms = Duration::from_millis(20_000);
+    config.redis.stall_after_ms = Duration::ZERO;
+    config.server.serving_threads = ServingThreads::Count(1);
+    let ingress = Ingress::start_with(config.validate().unwrap()).await;
+
+    // About 9 MiB of entries a request: a dozen is well over the cap.
+    let body = format!(r#"{{"webhookId":"wh_1","x":"{}"}}"#, "a".repeat(900 << 10));
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    signal(redis.pid(), "STOP");
+    let sends = futures::future::join_all((0..12).map(|_| async {
+        let (status, _, answer) = ingress.workflow(Some(KEY), &body).await;
+        answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        (
+            status,
+            json(&answer)["code"].as_str().unwrap_or("").to_owned(),
+        )
+    }));
+    // Redis wakes once the first refusal is in (or after 20 s without one).
+    let wake = async {
+        eventually(Duration::from_secs(20), || async {
+            answered.load(std::sync::atomic::Ordering::SeqCst) > 0
+        })
+        .await;
+        signal(redis.pid(), "CONT");
+    };
+    let (outcomes, ()) = tokio::join!(sends, wake);
+    let refused = outcomes
+        .iter()
+        .filter(|(s, code)| {
+            *s == StatusCode::SERVICE_UNAVAILABLE && code == "JOB_STORE_UNAVAILABLE"
+        })
+        .count();
+    let accepted = outcomes
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(refused + accepted, 12, "{outcomes:?}");
+    assert!(refused >= 1, "nothing refused: {outcomes:?}");
+    assert!(accepted >= 5, "{outcomes:?}");
+    assert_eq!(xlen(&r, STREAM).await, 10 * accepted as u64);
+    eprintln!(
+        "figures: {accepted} requests of about 9 MiB taken behind a frozen Redis, {refused} refused at once"
+    );
+}

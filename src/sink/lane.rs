@@ -17,7 +17,8 @@
 //! - Each request has a deadline (`redis.command_timeout_ms`, from its
 //!   start): past it, the request is answered `Timeout` while its entries
 //!   stay in the queue, so the late replies still land where they belong.
-//! - `redis.max_pending_commands` caps the unanswered commands.
+//! - `redis.max_pending_commands` caps the unanswered commands, and
+//!   [`MAX_UNSENT_BYTES`] the encoded ones waiting to be sent.
 //! - With `redis.wait_replicas`, each flushed batch ends with one `WAIT`,
 //!   and its requests are answered when that `WAIT` is.
 //! - A reply that says the node no longer owns the key (`MOVED`, `ASK`,
@@ -67,6 +68,12 @@ const SILENCE: Duration = Duration::from_secs(30);
 /// The most a lane keeps of a written batch's buffer for the next one; a
 /// larger buffer is dropped once written.
 const RETAINED_BATCH_BYTES: usize = 4 << 20;
+
+/// Encoded commands waiting behind the batch in flight, at most: beyond it
+/// a request is refused like one over `redis.max_pending_commands` (nothing
+/// sent), so a slow Redis and large bodies cannot grow the queue without
+/// bound (100,000 commands of 1 MiB bodies would be 100 GB).
+const MAX_UNSENT_BYTES: usize = 64 << 20;
 
 /// How often a busy lane checks its deadlines.
 const TICK: Duration = Duration::from_millis(10);
@@ -485,7 +492,9 @@ impl Lane {
         if state.stalled {
             return Err(SinkError::Stalled);
         }
-        if state.queue.len() + commands as usize > self.inner.max_pending {
+        if state.queue.len() + commands as usize > self.inner.max_pending
+            || state.out.len() >= MAX_UNSENT_BYTES
+        {
             return Err(SinkError::Backpressure);
         }
         let idle = state.queue.is_empty();
