@@ -210,3 +210,27 @@ async fn mutual_tls_needs_the_client_certificate() {
     )
     .await;
 }
+
+/// A client key that does not belong to its certificate stops the start
+/// with both files named, not with rustls's `KeyMismatch`.
+#[test]
+fn a_client_key_of_another_certificate_names_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path(), "good", &["server", "client"]);
+    let p = |f: &str| dir.path().join(f);
+    let (cert, key) = (p("client.crt"), p("server.key"));
+    let raw = config(
+        "rediss://127.0.0.1:6380",
+        Some(&p("good-ca.crt")),
+        Some((&cert, &key)),
+    );
+    let error = raw.validate().unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "redis.tls: key file {} does not belong to the certificate in {}",
+            key.display(),
+            cert.display()
+        )),
+        "{error}"
+    );
+}
