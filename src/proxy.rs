@@ -42,7 +42,7 @@ use hyper_util::{
 };
 use tracing::{debug, warn};
 
-use crate::{error::Reject, forwarded, replica::now_ms, response::REQUEST_ID, telemetry::Throttle};
+use crate::{error::Reject, forwarded, response::REQUEST_ID, telemetry::Throttle};
 
 /// Error type of bodies sent upstream.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -276,7 +276,7 @@ impl Proxy {
         static TIMED_OUT: Throttle = Throttle::new();
         let mut res = match tokio::time::timeout(response_timeout, sent).await {
             Err(_) => {
-                match TIMED_OUT.admit(now_ms()) {
+                match TIMED_OUT.admit() {
                     Some(held_back) => {
                         warn!(?request_id, upstream = %self.authority, held_back, "upstream did not answer within upstream.response_timeout_ms; answering 504")
                     }
@@ -288,12 +288,13 @@ impl Proxy {
                 return Err(Reject::GatewayTimeout);
             }
             Ok(Err(e)) => {
-                let error = causes(&*e);
-                match FAILED.admit(now_ms()) {
+                match FAILED.admit() {
                     Some(held_back) => {
-                        warn!(?request_id, upstream = %self.authority, %error, held_back, "upstream request failed; answering 502")
+                        warn!(?request_id, upstream = %self.authority, error = %causes(&*e), held_back, "upstream request failed; answering 502")
                     }
-                    None => debug!(?request_id, %error, "upstream request failed; answering 502"),
+                    None => {
+                        debug!(?request_id, error = %causes(&*e), "upstream request failed; answering 502")
+                    }
                 }
                 return Err(Reject::BadGateway);
             }

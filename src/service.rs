@@ -30,7 +30,6 @@ use crate::{
     metrics::{self as m, Route},
     outreach::Outreach,
     proxy::{BoxError, Lane},
-    replica::now_ms,
     response::{REQUEST_ID, ResponseBody, full, json},
     telemetry::Throttle,
     webhook,
@@ -237,13 +236,13 @@ impl App {
         static UNAVAILABLE: Throttle = Throttle::new();
         static UNCONFIRMED: Throttle = Throttle::new();
         match reject {
-            Reject::Unavailable(cause) => match UNAVAILABLE.admit(now_ms()) {
+            Reject::Unavailable(cause) => match UNAVAILABLE.admit() {
                 Some(held_back) => {
                     warn!(?request_id, error = %cause, held_back, "jobs not stored; answering 503")
                 }
                 None => debug!(?request_id, error = %cause, "jobs not stored; answering 503"),
             },
-            Reject::Unconfirmed(cause) => match UNCONFIRMED.admit(now_ms()) {
+            Reject::Unconfirmed(cause) => match UNCONFIRMED.admit() {
                 Some(held_back) => warn!(
                     ?request_id,
                     error = %cause,

@@ -529,7 +529,7 @@ impl Writer {
         if let Err(e) = &result {
             // A full disk fails every group commit: one line a second.
             static FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
-            if let Some(held_back) = FAILED.admit(crate::replica::now_ms()) {
+            if let Some(held_back) = FAILED.admit() {
                 error!(error = %e, dir = %self.dir.display(), held_back, "spool write failed; answering 503");
             }
             // Whatever reached the file is a torn record replay will skip;

@@ -71,7 +71,12 @@ impl Throttle {
 
     /// `Some(n)`: log this one, saying `n` were held back since the last;
     /// `None`: held back (counted).
-    pub(crate) fn admit(&self, now_ms: u64) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
+        self.admit_at(crate::replica::now_ms())
+    }
+
+    /// [`Self::admit`] at `now_ms` (Unix milliseconds).
+    fn admit_at(&self, now_ms: u64) -> Option<u64> {
         let next = self.next_ms.load(Ordering::Relaxed);
         if now_ms >= next
             && self
@@ -99,11 +104,11 @@ mod tests {
     #[test]
     fn one_line_a_second_gets_through_and_the_rest_are_counted() {
         let t = Throttle::new();
-        assert_eq!(t.admit(10_000), Some(0));
-        assert_eq!(t.admit(10_001), None);
-        assert_eq!(t.admit(10_999), None);
-        assert_eq!(t.admit(11_000), Some(2));
-        assert_eq!(t.admit(11_500), None);
-        assert_eq!(t.admit(13_000), Some(1));
+        assert_eq!(t.admit_at(10_000), Some(0));
+        assert_eq!(t.admit_at(10_001), None);
+        assert_eq!(t.admit_at(10_999), None);
+        assert_eq!(t.admit_at(11_000), Some(2));
+        assert_eq!(t.admit_at(11_500), None);
+        assert_eq!(t.admit_at(13_000), Some(1));
     }
 }

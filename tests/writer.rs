@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use support::*;
-use tether_ingress::config::ServingThreads;
+use tether_ingress::config::{Config, ServingThreads};
 
 const KEY: &str = "user_writer";
 const STREAM: &str = "tether:jobs:workflow";
@@ -216,17 +216,24 @@ async fn accepted_within(ingress: &Ingress, within: Duration, n: u32) -> bool {
     .await
 }
 
+/// A Redis whose trigger `wh_1` starts `n` workflows, a client of it, and a
+/// configuration for it with a 20 s command deadline (for big writes).
+async fn with_workflows(n: usize) -> (RedisServer, fred::clients::Client, Config) {
+    let workflows: Vec<String> = (0..n).map(|i| format!("wf_{i:03}")).collect();
+    let names: Vec<&str> = workflows.iter().map(String::as_str).collect();
+    let (redis, r) = redis_with_key_and_trigger(KEY, &names).await;
+    let mut config = config_for(&redis.url());
+    config.redis.command_timeout_ms = Duration::from_millis(20_000);
+    (redis, r, config)
+}
+
 /// A Redis that is answering, only slowly (one request whose jobs take it
 /// longer than `redis.stall_after_ms` to store), is not a stalled one: a
 /// reply to part of the batch starts the wait again, so the request is
 /// answered 202 when its last job is stored, not 503 at the stall delay.
 #[tokio::test]
 async fn a_slow_but_answering_redis_is_not_stalled() {
-    let workflows: Vec<String> = (0..400).map(|i| format!("wf_{i:03}")).collect();
-    let names: Vec<&str> = workflows.iter().map(String::as_str).collect();
-    let (redis, r) = redis_with_key_and_trigger(KEY, &names).await;
-    let mut config = config_for(&redis.url());
-    config.redis.command_timeout_ms = Duration::from_millis(20_000);
+    let (_redis, r, mut config) = with_workflows(400).await;
     config.redis.stall_after_ms = Duration::from_millis(20);
     config.server.max_body_bytes = 1 << 20;
     config.server.serving_threads = ServingThreads::Count(1);
@@ -250,11 +257,7 @@ async fn a_slow_but_answering_redis_is_not_stalled() {
 /// stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_requests_queued_behind_a_frozen_redis_are_capped_in_bytes() {
-    let workflows: Vec<String> = (0..10).map(|i| format!("wf_{i}")).collect();
-    let names: Vec<&str> = workflows.iter().map(String::as_str).collect();
-    let (redis, r) = redis_with_key_and_trigger(KEY, &names).await;
-    let mut config = config_for(&redis.url());
-    config.redis.command_timeout_ms = Duration::from_millis(20_000);
+    let (redis, r, mut config) = with_workflows(10).await;
     config.redis.stall_after_ms = Duration::ZERO;
     config.server.serving_threads = ServingThreads::Count(1);
     let ingress = Ingress::start_with(config.validate().unwrap()).await;
