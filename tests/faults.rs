@@ -280,6 +280,62 @@ async fn an_outage_is_logged_once_a_second_not_once_a_request() {
     );
 }
 
+/// A Redis that is up but refuses every write (out of memory, with
+/// `noeviction`): each request is spooled and answered 202, and the replay
+/// retries on its backoff, not once per spooled request (each retry logged
+/// a warning and sealed a segment file of its own: one per request). Once
+/// Redis takes writes again, every accepted job reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_refusing_writes_is_retried_on_a_backoff_not_per_request() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("ingress.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let env = [
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        (
+            "TETHER_INGRESS_SPOOL_DIR",
+            spool.path().display().to_string(),
+        ),
+    ];
+    let ingress = IngressProcess::spawn_logging(&env, log);
+    ingress.wait_ready().await;
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    let started = std::time::Instant::now();
+    let load = Load::start(&ingress.base(), KEY, BODY, 8, "refusing");
+    load.until_accepted(1_000, WAIT).await;
+    let outcomes = load.stop().await;
+    let seconds = started.elapsed().as_secs();
+    assert_all_accepted(&outcomes);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let retries = text.matches("spool replay paused").count() as u64;
+    assert!(retries >= 1, "the refusal was not logged:\n{text}");
+    assert!(
+        text.contains("OOM command not allowed"),
+        "the log does not say why:\n{text}"
+    );
+    // The backoff doubles from 50 ms to 2 s: six retries in the first
+    // 3.2 s, then one every 2 s.
+    let most = 7 + seconds / 2;
+    assert!(
+        retries <= most,
+        "{retries} retries logged in {seconds} s for {} spooled requests",
+        outcomes.len()
+    );
+    let files = spool_files(spool.path()) as u64;
+    assert!(files <= most + 1, "{files} spool segments in {seconds} s");
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    let accepted = assert_every_202_stored(&redis, &outcomes).await;
+    assert!(accepted >= 1_000);
+    assert!(
+        eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
+        "the spool was not emptied"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_sigkilled_under_load_keeps_every_accepted_job() {
     let mut redis = RedisServer::start_durable();

@@ -20,8 +20,9 @@ pub(crate) enum SinkError {
     /// Too many commands queued towards Redis: nothing was sent.
     #[error("too many commands queued towards redis")]
     Backpressure,
-    /// Redis answered with an error: it refused the write.
-    #[error("redis refused the write: {0}")]
+    /// Redis answered with an error: it refused the write. Shown as
+    /// Redis's own text (`OOM command not allowed…`), without fred's kind.
+    #[error("redis refused the write: {}", .0.details())]
     Redis(#[source] Error),
     /// Sent, and Redis did not answer in time (the jobs may be written).
     /// With a ticket, the connection is still open and its late reply will

@@ -301,6 +301,12 @@ pub(super) fn spawn_replay(
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut waiting = false;
+            // After a failed pass the next waits out its backoff, even if
+            // more is spooled meanwhile: a Redis that is up but refuses
+            // writes (out of memory, a key of the wrong type) would
+            // otherwise be retried, logged and a segment sealed once per
+            // spooled request.
+            let mut failed = false;
             if spool.bytes() > 0 && writers.shared().is_connected() {
                 match replay(
                     &spool,
@@ -317,8 +323,9 @@ pub(super) fn spawn_replay(
                         backoff = Duration::from_millis(50);
                     }
                     Err(e) => {
-                        warn!(error = %e, "spool replay paused; retrying");
+                        failed = true;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
+                        warn!(error = %e, retry_in = ?backoff, "spool replay paused; retrying");
                     }
                 }
             }
@@ -334,7 +341,7 @@ pub(super) fn spawn_replay(
                 }
             };
             tokio::select! {
-                () = spool.appended(), if !waiting => {}
+                () = spool.appended(), if !waiting && !failed => {}
                 () = settled => {}
                 () = tokio::time::sleep(if waiting { Duration::from_secs(1) } else { pause }) => {}
                 _ = stop.changed() => {
