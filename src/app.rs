@@ -116,6 +116,28 @@ impl App {
 
     /// Ready once the caches are loaded and the job writer has connected.
     pub fn is_ready(&self) -> bool {
-        self.replica.is_ready() && self.sink.has_connected()
+        self.waiting_for().is_none()
     }
+
+    /// What readiness still waits for: the caches (the replica's first
+    /// load) or the job writer's first connection (a Redis that is down,
+    /// or a URL naming a replica); `None` once ready.
+    pub(crate) fn waiting_for(&self) -> Option<Waiting> {
+        if !self.replica.is_ready() {
+            Some(Waiting::Caches)
+        } else if !self.sink.has_connected() {
+            Some(Waiting::JobWriter)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a starting ingress waits for before it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// The replica's first load of the control plane.
+    Caches,
+    /// The job writer's first connection to a Redis primary.
+    JobWriter,
 }

@@ -313,7 +313,7 @@ impl Reject {
                 SERVICE_UNAVAILABLE,
                 "NOT_READY",
                 "Service starting",
-                "The ingress is still loading its caches; retry after the Retry-After delay."
+                "The ingress is still starting (loading its caches from Redis, or connecting its job writer); retry after the Retry-After delay."
             ),
             Reject::Unavailable(_) => envelope!(
                 SERVICE_UNAVAILABLE,

@@ -24,7 +24,7 @@ use metrics::Gauge;
 use tracing::{debug, warn};
 
 use crate::{
-    app::App,
+    app::{App, Waiting},
     error::Reject,
     forwarded,
     metrics::{self as m, Route},
@@ -275,17 +275,15 @@ impl App {
     }
 
     fn readiness(&self) -> Response<ResponseBody> {
-        if self.is_ready() {
-            json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
-        } else {
-            let mut res = json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Bytes::from_static(br#"{"status":"loading"}"#),
-            );
-            res.headers_mut()
-                .insert(RETRY_AFTER, self.settings.load().retry_after.clone());
-            res
-        }
+        let body: &'static [u8] = match self.waiting_for() {
+            None => return json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)),
+            Some(Waiting::Caches) => br#"{"status":"loading","waiting_for":"caches"}"#,
+            Some(Waiting::JobWriter) => br#"{"status":"loading","waiting_for":"job_writer"}"#,
+        };
+        let mut res = json(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(body));
+        res.headers_mut()
+            .insert(RETRY_AFTER, self.settings.load().retry_after.clone());
+        res
     }
 
     fn render_metrics(&self) -> Response<ResponseBody> {

@@ -154,3 +154,47 @@ async fn with_a_spool_unconfirmed_jobs_are_replayed_and_confirmed_later() {
         "the spooled jobs did not reach the replica"
     );
 }
+
+/// An ingress whose URL names a replica (a reader endpoint, say) loads its
+/// caches from it but never becomes ready: `/readyz` says it waits for the
+/// job writer, which refuses a node that is not a primary, and a webhook
+/// gets 503 `NOT_READY`. Once the node is promoted, the writer's retries
+/// connect and the ingress serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_naming_a_replica_waits_for_the_job_writer_until_it_is_promoted() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    let r = primary.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    follow(&replica, &primary).await;
+    let ingress = Ingress::spawn(config_for(&replica.url())).await;
+    let waiting = || async {
+        let (status, _, body) = ingress.get("/readyz").await;
+        (status, json(&body)["waiting_for"].clone())
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            waiting().await.1 == "job_writer"
+        })
+        .await,
+        "readiness does not say it waits for the job writer: {:?}",
+        waiting().await
+    );
+    assert_eq!(waiting().await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, body) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&body)["code"], "NOT_READY");
+    assert_eq!(replica.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ingress.get("/readyz").await.0 == StatusCode::OK
+        })
+        .await,
+        "not ready after the promotion: {:?}",
+        waiting().await
+    );
+    let (status, _, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(xlen_on(&replica), 1);
+}

@@ -643,11 +643,40 @@ enum Ended {
     Silent,
 }
 
+/// A writer's time without Redis: it says so at first, then once a minute
+/// while it lasts, so a long outage (a URL naming a replica, a Redis that
+/// never came back) is not one line lost in the scrollback.
+struct Outage {
+    since: Instant,
+    said: Instant,
+}
+
+impl Outage {
+    /// How often a writer that cannot reach Redis says so again.
+    const REMIND_EVERY: Duration = Duration::from_secs(60);
+
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            said: now,
+        }
+    }
+
+    /// How long it has lasted, when it is time to say so again.
+    fn remind(&mut self, now: Instant) -> Option<Duration> {
+        if now.duration_since(self.said) < Self::REMIND_EVERY {
+            return None;
+        }
+        self.said = now;
+        Some(now.duration_since(self.since))
+    }
+}
+
 /// The lane's task: connect, carry writes until the connection ends, fail
 /// what it left unanswered, reconnect (50 ms doubling to 1 s between tries).
 async fn run(inner: Arc<Inner>) {
     let mut counted = false;
-    let mut down_logged = false;
+    let mut down: Option<Outage> = None;
     let mut backoff = Duration::ZERO;
     loop {
         if inner.lock().closing {
@@ -660,9 +689,8 @@ async fn run(inner: Arc<Inner>) {
                     counted = true;
                     inner.connected.fetch_add(1, Ordering::Release);
                 }
-                if down_logged {
-                    info!(writer = %inner.name, "job writer reconnected to redis");
-                    down_logged = false;
+                if let Some(outage) = down.take() {
+                    info!(writer = %inner.name, down_for_ms = outage.since.elapsed().as_millis() as u64, "job writer reconnected to redis");
                 }
                 backoff = Duration::ZERO;
                 let ended = tokio::select! {
@@ -686,17 +714,22 @@ async fn run(inner: Arc<Inner>) {
                 if misplaced && let Some(view) = inner.endpoint.cluster_view() {
                     let _ = tokio::time::timeout(Duration::from_secs(2), view.sync_cluster()).await;
                 }
-                if !down_logged {
+                if down.is_none() {
                     warn!(writer = %inner.name, reason = %ended, "job writer lost its redis connection; reconnecting");
-                    down_logged = true;
+                    down = Some(Outage::new(Instant::now()));
                 }
             }
-            Err(e) => {
-                if !down_logged {
+            Err(e) => match &mut down {
+                None => {
                     warn!(writer = %inner.name, error = %e, "job writer cannot connect to redis; retrying");
-                    down_logged = true;
+                    down = Some(Outage::new(Instant::now()));
                 }
-            }
+                Some(outage) => {
+                    if let Some(down_for) = outage.remind(Instant::now()) {
+                        warn!(writer = %inner.name, error = %e, down_for_secs = down_for.as_secs(), "job writer still cannot connect to redis; retrying");
+                    }
+                }
+            },
         }
         backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::time::sleep(backoff).await;
@@ -916,4 +949,20 @@ fn is_misplaced(error: &str) -> bool {
     ]
     .iter()
     .any(|code| error.starts_with(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_said_again_once_a_minute_with_how_long_it_lasted() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut outage = Outage::new(start);
+        let said: Vec<(u64, u64)> = (1..=150)
+            .filter_map(|t| outage.remind(at(t)).map(|d| (t, d.as_secs())))
+            .collect();
+        assert_eq!(said, [(60, 60), (120, 120)]);
+    }
 }
