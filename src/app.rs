@@ -62,6 +62,7 @@ impl App {
     pub(crate) fn reload(&self, new: &Config) {
         let crate::config::Reload {
             applied,
+            changed,
             restart_needed,
         } = crate::config::reload(&self.settings.load(), new);
         if let (Some(in_use), Some((cert, key))) = (&self.listener_tls, applied.server.tls.files())
@@ -81,9 +82,12 @@ impl App {
             }
         }
         self.settings.store(Arc::new(Settings::new(applied)));
-        if restart_needed.is_empty() {
-            info!("configuration reloaded");
-        } else {
+        if changed.is_empty() && restart_needed.is_empty() {
+            info!("configuration reloaded; no setting changed");
+        } else if !changed.is_empty() {
+            info!(applied = %changed.join(", "), "configuration reloaded");
+        }
+        if !restart_needed.is_empty() {
             warn!(
                 needs_restart = %restart_needed.join(", "),
                 "configuration reloaded; these settings keep their old values until a restart"

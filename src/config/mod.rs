@@ -214,6 +214,8 @@ fn flatten(config: &Config) -> Result<Vec<(String, toml::Value)>, toml::ser::Err
 pub(crate) struct Reload {
     /// The running configuration with the live settings of the new one.
     pub(crate) applied: Config,
+    /// Live settings that changed, now in force (names only).
+    pub(crate) changed: Vec<String>,
     /// Settings that changed but keep their running value until a restart.
     pub(crate) restart_needed: Vec<String>,
 }
@@ -237,22 +239,23 @@ pub(crate) fn reload(running: &Config, new: &Config) -> Reload {
             take(&mut applied, new);
         }
     }
-    let mut restart_needed: Vec<String> = Vec::new();
+    let (mut changed, mut restart_needed) = (Vec::new(), Vec::new());
     for (key, value) in real(new) {
         if before.iter().any(|(k, v)| *k == key && *v == value) {
             continue;
         }
-        let key = match under("server.tls", &key) {
-            true if tls_switch => "server.tls (on or off)".to_owned(),
-            _ if keys::LIVE.iter().any(|(name, _)| under(name, &key)) => continue,
-            _ => key,
+        let (key, list) = match under("server.tls", &key) {
+            true if tls_switch => ("server.tls (on or off)".to_owned(), &mut restart_needed),
+            _ if keys::LIVE.iter().any(|(name, _)| under(name, &key)) => (key, &mut changed),
+            _ => (key, &mut restart_needed),
         };
-        if !restart_needed.contains(&key) {
-            restart_needed.push(key);
+        if !list.contains(&key) {
+            list.push(key);
         }
     }
     Reload {
         applied,
+        changed,
         restart_needed,
     }
 }

@@ -83,6 +83,13 @@ fn a_reload_applies_live_settings_and_names_the_rest() {
     assert_eq!(r.applied.redis.command_timeout_ms, Duration::from_millis(5));
     assert_eq!(r.applied.redis.url, running.redis.url);
     assert_eq!(r.restart_needed, ["redis.url"]);
+    // What the log names as applied: the live settings that changed.
+    assert_eq!(
+        r.changed,
+        ["server.max_body_bytes", "redis.command_timeout_ms"]
+    );
+    let same = reload(&running, &running.clone());
+    assert!(same.changed.is_empty() && same.restart_needed.is_empty());
 }
 
 #[test]
@@ -96,6 +103,7 @@ fn a_reload_never_switches_the_rate_limit_scope() {
     assert_eq!(r.applied.rate_limit.scope, RateLimitScope::Global);
     assert_eq!(r.applied.rate_limit.burst, new.rate_limit.burst);
     assert_eq!(r.restart_needed, ["rate_limit.scope"]);
+    assert_eq!(r.changed, ["rate_limit.burst"]);
 }
 
 #[test]
