@@ -19,7 +19,8 @@
 //! # Modules, in the order a request meets them
 //! - `ingress`: the composition root ([`run`], [`build`]); `app`: the
 //!   shared state; [`config`], `settings` (the running configuration),
-//!   `reload`, `telemetry`, `shutdown`.
+//!   `reload`, `telemetry`, `shutdown`, `open_files` (the descriptor
+//!   limit against `server.max_connections`).
 //! - `server`, `cores`, `service`: connections and routing; `response`,
 //!   `error`: every answer and every refusal.
 //! - `webhook` (the stages both webhook routes share), `auth`, `limit`,
@@ -47,6 +48,7 @@ mod telemetry;
 mod shutdown;
 mod server;
 mod cores;
+mod open_files;
 mod service;
 mod response;
 mod error;
@@ -81,6 +83,7 @@ pub use auth::{digest_key, jwt::sign as sign_jwt};
 pub use import::{Options as ImportOptions, import};
 pub use ingress::{Background, StartError, build, run, run_with_reloads};
 pub use metrics::ALL as METRICS;
+pub use open_files::raise_open_file_limit;
 pub use redis::{Role as RedisRole, Target as RedisTarget, client as redis_client};
 pub use reload::on_sighup;
 pub use replica::now_ms;

@@ -333,6 +333,7 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
 
 fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     let log_level = init_logging(&config.log);
+    tether_ingress::raise_open_file_limit(&config);
     let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
