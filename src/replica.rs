@@ -415,7 +415,9 @@ impl Replica {
         // The primaries tracking was just armed on are known; a change from
         // here on makes this pass start over.
         while topology.happened() {}
-        self.status.connected.store(true, Ordering::Release);
+        // After a lost connection the resync is the recovery: it says so
+        // when done, as the loss was said.
+        let recovering = !self.status.connected.swap(true, Ordering::AcqRel);
         self.generation += 1;
         let generation = self.generation;
         // One pass over the views' common prefix (four passes over a large
@@ -528,19 +530,40 @@ impl Replica {
                 }
             }
         }
+        // What the sweep removes is what Redis no longer holds and no
+        // invalidation said was deleted.
+        let held: Vec<usize> = self.views.iter().map(|v| v.len()).collect();
         for view in &self.views {
             view.sweep(generation);
         }
         self.export_sizes();
         metrics::counter!(m::REPLICA_RESYNCS).increment(1);
         metrics::histogram!(m::REPLICA_RESYNC_SECONDS).record(started.elapsed().as_secs_f64());
-        if !self.status.ready.swap(true, Ordering::AcqRel) {
+        let sizes = || -> String {
             let sizes: Vec<String> = self
                 .views
                 .iter()
                 .map(|v| format!("{}={}", v.name(), v.len()))
                 .collect();
-            info!(elapsed_ms = started.elapsed().as_millis() as u64, sizes = %sizes.join(" "), "replica loaded");
+            sizes.join(" ")
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if !self.status.ready.swap(true, Ordering::AcqRel) {
+            info!(elapsed_ms, sizes = %sizes(), "replica loaded");
+            return Ok(());
+        }
+        if recovering {
+            info!(elapsed_ms, sizes = %sizes(), "replica resynced after its connection came back");
+        }
+        let shrunk: Vec<String> = self
+            .views
+            .iter()
+            .zip(held)
+            .filter(|(v, before)| lost_most(*before, v.len()))
+            .map(|(v, before)| format!("{} {before} -> {}", v.name(), v.len()))
+            .collect();
+        if !shrunk.is_empty() {
+            warn!(shrunk = %shrunk.join(", "), "replica resync found far fewer entries than it held; keys it no longer finds are refused (did Redis restart without its data, or does the URL now name another Redis?)");
         }
         Ok(())
     }
@@ -911,6 +934,15 @@ fn to_fetched(kind: KeyKind, value: Value) -> Fetched {
     }
 }
 
+/// Whether a view that held `before` entries and holds `after` once a
+/// resync swept what it no longer found lost most of them: more than half,
+/// or every one. Deletions reach the replica as they happen (and are not
+/// swept), so a sweep that removes that much found a Redis without the
+/// data it had.
+fn lost_most(before: usize, after: usize) -> bool {
+    before > 0 && after < before.div_ceil(2)
+}
+
 /// Resyncs that failed in a row: how long to pause before the next, and
 /// whether to log this one. A failure that lasts (a Redis user without a
 /// permission the replica needs) must not fill the log five times a second.
@@ -967,6 +999,16 @@ mod tests {
         assert!(r.supersedes(&k, 2));
         assert!(!r.supersedes(&k, 4), "page 4 was read after it");
         assert!(!r.supersedes(&Bytes::from_static(b"tether:apikey:other"), 3));
+    }
+
+    #[test]
+    fn a_view_that_lost_more_than_half_its_entries_lost_most() {
+        assert!(lost_most(1, 0));
+        assert!(lost_most(10_000, 4_999));
+        assert!(!lost_most(10_000, 5_000));
+        assert!(!lost_most(3, 2));
+        assert!(!lost_most(0, 0));
+        assert!(!lost_most(10, 12));
     }
 
     #[test]

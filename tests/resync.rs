@@ -127,3 +127,61 @@ async fn race_a_resync(busy_percent: u8, per_round: usize) {
         );
     }
 }
+
+/// A Redis that comes back without its data (restarted with no
+/// persistence): the replica's resync after the reconnect empties it, so
+/// every key is refused from then on, and the log says why rather than
+/// leaving 401s to explain themselves: the recovery, and a warning naming
+/// each view that lost most of its entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_back_without_its_data_is_said_in_the_log() {
+    let mut redis = RedisServer::start();
+    let r = redis.client().await;
+    for key in ["user_gone_1", "user_gone_2", "user_gone_3"] {
+        put_key(&r, key, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    }
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("ingress.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let env = [
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        ("TETHER_INGRESS_LOG", "info".to_owned()),
+    ];
+    let ingress = IngressProcess::spawn_logging(&env, log);
+    ingress.wait_ready().await;
+    let post = || async {
+        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+            .header("authorization", "Bearer user_gone_1")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"webhookId":"wh_1"}"#,
+            )))
+            .unwrap();
+        http_client().request(req).await.unwrap().status()
+    };
+    assert_eq!(post().await, StatusCode::ACCEPTED);
+    redis.kill();
+    redis.restart();
+    let logged = || std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            logged().contains("far fewer entries")
+        })
+        .await,
+        "no warning after Redis came back empty:\n{}",
+        logged()
+    );
+    let text = logged();
+    assert!(
+        text.contains("replica resynced after its connection came back"),
+        "{text}"
+    );
+    let warning = text
+        .lines()
+        .find(|l| l.contains("far fewer entries"))
+        .unwrap();
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("api_keys 3 -> 0"), "{warning}");
+    assert!(warning.contains("triggers 1 -> 0"), "{warning}");
+    assert_eq!(post().await, StatusCode::UNAUTHORIZED);
+}
