@@ -532,8 +532,8 @@ impl Writer {
             if let Some(held_back) = FAILED.admit() {
                 error!(error = %e, dir = %self.dir.display(), held_back, "spool write failed; answering 503");
             }
-            // Whatever reached the file is a torn record replay will skip;
-            // start a fresh segment for the next write.
+            // The failed write was cut off the file (`write`); start a
+            // fresh segment for the next one all the same.
             self.current = None;
         }
         for w in waiters.drain(..) {
@@ -572,8 +572,13 @@ impl Writer {
         let Some((file, written)) = self.current.as_mut() else {
             return Err(std::io::Error::other("no segment open"));
         };
-        file.write_all(buf)?;
-        file.sync_data()?;
+        if let Err(e) = file.write_all(buf).and_then(|()| file.sync_data()) {
+            // Take what reached the file of this failed write back off it
+            // (its callers hear 503), so replay finds no torn record to
+            // report. Should that fail too, replay skips the torn bytes.
+            let _ = file.set_len(*written);
+            return Err(e);
+        }
         *written += buf.len() as u64;
         Ok(())
     }

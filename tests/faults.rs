@@ -502,6 +502,99 @@ async fn a_full_spool_answers_503_with_retry_after() {
     assert_eq!(full.unwrap(), "JOB_STORE_UNAVAILABLE");
 }
 
+/// A small tmpfs mounted for a test (it needs root), unmounted on drop.
+struct TinyDisk(tempfile::TempDir);
+
+impl TinyDisk {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self(dir))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// The spool's disk fills up (a 256 KiB tmpfs) while Redis refuses writes:
+/// a request whose jobs did not fit gets 503 and no 202 is lost. The write
+/// that failed half-way is cut off its segment, so the replay finds no torn
+/// record to warn about: before, every full disk left one, reported as
+/// `spool segment has torn or corrupt records` and counted in
+/// `tether_spool_corrupt_records_total`, though nothing had been lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_disk_answers_503_and_leaves_no_torn_record() {
+    let Some(disk) = TinyDisk::mount("256k") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let spool = disk.0.path().join("spool");
+    let env = [
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        ("TETHER_INGRESS_SPOOL_DIR", spool.display().to_string()),
+    ];
+    let ingress = IngressProcess::spawn(&env);
+    ingress.wait_ready().await;
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+    // 40 KB of jobs a request: the disk takes about six.
+    let body = format!(r#"{{"webhookId":"wh_1","blob":"{}"}}"#, "x".repeat(20_000));
+    let http = http_client();
+    let mut outcomes = Vec::new();
+    for i in 0..20 {
+        let request_id = format!("full-disk-{i}");
+        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("x-request-id", request_id.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let status = http.request(req).await.unwrap().status();
+        outcomes.push(support::Outcome {
+            request_id,
+            status: Some(status),
+            retry_after: false,
+        });
+    }
+    let (accepted, refused) = accepted_ids(&outcomes);
+    assert!(!accepted.is_empty(), "nothing was spooled");
+    assert!(
+        refused > 0,
+        "the disk never filled: {} accepted",
+        accepted.len()
+    );
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o.status,
+            Some(StatusCode::ACCEPTED | StatusCode::SERVICE_UNAVAILABLE)
+        )),
+        "{outcomes:?}"
+    );
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
+    assert_every_202_stored(&redis, &outcomes).await;
+    assert!(
+        eventually(WAIT, || async { spool_files(&spool) == 0 }).await,
+        "the spool was not emptied"
+    );
+    let corrupt = ingress
+        .metric_value("tether_spool_corrupt_records_total")
+        .await;
+    assert_eq!(corrupt, 0.0, "a torn record was left behind");
+    drop(ingress);
+    drop(disk);
+}
+
 #[tokio::test]
 async fn outreach_is_spooled_too_and_says_so() {
     let mut redis = RedisServer::start_durable();

@@ -545,6 +545,17 @@ impl IngressProcess {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The value of the first `/metrics` line starting with `series` (0 if
+    /// none), as [`metric_value`] reads it of an in-process ingress.
+    pub async fn metric_value(&self, series: &str) -> f64 {
+        let req = Request::get(format!("{}/metrics", self.base()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = http_client().request(req).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        metric_in(&String::from_utf8_lossy(&body), series)
+    }
+
     /// Polls /readyz until it answers 200.
     pub async fn wait_ready(&self) {
         let http = http_client();
@@ -760,6 +771,12 @@ pub async fn put_outreach_config(r: &fred::clients::Client, id: &str, record: &s
 /// The value of the first `/metrics` line starting with `series` (0 if none).
 pub async fn metric_value(ingress: &Ingress, series: &str) -> f64 {
     let text = String::from_utf8(ingress.get("/metrics").await.2.to_vec()).unwrap();
+    metric_in(&text, series)
+}
+
+/// The value of the first line of the Prometheus `text` starting with
+/// `series` (0 if none).
+fn metric_in(text: &str, series: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
