@@ -35,6 +35,9 @@ pub use server::{Server, ServerTls, ServingThreads, TrustedProxies};
 
 use problems::Problems;
 
+/// Settings whose environment value is taken as given, whitespace and all.
+const SECRETS: [&str; 1] = ["auth.jwt_secret"];
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -133,6 +136,17 @@ impl Config {
             };
             match value.to_str() {
                 Some(text) => {
+                    // Surrounding whitespace (the trailing newline of a
+                    // value written from a file or a YAML block) is no part
+                    // of an address, a path or a name: kept, it would put
+                    // the spool in a directory named `spool\n`. A secret is
+                    // taken byte for byte, as the backend reading the same
+                    // variable takes it.
+                    let text = if SECRETS.contains(&key) {
+                        text
+                    } else {
+                        text.trim()
+                    };
                     tree::set_text(&mut table, &defaults, key, text.to_owned());
                     set.push((name, key));
                 }

@@ -66,6 +66,26 @@ fn a_value_that_is_not_text_is_refused_not_ignored() {
 }
 
 #[test]
+fn whitespace_around_a_variable_is_dropped_but_a_secret_is_kept_as_given() {
+    let cfg = with_env(&[
+        ("TETHER_INGRESS_SPOOL_DIR", "/var/lib/tether/spool\n"),
+        ("TETHER_INGRESS_SINK", " bullmq\r\n"),
+        ("TETHER_INGRESS_LISTEN", "0.0.0.0:8080\n"),
+        ("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "1\n"),
+        ("TETHER_INGRESS_JWT_SECRET", "s3cret\n"),
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.spool.dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/tether/spool"))
+    );
+    assert_eq!(cfg.sink.kind, SinkKind::Bullmq);
+    assert_eq!(cfg.server.listen, ([0, 0, 0, 0], 8080).into());
+    assert_eq!(cfg.redis.wait_replicas, 1);
+    assert_eq!(cfg.auth.secret().unwrap().expose(), b"s3cret\n");
+}
+
+#[test]
 fn default_toml_is_the_valid_default() {
     let parsed =
         Config::from_toml(include_str!("../../../config/default.toml"), "default.toml").unwrap();
