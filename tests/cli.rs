@@ -45,15 +45,7 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut seen = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let done = line.contains("listening");
-        seen.push(line);
-        if done || seen.len() > 50 {
-            break;
-        }
-    }
+    let seen = log_until_listening(&mut child);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(seen.iter().any(|l| l.contains("listening")), "{seen:?}");
