@@ -10,9 +10,18 @@
 //! closes with the client's bytes unread resets the connection, and the
 //! client, still writing, never sees the answer. nginx's lingering close
 //! does the same. A larger or slower body is cut off.
+//!
+//! A body sent with `Content-Encoding: gzip` (or `x-gzip`) or `deflate` is
+//! inflated, as Node's `body-parser` does by default, under the same cap
+//! ([`decoded`]); any other coding is read as it came.
+
+use std::io::Read as _;
 
 use bytes::BytesMut;
-use http::{HeaderMap, header::CONTENT_LENGTH};
+use http::{
+    HeaderMap,
+    header::{CONTENT_ENCODING, CONTENT_LENGTH},
+};
 use http_body_util::BodyExt;
 use hyper::body::Body;
 
@@ -51,6 +60,37 @@ where
     tokio::time::timeout(timeout, read_capped(headers, body, max))
         .await
         .map_err(|_| Reject::BodyTimeout)?
+}
+
+/// The body as the parser reads it: inflated when its `Content-Encoding`
+/// is `gzip`, `x-gzip` or `deflate` (zlib), to at most `max` bytes (413
+/// past them, so a small body that inflates to gigabytes costs `max`); a
+/// stream that does not inflate is malformed JSON (400). Without the
+/// header, or with any other coding, the body is returned as it is.
+pub(crate) fn decoded(headers: &HeaderMap, body: BytesMut, max: usize) -> Result<BytesMut, Reject> {
+    let Some(coding) = headers.get(CONTENT_ENCODING) else {
+        return Ok(body);
+    };
+    let coding = coding.as_bytes().trim_ascii();
+    if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+        inflate(flate2::read::MultiGzDecoder::new(&body[..]), max)
+    } else if coding.eq_ignore_ascii_case(b"deflate") {
+        inflate(flate2::read::ZlibDecoder::new(&body[..]), max)
+    } else {
+        Ok(body)
+    }
+}
+
+fn inflate(stream: impl std::io::Read, max: usize) -> Result<BytesMut, Reject> {
+    let mut out = Vec::new();
+    let read = stream
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| Reject::MalformedJson)?;
+    if read > max {
+        return Err(Reject::BodyTooLarge);
+    }
+    Ok(BytesMut::from(&out[..]))
 }
 
 async fn read_capped<B>(headers: &HeaderMap, mut body: B, max: usize) -> Result<BytesMut, Reject>
@@ -114,6 +154,77 @@ mod tests {
             h.insert(CONTENT_LENGTH, l.parse().unwrap());
         }
         h
+    }
+
+    fn coded(coding: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_ENCODING, coding.parse().unwrap());
+        h
+    }
+
+    fn gzip(data: &[u8]) -> BytesMut {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        BytesMut::from(&e.finish().unwrap()[..])
+    }
+
+    fn zlib(data: &[u8]) -> BytesMut {
+        use std::io::Write as _;
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        BytesMut::from(&e.finish().unwrap()[..])
+    }
+
+    #[test]
+    fn gzip_and_deflate_bodies_are_inflated_and_other_codings_left_alone() {
+        let json = br#"{"webhookId":"wh_1","n":1.10}"#;
+        for coding in ["gzip", "x-gzip", " GZIP "] {
+            let got = decoded(&coded(coding), gzip(json), 1024).unwrap();
+            assert_eq!(&got[..], json, "{coding}");
+        }
+        assert_eq!(
+            &decoded(&coded("deflate"), zlib(json), 1024).unwrap()[..],
+            json
+        );
+        // Two gzip members one after the other read as one body.
+        let mut two = gzip(&json[..10]);
+        two.extend_from_slice(&gzip(&json[10..]));
+        assert_eq!(&decoded(&coded("gzip"), two, 1024).unwrap()[..], json);
+        for coding in ["identity", "br", "zstd"] {
+            let got = decoded(&coded(coding), BytesMut::from(&json[..]), 1024).unwrap();
+            assert_eq!(&got[..], json, "{coding}");
+        }
+        assert_eq!(
+            &decoded(&HeaderMap::new(), BytesMut::from(&json[..]), 1024).unwrap()[..],
+            json
+        );
+    }
+
+    #[test]
+    fn an_inflated_body_over_the_cap_or_a_broken_stream_is_refused() {
+        // 10 MB of zeros in about 10 KB: refused at the cap, not inflated whole.
+        let bomb = gzip(&vec![b'0'; 10_000_000]);
+        assert!(bomb.len() < 20_000);
+        assert!(matches!(
+            decoded(&coded("gzip"), bomb, 1 << 20),
+            Err(Reject::BodyTooLarge)
+        ));
+        let exact = gzip(&[b' '; 1024]);
+        assert_eq!(decoded(&coded("gzip"), exact, 1024).unwrap().len(), 1024);
+        for (coding, body) in [
+            ("gzip", BytesMut::from(&br#"{"webhookId":"wh_1"}"#[..])),
+            ("deflate", BytesMut::from(&b"not zlib"[..])),
+            ("gzip", gzip(b"{}").split_to(8)),
+        ] {
+            assert!(
+                matches!(
+                    decoded(&coded(coding), body, 1024),
+                    Err(Reject::MalformedJson)
+                ),
+                "{coding}"
+            );
+        }
     }
 
     #[tokio::test]

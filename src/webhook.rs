@@ -28,7 +28,7 @@ use hyper::body::Body;
 use crate::{
     app::App,
     auth::{Credential, Principal},
-    body::read_limited,
+    body::{decoded, read_limited},
     error::Reject,
     idempotency::{self, Answer, Begin},
     limit,
@@ -130,6 +130,7 @@ where
         settings.server.body_read_timeout_ms,
     )
     .await?;
+    let body = decoded(&parts.headers, body, settings.server.max_body_bytes)?;
     let ctx = Ctx {
         app,
         principal: &principal,

@@ -83,6 +83,60 @@ async fn callers_request_id_is_echoed_and_stored() {
     assert!(headers.contains_key("x-request-id"));
 }
 
+/// A gzip or deflate body is inflated, as Node's `body-parser` does by
+/// default: the entry's payload is the inflated JSON's bytes. One that
+/// inflates past `server.max_body_bytes` is 413, a stream that does not
+/// inflate 400 `INVALID_JSON`, like any body that is not JSON.
+#[tokio::test]
+async fn a_gzip_or_deflate_body_is_inflated_and_capped() {
+    use std::io::Write as _;
+    let (_redis, r, ingress) = setup().await;
+    let body = br#"{"webhookId":"wh_1","lead":{"phone":12345678901234567890123,"score":1.10}}"#;
+    let post = |coding: &'static str, bytes: Vec<u8>| {
+        let req = Request::post(ingress.uri("/api/webhook/workflow"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(Full::new(Bytes::from(bytes)))
+            .unwrap();
+        ingress.request(req)
+    };
+    let gzip = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(body).unwrap();
+    for (coding, bytes) in [("gzip", gzip(body)), ("deflate", zlib.finish().unwrap())] {
+        let (status, _, resp) = post(coding, bytes).await;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "{coding}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert_eq!(json(&resp)["data"]["matchedCount"], 2);
+        let got = entries(&r, STREAM).await;
+        let (_, last) = got.last().unwrap();
+        assert_eq!(
+            field(last, "payload"),
+            r#"{"lead":{"phone":12345678901234567890123,"score":1.10}}"#,
+            "{coding}"
+        );
+    }
+    assert_eq!(xlen(&r, STREAM).await, 4);
+    // 2 MiB of JSON in a few KB: over the 1 MiB default once inflated.
+    let big = format!(r#"{{"webhookId":"wh_1","pad":"{}"}}"#, " ".repeat(2 << 20));
+    let (status, _, resp) = post("gzip", gzip(big.as_bytes())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json(&resp)["code"], "PAYLOAD_TOO_LARGE");
+    let (status, _, resp) = post("gzip", body.to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&resp)["code"], "INVALID_JSON");
+    assert_eq!(xlen(&r, STREAM).await, 4);
+}
+
 #[tokio::test]
 async fn payload_keeps_the_callers_bytes() {
     let (_redis, r, ingress) = setup().await;
