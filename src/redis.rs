@@ -183,6 +183,43 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
     builder.build()
 }
 
+/// Sends `PING` on each of `client`'s connections (each node's, in a
+/// cluster) every `every` until `stop` changes, so a Redis `timeout`, which
+/// closes clients idle that long, does not close them: a closed replica
+/// connection costs a whole resync. A ping that fails is left to the
+/// client's own reconnection and error reporting.
+pub(crate) fn spawn_keep_alive(
+    client: Client,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if !client.is_connected() {
+                continue;
+            }
+            if client.is_clustered() {
+                for node in client.active_connections() {
+                    let options = fred::types::config::Options {
+                        cluster_node: Some(node),
+                        ..Default::default()
+                    };
+                    let _ = client.with_options(&options).ping::<()>(None).await;
+                }
+            } else {
+                let _ = client.ping::<()>(None).await;
+            }
+        }
+    })
+}
+
 /// `EVAL` as a command fred may pipeline. fred holds every later command on
 /// a connection until an `EVAL` of its own kind is answered (a guard for
 /// `EVALSHA`'s NOSCRIPT in pipelines), which stalled the resync's SCAN and

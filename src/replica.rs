@@ -167,6 +167,9 @@ pub(crate) struct ReplicaSettings {
     /// Share of the time (percent, 1..=100) a resync after the first load
     /// may keep busy.
     pub resync_busy_percent: u8,
+    /// The connection sends `PING` this often, so a Redis `timeout` does
+    /// not close it (and force a resync), when on.
+    pub keepalive: Option<Duration>,
 }
 
 /// Reads a page of SET and HASH keys in one call: `KEYS[i]` is read as the
@@ -293,6 +296,11 @@ impl Replica {
             r = client.init() => r?,
             _ = shutdown.changed() => return Ok(()),
         };
+        // Ends with the shutdown.
+        let _keep_alive = self
+            .settings
+            .keepalive
+            .map(|every| redis::spawn_keep_alive(client.clone(), every, shutdown.clone()));
         let mut resync_timer = tokio::time::interval(self.settings.resync_interval);
         resync_timer.tick().await;
         let mut named = self.named.take();
@@ -1069,6 +1077,7 @@ mod tests {
             },
             resync_interval: Duration::from_secs(1),
             resync_busy_percent: 100,
+            keepalive: None,
         };
         let views: Vec<Arc<dyn View>> = vec![
             Arc::new(Named("tether:apikey:")),

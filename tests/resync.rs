@@ -185,3 +185,54 @@ async fn a_redis_back_without_its_data_is_said_in_the_log() {
     assert!(warning.contains("triggers 1 -> 0"), "{warning}");
     assert_eq!(post().await, StatusCode::UNAUTHORIZED);
 }
+
+/// A Redis that closes clients idle for a second (`timeout 1`, as managed
+/// Redis often sets a longer one) does not close the ingress's: each idle
+/// connection sends `PING` every `redis.keepalive_ms` (300 ms here). Before,
+/// a quiet ingress lost every connection each `timeout`: its job writers
+/// reconnected and its replica resynced the whole control plane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_outlive_a_redis_timeout() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, "user_idle", r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    drop(r);
+    assert_eq!(redis.cli(&["CONFIG", "SET", "timeout", "1"]), "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingress.toml");
+    std::fs::write(&config, "[redis]\nkeepalive_ms = 300\n").unwrap();
+    let log_path = dir.path().join("ingress.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let env = [
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        ("TETHER_INGRESS_LOG", "info".to_owned()),
+    ];
+    let ingress = IngressProcess::spawn_configured(Some(&config), &env, log);
+    ingress.wait_ready().await;
+    let post = || async {
+        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+            .header("authorization", "Bearer user_idle")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"webhookId":"wh_1"}"#,
+            )))
+            .unwrap();
+        http_client().request(req).await.unwrap().status()
+    };
+    assert_eq!(post().await, StatusCode::ACCEPTED);
+    // What is under test is idle time itself: three times Redis's timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(post().await, StatusCode::ACCEPTED);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !text.contains("lost its redis connection")
+            && !text.contains("lost its Redis connection")
+            && !text.contains("Connection closed"),
+        "a connection was closed while idle:\n{text}"
+    );
+    assert_eq!(
+        ingress.metric_value("tether_replica_resyncs_total").await,
+        1.0,
+        "the replica resynced again:\n{text}"
+    );
+}

@@ -41,6 +41,10 @@ pub struct Redis {
     /// Replicas that must hold a job (Redis `WAIT`) before it counts as
     /// stored; 0: off.
     pub wait_replicas: u32,
+    /// An idle connection sends `PING` this often, so a Redis `timeout`
+    /// (idle clients closed) does not close it; zero: off.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub keepalive_ms: Duration,
     /// `[redis.tls]`
     pub tls: RedisTls,
 }

@@ -62,6 +62,9 @@ pub(super) type Answer = Result<Option<Bytes>, SinkError>;
 /// The slot index of a `WAIT` entry (it answers a batch, not a request).
 const BATCH: u32 = u32::MAX;
 
+/// The slot index of an idle connection's `PING` (it answers nobody).
+const PING: u32 = u32::MAX - 1;
+
 /// A connection whose batch in flight has had no reply this long is closed.
 const SILENCE: Duration = Duration::from_secs(30);
 
@@ -166,7 +169,7 @@ impl State {
             None => {
                 self.slots.push(Slot::default());
                 // The queue is capped far below u32::MAX slots.
-                u32::try_from(self.slots.len() - 1).unwrap_or(BATCH - 1)
+                u32::try_from(self.slots.len() - 1).unwrap_or(PING - 1)
             }
         };
         if let Some(slot) = self.slots.get_mut(index as usize) {
@@ -416,6 +419,8 @@ struct Inner {
     max_pending: usize,
     /// `redis.wait_replicas` and the `WAIT`'s own timeout, when on.
     wait: Option<(u32, Duration)>,
+    /// An idle connection sends `PING` this often, when on.
+    keepalive: Option<Duration>,
     /// Counts the lanes (and clients) that connected at least once.
     connected: Arc<AtomicUsize>,
     stalled: metrics::Gauge,
@@ -433,6 +438,20 @@ impl Inner {
 }
 
 /// One lean writer. Cheap to clone (all clones are the same lane).
+/// How the lanes behave: the queue cap, `redis.wait_replicas` and
+/// `redis.keepalive_ms`.
+#[derive(Debug, Clone)]
+pub(super) struct LaneSettings {
+    /// `redis.max_pending_commands`.
+    pub(super) max_pending: usize,
+    /// `redis.wait_replicas` and the `WAIT`'s own timeout, when on.
+    pub(super) wait: Option<(u32, Duration)>,
+    /// With a spool: the tickets of writes answered before their reply.
+    pub(super) tickets: Option<Arc<Tickets>>,
+    /// An idle connection sends `PING` this often, when on.
+    pub(super) keepalive: Option<Duration>,
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Lane {
     inner: Arc<Inner>,
@@ -444,12 +463,17 @@ impl Lane {
     pub(super) fn start(
         name: String,
         endpoint: Endpoint,
-        max_pending: usize,
-        wait: Option<(u32, Duration)>,
-        tickets: Option<Arc<Tickets>>,
+        settings: &LaneSettings,
         connected: Arc<AtomicUsize>,
         runtime: &tokio::runtime::Handle,
     ) -> Self {
+        let LaneSettings {
+            max_pending,
+            wait,
+            ref tickets,
+            keepalive,
+        } = *settings;
+        let tickets = tickets.clone();
         let inner = Arc::new(Inner {
             name: name.into(),
             state: Mutex::new(State {
@@ -464,6 +488,7 @@ impl Lane {
             endpoint,
             max_pending,
             wait,
+            keepalive,
             connected,
             stalled: metrics::gauge!(crate::metrics::REDIS_STALLED),
             stalls: metrics::counter!(crate::metrics::REDIS_STALLS),
@@ -782,6 +807,26 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
     }
 }
 
+/// Queues a `PING` on an idle connection, so a Redis `timeout` (which
+/// closes clients idle that long) does not close it: the replies of the
+/// next requests would otherwise wait for a reconnect. Its reply answers
+/// nobody; unanswered, it stalls the lane like any write.
+fn ping(inner: &Inner) {
+    let mut state = inner.lock();
+    if !state.queue.is_empty() || !state.up || state.closing || state.stalled {
+        return;
+    }
+    wire::encode(&mut state.out, [Arg::Bytes(b"PING")]);
+    state.queue.push_back(Entry {
+        slot: PING,
+        expect: Expect::Done,
+        deadline: Instant::now() + SILENCE,
+    });
+    state.unsent += 1;
+    drop(state);
+    inner.flush.notify_one();
+}
+
 /// `WAIT replicas timeout-ms`, appended to `out`.
 fn wait_command(out: &mut BytesMut, replicas: u32, timeout: Duration) {
     let millis = i64::try_from(timeout.as_millis())
@@ -811,10 +856,15 @@ async fn read_loop(inner: &Inner, mut read: ReadHalf) -> Ended {
                     _ = tick.tick() => None,
                 }
             } else {
+                let idle_for = inner.keepalive.unwrap_or(Duration::MAX);
                 tokio::select! {
                     biased;
                     r = read.read_buf(&mut buf) => Some(r),
                     () = inner.busy.notified() => None,
+                    () = tokio::time::sleep(idle_for), if inner.keepalive.is_some() => {
+                        ping(inner);
+                        None
+                    }
                 }
             }
         };

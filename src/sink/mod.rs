@@ -52,8 +52,8 @@ pub(crate) use self::{
     job::{OutreachJob, Stored, WorkflowJobs},
 };
 use self::{
-    lane::{Due, Lane},
-    writers::{LaneSettings, Route},
+    lane::{Due, Lane, LaneSettings},
+    writers::Route,
 };
 use crate::{
     config::{Config, SinkKind},
@@ -191,6 +191,7 @@ impl Sink {
             max_pending: config.redis.max_pending_commands,
             wait,
             tickets: tickets.clone(),
+            keepalive: Some(config.redis.keepalive_ms).filter(|d| !d.is_zero()),
         };
         let writers = writers::Writers::connect(target, &lanes, layout.route_keys(config), cores)?;
         let (duration, batch) = m::sink_histograms();
@@ -333,6 +334,20 @@ impl Sink {
                 Err(Reject::from(e))
             }
         }
+    }
+
+    /// Keeps the shared client's idle connections open against a Redis
+    /// `timeout` (the lanes ping their own), until `stop` changes.
+    pub(crate) fn spawn_keep_alive(
+        &self,
+        every: std::time::Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        drop(crate::redis::spawn_keep_alive(
+            self.writers.shared().clone(),
+            every,
+            stop,
+        ));
     }
 
     /// Starts replaying the spool into Redis (no-op without a spool).

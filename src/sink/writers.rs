@@ -20,7 +20,10 @@ use std::{
 
 use fred::prelude::*;
 
-use super::{lane::Lane, tickets::Tickets, wire::Endpoint};
+use super::{
+    lane::{Lane, LaneSettings},
+    wire::Endpoint,
+};
 use crate::redis::{self, NamedPrimary, Role, Target};
 
 /// The route a write takes.
@@ -53,17 +56,6 @@ pub(super) struct Writers {
     cluster_keys: Option<Arc<[Vec<u8>; 2]>>,
     /// Behind Sentinel, the primary the sentinels name now.
     named: Option<NamedPrimary>,
-}
-
-/// How the lanes behave: the queue cap and `redis.wait_replicas`.
-#[derive(Debug, Clone)]
-pub(super) struct LaneSettings {
-    /// `redis.max_pending_commands`.
-    pub(super) max_pending: usize,
-    /// `redis.wait_replicas` and the `WAIT`'s own timeout, when on.
-    pub(super) wait: Option<(u32, Duration)>,
-    /// With a spool: the tickets of writes answered before their reply.
-    pub(super) tickets: Option<Arc<Tickets>>,
 }
 
 impl Writers {
@@ -103,9 +95,7 @@ impl Writers {
             Ok::<_, Error>(Lane::start(
                 name,
                 Endpoint::new(target, &shared, key)?.following(named.as_ref()),
-                lane.max_pending,
-                lane.wait,
-                lane.tickets.clone(),
+                lane,
                 connected.clone(),
                 runtime,
             ))

@@ -521,8 +521,22 @@ impl IngressProcess {
     /// [`Self::spawn`], its log (warnings and above, on stdout) going to
     /// `log`.
     pub fn spawn_logging(env: &[(&str, String)], log: impl Into<Stdio>) -> Self {
+        Self::spawn_configured(None, env, log)
+    }
+
+    /// [`Self::spawn_logging`], reading the configuration file `config`
+    /// too (for settings without an environment name).
+    pub fn spawn_configured(
+        config: Option<&std::path::Path>,
+        env: &[(&str, String)],
+        log: impl Into<Stdio>,
+    ) -> Self {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tether-ingress"));
+        if let Some(path) = config {
+            command.arg("--config").arg(path);
+        }
+        let child = command
             .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
             .env("TETHER_INGRESS_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
