@@ -79,7 +79,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             target: target.clone(),
             resync_interval: config.redis.resync_interval_secs,
             resync_busy_percent: config.redis.resync_busy_percent,
-            keepalive: keepalive(config),
+            keepalive: config.redis.keepalive(),
         },
     );
     let settings = Settings::shared(config.clone());
@@ -93,7 +93,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let status = replica.status();
     let replay_task = sink.spawn_replay(settings.clone(), stop_rx.clone());
     // Ends with the stop, like the replica's own.
-    if let Some(every) = keepalive(config) {
+    if let Some(every) = config.redis.keepalive() {
         sink.spawn_keep_alive(every, stop_rx.clone());
     }
     let upkeep_task = prometheus
@@ -132,11 +132,6 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             cores,
         },
     ))
-}
-
-/// `redis.keepalive_ms`, when on.
-fn keepalive(config: &Config) -> Option<std::time::Duration> {
-    Some(config.redis.keepalive_ms).filter(|d| !d.is_zero())
 }
 
 /// Background tasks and serving threads owned by a running ingress.

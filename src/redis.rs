@@ -184,7 +184,7 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
 }
 
 /// Sends `PING` on each of `client`'s connections (each node's, in a
-/// cluster) every `every` until `stop` changes, so a Redis `timeout`, which
+/// cluster) every half of `every` until `stop` changes, so a Redis `timeout`, which
 /// closes clients idle that long, does not close them: a closed replica
 /// connection costs a whole resync. A ping that fails is left to the
 /// client's own reconnection and error reporting.
@@ -194,7 +194,8 @@ pub(crate) fn spawn_keep_alive(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        // Twice a period, so no connection stays idle a whole one.
+        let mut tick = tokio::time::interval(every / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {

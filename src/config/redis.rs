@@ -41,8 +41,8 @@ pub struct Redis {
     /// Replicas that must hold a job (Redis `WAIT`) before it counts as
     /// stored; 0: off.
     pub wait_replicas: u32,
-    /// An idle connection sends `PING` this often, so a Redis `timeout`
-    /// (idle clients closed) does not close it; zero: off.
+    /// No connection stays idle longer than this (a `PING` goes out), so a
+    /// Redis `timeout` (idle clients closed) does not close it; zero: off.
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub keepalive_ms: Duration,
     /// `[redis.tls]`
@@ -101,6 +101,11 @@ impl Redis {
                 self.wait_replicas
             ));
         }
+    }
+
+    /// `keepalive_ms`, when on.
+    pub(crate) fn keepalive(&self) -> Option<Duration> {
+        Some(self.keepalive_ms).filter(|d| !d.is_zero())
     }
 
     /// Whether the URL is a TLS one (`rediss://`, `rediss-sentinel://`,

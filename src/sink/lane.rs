@@ -155,6 +155,8 @@ struct State {
     /// With a spool (and no `WAIT`): tickets for writes answered before
     /// their reply, so a late reply can cancel their spooled copy.
     tickets: Option<Arc<Tickets>>,
+    /// Batches handed to the socket so far (the keep-alive's idleness test).
+    batches: u64,
 }
 
 impl State {
@@ -722,6 +724,8 @@ async fn run(inner: Arc<Inner>) {
                     e = read_loop(&inner, link.read) => e,
                     e = write_loop(&inner, link.write) => Ended::Io(e),
                     () = inner.endpoint.moved_from(link.primary.as_ref()) => Ended::Moved,
+                    // Never ends.
+                    () = keep_alive(&inner) => Ended::Moved,
                 };
                 let (closing, misplaced) = {
                     let mut state = inner.lock();
@@ -787,6 +791,7 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
                 }
                 std::mem::swap(&mut state.out, &mut batch);
                 state.unsent = 0;
+                state.batches = state.batches.wrapping_add(1);
                 if !state.stall_after.is_zero() || state.tickets.is_some() {
                     state.flushed_at = Some(Instant::now());
                 }
@@ -807,10 +812,31 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
     }
 }
 
-/// Queues a `PING` on an idle connection, so a Redis `timeout` (which
-/// closes clients idle that long) does not close it: the replies of the
-/// next requests would otherwise wait for a reconnect. Its reply answers
-/// nobody; unanswered, it stalls the lane like any write.
+/// Sends a `PING` whenever the connection wrote nothing for half of
+/// `redis.keepalive_ms`, so a Redis `timeout` (which closes clients idle
+/// that long) does not close it: the next requests would meet a reconnect.
+/// It wakes twice a period whatever the load, and the request path pays
+/// nothing for it (a batch counter the writer keeps anyway). Never ends.
+async fn keep_alive(inner: &Inner) {
+    let Some(every) = inner.keepalive else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(every / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut seen = inner.lock().batches;
+    loop {
+        tick.tick().await;
+        let batches = inner.lock().batches;
+        if batches == seen {
+            ping(inner);
+        }
+        seen = batches;
+    }
+}
+
+/// Queues a `PING` on an idle connection. Its reply answers nobody;
+/// unanswered, it stalls the lane like any write.
 fn ping(inner: &Inner) {
     let mut state = inner.lock();
     if !state.queue.is_empty() || !state.up || state.closing || state.stalled {
@@ -856,15 +882,10 @@ async fn read_loop(inner: &Inner, mut read: ReadHalf) -> Ended {
                     _ = tick.tick() => None,
                 }
             } else {
-                let idle_for = inner.keepalive.unwrap_or(Duration::MAX);
                 tokio::select! {
                     biased;
                     r = read.read_buf(&mut buf) => Some(r),
                     () = inner.busy.notified() => None,
-                    () = tokio::time::sleep(idle_for), if inner.keepalive.is_some() => {
-                        ping(inner);
-                        None
-                    }
                 }
             }
         };

@@ -191,7 +191,7 @@ impl Sink {
             max_pending: config.redis.max_pending_commands,
             wait,
             tickets: tickets.clone(),
-            keepalive: Some(config.redis.keepalive_ms).filter(|d| !d.is_zero()),
+            keepalive: config.redis.keepalive(),
         };
         let writers = writers::Writers::connect(target, &lanes, layout.route_keys(config), cores)?;
         let (duration, batch) = m::sink_histograms();
