@@ -128,6 +128,18 @@ async fn race_a_resync(busy_percent: u8, per_round: usize) {
     }
 }
 
+/// The status of a `{"webhookId":"wh_1"}` workflow request with `key` to
+/// the binary `ingress`.
+async fn post_wh_1(ingress: &IngressProcess, key: &str) -> StatusCode {
+    let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+        .header("authorization", format!("Bearer {key}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"webhookId":"wh_1"}"#,
+        )))
+        .unwrap();
+    http_client().request(req).await.unwrap().status()
+}
+
 /// A Redis that comes back without its data (restarted with no
 /// persistence): the replica's resync after the reconnect empties it, so
 /// every key is refused from then on, and the log says why rather than
@@ -150,15 +162,7 @@ async fn a_redis_back_without_its_data_is_said_in_the_log() {
     ];
     let ingress = IngressProcess::spawn_logging(&env, log);
     ingress.wait_ready().await;
-    let post = || async {
-        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
-            .header("authorization", "Bearer user_gone_1")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                br#"{"webhookId":"wh_1"}"#,
-            )))
-            .unwrap();
-        http_client().request(req).await.unwrap().status()
-    };
+    let post = || post_wh_1(&ingress, "user_gone_1");
     assert_eq!(post().await, StatusCode::ACCEPTED);
     redis.kill();
     redis.restart();
@@ -210,15 +214,7 @@ async fn idle_connections_outlive_a_redis_timeout() {
     ];
     let ingress = IngressProcess::spawn_configured(Some(&config), &env, log);
     ingress.wait_ready().await;
-    let post = || async {
-        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
-            .header("authorization", "Bearer user_idle")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                br#"{"webhookId":"wh_1"}"#,
-            )))
-            .unwrap();
-        http_client().request(req).await.unwrap().status()
-    };
+    let post = || post_wh_1(&ingress, "user_idle");
     assert_eq!(post().await, StatusCode::ACCEPTED);
     // What is under test is idle time itself: three times Redis's timeout.
     tokio::time::sleep(Duration::from_secs(3)).await;
