@@ -184,10 +184,10 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
 }
 
 /// Sends `PING` on each of `client`'s connections (each node's, in a
-/// cluster) every half of `every` until `stop` changes, so a Redis `timeout`, which
-/// closes clients idle that long, does not close them: a closed replica
-/// connection costs a whole resync. A ping that fails is left to the
-/// client's own reconnection and error reporting.
+/// cluster) every half of `every` until `stop` changes, so a Redis
+/// `timeout`, which closes clients idle that long, does not close them: a
+/// closed replica connection costs a whole resync. A ping that fails is
+/// left to the client's own reconnection and error reporting.
 pub(crate) fn spawn_keep_alive(
     client: Client,
     every: Duration,

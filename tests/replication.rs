@@ -198,3 +198,46 @@ async fn a_url_naming_a_replica_waits_for_the_job_writer_until_it_is_promoted() 
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(xlen_on(&replica), 1);
 }
+
+/// `calls` of `command` in the server's `INFO commandstats` (0 if never run).
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// With `redis.wait_replicas`, an idle job writer's keep-alive `PING` goes
+/// out alone: a `WAIT` confirms jobs, and a `PING` stores none (with a
+/// replica down, a `WAIT` after it would hold the idle writer for the
+/// `WAIT`'s timeout every period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_ping_is_not_followed_by_a_wait() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start();
+    follow(&replica, &primary).await;
+    let r = primary.client().await;
+    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let mut raw = Config::default();
+    raw.redis.url = primary.url();
+    raw.server.listen = ([127, 0, 0, 1], 0).into();
+    raw.redis.wait_replicas = 1;
+    raw.redis.keepalive_ms = Duration::from_millis(200);
+    let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let (status, _, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (waits, pings) = (calls(&primary, "wait"), calls(&primary, "ping"));
+    assert!(waits >= 1, "the job's WAIT was not sent");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            calls(&primary, "ping") >= pings + 10
+        })
+        .await,
+        "the idle connections sent no keep-alive"
+    );
+    assert_eq!(calls(&primary, "wait"), waits, "a WAIT followed a PING");
+}

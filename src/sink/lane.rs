@@ -724,8 +724,7 @@ async fn run(inner: Arc<Inner>) {
                     e = read_loop(&inner, link.read) => e,
                     e = write_loop(&inner, link.write) => Ended::Io(e),
                     () = inner.endpoint.moved_from(link.primary.as_ref()) => Ended::Moved,
-                    // Never ends.
-                    () = keep_alive(&inner) => Ended::Moved,
+                    never = keep_alive(&inner) => match never {},
                 };
                 let (closing, misplaced) = {
                     let mut state = inner.lock();
@@ -780,8 +779,11 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
                 if state.out.is_empty() || state.in_flight() > 0 {
                     break;
                 }
-                if let Some((replicas, timeout)) = inner.wait {
-                    let deadline = state.queue.back().map_or_else(Instant::now, |e| e.deadline);
+                // A keep-alive `PING` alone stores nothing to confirm.
+                if let Some((replicas, timeout)) = inner.wait
+                    && let Some(last) = state.queue.back().filter(|e| e.slot != PING)
+                {
+                    let deadline = last.deadline;
                     wait_command(&mut state.out, replicas, timeout);
                     state.queue.push_back(Entry {
                         slot: BATCH,
@@ -817,7 +819,7 @@ async fn write_loop(inner: &Inner, mut write: WriteHalf) -> std::io::Error {
 /// that long) does not close it: the next requests would meet a reconnect.
 /// It wakes twice a period whatever the load, and the request path pays
 /// nothing for it (a batch counter the writer keeps anyway). Never ends.
-async fn keep_alive(inner: &Inner) {
+async fn keep_alive(inner: &Inner) -> std::convert::Infallible {
     let Some(every) = inner.keepalive else {
         return std::future::pending().await;
     };
