@@ -2,8 +2,9 @@
 //! out, against the same Redis settings as the server, so a new user gets keys,
 //! triggers and jobs flowing without typing Redis commands.
 //!
-//! Exit codes: 0 done; 1 refused (no such key, bad value); 2 bad arguments or
-//! configuration (clap and [`crate::config`]); 3 Redis unreachable.
+//! Exit codes: 0 done; 1 refused (no such key, bad value) or the output
+//! could not be written; 2 bad arguments or configuration (clap and
+//! [`crate::config`]); 3 Redis unreachable.
 
 use std::{io::Write, time::Duration};
 
@@ -37,13 +38,17 @@ pub enum AdminError {
     /// The command was understood but cannot be done.
     #[error("{0}")]
     Refused(String),
+    /// Standard output could not be written: a full disk, or a reader that
+    /// went away (`| head`), which the binary takes as "enough".
+    #[error("cannot write to standard output: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 impl AdminError {
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AdminError::Refused(_) => 1,
+            AdminError::Refused(_) | AdminError::Output(_) => 1,
             AdminError::Unreachable { .. } | AdminError::Redis(_) => 3,
         }
     }
@@ -79,6 +84,8 @@ pub struct Admin {
     outreach_stream: String,
     /// In BullMQ mode, the `[bullmq]` queues `jobs tail` follows.
     bullmq: Option<crate::config::Bullmq>,
+    /// Where `client` connects, for `jobs tail` to reconnect.
+    target: Target,
 }
 
 impl Admin {
@@ -89,16 +96,10 @@ impl Admin {
             source,
         };
         let target = Target::of(&config.redis).map_err(unreachable)?;
-        let client = redis::client(&target, Role::Admin).map_err(unreachable)?;
-        tokio::time::timeout(
-            config.redis.connect_timeout_ms + Duration::from_secs(1),
-            client.init(),
-        )
-        .await
-        .map_err(|_| unreachable(Error::new(ErrorKind::Timeout, "connect timed out")))?
-        .map_err(unreachable)?;
+        let client = open(&target).await.map_err(unreachable)?;
         Ok(Self {
             client,
+            target,
             prefix: config.redis.key_prefix.clone(),
             workflow_stream: config.streams.workflow.clone(),
             outreach_stream: config.streams.outreach.clone(),
@@ -317,7 +318,10 @@ impl Admin {
     /// the queue (read from its `events` stream: `id`, `name`, `data`,
     /// `opts`, `timestamp`). From the end, or from the start with
     /// `from_start` (for a queue: as far back as its events reach); stops
-    /// after `limit` jobs when given.
+    /// after `limit` jobs when given. A lost connection is said on stderr
+    /// and reconnected every second, the reading going on after the last
+    /// entry printed; a stream that came back without that entry (Redis
+    /// lost its data) is followed from its start.
     pub async fn jobs_tail(
         &self,
         which: &str,
@@ -342,20 +346,64 @@ impl Admin {
                 )));
             }
         };
-        let mut last = if from_start {
-            "0-0".to_owned()
-        } else {
-            "$".to_owned()
+        let mut client = self.client.clone();
+        // From the end means after the newest entry now, named, so an
+        // outage before the next entry cannot skip any.
+        let mut last = match from_start {
+            true => None,
+            false => newest(&client, &stream).await?,
         };
         let mut printed = 0usize;
         loop {
-            let reply: Value = self
-                .client
-                .xread(Some(100), Some(5_000), stream.as_str(), last.as_str())
-                .await?;
+            let followed = self
+                .follow(&client, &stream, queue.as_deref(), &mut last, out, |n| {
+                    printed += n;
+                    limit.is_some_and(|l| printed >= l)
+                })
+                .await;
+            let lost = match followed {
+                Err(AdminError::Redis(e)) if connection_lost(&e) => e,
+                done => return done,
+            };
+            eprintln!("tether-ingress: lost Redis ({lost}); reconnecting");
+            client = self.reconnect().await;
+            let now = newest(&client, &stream).await?;
+            if let Some(seen) = &last
+                && now
+                    .as_deref()
+                    .is_none_or(|now| entry_id(now) < entry_id(seen))
+            {
+                eprintln!(
+                    "tether-ingress: {stream} came back without the entries already printed \
+                     (Redis lost its data); following it from its start"
+                );
+                last = None;
+            } else {
+                eprintln!(
+                    "tether-ingress: reconnected; following from entry {}",
+                    last.as_deref().unwrap_or("0-0")
+                );
+            }
+        }
+    }
+
+    /// Reads `stream` after `last` and prints what it holds until `enough`
+    /// (told how many lines were printed) says stop, or Redis fails.
+    async fn follow(
+        &self,
+        client: &Client,
+        stream: &str,
+        queue: Option<&str>,
+        last: &mut Option<String>,
+        out: &mut impl Write,
+        mut enough: impl FnMut(usize) -> bool,
+    ) -> Result<(), AdminError> {
+        loop {
+            let after = last.as_deref().unwrap_or("0-0");
+            let reply: Value = client.xread(Some(100), Some(5_000), stream, after).await?;
             for crate::worker::Entry { id, fields } in crate::worker::parse_read(reply) {
-                last = id.clone();
-                let line = match &queue {
+                *last = Some(id.clone());
+                let line = match queue {
                     None => {
                         let mut obj = serde_json::Map::new();
                         obj.insert("id".into(), id.into());
@@ -364,20 +412,110 @@ impl Admin {
                         }
                         serde_json::Value::Object(obj).to_string()
                     }
-                    Some(base) => match self.added_job(base, &fields).await? {
+                    Some(base) => match added_job(client, base, &fields).await? {
                         Some(line) => line,
                         None => continue,
                     },
                 };
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
-                printed += 1;
-                if limit.is_some_and(|l| printed >= l) {
+                writeln!(out, "{line}")
+                    .and_then(|()| out.flush())
+                    .map_err(AdminError::Output)?;
+                if enough(1) {
                     return Ok(());
                 }
             }
         }
     }
+
+    /// A new connection to the same Redis, tried every second until one
+    /// answers.
+    async fn reconnect(&self) -> Client {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Ok(client) = open(&self.target).await {
+                return client;
+            }
+        }
+    }
+}
+
+/// Whether `e` says the connection went (so a follower reconnects) rather
+/// than that Redis refused the command.
+fn connection_lost(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled
+    )
+}
+
+/// The id of `stream`'s newest entry, if it has one.
+async fn newest(client: &Client, stream: &str) -> Result<Option<String>, AdminError> {
+    let reply: Value = client.xrevrange(stream, "+", "-", Some(1)).await?;
+    Ok(crate::worker::parse_entries(reply)
+        .into_iter()
+        .next()
+        .map(|entry| entry.id))
+}
+
+/// A stream entry id (`ms-seq`) as numbers, in the stream's order.
+fn entry_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Connects a client of the admin's kind to `target` (fails fast).
+async fn open(target: &Target) -> Result<Client, Error> {
+    let client = redis::client(target, Role::Admin)?;
+    tokio::time::timeout(
+        target.connect_timeout + Duration::from_secs(1),
+        client.init(),
+    )
+    .await
+    .map_err(|_| Error::new(ErrorKind::Timeout, "connect timed out"))??;
+    Ok(client)
+}
+
+/// For an `added` event of the queue under `base`, the job it added (if it
+/// still exists) as one JSON line: id, name, timestamp, and `opts` and
+/// `data` as stored (the caller's numbers untouched).
+async fn added_job(
+    client: &Client,
+    base: &str,
+    event: &[(String, String)],
+) -> Result<Option<String>, AdminError> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Serialize)]
+    struct Added<'a> {
+        id: &'a str,
+        name: Option<&'a String>,
+        timestamp: Option<u64>,
+        opts: Option<Box<RawValue>>,
+        data: Option<Box<RawValue>>,
+    }
+    let get = |name: &str| event.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let (Some(kind), Some(id)) = (get("event"), get("jobId")) else {
+        return Ok(None);
+    };
+    if kind != "added" {
+        return Ok(None);
+    }
+    let hash: std::collections::HashMap<String, String> =
+        client.hgetall(format!("{base}{id}")).await?;
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    let raw = |field: &str| {
+        hash.get(field)
+            .and_then(|t| RawValue::from_string(t.clone()).ok())
+    };
+    let added = Added {
+        id,
+        name: hash.get("name"),
+        timestamp: hash.get("timestamp").and_then(|t| t.parse().ok()),
+        opts: raw("opts"),
+        data: raw("data"),
+    };
+    Ok(serde_json::to_string(&added).ok())
 }
 
 impl Admin {
@@ -389,49 +527,6 @@ impl Admin {
     /// The control plane's key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    /// For an `added` event of the queue under `base`, the job it added (if
-    /// it still exists) as one JSON line: id, name, timestamp, and `opts`
-    /// and `data` as stored (the caller's numbers untouched).
-    async fn added_job(
-        &self,
-        base: &str,
-        event: &[(String, String)],
-    ) -> Result<Option<String>, AdminError> {
-        use serde_json::value::RawValue;
-        #[derive(serde::Serialize)]
-        struct Added<'a> {
-            id: &'a str,
-            name: Option<&'a String>,
-            timestamp: Option<u64>,
-            opts: Option<Box<RawValue>>,
-            data: Option<Box<RawValue>>,
-        }
-        let get = |name: &str| event.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-        let (Some(kind), Some(id)) = (get("event"), get("jobId")) else {
-            return Ok(None);
-        };
-        if kind != "added" {
-            return Ok(None);
-        }
-        let hash: std::collections::HashMap<String, String> =
-            self.client.hgetall(format!("{base}{id}")).await?;
-        if hash.is_empty() {
-            return Ok(None);
-        }
-        let raw = |field: &str| {
-            hash.get(field)
-                .and_then(|t| RawValue::from_string(t.clone()).ok())
-        };
-        let added = Added {
-            id,
-            name: hash.get("name"),
-            timestamp: hash.get("timestamp").and_then(|t| t.parse().ok()),
-            opts: raw("opts"),
-            data: raw("data"),
-        };
-        Ok(serde_json::to_string(&added).ok())
     }
 }
 

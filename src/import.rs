@@ -584,7 +584,7 @@ impl Run<'_> {
             counts.written += 1;
             if self.options.dry_run {
                 if let Some(line) = describe(item, &change) {
-                    let _ = writeln!(self.out, "{line}");
+                    writeln!(self.out, "{line}").map_err(AdminError::Output)?;
                 }
                 continue;
             }
@@ -664,7 +664,8 @@ impl Run<'_> {
                 self.summary.counts[kind.index()].removed += stale.len() as u64;
                 if self.options.dry_run {
                     for k in &stale {
-                        let _ = writeln!(self.out, "remove {} {k}", kind.name());
+                        writeln!(self.out, "remove {} {k}", kind.name())
+                            .map_err(AdminError::Output)?;
                     }
                 } else {
                     crate::redis::delete_keys(self.client, stale).await?;

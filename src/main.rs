@@ -3,7 +3,12 @@
 //! bind, SIGHUP reloads, run until SIGINT/SIGTERM) or runs one admin
 //! command ([`tether_ingress::Admin`]).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    fmt::Display,
+    io::{ErrorKind, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tether_ingress::{
@@ -200,10 +205,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.config),
-        Command::CheckConfig => {
-            print!("{}", config::describe(&config));
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig => exit(put(config::describe(&config))),
         other => run_admin(config, other),
     }
 }
@@ -231,7 +233,14 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
             }) => {
                 let key = admin.keys_create(&user, &org, rate_limit).await?;
                 eprintln!("Created a key for user {user} in org {org}. It is shown only now:");
-                println!("{key}");
+                if let Err(e) = put(format_args!("{key}\n")) {
+                    // Nobody saw it, so nobody can use or revoke it: take
+                    // it back rather than leave a live key no one holds.
+                    admin.keys_revoke(&key).await?;
+                    return Err(AdminError::Refused(format!(
+                        "{e}; the new key was revoked, as it could not be shown"
+                    )));
+                }
             }
             Command::Keys(KeysCommand::Revoke { key }) => {
                 admin.keys_revoke(&key).await?;
@@ -241,7 +250,9 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
                 admin.keys_disable(&key).await?;
                 eprintln!("Disabled.");
             }
-            Command::Keys(KeysCommand::Count) => println!("{}", admin.keys_count().await?),
+            Command::Keys(KeysCommand::Count) => {
+                put(format_args!("{}\n", admin.keys_count().await?))?;
+            }
             Command::Triggers(TriggersCommand::Add {
                 org,
                 webhook_id,
@@ -258,7 +269,7 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
             }
             Command::Triggers(TriggersCommand::List { org }) => {
                 for (webhook, workflows) in admin.triggers_list(&org).await? {
-                    println!("{webhook}\t{}", workflows.join(" "));
+                    put(format_args!("{webhook}\t{}\n", workflows.join(" ")))?;
                 }
             }
             Command::Outreach(OutreachCommand::Put {
@@ -313,7 +324,7 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
                     let input = std::io::BufReader::with_capacity(1 << 20, opened);
                     import(client, prefix, input, size, options, out).await?
                 };
-                print!("{summary}");
+                put(&summary)?;
                 if let Some(refusal) = summary.refusal() {
                     return Err(AdminError::Refused(refusal));
                 }
@@ -322,8 +333,24 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
         }
         Ok::<(), AdminError>(())
     });
+    exit(result)
+}
+
+/// Writes `text` to standard output, flushed, so a failure is seen here.
+fn put(text: impl Display) -> Result<(), AdminError> {
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(AdminError::Output)
+}
+
+/// The exit code of an admin command's `result`, its failure said on
+/// stderr. A reader that closed the pipe (`jobs tail | head -3`) took what
+/// it wanted: that ends the command quietly, as it ends `cat`.
+fn exit(result: Result<(), AdminError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(AdminError::Output(e)) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether-ingress: {e}");
             ExitCode::from(e.exit_code())

@@ -203,7 +203,7 @@ fn text(v: Value) -> Option<String> {
     }
 }
 
-fn parse_entries(v: Value) -> Vec<Entry> {
+pub(crate) fn parse_entries(v: Value) -> Vec<Entry> {
     let Value::Array(items) = v else {
         return Vec::new();
     };

@@ -378,3 +378,113 @@ fn the_admin_cli_reaches_redis_over_a_unix_socket() {
     );
     assert_eq!(redis.cli(&["DBSIZE"]), "1");
 }
+
+/// Runs the CLI with its standard output a pipe whose reader has already
+/// gone, as `tether-ingress … | head -1` leaves it once `head` is done.
+fn cli_into_closed_pipe(redis: &RedisServer, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(args)
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `jobs tail` used to write into the closed pipe for ever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{args:?} kept running with nobody reading its output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_without_a_panic() {
+    let redis = RedisServer::start();
+    redis.cli(&["XADD", "tether:jobs:workflow", "*", "n", "1"]);
+    for args in [
+        &["check-config"][..],
+        &["keys", "count"],
+        &["jobs", "tail", "workflow", "--from-start"],
+    ] {
+        let out = cli_into_closed_pipe(&redis, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
+    // A new key nobody could see is taken back, and the failure said.
+    let out = cli_into_closed_pipe(&redis, &["keys", "create", "--user", "u", "--org", "o"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the new key was revoked"), "{err}");
+    assert!(
+        !err.contains("user_"),
+        "the key must not be shown on stderr: {err}"
+    );
+    assert_eq!(redis.cli(&["KEYS", "tether:apikey:*"]), "");
+}
+
+#[test]
+fn jobs_tail_follows_the_stream_across_redis_restarts() {
+    let mut redis = RedisServer::start();
+    let stream = "tether:jobs:workflow";
+    redis.cli(&["XADD", stream, "*", "n", "1"]);
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["jobs", "tail", "workflow", "--limit", "3"])
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, line) = std::sync::mpsc::channel();
+    let out = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
+            let _ = lines.send(v["n"].as_str().unwrap_or_default().to_owned());
+        }
+    });
+    let next = || line.recv_timeout(Duration::from_secs(30)).unwrap();
+    let reading = |redis: &RedisServer| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !redis.cli(&["CLIENT", "LIST"]).contains("cmd=xread") {
+            assert!(std::time::Instant::now() < deadline, "tail never read");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    reading(&redis);
+    redis.cli(&["XADD", stream, "*", "n", "2"]);
+    // From the end: the entry already there is not printed.
+    assert_eq!(next(), "2");
+
+    // Back with its data: the entry added at once, before the tail has
+    // reconnected, is printed, and nothing twice.
+    redis.save();
+    redis.kill();
+    redis.restart();
+    redis.cli(&["XADD", stream, "*", "n", "3"]);
+    assert_eq!(next(), "3");
+
+    // Back without it: an entry whose id is below the last one printed is
+    // still printed, the loss said.
+    reading(&redis);
+    redis.kill();
+    redis.edit_offline(&[&["DEL", stream]]);
+    redis.restart();
+    redis.cli(&["XADD", stream, "1-1", "n", "4"]);
+    assert_eq!(next(), "4");
+
+    assert!(tail.wait().unwrap().success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut tail.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(err.matches("lost Redis").count(), 2, "{err}");
+    assert!(
+        err.contains("came back without the entries already printed"),
+        "{err}"
+    );
+}
