@@ -87,6 +87,11 @@ impl App {
         } else if !changed.is_empty() {
             info!(applied = %changed.join(", "), "configuration reloaded");
         }
+        if changed.iter().any(|key| key.starts_with("auth.jwt_secret"))
+            && let Some(warning) = self.settings.load().auth.secret_warning()
+        {
+            warn!("{warning}");
+        }
         if !restart_needed.is_empty() {
             warn!(
                 needs_restart = %restart_needed.join(", "),

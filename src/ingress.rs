@@ -5,7 +5,7 @@
 use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     app::App,
@@ -192,6 +192,9 @@ pub async fn run_with_reloads(
     let (app, background) = build(&config)?;
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "tether-ingress listening");
+    }
+    if let Some(warning) = config.auth.secret_warning() {
+        warn!("{warning}");
     }
     let reloader = tokio::spawn({
         let app = app.clone();

@@ -55,6 +55,42 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     );
 }
 
+/// A JWT secret with a trailing newline is used as given, as the backend
+/// uses it, but said at start, without the secret.
+#[test]
+fn a_jwt_secret_ending_in_a_newline_is_said_at_start() {
+    let redis = RedisServer::start();
+    let mut child = binary()
+        .env(
+            "TETHER_INGRESS_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_JWT_SECRET", "sekrit-of-ours-42\n")
+        .env("TETHER_INGRESS_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.contains("JWT secret");
+        seen.push(line);
+        if done || seen.len() > 50 {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let warning = seen
+        .iter()
+        .find(|l| l.contains("JWT secret begins or ends with whitespace"))
+        .unwrap_or_else(|| panic!("no warning in {seen:?}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(seen.iter().all(|l| !l.contains("sekrit")), "{seen:?}");
+}
+
 /// The binary under `sh -c 'ulimit ARGS; exec BIN --config FILE'`, logging
 /// at info level to a pipe, with `max_connections = 1000` (and silent
 /// connections kept a minute, so idle ones hold their descriptors).

@@ -101,6 +101,17 @@ impl Auth {
             .or(self.jwt_secret_file.as_ref().map(|f| &f.secret))
     }
 
+    /// A warning for the log when the secret begins or ends with
+    /// whitespace: it works, byte for byte as the backend takes it, but is
+    /// more likely a stray newline than meant.
+    pub(crate) fn secret_warning(&self) -> Option<&'static str> {
+        let secret = self.secret()?.expose();
+        let padded = |b: Option<&u8>| b.is_some_and(u8::is_ascii_whitespace);
+        (padded(secret.first()) || padded(secret.last())).then_some(
+            "the JWT secret begins or ends with whitespace (a newline left by the file its value was written from?); it is used byte for byte, so a token signed with it trimmed is refused",
+        )
+    }
+
     pub(super) fn check(&self, p: &mut Problems) {
         if self.jwt_secret.is_some() && self.jwt_secret_file.is_some() {
             p.push("auth: set jwt_secret or jwt_secret_file, not both");

@@ -83,6 +83,12 @@ fn whitespace_around_a_variable_is_dropped_but_a_secret_is_kept_as_given() {
     assert_eq!(cfg.server.listen, ([0, 0, 0, 0], 8080).into());
     assert_eq!(cfg.redis.wait_replicas, 1);
     assert_eq!(cfg.auth.secret().unwrap().expose(), b"s3cret\n");
+    // Kept, but said: a padded secret is more often a stray newline.
+    assert!(cfg.auth.secret_warning().is_some());
+    for (secret, warned) in [("s3cret", false), (" s3cret", true), ("s3 cret", false)] {
+        let cfg = with_env(&[("TETHER_INGRESS_JWT_SECRET", secret)]).unwrap();
+        assert_eq!(cfg.auth.secret_warning().is_some(), warned, "{secret:?}");
+    }
 }
 
 #[test]
