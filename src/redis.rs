@@ -8,7 +8,10 @@
 //! how the connection behaves. A new transport or topology is added here
 //! once, for all of them.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use fred::{
     prelude::*,
@@ -349,4 +352,54 @@ pub(crate) async fn delete_keys(client: &Client, keys: Vec<String>) -> Result<i6
     }
     let removed: Vec<i64> = pipeline.all().await?;
     Ok(removed.into_iter().sum())
+}
+
+/// A connection's time without Redis: its owner says so at first, then
+/// once a minute while it lasts, so a long outage (a URL naming a replica, a Redis that
+/// never came back) is not one line lost in the scrollback.
+pub(crate) struct Outage {
+    since: Instant,
+    said: Instant,
+}
+
+impl Outage {
+    /// How often an owner that cannot reach Redis says so again.
+    const REMIND_EVERY: Duration = Duration::from_secs(60);
+
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            said: now,
+        }
+    }
+
+    /// How long it has lasted.
+    pub(crate) fn lasted(&self) -> Duration {
+        self.since.elapsed()
+    }
+
+    /// How long it has lasted, when it is time to say so again.
+    pub(crate) fn remind(&mut self, now: Instant) -> Option<Duration> {
+        if now.duration_since(self.said) < Self::REMIND_EVERY {
+            return None;
+        }
+        self.said = now;
+        Some(now.duration_since(self.since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_said_again_once_a_minute_with_how_long_it_lasted() {
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let mut outage = Outage::new(start);
+        let said: Vec<(u64, u64)> = (1..=150)
+            .filter_map(|t| outage.remind(at(t)).map(|d| (t, d.as_secs())))
+            .collect();
+        assert_eq!(said, [(60, 60), (120, 120)]);
+    }
 }

@@ -51,7 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics as m,
-    redis::{self, NamedPrimary, Role, Target},
+    redis::{self, NamedPrimary, Outage, Role, Target},
 };
 
 /// The value of one control-plane key as read from Redis.
@@ -291,10 +291,30 @@ impl Replica {
         let mut invalidations = client.invalidation_rx();
         // A cluster's primaries changed: a new one is not tracked yet.
         let mut topology = client.cluster_change_rx();
-        // The first connect retries until Redis answers; shutdown must not wait for it.
-        let _conn = tokio::select! {
-            r = client.init() => r?,
-            _ = shutdown.changed() => return Ok(()),
+        // The first connect retries until Redis answers; shutdown must not
+        // wait for it, and the operator is told why it has not answered.
+        let init = client.init();
+        tokio::pin!(init);
+        let mut down: Option<Outage> = None;
+        let _conn = loop {
+            tokio::select! {
+                r = &mut init => break r?,
+                e = errors.recv() => if let Ok((e, _)) = e {
+                    let now = std::time::Instant::now();
+                    match &mut down {
+                        None => {
+                            warn!(error = %e, "replica cannot connect to redis; retrying");
+                            down = Some(Outage::new(now));
+                        }
+                        Some(outage) => {
+                            if let Some(down_for) = outage.remind(now) {
+                                warn!(error = %e, down_for_secs = down_for.as_secs(), "replica still cannot connect to redis; retrying");
+                            }
+                        }
+                    }
+                },
+                _ = shutdown.changed() => return Ok(()),
+            }
         };
         // Ends with the shutdown.
         let _keep_alive = self

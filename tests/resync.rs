@@ -190,6 +190,63 @@ async fn a_redis_back_without_its_data_is_said_in_the_log() {
     assert_eq!(post().await, StatusCode::UNAUTHORIZED);
 }
 
+/// A replica that cannot make its first connection says why, as the job
+/// writers do: before, a Redis asking for a password it was not given left
+/// `/readyz` waiting for the caches with nothing in the log from the
+/// replica. Once Redis lets it in, the ingress serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_connect_at_start_says_why() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, "user_in", r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "requirepass", "hunter2"]),
+        "OK"
+    );
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("ingress.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let ingress = IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", redis.url())], log);
+    let logged = || std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            logged().contains("replica cannot connect to redis")
+        })
+        .await,
+        "the replica said nothing:\n{}",
+        logged()
+    );
+    let text = logged();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("replica cannot connect to redis"))
+        .unwrap();
+    assert!(
+        warning.contains("WARN") && warning.contains("NOAUTH"),
+        "{warning}"
+    );
+    assert_eq!(
+        text.matches("replica cannot connect").count(),
+        1,
+        "said at every retry:\n{text}"
+    );
+    assert_eq!(
+        redis.cli(&[
+            "-a",
+            "hunter2",
+            "--no-auth-warning",
+            "CONFIG",
+            "SET",
+            "requirepass",
+            ""
+        ]),
+        "OK"
+    );
+    ingress.wait_ready().await;
+    assert_eq!(post_wh_1(&ingress, "user_in").await, StatusCode::ACCEPTED);
+}
+
 /// A Redis that closes clients idle for a second (`timeout 1`, as managed
 /// Redis often sets a longer one) does not close the ingress's: each idle
 /// connection sends `PING` every `redis.keepalive_ms` (300 ms here). Before,

@@ -50,6 +50,8 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use crate::redis::Outage;
+
 use super::{
     error::SinkError,
     tickets::{Fate, Ticket, Tickets},
@@ -670,35 +672,6 @@ enum Ended {
     Silent,
 }
 
-/// A writer's time without Redis: it says so at first, then once a minute
-/// while it lasts, so a long outage (a URL naming a replica, a Redis that
-/// never came back) is not one line lost in the scrollback.
-struct Outage {
-    since: Instant,
-    said: Instant,
-}
-
-impl Outage {
-    /// How often a writer that cannot reach Redis says so again.
-    const REMIND_EVERY: Duration = Duration::from_secs(60);
-
-    fn new(now: Instant) -> Self {
-        Self {
-            since: now,
-            said: now,
-        }
-    }
-
-    /// How long it has lasted, when it is time to say so again.
-    fn remind(&mut self, now: Instant) -> Option<Duration> {
-        if now.duration_since(self.said) < Self::REMIND_EVERY {
-            return None;
-        }
-        self.said = now;
-        Some(now.duration_since(self.since))
-    }
-}
-
 /// The lane's task: connect, carry writes until the connection ends, fail
 /// what it left unanswered, reconnect (50 ms doubling to 1 s between tries).
 async fn run(inner: Arc<Inner>) {
@@ -717,7 +690,7 @@ async fn run(inner: Arc<Inner>) {
                     inner.connected.fetch_add(1, Ordering::Release);
                 }
                 if let Some(outage) = down.take() {
-                    info!(writer = %inner.name, down_for_ms = outage.since.elapsed().as_millis() as u64, "job writer reconnected to redis");
+                    info!(writer = %inner.name, down_for_ms = outage.lasted().as_millis() as u64, "job writer reconnected to redis");
                 }
                 backoff = Duration::ZERO;
                 let ended = tokio::select! {
@@ -1022,20 +995,4 @@ fn is_misplaced(error: &str) -> bool {
     ]
     .iter()
     .any(|code| error.starts_with(code))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_outage_is_said_again_once_a_minute_with_how_long_it_lasted() {
-        let start = Instant::now();
-        let at = |secs: u64| start + Duration::from_secs(secs);
-        let mut outage = Outage::new(start);
-        let said: Vec<(u64, u64)> = (1..=150)
-            .filter_map(|t| outage.remind(at(t)).map(|d| (t, d.as_secs())))
-            .collect();
-        assert_eq!(said, [(60, 60), (120, 120)]);
-    }
 }
