@@ -191,6 +191,53 @@ async fn rediss_is_verified_tls_or_nothing() {
     never_ready(config(&wrong_name, Some(&p("good-ca.crt")), None), wait).await;
 }
 
+/// A `rediss://` URL pointed at a plaintext port: the job writers' warning
+/// names the step that fails, the TLS handshake (a plaintext Redis either
+/// waits for a line end the greeting may not hold, or answers with an error
+/// that is no TLS record), and asks whether the port speaks TLS. Before, it
+/// read "the connection did not complete within 2s".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_url_at_a_plaintext_port_is_said_to_fail_in_the_tls_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path(), "good", &["server"]);
+    let plain = RedisServer::start();
+    let log_path = dir.path().join("ingress.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _ingress = IngressProcess::spawn_logging(
+        &[
+            (
+                "TETHER_INGRESS_REDIS_URL",
+                format!("rediss://u:hunter2@127.0.0.1:{}", plain.port),
+            ),
+            (
+                "TETHER_INGRESS_REDIS_TLS_CA_FILE",
+                dir.path().join("good-ca.crt").display().to_string(),
+            ),
+        ],
+        log,
+    );
+    let logged = || std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            logged().contains("job writer cannot connect")
+        })
+        .await,
+        "no warning:\n{}",
+        logged()
+    );
+    let text = logged();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("job writer cannot connect"))
+        .unwrap();
+    assert!(warning.contains("the TLS handshake"), "{warning}");
+    assert!(
+        warning.contains("does the server speak TLS on that port?"),
+        "{warning}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_needs_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();

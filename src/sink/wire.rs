@@ -17,7 +17,14 @@
 //! until the sentinels demote it, and the demotion discards what it took;
 //! nothing tells its clients but the sentinels.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::{Buf, BufMut as _, BytesMut};
 use fred::{
@@ -60,8 +67,64 @@ pub(super) enum WireError {
     Refused(String),
     #[error("{0}")]
     Topology(String),
-    #[error("the connection did not complete within {0:?}")]
-    Timeout(Duration),
+    #[error("the TLS handshake failed: {source}{}", if *.not_tls { Stage::Tls.hint() } else { "" })]
+    Tls {
+        /// The handshake's error.
+        source: std::io::Error,
+        /// The server's first bytes were no TLS record.
+        not_tls: bool,
+    },
+    #[error("{stage} did not complete within {after:?}{}", stage.hint())]
+    Timeout {
+        /// The connect deadline.
+        after: Duration,
+        /// How far the connection got.
+        stage: Stage,
+    },
+}
+
+/// How far a connection got before its deadline, so a timeout says which
+/// step hung: a TLS URL pointed at a plaintext port hangs in the TLS
+/// handshake, a firewall in the TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Opening the TCP connection (or asking the sentinels).
+    Tcp,
+    /// The TLS handshake.
+    Tls,
+    /// Redis's part: `AUTH`, `SELECT`, `ROLE`.
+    Handshake,
+}
+
+impl Stage {
+    fn load(cell: &AtomicU8) -> Self {
+        match cell.load(Ordering::Relaxed) {
+            0 => Self::Tcp,
+            1 => Self::Tls,
+            _ => Self::Handshake,
+        }
+    }
+
+    fn reach(self, cell: &AtomicU8) {
+        cell.store(self as u8, Ordering::Relaxed);
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Self::Tls => " (does the server speak TLS on that port?)",
+            Self::Tcp | Self::Handshake => "",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "the TCP connection",
+            Self::Tls => "the TLS handshake",
+            Self::Handshake => "the handshake (AUTH, SELECT, ROLE)",
+        })
+    }
 }
 
 /// Where a writer's connection goes.
@@ -154,7 +217,8 @@ impl Endpoint {
                     () = tx.closed() => return,
                     () = tokio::time::sleep(WATCH_EVERY) => {}
                 }
-                let asked = self.ask_sentinels(&sentinels, &service);
+                let stage = AtomicU8::new(Stage::Tcp as u8);
+                let asked = self.ask_sentinels(&sentinels, &service, &stage);
                 let Ok(Ok(now)) = tokio::time::timeout(self.connect_timeout, asked).await else {
                     continue;
                 };
@@ -215,22 +279,26 @@ impl Endpoint {
     /// A new connection to where writes go now, authenticated, on the
     /// right database, and checked to be a primary.
     pub(super) async fn connect(&self) -> Result<Link, WireError> {
-        tokio::time::timeout(self.connect_timeout, self.open())
+        let stage = AtomicU8::new(Stage::Tcp as u8);
+        tokio::time::timeout(self.connect_timeout, self.open(&stage))
             .await
-            .map_err(|_| WireError::Timeout(self.connect_timeout))?
+            .map_err(|_| WireError::Timeout {
+                after: self.connect_timeout,
+                stage: Stage::load(&stage),
+            })?
     }
 
-    async fn open(&self) -> Result<Link, WireError> {
+    async fn open(&self, stage: &AtomicU8) -> Result<Link, WireError> {
         let mut primary = None;
         let mut conn = match &self.place {
-            Place::Node(host, port) => self.tcp(host, *port, host).await?,
+            Place::Node(host, port) => self.tcp(host, *port, host, stage).await?,
             Place::Unix(path) => {
                 let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
                 Conn::new(Box::new(r), Box::new(w))
             }
             Place::Sentinel { sentinels, service } => {
-                let (host, port) = self.ask_sentinels(sentinels, service).await?;
-                let conn = self.tcp(&host, port, &host).await?;
+                let (host, port) = self.ask_sentinels(sentinels, service, stage).await?;
+                let conn = self.tcp(&host, port, &host, stage).await?;
                 primary = Some((host, port));
                 conn
             }
@@ -245,9 +313,10 @@ impl Endpoint {
                     .tls_server_name
                     .as_ref()
                     .map_or_else(|| server.host.to_string(), ToString::to_string);
-                self.tcp(&server.host, server.port, &name).await?
+                self.tcp(&server.host, server.port, &name, stage).await?
             }
         };
+        Stage::Handshake.reach(stage);
         self.authenticate(&mut conn).await?;
         if let Some(db) = self.database {
             conn.call(&[b"SELECT", db.to_string().as_bytes()]).await?;
@@ -281,7 +350,15 @@ impl Endpoint {
 
     /// A TCP connection to `host:port`, in TLS (checked as `name`) when the
     /// target uses it.
-    async fn tcp(&self, host: &str, port: u16, name: &str) -> Result<Conn, WireError> {
+    /// `stage` is told when the connection and the TLS handshake start.
+    async fn tcp(
+        &self,
+        host: &str,
+        port: u16,
+        name: &str,
+        stage: &AtomicU8,
+    ) -> Result<Conn, WireError> {
+        Stage::Tcp.reach(stage);
         let tcp = tokio::net::TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
         match &self.tls {
@@ -294,9 +371,17 @@ impl Endpoint {
                     rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
                         WireError::Topology(format!("{name} is not a TLS server name: {e}"))
                     })?;
+                Stage::Tls.reach(stage);
                 let stream = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, tcp)
-                    .await?;
+                    .await
+                    .map_err(|source| WireError::Tls {
+                        not_tls: source
+                            .get_ref()
+                            .and_then(|e| e.downcast_ref::<rustls::Error>())
+                            .is_some_and(|e| matches!(e, rustls::Error::InvalidMessage(_))),
+                        source,
+                    })?;
                 let (r, w) = tokio::io::split(stream);
                 Ok(Conn::new(Box::new(r), Box::new(w)))
             }
@@ -308,11 +393,13 @@ impl Endpoint {
         &self,
         sentinels: &[(String, u16)],
         service: &str,
+        stage: &AtomicU8,
     ) -> Result<(String, u16), WireError> {
         let mut last = WireError::Topology("no sentinel configured".to_owned());
         for (host, port) in sentinels {
             let asked = async {
-                let mut conn = self.tcp(host, *port, host).await?;
+                let mut conn = self.tcp(host, *port, host, stage).await?;
+                Stage::Handshake.reach(stage);
                 self.authenticate(&mut conn).await?;
                 let answer = conn
                     .call(&[b"SENTINEL", b"get-master-addr-by-name", service.as_bytes()])
