@@ -770,6 +770,14 @@ pub async fn import(
         };
         number += 1;
         bytes += length;
+        // A byte-order mark (a file saved by a Windows tool) is no part
+        // of the first line's JSON.
+        let line = match line {
+            Line::Text(text) if number == 1 => {
+                Line::Text(text.strip_prefix('\u{feff}').unwrap_or(text))
+            }
+            other => other,
+        };
         let parsed = match line {
             Line::Text(line) if line.trim().is_empty() => continue,
             Line::Text(line) => parse(line, prefix),

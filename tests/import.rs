@@ -244,6 +244,29 @@ async fn bad_lines_are_refused_with_their_number_and_the_rest_imported() {
     assert!(text(&out.stdout).contains("2 lines of no known kind refused"));
 }
 
+/// A file saved by a Windows tool: a byte-order mark before the first line
+/// and CRLF line ends. Every line is read; before, the mark made line 1
+/// "not JSON".
+#[tokio::test]
+async fn a_byte_order_mark_and_crlf_line_ends_are_read() {
+    let redis = RedisServer::start();
+    let lines = format!("\u{feff}{}", FILE.replace('\n', "\r\n"));
+    let out = import(&redis, &[], &lines);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(row(&out, "apiKey"), [2, 0, 0, 0]);
+    assert_eq!(row(&out, "trigger"), [2, 0, 0, 0]);
+    assert_eq!(row(&out, "outreachConfig"), [1, 0, 0, 0]);
+    assert_eq!(row(&out, "orgProperties"), [1, 0, 0, 0]);
+    // A mark elsewhere is no line end's business: that line is refused.
+    let out = import(&redis, &[], &format!("{FILE}\u{feff}{{}}\n"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("line 7: not JSON"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// A misspelt field the ingress reads would be stored as given and ignored:
 /// a key meant to be disabled would stay active, one meant to be limited
 /// would be unlimited. Such a line is refused; a field of the backend's own
