@@ -67,7 +67,21 @@ pub(super) async fn write_workflow(
     };
     let (stream, maxlen) = (settings.workflow_stream.as_bytes(), settings.streams.maxlen);
     let ack = lane.send(count, false, due, |out| {
-        for workflow in jobs.workflows.iter() {
+        let mut workflows = jobs.workflows.iter();
+        let start = out.len();
+        if let Some(first) = workflows.next() {
+            xadd(out, stream, maxlen, fields(jobs.pairs(first)));
+            // The other entries are the first's size but for their
+            // workflow id (and its length's digits): room for all of them
+            // at once, not a doubling, and a copy of all so far, at each
+            // power of two, which held 3x a large request's entries at its
+            // peak (a 1 MiB body matching 300 workflows: 900 MB).
+            let rest = workflows.clone();
+            let without_id = out.len() - start - first.bytes().len();
+            let ids: usize = rest.clone().map(|w| w.bytes().len() + 20).sum();
+            out.reserve(without_id * rest.len() + ids);
+        }
+        for workflow in workflows {
             xadd(out, stream, maxlen, fields(jobs.pairs(workflow)));
         }
     })?;
