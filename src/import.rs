@@ -14,7 +14,9 @@
 //!
 //! With `--prune`, every kind present in the file ends up exactly as the
 //! file says: the keys of that kind the file did not name are deleted (a
-//! revoked API key stops working within the replica's 1 s bound). The
+//! revoked API key stops working within the replica's 1 s bound). A file
+//! with a refused line prunes nothing: the key that line names would be
+//! taken for one the file lacks. The
 //! import remembers each key it saw as 16 bytes of its SHA-256, so memory
 //! grows by about that per item, never by the file. With `--dry-run`
 //! nothing is written; each change is printed instead.
@@ -116,6 +118,10 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Nothing was written.
     pub dry_run: bool,
+    /// `--prune` was asked for but not done, because a line was refused:
+    /// the key a refused line names would have been taken for one the file
+    /// lacks, and deleted.
+    pub prune_withheld: bool,
 }
 
 impl Summary {
@@ -132,7 +138,17 @@ impl Summary {
     /// What the command ends with when a line was refused.
     pub fn refusal(&self) -> Option<String> {
         let refused = self.refused();
-        (refused > 0).then(|| format!("{} refused (see above)", lines(refused)))
+        (refused > 0).then(|| {
+            format!(
+                "{} refused (see above){}",
+                lines(refused),
+                if self.prune_withheld {
+                    "; nothing was pruned"
+                } else {
+                    ""
+                }
+            )
+        })
     }
 }
 
@@ -173,6 +189,12 @@ impl fmt::Display for Summary {
         }
         if self.unreadable > 0 {
             writeln!(f, "{} of no known kind refused", lines(self.unreadable))?;
+        }
+        if self.prune_withheld {
+            writeln!(
+                f,
+                "not pruned: a refused line's key would have been taken for one the file lacks; fix the refused lines and run again"
+            )?;
         }
         Ok(())
     }
@@ -812,7 +834,13 @@ pub async fn import(
     run.flush(&mut batch).await?;
     run.summary.lines = number;
     if options.prune {
-        run.prune(prefix).await?;
+        // A refused line (a misspelt field, say) still names a key the
+        // operator means to keep: pruning would delete it.
+        if run.summary.refused() == 0 {
+            run.prune(prefix).await?;
+        } else {
+            run.summary.prune_withheld = true;
+        }
     }
     progress.finish();
     run.summary.elapsed = started.elapsed();

@@ -244,6 +244,40 @@ async fn bad_lines_are_refused_with_their_number_and_the_rest_imported() {
     assert!(text(&out.stdout).contains("2 lines of no known kind refused"));
 }
 
+/// `--prune` with a refused line prunes nothing: the line's key (here one
+/// with a misspelt field) would be taken for one the file lacks and
+/// deleted, revoking a key the operator meant to keep. Before, it was.
+/// The good lines are still imported.
+#[tokio::test]
+async fn a_refused_line_withholds_the_prune() {
+    let redis = RedisServer::start();
+    assert!(import(&redis, &[], FILE).status.success());
+    let keys = || redis.cli(&["KEYS", "tether:apikey:*"]).lines().count();
+    assert_eq!(keys(), 2);
+    let with_a_typo = concat!(
+        r#"{"type":"apiKey","key":"imported_key_one","userId":"u_1","orgId":"o_1","Active":false}"#,
+        "\n",
+        r#"{"type":"apiKey","key":"imported_key_two","userId":"u_2","orgId":"o_1","rateLimitPerSec":60}"#,
+        "\n",
+    );
+    for args in [&["--prune", "--dry-run"][..], &["--prune"]] {
+        let out = import(&redis, args, with_a_typo);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let (said, errors) = (text(&out.stdout), text(&out.stderr));
+        assert!(!said.contains("remove apiKey"), "{args:?}: {said}");
+        assert!(said.contains("not pruned"), "{args:?}: {said}");
+        assert!(errors.contains("nothing was pruned"), "{args:?}: {errors}");
+        assert_eq!(row(&out, "apiKey"), [1, 0, 0, 1], "{args:?}");
+        assert_eq!(keys(), 2, "{args:?}: a key was pruned");
+    }
+    let two: serde_json::Value = serde_json::from_str(&redis.cli(&[
+        "GET",
+        &format!("tether:apikey:{}", sha256_hex("imported_key_two")),
+    ]))
+    .unwrap();
+    assert_eq!(two["rateLimitPerSec"], 60, "the good line was not imported");
+}
+
 /// A file saved by a Windows tool: a byte-order mark before the first line
 /// and CRLF line ends. Every line is read; before, the mark made line 1
 /// "not JSON".
