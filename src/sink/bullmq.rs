@@ -14,7 +14,9 @@
 //!
 //! Written by our own script ([`ADD_SCRIPT`]) through the sink's writers,
 //! not BullMQ's: one client, our pipelining, spool and health tracking, and
-//! every job of a request in one call with the payload sent once. The golden
+//! every job of a request in one call with the payload sent once (in runs
+//! of at most [`RUN_DATA_BYTES`] of `data` for a very large request, so no
+//! run holds Redis long). The golden
 //! tests (`tests/bullmq.rs`) hold it equal to Node's `queue.add` on 5.x and
 //! 6.x.
 //!
@@ -46,6 +48,13 @@ use crate::{
     settings::Settings,
     spool::{self, Record},
 };
+
+/// The most `data` one script run adds; a request whose jobs hold more is
+/// added by several runs, each answered as it ends. One run of a 1 MiB
+/// body matching 300 workflows held Redis, every client of it, for 0.8 s,
+/// and the job writer took the silence for a stall and answered 503 for
+/// jobs Redis then stored; at 4 MiB a run takes Redis about 10 ms.
+const RUN_DATA_BYTES: usize = 4 << 20;
 
 /// Adds a request's jobs to one queue, as BullMQ's standard add does.
 /// `KEYS`: `id`, `meta`, `events`, `wait`, `paused`, `marker`, `active`,
@@ -229,13 +238,13 @@ impl Call<'_> {
         key.slice(self.queue.base.len()..)
     }
 
-    /// The script call's arguments after the script: key count, keys,
-    /// then `ARGV`.
-    fn parts(&self) -> impl Iterator<Item = Arg<'_>> + Clone {
-        let count = (SUFFIXES.len() + self.jobs.len()) as i64;
+    /// The arguments after the script of a call adding `jobs` (some or
+    /// all of the call's): key count, keys, then `ARGV`.
+    fn parts<'s>(&'s self, jobs: &'s [(Bytes, Bytes)]) -> impl Iterator<Item = Arg<'s>> + Clone {
+        let count = (SUFFIXES.len() + jobs.len()) as i64;
         std::iter::once(Arg::Int(count))
             .chain(self.queue.keys.iter().map(|k| Arg::Bytes(k)))
-            .chain(self.jobs.iter().map(|(key, _)| Arg::Bytes(key)))
+            .chain(jobs.iter().map(|(key, _)| Arg::Bytes(key)))
             .chain([
                 Arg::Bytes(&self.queue.job_name),
                 Arg::Bytes(self.timestamp),
@@ -243,7 +252,7 @@ impl Call<'_> {
                 Arg::Int(self.shared.len() as i64),
             ])
             .chain(self.shared.iter().map(|p| Arg::Bytes(p)))
-            .chain(self.jobs.iter().flat_map(|(key, head)| {
+            .chain(jobs.iter().flat_map(|(key, head)| {
                 [Arg::Bytes(&key[self.queue.base.len()..]), Arg::Bytes(head)]
             }))
     }
@@ -252,30 +261,43 @@ impl Call<'_> {
     /// (its body or its SHA-1), for the spool's replay.
     fn args(&self, script: Value) -> Vec<Value> {
         std::iter::once(script)
-            .chain(self.parts().map(|part| match part {
+            .chain(self.parts(&self.jobs).map(|part| match part {
                 Arg::Int(n) => Value::Integer(n),
                 Arg::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
             }))
             .collect()
     }
 
-    /// Appends the call to `out`: `command` (`EVALSHA` or `EVAL`), then
-    /// `script` (the SHA-1 or the body).
+    /// How many jobs one script run adds: all of them, unless their
+    /// `data` together passes [`RUN_DATA_BYTES`].
+    fn per_run(&self) -> usize {
+        let data = self.shared.iter().map(Bytes::len).sum::<usize>() + 256;
+        (RUN_DATA_BYTES / data).max(1)
+    }
+
+    /// Appends the call to `out`, as one script run per [`Self::per_run`]
+    /// jobs: `command` (`EVALSHA` or `EVAL`), then `script` (the SHA-1 or
+    /// the body).
     fn encode(&self, out: &mut BytesMut, command: &[u8], script: &[u8]) {
-        let head = [Arg::Bytes(command), Arg::Bytes(script)];
-        wire::encode(out, head.into_iter().chain(self.parts()));
+        for jobs in self.jobs.chunks(self.per_run()) {
+            let head = [Arg::Bytes(command), Arg::Bytes(script)];
+            wire::encode(out, head.into_iter().chain(self.parts(jobs)));
+        }
     }
 
     /// Sends it through `lane` by `EVALSHA`, and whole by `EVAL` only when
-    /// Redis answers `NOSCRIPT` (which ran nothing); `Ok` once Redis holds
-    /// every job (new, or found already there).
+    /// Redis answers `NOSCRIPT` (which ran nothing, or, should the script
+    /// cache be flushed between two runs, nothing that a second add would
+    /// not find already there); `Ok` once Redis holds every job (new, or
+    /// found already there).
     async fn send(&self, lane: &Lane, due: Due) -> Result<(), SinkError> {
-        let by_sha = lane.send(1, false, due, |out| {
+        let runs = u32::try_from(self.jobs.len().div_ceil(self.per_run())).unwrap_or(u32::MAX);
+        let by_sha = lane.send(runs, false, due, |out| {
             self.encode(out, b"EVALSHA", ADD.sha());
         })?;
         match by_sha.await {
             Err(SinkError::Redis(e)) if e.details().starts_with("NOSCRIPT") => {
-                let whole = lane.send(1, false, due, |out| {
+                let whole = lane.send(runs, false, due, |out| {
                     self.encode(out, b"EVAL", ADD.body().as_bytes())
                 })?;
                 whole.await.map(drop)
