@@ -279,9 +279,22 @@ impl Call<'_> {
     /// jobs: `command` (`EVALSHA` or `EVAL`), then `script` (the SHA-1 or
     /// the body).
     fn encode(&self, out: &mut BytesMut, command: &[u8], script: &[u8]) {
-        for jobs in self.jobs.chunks(self.per_run()) {
+        let run = |out: &mut BytesMut, jobs| {
             let head = [Arg::Bytes(command), Arg::Bytes(script)];
             wire::encode(out, head.into_iter().chain(self.parts(jobs)));
+        };
+        let mut runs = self.jobs.chunks(self.per_run());
+        let start = out.len();
+        if let Some(first) = runs.next() {
+            run(out, first);
+            // The other runs are the first's size, give or take their jobs'
+            // ids: room for them at once rather than a doubling (and a copy
+            // of all so far) at each power of two.
+            let each = out.len() - start + 64 * self.per_run();
+            out.reserve(each.saturating_mul(runs.len()));
+        }
+        for jobs in runs {
+            run(out, jobs);
         }
     }
 
