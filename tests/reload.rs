@@ -220,3 +220,66 @@ async fn a_reloaded_head_deadline_reaches_new_connections() {
         "new connections kept the old head deadline"
     );
 }
+
+/// A reload that sets a JWT secret ending in a newline (a TOML `"…\n"`
+/// escape, or a value pasted with its line end) is warned about, as at
+/// start, without the secret.
+#[tokio::test]
+async fn a_reloaded_jwt_secret_ending_in_a_newline_is_said() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[auth]\njwt_secret = \"sekrit-of-ours\"\n").unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["--config", file.to_str().unwrap()])
+        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_LOG", "info,fred=error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let until = |what: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(20)) {
+            let done = line.contains(what);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+        panic!("no {what:?} in {seen:?}");
+    };
+    let started = until("listening");
+    assert!(
+        started.iter().all(|l| !l.contains("JWT secret")),
+        "{started:?}"
+    );
+    std::fs::write(&file, "[auth]\njwt_secret = \"sekrit-of-ours\\n\"\n").unwrap();
+    signal(child.id(), "HUP");
+    let reloaded = until("JWT secret begins or ends with whitespace");
+    assert!(
+        reloaded.iter().any(|l| l.contains("auth.jwt_secret")),
+        "{reloaded:?}"
+    );
+    assert!(
+        reloaded.iter().all(|l| !l.contains("sekrit")),
+        "{reloaded:?}"
+    );
+    signal(child.id(), "TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
