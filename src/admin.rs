@@ -367,7 +367,12 @@ impl Admin {
             };
             eprintln!("tether-ingress: lost Redis ({lost}); reconnecting");
             client = self.reconnect().await;
-            let now = newest(&client, &stream).await?;
+            let now = match newest(&client, &stream).await {
+                Ok(now) => now,
+                // Gone again: the next read says so and reconnects.
+                Err(AdminError::Redis(e)) if connection_lost(&e) => continue,
+                Err(e) => return Err(e),
+            };
             if let Some(seen) = &last
                 && now
                     .as_deref()

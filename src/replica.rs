@@ -296,10 +296,11 @@ impl Replica {
         let init = client.init();
         tokio::pin!(init);
         let mut down: Option<Outage> = None;
+        let mut listening = true;
         let _conn = loop {
             tokio::select! {
                 r = &mut init => break r?,
-                e = errors.recv() => if let Ok((e, _)) = e {
+                e = errors.recv(), if listening => if let Ok((e, _)) = e {
                     let now = std::time::Instant::now();
                     match &mut down {
                         None => {
@@ -312,6 +313,9 @@ impl Replica {
                             }
                         }
                     }
+                } else {
+                    // Lagged: the next error will do. Closed: none will come.
+                    listening = !matches!(e, Err(RecvError::Closed));
                 },
                 _ = shutdown.changed() => return Ok(()),
             }

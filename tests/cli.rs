@@ -31,20 +31,27 @@ fn help_lists_every_environment_variable_and_version_names_the_commit() {
     assert!(version.contains("(commit "), "{version}");
 }
 
-#[test]
-fn logs_to_a_pipe_have_no_colour_codes() {
-    let redis = RedisServer::start();
-    let mut child = binary()
+/// The binary serving on a free port against `redis` with `env` set,
+/// logging at info level to a pipe.
+fn logging_to_a_pipe(redis: &RedisServer, env: &[(&str, &str)]) -> std::process::Child {
+    binary()
         .env(
             "TETHER_INGRESS_LISTEN",
             format!("127.0.0.1:{}", free_port()),
         )
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let redis = RedisServer::start();
+    let mut child = logging_to_a_pipe(&redis, &[]);
     let seen = log_until_listening(&mut child);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -60,27 +67,11 @@ fn logs_to_a_pipe_have_no_colour_codes() {
 #[test]
 fn a_jwt_secret_ending_in_a_newline_is_said_at_start() {
     let redis = RedisServer::start();
-    let mut child = binary()
-        .env(
-            "TETHER_INGRESS_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env("TETHER_INGRESS_REDIS_URL", redis.url())
-        .env("TETHER_INGRESS_JWT_SECRET", "sekrit-of-ours-42\n")
-        .env("TETHER_INGRESS_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut seen = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let done = line.contains("JWT secret");
-        seen.push(line);
-        if done || seen.len() > 50 {
-            break;
-        }
-    }
+    let mut child = logging_to_a_pipe(
+        &redis,
+        &[("TETHER_INGRESS_JWT_SECRET", "sekrit-of-ours-42\n")],
+    );
+    let seen = log_until(&mut child, "JWT secret");
     child.kill().unwrap();
     child.wait().unwrap();
     let warning = seen
@@ -126,10 +117,15 @@ fn under_ulimit(
 
 /// Lines of `child`'s log up to the one saying it listens.
 fn log_until_listening(child: &mut std::process::Child) -> Vec<String> {
+    log_until(child, "listening")
+}
+
+/// Lines of `child`'s log up to the first holding `what` (at most 51).
+fn log_until(child: &mut std::process::Child, what: &str) -> Vec<String> {
     let mut seen = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
-        let done = line.contains("listening");
+        let done = line.contains(what);
         seen.push(line);
         if done || seen.len() > 50 {
             break;

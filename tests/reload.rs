@@ -105,6 +105,23 @@ async fn limits_streams_and_jwt_secret_change_without_dropping_requests() {
     );
 }
 
+/// The binary reading its configuration from `file`, serving on `port`
+/// against `redis`, logging at info level to a pipe.
+fn serving_from_file(
+    file: &std::path::Path,
+    redis: &RedisServer,
+    port: u16,
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["--config", file.to_str().unwrap()])
+        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_LOG", "info,fred=error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
     let redis = RedisServer::start();
@@ -115,14 +132,7 @@ async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("c.toml");
     std::fs::write(&file, "[server]\nmax_body_bytes = 1000\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
-        .args(["--config", file.to_str().unwrap()])
-        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TETHER_INGRESS_REDIS_URL", redis.url())
-        .env("TETHER_INGRESS_LOG", "info,fred=error")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serving_from_file(&file, &redis, port);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let post = |size: usize| {
@@ -231,14 +241,7 @@ async fn a_reloaded_jwt_secret_ending_in_a_newline_is_said() {
     let file = dir.path().join("c.toml");
     std::fs::write(&file, "[auth]\njwt_secret = \"sekrit-of-ours\"\n").unwrap();
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
-        .args(["--config", file.to_str().unwrap()])
-        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TETHER_INGRESS_REDIS_URL", redis.url())
-        .env("TETHER_INGRESS_LOG", "info,fred=error")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serving_from_file(&file, &redis, port);
     let lines = {
         use std::io::BufRead;
         let (tx, rx) = std::sync::mpsc::channel();
