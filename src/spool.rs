@@ -342,7 +342,14 @@ impl Spool {
             dir: dir.to_owned(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(refused)?;
+        std::fs::create_dir_all(dir).map_err(|e| match e.kind() {
+            // The path is there, but not as a directory.
+            std::io::ErrorKind::AlreadyExists => refused(std::io::Error::new(
+                e.kind(),
+                "it is a file, not a directory",
+            )),
+            _ => refused(e),
+        })?;
         // Two processes on one directory would write segments of the same
         // numbers and each replay (and delete) the other's: the directory
         // is locked for as long as the spool is open.
@@ -705,6 +712,14 @@ mod tests {
 
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"").unwrap();
+        let refused = Spool::open(&file, 1 << 20).err().unwrap();
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "cannot use spool directory {}: it is a file, not a directory",
+                file.display()
+            )
+        );
         let refused = Spool::open(&file.join("spool"), 1 << 20).err().unwrap();
         assert!(matches!(refused, SpoolError::Open { .. }));
         assert!(
