@@ -352,6 +352,7 @@ impl Replica {
                     Ok(()) => {
                         resync_due = false;
                         failures = Failures::default();
+                        down = None;
                         self.status.mark_in_touch();
                     }
                     Err(e) => {
@@ -399,11 +400,18 @@ impl Replica {
                         break;
                     }
                     self.status.mark_lost();
-                    // Log the transition once, not every reconnect attempt.
+                    // Log the transition, then once a minute while it
+                    // lasts, not every reconnect attempt.
+                    let now = std::time::Instant::now();
                     if self.status.connected.swap(false, Ordering::AcqRel)
-                        && let Ok((e, _)) = e
+                        && let Ok((e, _)) = &e
                     {
                         warn!(error = %e, "replica lost its Redis connection; serving the last copy");
+                        down = Some(Outage::new(now));
+                    } else if let (Some(outage), Ok((e, _))) = (down.as_mut(), &e)
+                        && let Some(down_for) = outage.remind(now)
+                    {
+                        warn!(error = %e, down_for_secs = down_for.as_secs(), "replica still cannot reach redis; serving the last copy");
                     }
                 }
                 inv = invalidations.recv() => match inv {

@@ -247,6 +247,50 @@ async fn a_replica_that_cannot_connect_at_start_says_why() {
     assert_eq!(post_wh_1(&ingress, "user_in").await, StatusCode::ACCEPTED);
 }
 
+/// A Redis gone for over a minute is said again once a minute, by the job
+/// writers and by the replica (which serves its last copy meanwhile), each
+/// with how long it has lasted; a single line at the start of a long
+/// outage is easily lost in the scrollback. Takes about 65 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_is_said_again_each_minute() {
+    let mut redis = RedisServer::start();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("ingress.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let ingress = IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", redis.url())], log);
+    ingress.wait_ready().await;
+    redis.kill();
+    let logged = || std::fs::read_to_string(&log_path).unwrap();
+    let said = |text: &str| {
+        text.contains("job writer still cannot connect to redis")
+            && text.contains("replica still cannot reach redis")
+    };
+    assert!(
+        eventually(Duration::from_secs(100), || async { said(&logged()) }).await,
+        "no reminder after 100 s:\n{}",
+        logged()
+    );
+    let text = logged();
+    for reminder in [
+        "job writer still cannot connect to redis",
+        "replica still cannot reach redis",
+    ] {
+        let line = text.lines().find(|l| l.contains(reminder)).unwrap();
+        let secs: u64 = line
+            .split("down_for_secs=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no down_for_secs in {line}"));
+        assert!((60..100).contains(&secs), "{line}");
+    }
+    assert_eq!(
+        text.matches("replica lost its Redis connection").count(),
+        1,
+        "{text}"
+    );
+}
+
 /// A Redis that closes clients idle for a second (`timeout 1`, as managed
 /// Redis often sets a longer one) does not close the ingress's: each idle
 /// connection sends `PING` every `redis.keepalive_ms` (300 ms here). Before,
