@@ -225,9 +225,8 @@ async fn redis_killed_under_load_without_a_spool_answers_503_with_retry_after() 
 async fn an_outage_is_logged_once_a_second_not_once_a_request() {
     let mut redis = RedisServer::start();
     seed(&redis).await;
-    let log_dir = tempfile::tempdir().unwrap();
-    let log_path = log_dir.path().join("ingress.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log_file = LogFile::new();
+    let log = log_file.writer();
     let ingress = IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", redis.url())], log);
     ingress.wait_ready().await;
     redis.kill();
@@ -236,7 +235,7 @@ async fn an_outage_is_logged_once_a_second_not_once_a_request() {
     load.until_answered(2_000, WAIT).await;
     // Past the first second, the second line says how many it held back.
     let logged = || {
-        std::fs::read_to_string(&log_path)
+        std::fs::read_to_string(log_file.path())
             .unwrap()
             .matches("jobs not stored")
             .count()
@@ -258,7 +257,7 @@ async fn an_outage_is_logged_once_a_second_not_once_a_request() {
         "{refused} answered 503 of {}",
         outcomes.len()
     );
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    let text = log_file.text();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("jobs not stored"))
@@ -290,9 +289,8 @@ async fn a_redis_refusing_writes_is_retried_on_a_backoff_not_per_request() {
     let redis = RedisServer::start();
     seed(&redis).await;
     let spool = tempfile::tempdir().unwrap();
-    let log_dir = tempfile::tempdir().unwrap();
-    let log_path = log_dir.path().join("ingress.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log_file = LogFile::new();
+    let log = log_file.writer();
     let env = [
         ("TETHER_INGRESS_REDIS_URL", redis.url()),
         (
@@ -310,7 +308,7 @@ async fn a_redis_refusing_writes_is_retried_on_a_backoff_not_per_request() {
     let outcomes = load.stop().await;
     let seconds = started.elapsed().as_secs();
     assert_all_accepted(&outcomes);
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    let text = log_file.text();
     let retries = text.matches("spool replay paused").count() as u64;
     assert!(retries >= 1, "the refusal was not logged:\n{text}");
     assert!(

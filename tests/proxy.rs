@@ -434,14 +434,13 @@ async fn serving_threads_proxy_write_jobs_and_drain() {
 async fn a_backend_that_is_down_is_logged_with_why_once_a_second() {
     let redis = RedisServer::start();
     let closed = format!("127.0.0.1:{}", free_port());
-    let log_dir = tempfile::tempdir().unwrap();
-    let log_path = log_dir.path().join("ingress.log");
+    let log_file = LogFile::new();
     let ingress = IngressProcess::spawn_logging(
         &[
             ("TETHER_INGRESS_REDIS_URL", redis.url()),
             ("TETHER_INGRESS_UPSTREAM_URL", format!("http://{closed}")),
         ],
-        std::fs::File::create(&log_path).unwrap(),
+        log_file.writer(),
     );
     ingress.wait_ready().await;
     let started = std::time::Instant::now();
@@ -454,7 +453,7 @@ async fn a_backend_that_is_down_is_logged_with_why_once_a_second() {
         assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     }
     let seconds = started.elapsed().as_secs();
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    let text = log_file.text();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("upstream request failed"))

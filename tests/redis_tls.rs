@@ -201,8 +201,8 @@ async fn a_tls_url_at_a_plaintext_port_is_said_to_fail_in_the_tls_handshake() {
     let dir = tempfile::tempdir().unwrap();
     pki(dir.path(), "good", &["server"]);
     let plain = RedisServer::start();
-    let log_path = dir.path().join("ingress.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log_file = LogFile::new();
+    let log = log_file.writer();
     let _ingress = IngressProcess::spawn_logging(
         &[
             (
@@ -216,7 +216,7 @@ async fn a_tls_url_at_a_plaintext_port_is_said_to_fail_in_the_tls_handshake() {
         ],
         log,
     );
-    let logged = || std::fs::read_to_string(&log_path).unwrap();
+    let logged = || log_file.text();
     assert!(
         eventually(Duration::from_secs(15), || async {
             logged().contains("job writer cannot connect")

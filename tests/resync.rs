@@ -153,9 +153,8 @@ async fn a_redis_back_without_its_data_is_said_in_the_log() {
         put_key(&r, key, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     }
     add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
-    let log_dir = tempfile::tempdir().unwrap();
-    let log_path = log_dir.path().join("ingress.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log_file = LogFile::new();
+    let log = log_file.writer();
     let env = [
         ("TETHER_INGRESS_REDIS_URL", redis.url()),
         ("TETHER_INGRESS_LOG", "info".to_owned()),
@@ -166,7 +165,7 @@ async fn a_redis_back_without_its_data_is_said_in_the_log() {
     assert_eq!(post().await, StatusCode::ACCEPTED);
     redis.kill();
     redis.restart();
-    let logged = || std::fs::read_to_string(&log_path).unwrap();
+    let logged = || log_file.text();
     assert!(
         eventually(Duration::from_secs(20), || async {
             logged().contains("far fewer entries")
@@ -204,11 +203,10 @@ async fn a_replica_that_cannot_connect_at_start_says_why() {
         redis.cli(&["CONFIG", "SET", "requirepass", "hunter2"]),
         "OK"
     );
-    let log_dir = tempfile::tempdir().unwrap();
-    let log_path = log_dir.path().join("ingress.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log_file = LogFile::new();
+    let log = log_file.writer();
     let ingress = IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", redis.url())], log);
-    let logged = || std::fs::read_to_string(&log_path).unwrap();
+    let logged = || log_file.text();
     assert!(
         eventually(Duration::from_secs(20), || async {
             logged().contains("replica cannot connect to redis")
@@ -254,13 +252,12 @@ async fn a_replica_that_cannot_connect_at_start_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_outage_is_said_again_each_minute() {
     let mut redis = RedisServer::start();
-    let log_dir = tempfile::tempdir().unwrap();
-    let log_path = log_dir.path().join("ingress.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log_file = LogFile::new();
+    let log = log_file.writer();
     let ingress = IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", redis.url())], log);
     ingress.wait_ready().await;
     redis.kill();
-    let logged = || std::fs::read_to_string(&log_path).unwrap();
+    let logged = || log_file.text();
     let said = |text: &str| {
         text.contains("job writer still cannot connect to redis")
             && text.contains("replica still cannot reach redis")
@@ -307,8 +304,8 @@ async fn idle_connections_outlive_a_redis_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ingress.toml");
     std::fs::write(&config, "[redis]\nkeepalive_ms = 300\n").unwrap();
-    let log_path = dir.path().join("ingress.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log_file = LogFile::new();
+    let log = log_file.writer();
     let env = [
         ("TETHER_INGRESS_REDIS_URL", redis.url()),
         ("TETHER_INGRESS_LOG", "info".to_owned()),
@@ -320,7 +317,7 @@ async fn idle_connections_outlive_a_redis_timeout() {
     // What is under test is idle time itself: three times Redis's timeout.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(post().await, StatusCode::ACCEPTED);
-    let text = std::fs::read_to_string(&log_path).unwrap();
+    let text = log_file.text();
     assert!(
         !text.contains("lost its redis connection")
             && !text.contains("lost its Redis connection")

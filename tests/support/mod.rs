@@ -504,6 +504,41 @@ pub fn json(b: &Bytes) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
 }
 
+// === a log file ===
+
+/// A file for a child process's log, in its own temporary directory
+/// (removed with it).
+pub struct LogFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl LogFile {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ingress.log");
+        std::fs::File::create(&path).unwrap();
+        Self { _dir: dir, path }
+    }
+
+    /// A handle appending to it, for a process's stdout.
+    pub fn writer(&self) -> std::fs::File {
+        std::fs::File::options()
+            .append(true)
+            .open(&self.path)
+            .unwrap()
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// What has been written so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap()
+    }
+}
+
 // === the binary, as a process ===
 
 /// `tether-ingress` run as a child process (for SIGKILL and signals).
