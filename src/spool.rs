@@ -504,7 +504,13 @@ impl Writer {
             while let Some(cmd) = next.take() {
                 match cmd {
                     Command::Append(records, done) => {
-                        buf.extend_from_slice(&records);
+                        // A request's records larger than the buffer's room
+                        // become the buffer, rather than a second copy.
+                        if buf.is_empty() && records.len() > buf.capacity() {
+                            buf = records;
+                        } else {
+                            buf.extend_from_slice(&records);
+                        }
                         waiters.push(done);
                     }
                     Command::Seal(done) => {

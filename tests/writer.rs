@@ -320,15 +320,22 @@ fn reset_peak(pid: u32) {
 
 /// One request whose entries are large (a 1 MiB body matching 36
 /// workflows: 36 MiB on the wire) costs the ingress about their size at its
-/// peak, not three times it: the writer makes room for a request's
+/// peak, written to Redis or to the spool, not three times it: the writer makes room for a request's
 /// entries at once instead of doubling its buffer (copying all so far) at
 /// each power of two. Before, the peak was 2.7x the entries (300 workflows:
 /// 900 MB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_of_large_entries_costs_about_their_size_at_its_peak() {
     const WORKFLOWS: u64 = 36;
-    let (_redis, r, config) = with_workflows(WORKFLOWS as usize).await;
-    let ingress = IngressProcess::spawn(&[("TETHER_INGRESS_REDIS_URL", config.redis.url)]);
+    let (mut redis, r, config) = with_workflows(WORKFLOWS as usize).await;
+    let spool = tempfile::tempdir().unwrap();
+    let ingress = IngressProcess::spawn(&[
+        ("TETHER_INGRESS_REDIS_URL", config.redis.url),
+        (
+            "TETHER_INGRESS_SPOOL_DIR",
+            spool.path().display().to_string(),
+        ),
+    ]);
     ingress.wait_ready().await;
     let send = |body: String| async {
         let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
@@ -348,7 +355,7 @@ async fn a_request_of_large_entries_costs_about_their_size_at_its_peak() {
     let entries_kib = WORKFLOWS * body.len() as u64 / 1024;
     let (before, _) = resident_kib(ingress.pid());
     reset_peak(ingress.pid());
-    assert_eq!(send(body).await, StatusCode::ACCEPTED);
+    assert_eq!(send(body.clone()).await, StatusCode::ACCEPTED);
     assert_eq!(xlen(&r, STREAM).await, 2 * WORKFLOWS);
     let (_, peak) = resident_kib(ingress.pid());
     let grew = peak.saturating_sub(before);
@@ -356,5 +363,26 @@ async fn a_request_of_large_entries_costs_about_their_size_at_its_peak() {
     assert!(
         grew < entries_kib * 8 / 5,
         "grew {grew} KiB at the peak for {entries_kib} KiB of entries"
+    );
+
+    // The same request spooled, Redis gone: its records are made with
+    // room for all at once and handed to the spool's writer, not copied
+    // (before: 3.7x the entries at the peak).
+    redis.kill();
+    let (before, _) = resident_kib(ingress.pid());
+    reset_peak(ingress.pid());
+    assert_eq!(send(body).await, StatusCode::ACCEPTED);
+    let (_, peak) = resident_kib(ingress.pid());
+    let grew = peak.saturating_sub(before);
+    eprintln!("figures: spooled, resident memory grew {grew} KiB at its peak");
+    assert!(
+        grew < entries_kib * 8 / 5,
+        "spooling grew {grew} KiB at the peak for {entries_kib} KiB of entries"
+    );
+    assert!(
+        ingress
+            .metric_value("tether_spool_jobs_written_total")
+            .await
+            >= WORKFLOWS as f64
     );
 }

@@ -333,7 +333,14 @@ impl Call<'_> {
 
     /// Appends one spool record per job, each with its whole `data`.
     fn spool(&self, out: &mut Vec<u8>) {
-        for (key, head) in &self.jobs {
+        let start = out.len();
+        for (n, (key, head)) in self.jobs.iter().enumerate() {
+            if n == 1 {
+                // The others are the first's size, give or take their ids:
+                // room for them at once, not a doubling at each power of two.
+                let each = out.len() - start + 2 * key.len();
+                out.reserve(each.saturating_mul(self.jobs.len() - 1));
+            }
             let id = self.id(key);
             let mut data =
                 Vec::with_capacity(head.len() + self.shared.iter().map(Bytes::len).sum::<usize>());

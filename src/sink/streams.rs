@@ -22,6 +22,7 @@ use super::{
     wire::{self, Arg},
 };
 use crate::{
+    id::Id,
     settings::Settings,
     spool::{self, Record},
 };
@@ -67,23 +68,9 @@ pub(super) async fn write_workflow(
     };
     let (stream, maxlen) = (settings.workflow_stream.as_bytes(), settings.streams.maxlen);
     let ack = lane.send(count, false, due, |out| {
-        let mut workflows = jobs.workflows.iter();
-        let start = out.len();
-        if let Some(first) = workflows.next() {
-            xadd(out, stream, maxlen, fields(jobs.pairs(first)));
-            // The other entries are the first's size but for their
-            // workflow id (and its length's digits): room for all of them
-            // at once, not a doubling, and a copy of all so far, at each
-            // power of two, which held 3x a large request's entries at its
-            // peak (a 1 MiB body matching 300 workflows: 900 MB).
-            let rest = workflows.clone();
-            let without_id = out.len() - start - first.bytes().len();
-            let ids: usize = rest.clone().map(|w| w.bytes().len() + 20).sum();
-            out.reserve(without_id * rest.len() + ids);
-        }
-        for workflow in workflows {
+        each_entry(out, jobs, |out, workflow| {
             xadd(out, stream, maxlen, fields(jobs.pairs(workflow)));
-        }
+        });
     })?;
     ack.await.map(drop)
 }
@@ -137,8 +124,52 @@ fn spool_frame<const N: usize>(
 
 /// Appends the spool frames of every entry of `jobs` to `out`.
 pub(super) fn spool_workflow(out: &mut Vec<u8>, jobs: &WorkflowJobs, settings: &Settings) {
-    for workflow in jobs.workflows.iter() {
+    each_entry(out, jobs, |out, workflow| {
         spool_frame(out, &settings.workflow_stream, jobs.pairs(workflow));
+    });
+}
+
+/// A buffer that can make room ahead: a job writer's, or the spool's.
+trait Room {
+    fn filled(&self) -> usize;
+    fn make_room(&mut self, additional: usize);
+}
+
+impl Room for BytesMut {
+    fn filled(&self) -> usize {
+        self.len()
+    }
+    fn make_room(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl Room for Vec<u8> {
+    fn filled(&self) -> usize {
+        self.len()
+    }
+    fn make_room(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+/// Appends, with `entry`, each of `jobs`'s entries to `out`. The others
+/// are the first's size but for their workflow id (and its length's
+/// digits), so once the first is in, room for all of them is made at once:
+/// growing by doubling copies all so far at each power of two, and held
+/// about 3x a large request's entries at its peak (a 1 MiB body matching
+/// 300 workflows: 900 MB).
+fn each_entry<B: Room>(out: &mut B, jobs: &WorkflowJobs, mut entry: impl FnMut(&mut B, &Id)) {
+    let mut workflows = jobs.workflows.iter();
+    if let Some(first) = workflows.next() {
+        let start = out.filled();
+        entry(out, first);
+        let without_id = out.filled() - start - first.bytes().len();
+        let ids: usize = workflows.clone().map(|w| w.bytes().len() + 20).sum();
+        out.make_room(without_id * workflows.len() + ids);
+    }
+    for workflow in workflows {
+        entry(out, workflow);
     }
 }
 
