@@ -355,12 +355,11 @@ impl Admin {
         };
         let mut printed = 0usize;
         loop {
-            let followed = self
-                .follow(&client, &stream, queue.as_deref(), &mut last, out, |n| {
-                    printed += n;
-                    limit.is_some_and(|l| printed >= l)
-                })
-                .await;
+            let followed = follow(&client, &stream, queue.as_deref(), &mut last, out, || {
+                printed += 1;
+                limit.is_some_and(|l| printed >= l)
+            })
+            .await;
             let lost = match followed {
                 Err(AdminError::Redis(e)) if connection_lost(&e) => e,
                 done => return done,
@@ -392,46 +391,6 @@ impl Admin {
         }
     }
 
-    /// Reads `stream` after `last` and prints what it holds until `enough`
-    /// (told how many lines were printed) says stop, or Redis fails.
-    async fn follow(
-        &self,
-        client: &Client,
-        stream: &str,
-        queue: Option<&str>,
-        last: &mut Option<String>,
-        out: &mut impl Write,
-        mut enough: impl FnMut(usize) -> bool,
-    ) -> Result<(), AdminError> {
-        loop {
-            let after = last.as_deref().unwrap_or("0-0");
-            let reply: Value = client.xread(Some(100), Some(5_000), stream, after).await?;
-            for crate::worker::Entry { id, fields } in crate::worker::parse_read(reply) {
-                *last = Some(id.clone());
-                let line = match queue {
-                    None => {
-                        let mut obj = serde_json::Map::new();
-                        obj.insert("id".into(), id.into());
-                        for (k, v) in fields {
-                            obj.insert(k, v.into());
-                        }
-                        serde_json::Value::Object(obj).to_string()
-                    }
-                    Some(base) => match added_job(client, base, &fields).await? {
-                        Some(line) => line,
-                        None => continue,
-                    },
-                };
-                writeln!(out, "{line}")
-                    .and_then(|()| out.flush())
-                    .map_err(AdminError::Output)?;
-                if enough(1) {
-                    return Ok(());
-                }
-            }
-        }
-    }
-
     /// A new connection to the same Redis, tried every second until one
     /// answers.
     async fn reconnect(&self) -> Client {
@@ -439,6 +398,45 @@ impl Admin {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if let Ok(client) = open(&self.target).await {
                 return client;
+            }
+        }
+    }
+}
+
+/// Reads `stream` after `last` and prints what it holds until `enough`
+/// (asked after each line printed) says stop, or Redis fails.
+async fn follow(
+    client: &Client,
+    stream: &str,
+    queue: Option<&str>,
+    last: &mut Option<String>,
+    out: &mut impl Write,
+    mut enough: impl FnMut() -> bool,
+) -> Result<(), AdminError> {
+    loop {
+        let after = last.as_deref().unwrap_or("0-0");
+        let reply: Value = client.xread(Some(100), Some(5_000), stream, after).await?;
+        for crate::worker::Entry { id, fields } in crate::worker::parse_read(reply) {
+            *last = Some(id.clone());
+            let line = match queue {
+                None => {
+                    let mut obj = serde_json::Map::new();
+                    obj.insert("id".into(), id.into());
+                    for (k, v) in fields {
+                        obj.insert(k, v.into());
+                    }
+                    serde_json::Value::Object(obj).to_string()
+                }
+                Some(base) => match added_job(client, base, &fields).await? {
+                    Some(line) => line,
+                    None => continue,
+                },
+            };
+            writeln!(out, "{line}")
+                .and_then(|()| out.flush())
+                .map_err(AdminError::Output)?;
+            if enough() {
+                return Ok(());
             }
         }
     }

@@ -90,7 +90,7 @@ fn inflate(stream: impl std::io::Read, max: usize) -> Result<BytesMut, Reject> {
     if read > max {
         return Err(Reject::BodyTooLarge);
     }
-    Ok(BytesMut::from(&out[..]))
+    Ok(BytesMut::from(bytes::Bytes::from(out)))
 }
 
 async fn read_capped<B>(headers: &HeaderMap, mut body: B, max: usize) -> Result<BytesMut, Reject>

@@ -16,10 +16,10 @@
 //! file says: the keys of that kind the file did not name are deleted (a
 //! revoked API key stops working within the replica's 1 s bound). A file
 //! with a refused line prunes nothing: the key that line names would be
-//! taken for one the file lacks. The
-//! import remembers each key it saw as 16 bytes of its SHA-256, so memory
-//! grows by about that per item, never by the file. With `--dry-run`
-//! nothing is written; each change is printed instead.
+//! taken for one the file lacks. The import remembers each key it saw as
+//! 16 bytes of its SHA-256, so memory grows by about that per item, never
+//! by the file. With `--dry-run` nothing is written; each change is
+//! printed instead.
 
 use std::{
     collections::{HashMap, HashSet},

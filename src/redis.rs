@@ -362,6 +362,16 @@ pub(crate) struct Outage {
     said: Instant,
 }
 
+/// What an owner says of a failure to connect ([`Outage::note`]).
+pub(crate) enum Say {
+    /// The outage began: say why.
+    Began,
+    /// It has lasted this long: say so again.
+    Lasts(Duration),
+    /// Said recently enough.
+    Nothing,
+}
+
 impl Outage {
     /// How often an owner that cannot reach Redis says so again.
     const REMIND_EVERY: Duration = Duration::from_secs(60);
@@ -376,6 +386,19 @@ impl Outage {
     /// How long it has lasted.
     pub(crate) fn lasted(&self) -> Duration {
         self.since.elapsed()
+    }
+
+    /// One more failure to connect, at `now`, of an owner whose outage is
+    /// `down`: starts it on the first and says [`Say::Began`], then
+    /// [`Say::Lasts`] once a minute.
+    pub(crate) fn note(down: &mut Option<Self>, now: Instant) -> Say {
+        match down {
+            None => {
+                *down = Some(Self::new(now));
+                Say::Began
+            }
+            Some(outage) => outage.remind(now).map_or(Say::Nothing, Say::Lasts),
+        }
     }
 
     /// How long it has lasted, when it is time to say so again.

@@ -51,7 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics as m,
-    redis::{self, NamedPrimary, Outage, Role, Target},
+    redis::{self, NamedPrimary, Outage, Role, Say, Target},
 };
 
 /// The value of one control-plane key as read from Redis.
@@ -301,17 +301,12 @@ impl Replica {
             tokio::select! {
                 r = &mut init => break r?,
                 e = errors.recv(), if listening => if let Ok((e, _)) = e {
-                    let now = std::time::Instant::now();
-                    match &mut down {
-                        None => {
-                            warn!(error = %e, "replica cannot connect to redis; retrying");
-                            down = Some(Outage::new(now));
+                    match Outage::note(&mut down, std::time::Instant::now()) {
+                        Say::Began => warn!(error = %e, "replica cannot connect to redis; retrying"),
+                        Say::Lasts(down_for) => {
+                            warn!(error = %e, down_for_secs = down_for.as_secs(), "replica still cannot connect to redis; retrying");
                         }
-                        Some(outage) => {
-                            if let Some(down_for) = outage.remind(now) {
-                                warn!(error = %e, down_for_secs = down_for.as_secs(), "replica still cannot connect to redis; retrying");
-                            }
-                        }
+                        Say::Nothing => {}
                     }
                 } else {
                     // Lagged: the next error will do. Closed: none will come.

@@ -38,7 +38,9 @@ fn xlen_on(server: &RedisServer) -> u64 {
     server.cli(&["XLEN", STREAM]).parse().unwrap()
 }
 
-async fn start(primary: &RedisServer, spool: Option<&std::path::Path>) -> Ingress {
+/// Seeds `primary` with the test's key and trigger; a configuration for it
+/// with `redis.wait_replicas = 1`.
+async fn seeded_with_wait(primary: &RedisServer) -> Config {
     let r = primary.client().await;
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
@@ -46,6 +48,11 @@ async fn start(primary: &RedisServer, spool: Option<&std::path::Path>) -> Ingres
     raw.redis.url = primary.url();
     raw.server.listen = ([127, 0, 0, 1], 0).into();
     raw.redis.wait_replicas = 1;
+    raw
+}
+
+async fn start(primary: &RedisServer, spool: Option<&std::path::Path>) -> Ingress {
+    let mut raw = seeded_with_wait(primary).await;
     // The WAIT may take half of this: long enough that a loaded machine's
     // replica still confirms in time, short enough that the replica-less
     // requests below are answered in a second.
@@ -219,13 +226,7 @@ async fn a_keep_alive_ping_is_not_followed_by_a_wait() {
     let primary = RedisServer::start();
     let replica = RedisServer::start();
     follow(&replica, &primary).await;
-    let r = primary.client().await;
-    put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
-    let mut raw = Config::default();
-    raw.redis.url = primary.url();
-    raw.server.listen = ([127, 0, 0, 1], 0).into();
-    raw.redis.wait_replicas = 1;
+    let mut raw = seeded_with_wait(&primary).await;
     raw.redis.keepalive_ms = Duration::from_millis(200);
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
     let (status, _, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;

@@ -302,8 +302,7 @@ async fn large_requests_queued_behind_a_frozen_redis_are_capped_in_bytes() {
     );
 }
 
-/// The process's resident memory in KiB: now, and at its peak since
-/// [`reset_peak`].
+/// The process's resident memory in KiB: now, and at its peak.
 fn resident_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| -> u64 {
@@ -313,9 +312,15 @@ fn resident_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Starts the peak of `pid`'s resident memory again from now.
-fn reset_peak(pid: u32) {
+/// What `work` returns, and how far `pid`'s resident memory rose above its
+/// level before it at its peak while it ran, in KiB.
+async fn peak_growth_kib<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (T, u64) {
+    let (before, _) = resident_kib(pid);
+    // Starts the peak (VmHWM) again from now.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let out = work.await;
+    let (_, peak) = resident_kib(pid);
+    (out, peak.saturating_sub(before))
 }
 
 /// One request whose entries are large (a 1 MiB body matching 36
@@ -353,12 +358,9 @@ async fn a_request_of_large_entries_costs_about_their_size_at_its_peak() {
         "a".repeat((1 << 20) - 100)
     );
     let entries_kib = WORKFLOWS * body.len() as u64 / 1024;
-    let (before, _) = resident_kib(ingress.pid());
-    reset_peak(ingress.pid());
-    assert_eq!(send(body.clone()).await, StatusCode::ACCEPTED);
+    let (status, grew) = peak_growth_kib(ingress.pid(), send(body.clone())).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(xlen(&r, STREAM).await, 2 * WORKFLOWS);
-    let (_, peak) = resident_kib(ingress.pid());
-    let grew = peak.saturating_sub(before);
     eprintln!("figures: {entries_kib} KiB of entries, resident memory grew {grew} KiB at its peak");
     assert!(
         grew < entries_kib * 8 / 5,
@@ -369,11 +371,8 @@ async fn a_request_of_large_entries_costs_about_their_size_at_its_peak() {
     // room for all at once and handed to the spool's writer, not copied
     // (before: 3.7x the entries at the peak).
     redis.kill();
-    let (before, _) = resident_kib(ingress.pid());
-    reset_peak(ingress.pid());
-    assert_eq!(send(body).await, StatusCode::ACCEPTED);
-    let (_, peak) = resident_kib(ingress.pid());
-    let grew = peak.saturating_sub(before);
+    let (status, grew) = peak_growth_kib(ingress.pid(), send(body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     eprintln!("figures: spooled, resident memory grew {grew} KiB at its peak");
     assert!(
         grew < entries_kib * 8 / 5,

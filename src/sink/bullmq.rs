@@ -283,14 +283,15 @@ impl Call<'_> {
             let head = [Arg::Bytes(command), Arg::Bytes(script)];
             wire::encode(out, head.into_iter().chain(self.parts(jobs)));
         };
-        let mut runs = self.jobs.chunks(self.per_run());
+        let per_run = self.per_run();
+        let mut runs = self.jobs.chunks(per_run);
         let start = out.len();
         if let Some(first) = runs.next() {
             run(out, first);
             // The other runs are the first's size, give or take their jobs'
             // ids: room for them at once rather than a doubling (and a copy
             // of all so far) at each power of two.
-            let each = out.len() - start + 64 * self.per_run();
+            let each = out.len() - start + 64 * per_run;
             out.reserve(each.saturating_mul(runs.len()));
         }
         for jobs in runs {

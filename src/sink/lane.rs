@@ -50,7 +50,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::redis::Outage;
+use crate::redis::{Outage, Say};
 
 use super::{
     error::SinkError,
@@ -441,7 +441,6 @@ impl Inner {
     }
 }
 
-/// One lean writer. Cheap to clone (all clones are the same lane).
 /// How the lanes behave: the queue cap, `redis.wait_replicas` and
 /// `redis.keepalive_ms`.
 #[derive(Debug, Clone)]
@@ -456,6 +455,7 @@ pub(super) struct LaneSettings {
     pub(super) keepalive: Option<Duration>,
 }
 
+/// One lean writer. Cheap to clone (all clones are the same lane).
 #[derive(Debug, Clone)]
 pub(super) struct Lane {
     inner: Arc<Inner>,
@@ -720,16 +720,14 @@ async fn run(inner: Arc<Inner>) {
                     down = Some(Outage::new(Instant::now()));
                 }
             }
-            Err(e) => match &mut down {
-                None => {
+            Err(e) => match Outage::note(&mut down, Instant::now()) {
+                Say::Began => {
                     warn!(writer = %inner.name, error = %e, "job writer cannot connect to redis; retrying");
-                    down = Some(Outage::new(Instant::now()));
                 }
-                Some(outage) => {
-                    if let Some(down_for) = outage.remind(Instant::now()) {
-                        warn!(writer = %inner.name, error = %e, down_for_secs = down_for.as_secs(), "job writer still cannot connect to redis; retrying");
-                    }
+                Say::Lasts(down_for) => {
+                    warn!(writer = %inner.name, error = %e, down_for_secs = down_for.as_secs(), "job writer still cannot connect to redis; retrying");
                 }
+                Say::Nothing => {}
             },
         }
         backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
