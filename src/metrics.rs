@@ -102,6 +102,8 @@ metrics! {
         "Spooled jobs replayed into Redis.";
     counter SPOOL_SKIPPED = "tether_spool_jobs_skipped_total":
         "Spooled jobs not replayed because the late reply to their first write showed Redis had stored them.";
+    counter SPOOL_REPLAY_FAILURES = "tether_spool_replay_failures_total":
+        "Spool replay passes Redis refused or did not answer, by reason (each is retried on a backoff of at most 2 s).";
     counter SPOOL_SYNCS = "tether_spool_syncs_total":
         "Group commits (one write + fdatasync for every request waiting).";
     counter SPOOL_CORRUPT = "tether_spool_corrupt_records_total":

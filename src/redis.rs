@@ -354,15 +354,17 @@ pub(crate) async fn delete_keys(client: &Client, keys: Vec<String>) -> Result<i6
     Ok(removed.into_iter().sum())
 }
 
-/// A connection's time without Redis: its owner says so at first, then
-/// once a minute while it lasts, so a long outage (a URL naming a replica, a Redis that
-/// never came back) is not one line lost in the scrollback.
+/// A time without Redis (a connection that cannot be made, a spool replay
+/// Redis keeps refusing): its owner says so at first, then once a minute
+/// while it lasts, so a long outage (a URL naming a replica, a Redis that
+/// never came back, a key of the wrong type) is neither one line lost in
+/// the scrollback nor a line per retry.
 pub(crate) struct Outage {
     since: Instant,
     said: Instant,
 }
 
-/// What an owner says of a failure to connect ([`Outage::note`]).
+/// What an owner says of one more failure ([`Outage::note`]).
 pub(crate) enum Say {
     /// The outage began: say why.
     Began,
@@ -373,7 +375,7 @@ pub(crate) enum Say {
 }
 
 impl Outage {
-    /// How often an owner that cannot reach Redis says so again.
+    /// How often an owner says again that its outage lasts.
     const REMIND_EVERY: Duration = Duration::from_secs(60);
 
     pub(crate) fn new(now: Instant) -> Self {
@@ -388,7 +390,7 @@ impl Outage {
         self.since.elapsed()
     }
 
-    /// One more failure to connect, at `now`, of an owner whose outage is
+    /// One more failure, at `now`, of an owner whose outage is
     /// `down`: starts it on the first and says [`Say::Began`], then
     /// [`Say::Lasts`] once a minute.
     pub(crate) fn note(down: &mut Option<Self>, now: Instant) -> Say {

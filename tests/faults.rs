@@ -282,8 +282,10 @@ async fn an_outage_is_logged_once_a_second_not_once_a_request() {
 /// A Redis that is up but refuses every write (out of memory, with
 /// `noeviction`): each request is spooled and answered 202, and the replay
 /// retries on its backoff, not once per spooled request (each retry logged
-/// a warning and sealed a segment file of its own: one per request). Once
-/// Redis takes writes again, every accepted job reaches it.
+/// a warning and sealed a segment file of its own: one per request). The
+/// log says so when it starts and when it ends, not once per retry (a
+/// refusal that lasted an hour wrote 1,800 warnings); the retries are
+/// counted. Once Redis takes writes again, every accepted job reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_refusing_writes_is_retried_on_a_backoff_not_per_request() {
     let redis = RedisServer::start();
@@ -297,6 +299,8 @@ async fn a_redis_refusing_writes_is_retried_on_a_backoff_not_per_request() {
             "TETHER_INGRESS_SPOOL_DIR",
             spool.path().display().to_string(),
         ),
+        // The end of the refusal is said at info.
+        ("TETHER_INGRESS_LOG", "info".into()),
     ];
     let ingress = IngressProcess::spawn_logging(&env, log);
     ingress.wait_ready().await;
@@ -305,32 +309,57 @@ async fn a_redis_refusing_writes_is_retried_on_a_backoff_not_per_request() {
     let started = std::time::Instant::now();
     let load = Load::start(&ingress.base(), KEY, BODY, 8, "refusing");
     load.until_accepted(1_000, WAIT).await;
+    // Several retries, so that a warning per retry would show.
+    let failures = r#"tether_spool_replay_failures_total{reason="redis_error"}"#;
+    assert!(
+        eventually(WAIT, || async {
+            ingress.metric_value(failures).await >= 8.0
+        })
+        .await,
+        "the replay did not retry and count its failures"
+    );
     let outcomes = load.stop().await;
     let seconds = started.elapsed().as_secs();
     assert_all_accepted(&outcomes);
-    let text = log_file.text();
-    let retries = text.matches("spool replay paused").count() as u64;
-    assert!(retries >= 1, "the refusal was not logged:\n{text}");
-    assert!(
-        text.contains("OOM command not allowed"),
-        "the log does not say why:\n{text}"
-    );
+    let retries = ingress.metric_value(failures).await as u64;
     // The backoff doubles from 50 ms to 2 s: six retries in the first
     // 3.2 s, then one every 2 s.
     let most = 7 + seconds / 2;
     assert!(
         retries <= most,
-        "{retries} retries logged in {seconds} s for {} spooled requests",
+        "{retries} retries in {seconds} s for {} spooled requests",
         outcomes.len()
     );
     let files = spool_files(spool.path()) as u64;
     assert!(files <= most + 1, "{files} spool segments in {seconds} s");
+    let text = log_file.text();
+    assert_eq!(
+        text.matches("spool replay paused").count(),
+        1,
+        "the refusal was not said once:\n{text}"
+    );
+    assert!(
+        text.contains("OOM command not allowed"),
+        "the log does not say why:\n{text}"
+    );
+    assert!(
+        text.matches("spool replay still paused").count() as u64 <= seconds / 60,
+        "reminded more than once a minute:\n{text}"
+    );
     assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
     let accepted = assert_every_202_stored(&redis, &outcomes).await;
     assert!(accepted >= 1_000);
     assert!(
         eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
         "the spool was not emptied"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            log_file.text().contains("spool replay resumed")
+        })
+        .await,
+        "the end of the refusal was not said:\n{}",
+        log_file.text()
     );
 }
 

@@ -15,7 +15,7 @@ use std::{
 
 use fred::prelude::*;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     bullmq,
@@ -28,6 +28,7 @@ use super::{
 };
 use crate::{
     metrics as m,
+    redis::{Outage, Say},
     settings::{Settings, SharedSettings},
     spool::{self, Kind, Record, Spool},
 };
@@ -299,6 +300,10 @@ pub(super) fn spawn_replay(
         };
         let mut resume: Option<(std::path::PathBuf, usize)> = None;
         let mut backoff = Duration::from_millis(50);
+        // A refusal can last hours (a key of the wrong type, Redis out of
+        // memory): said when it starts, once a minute while it lasts, and
+        // when it ends; each retry is counted, not logged.
+        let mut paused: Option<Outage> = None;
         loop {
             let mut waiting = false;
             // After a failed pass the next waits out its backoff, even if
@@ -321,11 +326,32 @@ pub(super) fn spawn_replay(
                     Ok(pass) => {
                         waiting = pass == Pass::Waiting;
                         backoff = Duration::from_millis(50);
+                        if let Some(outage) = paused.take() {
+                            info!(
+                                paused_for_secs = outage.lasted().as_secs(),
+                                "spool replay resumed"
+                            );
+                        }
                     }
                     Err(e) => {
                         failed = true;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
-                        warn!(error = %e, retry_in = ?backoff, "spool replay paused; retrying");
+                        metrics::counter!(m::SPOOL_REPLAY_FAILURES, "reason" => e.reason())
+                            .increment(1);
+                        match Outage::note(&mut paused, Instant::now()) {
+                            Say::Began => warn!(
+                                error = %e,
+                                "spool replay paused; retrying (every 2 s at most) until redis takes the writes"
+                            ),
+                            Say::Lasts(paused_for) => warn!(
+                                error = %e,
+                                paused_for_secs = paused_for.as_secs(),
+                                "spool replay still paused"
+                            ),
+                            Say::Nothing => {
+                                debug!(error = %e, retry_in = ?backoff, "spool replay retry failed");
+                            }
+                        }
                     }
                 }
             }
