@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use ring::digest;
 use tracing::{debug, warn};
 
-use crate::{error::Reject, hex, metrics as m};
+use crate::{error::Reject, hex, metrics as m, telemetry::Throttle};
 
 /// Header name.
 pub(crate) const HEADER: &str = "idempotency-key";
@@ -236,9 +236,15 @@ impl Claim {
             .await;
         if let Err(e) = stored {
             // The claim lapses after its lease; a repeat then does the work
-            // again (at least once, like any retry). Rare (Redis took the
-            // claim a moment ago) and worth an operator's eye.
-            warn!(error = %e, "idempotency answer not stored; a repeat of this key after its claim lapses (60 s) does the work again");
+            // again (at least once, like any retry), and until then waits
+            // and gets 409. Rare (Redis took the claim a moment ago) unless
+            // Redis refuses the script (a user without `+@scripting`), when
+            // it is every request: counted, and logged once a second.
+            static UNSTORED: Throttle = Throttle::new();
+            metrics::counter!(m::IDEMPOTENCY_UNSTORED).increment(1);
+            if let Some(held_back) = UNSTORED.admit() {
+                warn!(error = %e, held_back, "idempotency answer not stored; a repeat of this key gets 409 until its claim lapses (60 s), then does the work again");
+            }
         }
     }
 

@@ -110,6 +110,8 @@ metrics! {
         "Torn or corrupt spool records skipped on replay.";
     counter IDEMPOTENT_REPLAYS = "tether_idempotent_replays_total":
         "Requests answered from the idempotency store (repeats).";
+    counter IDEMPOTENCY_UNSTORED = "tether_idempotency_answers_unstored_total":
+        "Idempotency-Key answers Redis did not store (a repeat of the key gets 409 until the claim lapses, then does the work again).";
     counter GLOBAL_LIMIT_FALLBACKS = "tether_rate_limit_global_fallbacks_total":
         "Requests limited by this instance's own count because Redis did not answer the global rate-limit check.";
     gauge FAIL_CLOSED = "tether_auth_fail_closed":

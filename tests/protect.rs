@@ -197,6 +197,66 @@ async fn idempotent_requests_need_redis_and_say_so() {
     );
 }
 
+/// An answer Redis does not store (here its user may `SET` and `GET` the
+/// idempotency keys, so the claim works, but not run a script on them, so
+/// storing the answer is refused) is counted and
+/// logged without the user's password: a repeat of the key then gets 409
+/// until the claim lapses, which an operator could not otherwise tell from
+/// a caller's real concurrent duplicate.
+#[tokio::test]
+async fn an_answer_redis_does_not_store_is_counted_and_said() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let password = "pw-3f9a1c";
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "noanswers",
+        "on",
+        &format!(">{password}"),
+        "+@all",
+        "~tether:[^i]*",
+        "(+set +get ~tether:idempotency:*)",
+    ]);
+    let log_file = LogFile::new();
+    let url = redis
+        .url()
+        .replacen("redis://", &format!("redis://noanswers:{password}@"), 1);
+    let ingress = IngressProcess::spawn_logging(
+        &[
+            ("TETHER_INGRESS_REDIS_URL", url),
+            ("TETHER_INGRESS_LOG", "warn".into()),
+        ],
+        log_file.writer(),
+    );
+    ingress.wait_ready().await;
+    let http = http_client();
+    let send = |key: &'static str| {
+        let req = Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from_static(br#"{"webhookId":"wh_1"}"#)))
+            .unwrap();
+        let http = http.clone();
+        async move { http.request(req).await.unwrap().status() }
+    };
+    assert_eq!(send("unstored-1").await, StatusCode::ACCEPTED);
+    assert_eq!(send("unstored-2").await, StatusCode::ACCEPTED);
+    let series = "tether_idempotency_answers_unstored_total";
+    assert!(
+        eventually(WAIT, || async { ingress.metric_value(series).await == 2.0 }).await,
+        "the unstored answers were not counted"
+    );
+    // The repeat finds the claim, not an answer.
+    assert_eq!(send("unstored-1").await, StatusCode::CONFLICT);
+    let text = log_file.text();
+    assert!(
+        text.contains("idempotency answer not stored") && text.contains("NOPERM"),
+        "not said, or not why:\n{text}"
+    );
+    assert!(!text.contains(password), "the password was logged:\n{text}");
+}
+
 // === rate limits ===
 
 #[tokio::test]
