@@ -182,5 +182,25 @@ fn check_url(url: &str) -> Result<(), String> {
     }
     fred::types::config::Config::from_url(url)
         .map(drop)
-        .map_err(|e| format!("is not a Redis URL: {}", e.details()))
+        .map_err(|e| {
+            let mut why = format!("is not a Redis URL: {}", e.details());
+            if unencoded_credentials(url) {
+                why.push_str(
+                    "; a user or password holding @ : / ? # or % must be percent-encoded (%40 %3A %2F %3F %23 %25)",
+                );
+            }
+            why
+        })
+}
+
+/// Whether the user and password of `url` (before its last `@`) hold a
+/// character that ends them early unless percent-encoded: fred then
+/// reports a bad port or host, far from the cause.
+fn unencoded_credentials(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    rest.rsplit_once('@').is_some_and(|(credentials, _)| {
+        credentials.contains(['/', '?', '#', '@']) || credentials.matches(':').count() > 1
+    })
 }

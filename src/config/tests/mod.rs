@@ -304,6 +304,12 @@ fn redis_urls_this_build_cannot_honour_are_refused() {
             "redis-sentinel://h:1?sentinelServiceName=m&sentinelUsername=s",
             "does not honour",
         ),
+        // fred said only "InvalidPort".
+        (
+            "redis://u:hunter2/x?y@127.0.0.1:6379",
+            "***@127.0.0.1:6379\" is not a Redis URL: InvalidPort; a user or password holding @ : / ? # or % must be percent-encoded",
+        ),
+        ("redis://u:a:hunter2#@h:1", "must be percent-encoded"),
     ] {
         let err = check(url).unwrap_err();
         assert!(err.contains(says), "{url}: {err}");
