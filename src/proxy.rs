@@ -42,7 +42,12 @@ use hyper_util::{
 };
 use tracing::{debug, warn};
 
-use crate::{error::Reject, forwarded, response::REQUEST_ID, telemetry::Throttle};
+use crate::{
+    error::Reject,
+    forwarded,
+    response::{REQUEST_ID, id_text},
+    telemetry::Throttle,
+};
 
 /// Error type of bodies sent upstream.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -278,10 +283,10 @@ impl Proxy {
             Err(_) => {
                 match TIMED_OUT.admit() {
                     Some(held_back) => {
-                        warn!(?request_id, upstream = %self.authority, held_back, "upstream did not answer within upstream.response_timeout_ms; answering 504")
+                        warn!(request_id = id_text(request_id), upstream = %self.authority, held_back, "upstream did not answer within upstream.response_timeout_ms; answering 504")
                     }
                     None => debug!(
-                        ?request_id,
+                        request_id = id_text(request_id),
                         "upstream did not answer in time; answering 504"
                     ),
                 }
@@ -290,10 +295,10 @@ impl Proxy {
             Ok(Err(e)) => {
                 match FAILED.admit() {
                     Some(held_back) => {
-                        warn!(?request_id, upstream = %self.authority, error = %causes(&*e), held_back, "upstream request failed; answering 502")
+                        warn!(request_id = id_text(request_id), upstream = %self.authority, error = %causes(&*e), held_back, "upstream request failed; answering 502")
                     }
                     None => {
-                        debug!(?request_id, error = %causes(&*e), "upstream request failed; answering 502")
+                        debug!(request_id = id_text(request_id), error = %causes(&*e), "upstream request failed; answering 502")
                     }
                 }
                 return Err(Reject::BadGateway);
@@ -314,7 +319,7 @@ impl Proxy {
                             .await;
                         }
                         (d, u) => debug!(
-                            ?request_id,
+                            request_id = id_text(&request_id),
                             down = d.is_ok(),
                             up = u.is_ok(),
                             "upgrade failed"

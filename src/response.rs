@@ -31,6 +31,14 @@ pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x
 /// Longest caller-supplied request id that is kept.
 const MAX_REQUEST_ID: usize = 128;
 
+/// A request id as a log field's text, without the quotes `Debug` puts
+/// round a header value: a JSON log's `request_id` must equal the
+/// caller's `X-Request-Id` to be found by it. Ids are visible ASCII (a
+/// caller's is checked, ours are hex), so the text is the id.
+pub(crate) fn id_text(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("")
+}
+
 /// Decimal text of `n` in a stack buffer; returns the buffer and the start.
 pub(crate) fn decimal(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
     let mut i = out.len();

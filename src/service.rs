@@ -30,7 +30,7 @@ use crate::{
     metrics::{self as m, Route},
     outreach::Outreach,
     proxy::{BoxError, Lane},
-    response::{REQUEST_ID, ResponseBody, full, json},
+    response::{REQUEST_ID, ResponseBody, full, id_text, json},
     telemetry::Throttle,
     webhook,
     workflow::Workflow,
@@ -219,7 +219,7 @@ impl App {
         self.metrics.record(route, res.status(), started);
         // One line per request, at debug only; no query string (it may hold tokens).
         debug!(
-            request_id = ?res.headers().get(REQUEST_ID),
+            request_id = res.headers().get(REQUEST_ID).map_or("", id_text),
             route = route.label(),
             client = client.map(tracing::field::display),
             status = res.status().as_u16(),
@@ -238,22 +238,28 @@ impl App {
         match reject {
             Reject::Unavailable(cause) => match UNAVAILABLE.admit() {
                 Some(held_back) => {
-                    warn!(?request_id, error = %cause, held_back, "jobs not stored; answering 503")
+                    warn!(request_id = id_text(request_id), error = %cause, held_back, "jobs not stored; answering 503")
                 }
-                None => debug!(?request_id, error = %cause, "jobs not stored; answering 503"),
+                None => {
+                    debug!(request_id = id_text(request_id), error = %cause, "jobs not stored; answering 503")
+                }
             },
             Reject::Unconfirmed(cause) => match UNCONFIRMED.admit() {
                 Some(held_back) => warn!(
-                    ?request_id,
+                    request_id = id_text(request_id),
                     error = %cause,
                     held_back,
                     "jobs sent but not confirmed; answering 503"
                 ),
                 None => {
-                    debug!(?request_id, error = %cause, "jobs sent but not confirmed; answering 503")
+                    debug!(request_id = id_text(request_id), error = %cause, "jobs sent but not confirmed; answering 503")
                 }
             },
-            other => debug!(?request_id, code = other.code(), "request refused"),
+            other => debug!(
+                request_id = id_text(request_id),
+                code = other.code(),
+                "request refused"
+            ),
         }
         metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);
         let mut res = json(
