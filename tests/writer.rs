@@ -323,6 +323,28 @@ async fn peak_growth_kib<T>(pid: u32, work: impl std::future::Future<Output = T>
     (out, peak.saturating_sub(before))
 }
 
+/// POSTs `body` to the workflow route of `ingress` with the test key.
+async fn post_workflow(ingress: &IngressProcess, body: String) -> StatusCode {
+    let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    http_client().request(req).await.unwrap().status()
+}
+
+/// After one small request (so the writers and buffers exist), a body of
+/// almost 1 MiB for `wh_1`.
+async fn warmed_up_with_a_large_body(ingress: &IngressProcess) -> String {
+    assert_eq!(
+        post_workflow(ingress, r#"{"webhookId":"wh_1"}"#.to_owned()).await,
+        StatusCode::ACCEPTED
+    );
+    format!(
+        r#"{{"webhookId":"wh_1","x":"{}"}}"#,
+        "a".repeat((1 << 20) - 100)
+    )
+}
+
 /// One request whose entries are large (a 1 MiB body matching 36
 /// workflows: 36 MiB on the wire) costs the ingress about their size at its
 /// peak, written to Redis or to the spool, not three times it: the writer makes room for a request's
@@ -342,21 +364,8 @@ async fn a_request_of_large_entries_costs_about_their_size_at_its_peak() {
         ),
     ]);
     ingress.wait_ready().await;
-    let send = |body: String| async {
-        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
-            .header("authorization", format!("Bearer {KEY}"))
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .unwrap();
-        http_client().request(req).await.unwrap().status()
-    };
-    assert_eq!(
-        send(r#"{"webhookId":"wh_1"}"#.to_owned()).await,
-        StatusCode::ACCEPTED
-    );
-    let body = format!(
-        r#"{{"webhookId":"wh_1","x":"{}"}}"#,
-        "a".repeat((1 << 20) - 100)
-    );
+    let send = |body: String| post_workflow(&ingress, body);
+    let body = warmed_up_with_a_large_body(&ingress).await;
     let entries_kib = WORKFLOWS * body.len() as u64 / 1024;
     let (status, grew) = peak_growth_kib(ingress.pid(), send(body.clone())).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -383,5 +392,35 @@ async fn a_request_of_large_entries_costs_about_their_size_at_its_peak() {
             .metric_value("tether_spool_jobs_written_total")
             .await
             >= WORKFLOWS as f64
+    );
+}
+
+/// The same in BullMQ mode, where a request's jobs go as script runs of at
+/// most 4 MiB of `data` each, a run carrying the payload once for all its
+/// jobs: a request of large jobs costs less than their size at its peak
+/// (about half of it: twelve runs of one payload each, plus room), where
+/// building each job's `data` in the ingress would cost it more than once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bullmq_request_of_large_jobs_costs_about_their_size_at_its_peak() {
+    const WORKFLOWS: u64 = 36;
+    let (_redis, r, config) = with_workflows(WORKFLOWS as usize).await;
+    let ingress = IngressProcess::spawn(&[
+        ("TETHER_INGRESS_REDIS_URL", config.redis.url),
+        ("TETHER_INGRESS_SINK", "bullmq".into()),
+    ]);
+    ingress.wait_ready().await;
+    let send = |body: String| post_workflow(&ingress, body);
+    let body = warmed_up_with_a_large_body(&ingress).await;
+    let jobs_kib = WORKFLOWS * body.len() as u64 / 1024;
+    let (status, grew) = peak_growth_kib(ingress.pid(), send(body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let waiting: u64 = fred::interfaces::ListInterface::llen(&r, "bull:workflow-runs:wait")
+        .await
+        .unwrap();
+    assert_eq!(waiting, 2 * WORKFLOWS);
+    eprintln!("figures: {jobs_kib} KiB of jobs, resident memory grew {grew} KiB at its peak");
+    assert!(
+        grew < jobs_kib,
+        "grew {grew} KiB at the peak for {jobs_kib} KiB of jobs"
     );
 }
