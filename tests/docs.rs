@@ -114,6 +114,107 @@ async fn the_deploy_acl_user_serves_both_modes_and_is_never_refused() {
     );
 }
 
+/// The same user on a three-primary Cluster, made by DEPLOY's two lines on
+/// every node: both modes served (BullMQ under a hash-tagged prefix), and
+/// no node refuses it anything, topology reads and client tracking on
+/// every primary included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_acl_user_serves_a_cluster_and_is_never_refused() {
+    use http::{Request, StatusCode};
+    use support::cluster::Cluster;
+    use tether_ingress::config::{Config, RateLimitScope, SinkKind};
+
+    let cluster = Cluster::start(0).await;
+    let r = client_at(&cluster.url()).await;
+    put_key(&r, TEST_KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
+    put_outreach_config(
+        &r,
+        "cfg_1",
+        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
+    )
+    .await;
+    let user = example("docs/DEPLOY.md", "redis-cli ACL SETUSER tether-ingress");
+    let topology = example(
+        "docs/DEPLOY.md",
+        "redis-cli -h NODE -p PORT ACL SETUSER tether-ingress",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster.primaries();
+    assert_eq!(nodes.len(), 3);
+    for port in &nodes {
+        let on_node = format!("redis-cli -h 127.0.0.1 -p {port}");
+        let lines = format!(
+            "{}\n{}",
+            user.replacen("redis-cli", &on_node, 1),
+            topology.replacen("redis-cli -h NODE -p PORT", &on_node, 1)
+        );
+        let (ok, out) = bash_in(dir.path(), &lines, &cluster.url());
+        assert!(ok && out.trim() == "OK\nOK", "{out}");
+        cluster.cli(*port, &["ACL", "LOG", "RESET"]);
+    }
+    let url = cluster
+        .url()
+        .replacen("://", "://tether-ingress:CHANGE_ME@", 1);
+    for (n, sink) in [SinkKind::Streams, SinkKind::Bullmq]
+        .into_iter()
+        .enumerate()
+    {
+        let mut config = Config::default();
+        config.redis.url = url.clone();
+        config.server.listen = ([127, 0, 0, 1], 0).into();
+        config.sink.kind = sink;
+        config.bullmq.prefix = "{bull}".into();
+        config.rate_limit.scope = RateLimitScope::Global;
+        config.rate_limit.default_per_sec = std::num::NonZeroU32::new(1000);
+        let ingress = Ingress::start_with(config.validate().unwrap()).await;
+        let post = |path: &str, body: &str| {
+            Request::post(ingress.uri(path))
+                .header("authorization", format!("Bearer {TEST_KEY}"))
+                .header("idempotency-key", format!("acl-cluster-{n}-{path}"))
+                .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                    body.as_bytes(),
+                )))
+                .unwrap()
+        };
+        let (status, _, body) = ingress
+            .request(post("/api/webhook/workflow", r#"{"webhookId":"wh_1"}"#))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{sink:?}: {body:?}");
+        assert_eq!(json(&body)["data"]["matchedCount"], 2, "{sink:?}");
+        let (status, _, body) = ingress
+            .request(post(
+                "/api/webhook/outreach",
+                r#"{"configurationId":"cfg_1","firstName":"Jane"}"#,
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sink:?}: {body:?}");
+        assert!(ingress.shutdown().await);
+    }
+    // The binary as an operator starts it: no warning on a start where
+    // nothing is wrong (each job writer said it could not connect, as it
+    // asked before the cluster's topology was read).
+    let log = LogFile::new();
+    let binary = IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", url)], log.writer());
+    binary.wait_ready().await;
+    let req = Request::post(format!("{}/api/webhook/workflow", binary.base()))
+        .header("authorization", format!("Bearer {TEST_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"webhookId":"wh_1"}"#,
+        )))
+        .unwrap();
+    let status = http_client().request(req).await.unwrap().status();
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(log.text(), "", "a clean start logged warnings");
+    for port in &nodes {
+        assert_eq!(
+            cluster.cli(*port, &["ACL", "LOG"]),
+            "",
+            "the node on {port} refused the user something"
+        );
+    }
+}
+
 #[test]
 fn the_reference_names_every_setting_variable_and_code() {
     let reference = read("docs/REFERENCE.md");
@@ -274,6 +375,11 @@ const EXAMPLES: &[(&str, &str, Check)] = &[
         "docs/DEPLOY.md",
         "redis-cli ACL SETUSER tether-ingress",
         Run("the_deploy_acl_user_serves_both_modes_and_is_never_refused"),
+    ),
+    (
+        "docs/DEPLOY.md",
+        "redis-cli -h NODE -p PORT ACL SETUSER tether-ingress",
+        Run("the_deploy_acl_user_serves_a_cluster_and_is_never_refused"),
     ),
     (
         "docs/DEPLOY.md",

@@ -303,12 +303,25 @@ impl Endpoint {
                 conn
             }
             Place::Cluster { view, slot } => {
-                let server = view
-                    .cached_cluster_state()
-                    .and_then(|state| state.get_server(*slot).cloned())
-                    .ok_or_else(|| {
-                        WireError::Topology(format!("no cluster node owns slot {slot} yet"))
-                    })?;
+                let owner = || {
+                    view.cached_cluster_state()
+                        .and_then(|state| state.get_server(*slot).cloned())
+                };
+                let server = match owner() {
+                    Some(server) => server,
+                    None => {
+                        // At start the shared client may not have read the
+                        // topology yet: wait for its connection (for half
+                        // the deadline) rather than fail, and have every
+                        // writer warn, on every start.
+                        let _ =
+                            tokio::time::timeout(self.connect_timeout / 2, view.wait_for_connect())
+                                .await;
+                        owner().ok_or_else(|| {
+                            WireError::Topology(format!("no cluster node owns slot {slot} yet"))
+                        })?
+                    }
+                };
                 let name = server
                     .tls_server_name
                     .as_ref()
