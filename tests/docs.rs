@@ -215,6 +215,89 @@ async fn the_deploy_acl_user_serves_a_cluster_and_is_never_refused() {
     }
 }
 
+/// The same user behind Sentinel, made by DEPLOY's lines on every data node
+/// and every sentinel: requests are served before and after the primary is
+/// killed and the sentinels promote a replica, and neither a data node nor
+/// a sentinel refuses the user anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_acl_user_serves_behind_sentinel_through_a_failover() {
+    use http::StatusCode;
+    use support::sentinel::Sentinels;
+
+    let mut deployment = Sentinels::start().await;
+    let r = client_at(&format!("redis://127.0.0.1:{}", deployment.primary.port)).await;
+    put_key(&r, TEST_KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    drop(r);
+    let user = example("docs/DEPLOY.md", "redis-cli ACL SETUSER tether-ingress");
+    let asker = example(
+        "docs/DEPLOY.md",
+        "redis-cli -h SENTINEL -p 26379 ACL SETUSER tether-ingress",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u16> = std::iter::once(deployment.primary.port)
+        .chain(deployment.replicas.iter().map(|r| r.port))
+        .collect();
+    let run = |line: String| {
+        let (ok, out) = bash_in(dir.path(), &line, "");
+        assert!(ok && out.trim() == "OK", "{line}: {out}");
+    };
+    for port in &data {
+        run(user.replacen("redis-cli", &format!("redis-cli -p {port}"), 1));
+        deployment.server(*port).cli(&["ACL", "LOG", "RESET"]);
+    }
+    for port in &deployment.ports {
+        run(asker.replacen(
+            "redis-cli -h SENTINEL -p 26379",
+            &format!("redis-cli -h 127.0.0.1 -p {port}"),
+            1,
+        ));
+    }
+    let url = deployment
+        .url()
+        .replacen("://", "://tether-ingress:CHANGE_ME@", 1);
+    let mut config = tether_ingress::config::Config::default();
+    config.redis.url = url;
+    config.server.listen = ([127, 0, 0, 1], 0).into();
+    let ingress = Ingress::start_with(config.validate().unwrap()).await;
+    let accepted = || async {
+        ingress
+            .workflow(Some(TEST_KEY), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0
+            == StatusCode::ACCEPTED
+    };
+    assert!(accepted().await);
+    let old = deployment.primary.port;
+    deployment.primary.kill();
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            let now = deployment.primary_port();
+            now != old && now != 0 && accepted().await
+        })
+        .await,
+        "no request was served by a new primary"
+    );
+    for port in data.iter().filter(|p| **p != old) {
+        assert_eq!(
+            deployment.server(*port).cli(&["ACL", "LOG"]),
+            "",
+            "the data node on {port} refused the user something"
+        );
+    }
+    for port in &deployment.ports {
+        let log = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ACL", "LOG"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&log.stdout).trim(),
+            "",
+            "the sentinel on {port} refused the user something"
+        );
+    }
+}
+
 #[test]
 fn the_reference_names_every_setting_variable_and_code() {
     let reference = read("docs/REFERENCE.md");
@@ -380,6 +463,11 @@ const EXAMPLES: &[(&str, &str, Check)] = &[
         "docs/DEPLOY.md",
         "redis-cli -h NODE -p PORT ACL SETUSER tether-ingress",
         Run("the_deploy_acl_user_serves_a_cluster_and_is_never_refused"),
+    ),
+    (
+        "docs/DEPLOY.md",
+        "redis-cli -h SENTINEL -p 26379 ACL SETUSER tether-ingress",
+        Run("the_deploy_acl_user_serves_behind_sentinel_through_a_failover"),
     ),
     (
         "docs/DEPLOY.md",
