@@ -119,7 +119,15 @@ impl App {
         B::Error: Into<BoxError>,
     {
         let route = route_of(&req);
-        if route == Route::Other {
+        // With an upstream, whatever the ingress does not serve is the
+        // upstream's: on a webhook path, every method but POST (a browser's
+        // CORS preflight, say), as the contract's "every other request".
+        let upstreams = || {
+            matches!(route, Route::Workflow | Route::Outreach)
+                && req.method() != Method::POST
+                && self.proxy.is_some()
+        };
+        if route == Route::Other || upstreams() {
             // Boxed: inline, the proxy's future would grow every
             // request's future (webhooks included) to its size.
             return Box::pin(self.proxied(req, peer, lane)).await;

@@ -407,6 +407,45 @@ async fn without_a_secret_jwts_go_to_the_upstream_unchanged() {
     );
 }
 
+/// With an upstream, a webhook path's other methods are the upstream's
+/// ("every other request is forwarded"): a browser's CORS preflight gets
+/// the backend's answer, not the ingress's 405; POST stays the ingress's.
+#[tokio::test]
+async fn other_methods_on_a_webhook_path_go_to_the_upstream() {
+    let up = Upstream::start().await;
+    let (_redis, r, ingress) = start(Some(&up.url()), None, |_| {}).await;
+    for (method, path) in [
+        (http::Method::OPTIONS, "/api/webhook/workflow"),
+        (http::Method::GET, "/api/webhook/outreach"),
+    ] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(ingress.uri(path))
+            .header("origin", "https://forms.example.com")
+            .header("access-control-request-method", "POST")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, _, resp) = ingress.request(req).await;
+        assert_eq!(
+            status,
+            StatusCode::IM_A_TEAPOT,
+            "{method} {path}: the upstream answered"
+        );
+        let v = json(&resp);
+        assert_eq!(v["method"], method.as_str());
+        assert_eq!(v["uri"], path);
+        assert_eq!(v["headers"]["origin"], "https://forms.example.com");
+    }
+    assert_eq!(
+        ingress
+            .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 1);
+}
+
 #[tokio::test]
 async fn serving_threads_proxy_write_jobs_and_drain() {
     let up = Upstream::start().await;
