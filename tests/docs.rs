@@ -298,6 +298,22 @@ async fn the_deploy_acl_user_serves_behind_sentinel_through_a_failover() {
     }
 }
 
+/// An operator reads what a metric means in the README's table: every
+/// family the binary exports is named there in full.
+#[test]
+fn the_readme_names_every_metric() {
+    let readme = read("README.md");
+    let missing: Vec<&str> = tether_ingress::METRICS
+        .iter()
+        .map(|(name, _, _)| *name)
+        .filter(|name| !readme.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's metrics table lacks {missing:?}"
+    );
+}
+
 #[test]
 fn the_reference_names_every_setting_variable_and_code() {
     let reference = read("docs/REFERENCE.md");
