@@ -35,6 +35,19 @@ pub enum AdminError {
     /// A Redis command failed.
     #[error("redis: {0}")]
     Redis(#[from] Error),
+    /// Redis failed part-way through an import: every line before
+    /// `from_line` is in, and running the same import again finishes it.
+    #[error(
+        "redis failed during the import ({}); every line before line {from_line} is imported: run the same import again to finish it (it writes only what differs)",
+        reason(.source)
+    )]
+    ImportInterrupted {
+        /// The first line of the batch Redis did not take.
+        from_line: u64,
+        /// The cause.
+        #[source]
+        source: Error,
+    },
     /// The command was understood but cannot be done.
     #[error("{0}")]
     Refused(String),
@@ -49,8 +62,20 @@ impl AdminError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AdminError::Refused(_) | AdminError::Output(_) => 1,
-            AdminError::Unreachable { .. } | AdminError::Redis(_) => 3,
+            AdminError::Unreachable { .. }
+            | AdminError::Redis(_)
+            | AdminError::ImportInterrupted { .. } => 3,
         }
+    }
+}
+
+/// Why a Redis command failed, in words: a lost connection is said so,
+/// not as fred's debug form of the I/O error.
+fn reason(e: &Error) -> String {
+    match e.kind() {
+        ErrorKind::IO | ErrorKind::Canceled => "the connection to redis was lost".to_owned(),
+        ErrorKind::Timeout => "redis did not answer in time".to_owned(),
+        _ => e.details().to_owned(),
     }
 }
 

@@ -783,6 +783,8 @@ pub async fn import(
     let mut batch = Vec::with_capacity(BATCH);
     let mut bytes = 0u64;
     let mut number = 0u64;
+    // The line of the batch's first item: where a re-run must start.
+    let mut batch_from = 1u64;
     let mut buf = Vec::new();
     loop {
         let read = next_line(&mut input, &mut buf)
@@ -813,6 +815,9 @@ pub async fn import(
                         .get_or_insert_with(HashSet::new)
                         .insert(fingerprint(&item.key));
                 }
+                if batch.is_empty() {
+                    batch_from = number;
+                }
                 batch.push(item);
             }
             Err((kind, why)) => {
@@ -827,11 +832,15 @@ pub async fn import(
             }
         }
         if batch.len() >= BATCH {
-            run.flush(&mut batch).await?;
+            run.flush(&mut batch)
+                .await
+                .map_err(interrupted(batch_from))?;
             progress.update(bytes, number);
         }
     }
-    run.flush(&mut batch).await?;
+    run.flush(&mut batch)
+        .await
+        .map_err(interrupted(batch_from))?;
     run.summary.lines = number;
     if options.prune {
         // A refused line (a misspelt field, say) still names a key the
@@ -845,6 +854,15 @@ pub async fn import(
     progress.finish();
     run.summary.elapsed = started.elapsed();
     Ok(run.summary)
+}
+
+/// A Redis failure while the batch from line `from_line` was written, as
+/// the operator's cue to run the import again.
+fn interrupted(from_line: u64) -> impl FnOnce(AdminError) -> AdminError {
+    move |e| match e {
+        AdminError::Redis(source) => AdminError::ImportInterrupted { from_line, source },
+        other => other,
+    }
 }
 
 #[cfg(test)]

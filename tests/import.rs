@@ -517,3 +517,61 @@ async fn lines_that_are_not_text_too_long_or_unrepresentable_are_refused_alone()
     assert!(text(&refused.stderr).contains("must not contain ':'"));
     assert_eq!(redis.cli(&["EXISTS", "tether:triggers:o:x:w"]), "0");
 }
+
+/// Redis failing part-way (here the user may write API keys but not
+/// triggers, so the batch holding the first trigger is refused) ends the
+/// import with exit 3 and the line from which to run it again, in words
+/// (a lost connection read `IO Error: Os { code: 104, … }`); every line
+/// before it is in, and the same import run again finishes the rest.
+#[tokio::test]
+async fn an_import_redis_stops_says_where_and_a_rerun_finishes_it() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "keys_only",
+        "on",
+        ">pw",
+        "+@all",
+        "~tether:apikey:*",
+    ]);
+    let mut lines = String::new();
+    for i in 0..5_000 {
+        lines.push_str(&format!(
+            r#"{{"type":"apiKey","key":"user_resume_{i}","userId":"u","orgId":"o_1"}}"#
+        ));
+        lines.push('\n');
+    }
+    lines.push_str(r#"{"type":"trigger","orgId":"o_1","webhookId":"wh_1","workflowIds":["wf_a"]}"#);
+    lines.push('\n');
+    let url = redis.url().replacen("://", "://keys_only:pw@", 1);
+    let out = run_with_input(
+        Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+            .args(["import", "-"])
+            .env("TETHER_INGRESS_REDIS_URL", url)
+            .stderr(Stdio::piped()),
+        &lines,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("redis failed during the import (NOPERM"),
+        "{said}"
+    );
+    let from: u64 = said
+        .split("every line before line ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no line to start from: {said}"));
+    // Batches of 2,000: the third holds the trigger (line 5,001).
+    assert_eq!(from, 4_001, "{said}");
+    let keys = redis.cli(&["EVAL", "return #redis.call('KEYS','tether:apikey:*')", "0"]);
+    assert!(keys.parse::<u64>().unwrap() >= from - 1, "{keys} keys");
+
+    let again = import(&redis, &[], &lines);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(row(&again, "apiKey")[1] + row(&again, "apiKey")[0], 5_000);
+    assert!(row(&again, "apiKey")[1] >= from - 1);
+    assert_eq!(row(&again, "trigger")[0], 1);
+}
