@@ -24,7 +24,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// Redis could not be reached.
-    #[error("cannot reach Redis at {url}: {source}")]
+    #[error("cannot reach Redis at {url}: {}", reason(.source))]
     Unreachable {
         /// The URL tried, password masked.
         url: String,
@@ -33,7 +33,7 @@ pub enum AdminError {
         source: Error,
     },
     /// A Redis command failed.
-    #[error("redis: {0}")]
+    #[error("redis: {}", reason(.0))]
     Redis(#[from] Error),
     /// Redis failed part-way through an import: every line before
     /// `from_line` is in, and running the same import again finishes it.
@@ -69,13 +69,23 @@ impl AdminError {
     }
 }
 
-/// Why a Redis command failed, in words: a lost connection is said so,
-/// not as fred's debug form of the I/O error.
+/// Why a Redis command failed, in words: an I/O error as its own message
+/// (`Connection refused`), not fred's debug form of it (`Os { code: 111,
+/// kind: ConnectionRefused, message: "Connection refused" }`).
 fn reason(e: &Error) -> String {
+    let details = e.details();
+    let quoted = |field: &str| {
+        let (_, rest) = details.split_once(field)?;
+        rest.split_once('"').map(|(text, _)| text)
+    };
     match e.kind() {
-        ErrorKind::IO | ErrorKind::Canceled => "the connection to redis was lost".to_owned(),
+        ErrorKind::IO => quoted("message: \"")
+            .or_else(|| quoted("error: \""))
+            .unwrap_or(details)
+            .to_owned(),
+        ErrorKind::Canceled => "the connection to redis was lost".to_owned(),
         ErrorKind::Timeout => "redis did not answer in time".to_owned(),
-        _ => e.details().to_owned(),
+        _ => details.to_owned(),
     }
 }
 
@@ -389,7 +399,10 @@ impl Admin {
                 Err(AdminError::Redis(e)) if connection_lost(&e) => e,
                 done => return done,
             };
-            eprintln!("tether-ingress: lost Redis ({lost}); reconnecting");
+            eprintln!(
+                "tether-ingress: lost Redis ({}); reconnecting",
+                reason(&lost)
+            );
             client = self.reconnect().await;
             let now = match newest(&client, &stream).await {
                 Ok(now) => now,
