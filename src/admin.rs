@@ -17,7 +17,7 @@ use crate::{
     config::{Config, redact_url},
     hex,
     outreach::Category,
-    redis::{self, Role, Target},
+    redis::{self, Role, Target, reason},
 };
 
 /// Why an admin command failed; [`AdminError::exit_code`] is what scripts see.
@@ -66,26 +66,6 @@ impl AdminError {
             | AdminError::Redis(_)
             | AdminError::ImportInterrupted { .. } => 3,
         }
-    }
-}
-
-/// Why a Redis command failed, in words: an I/O error as its own message
-/// (`Connection refused`), not fred's debug form of it (`Os { code: 111,
-/// kind: ConnectionRefused, message: "Connection refused" }`).
-fn reason(e: &Error) -> String {
-    let details = e.details();
-    let quoted = |field: &str| {
-        let (_, rest) = details.split_once(field)?;
-        rest.split_once('"').map(|(text, _)| text)
-    };
-    match e.kind() {
-        ErrorKind::IO => quoted("message: \"")
-            .or_else(|| quoted("error: \""))
-            .unwrap_or(details)
-            .to_owned(),
-        ErrorKind::Canceled => "the connection to redis was lost".to_owned(),
-        ErrorKind::Timeout => "redis did not answer in time".to_owned(),
-        _ => details.to_owned(),
     }
 }
 

@@ -354,6 +354,26 @@ pub(crate) async fn delete_keys(client: &Client, keys: Vec<String>) -> Result<i6
     Ok(removed.into_iter().sum())
 }
 
+/// Why a Redis command failed, in words: an I/O error as its own message
+/// (`Connection refused`), not fred's debug form of it (`Os { code: 111,
+/// kind: ConnectionRefused, message: "Connection refused" }`).
+pub(crate) fn reason(e: &Error) -> String {
+    let details = e.details();
+    let quoted = |field: &str| {
+        let (_, rest) = details.split_once(field)?;
+        rest.split_once('"').map(|(text, _)| text)
+    };
+    match e.kind() {
+        ErrorKind::IO => quoted("message: \"")
+            .or_else(|| quoted("error: \""))
+            .unwrap_or(details)
+            .to_owned(),
+        ErrorKind::Canceled => "the connection to redis was lost".to_owned(),
+        ErrorKind::Timeout => "redis did not answer in time".to_owned(),
+        _ => details.to_owned(),
+    }
+}
+
 /// A time without Redis (a connection that cannot be made, a spool replay
 /// Redis keeps refusing): its owner says so at first, then once a minute
 /// while it lasts, so a long outage (a URL naming a replica, a Redis that
@@ -416,6 +436,28 @@ impl Outage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_io_failure_is_said_in_its_own_words() {
+        let io = |e: std::io::Error| Error::new(ErrorKind::IO, format!("{e:?}"));
+        assert_eq!(
+            reason(&io(std::io::Error::from_raw_os_error(111))),
+            "Connection refused"
+        );
+        assert_eq!(
+            reason(&io(std::io::Error::other(
+                "failed to lookup address information"
+            ))),
+            "failed to lookup address information"
+        );
+        assert_eq!(
+            reason(&Error::new(
+                ErrorKind::Auth,
+                "WRONGPASS invalid username-password pair"
+            )),
+            "WRONGPASS invalid username-password pair"
+        );
+    }
 
     #[test]
     fn an_outage_is_said_again_once_a_minute_with_how_long_it_lasted() {

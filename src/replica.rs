@@ -51,7 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics as m,
-    redis::{self, NamedPrimary, Outage, Role, Say, Target},
+    redis::{self, NamedPrimary, Outage, Role, Say, Target, reason},
 };
 
 /// The value of one control-plane key as read from Redis.
@@ -302,9 +302,9 @@ impl Replica {
                 r = &mut init => break r?,
                 e = errors.recv(), if listening => if let Ok((e, _)) = e {
                     match Outage::note(&mut down, std::time::Instant::now()) {
-                        Say::Began => warn!(error = %e, "replica cannot connect to redis; retrying"),
+                        Say::Began => warn!(error = %reason(&e), "replica cannot connect to redis; retrying"),
                         Say::Lasts(down_for) => {
-                            warn!(error = %e, down_for_secs = down_for.as_secs(), "replica still cannot connect to redis; retrying");
+                            warn!(error = %reason(&e), down_for_secs = down_for.as_secs(), "replica still cannot connect to redis; retrying");
                         }
                         Say::Nothing => {}
                     }
@@ -401,12 +401,12 @@ impl Replica {
                     if self.status.connected.swap(false, Ordering::AcqRel)
                         && let Ok((e, _)) = &e
                     {
-                        warn!(error = %e, "replica lost its Redis connection; serving the last copy");
+                        warn!(error = %reason(e), "replica lost its Redis connection; serving the last copy");
                         down = Some(Outage::new(now));
                     } else if let (Some(outage), Ok((e, _))) = (down.as_mut(), &e)
                         && let Some(down_for) = outage.remind(now)
                     {
-                        warn!(error = %e, down_for_secs = down_for.as_secs(), "replica still cannot reach redis; serving the last copy");
+                        warn!(error = %reason(e), down_for_secs = down_for.as_secs(), "replica still cannot reach redis; serving the last copy");
                     }
                 }
                 inv = invalidations.recv() => match inv {
