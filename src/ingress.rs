@@ -191,7 +191,18 @@ pub async fn run_with_reloads(
 ) -> Result<bool, StartError> {
     let (app, background) = build(&config)?;
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "tether-ingress listening");
+        // What this process serves with, for whoever reads the log after
+        // an incident (the Redis URL without its password).
+        info!(
+            %addr,
+            version = %env!("CARGO_PKG_VERSION"),
+            tls = config.server.tls.files().is_some(),
+            redis = %crate::config::redact_url(&config.redis.url),
+            sink = %config.sink.kind.name(),
+            spool = %config.spool.dir.as_deref().map_or("off".into(), |d| d.display().to_string()),
+            upstream = %config.upstream.url.as_ref().map_or("none".into(), |u| crate::config::redact_url(&u.to_string())),
+            "tether-ingress listening"
+        );
     }
     if let Some(warning) = config.auth.secret_warning() {
         warn!("{warning}");

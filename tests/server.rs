@@ -268,6 +268,18 @@ async fn json_logs_carry_the_request_id_and_never_a_secret() {
     for secret in [KEY, "user_wrong_key_value", "log-secret-value"] {
         assert!(!text.contains(secret), "{secret} appeared in the logs");
     }
+    // The start line says what the process serves with.
+    let start = lines
+        .iter()
+        .find(|l| l["message"] == "tether-ingress listening")
+        .expect("no start line");
+    assert_eq!(start["addr"], format!("127.0.0.1:{port}"));
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(start["redis"], redis.url());
+    assert_eq!(start["sink"], "streams");
+    assert_eq!(start["spool"], "off");
+    assert_eq!(start["upstream"], "none");
+    assert_eq!(start["tls"], false);
 }
 
 #[tokio::test]

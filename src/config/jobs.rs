@@ -36,6 +36,16 @@ pub enum SinkKind {
     Bullmq,
 }
 
+impl SinkKind {
+    /// As the file spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SinkKind::Streams => "streams",
+            SinkKind::Bullmq => "bullmq",
+        }
+    }
+}
+
 /// `[bullmq]`: the queues of the BullMQ layout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
