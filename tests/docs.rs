@@ -50,19 +50,9 @@ fn the_readme_import_example_imports_every_line() {
 /// limit, and Redis refuses it nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deploy_acl_user_serves_both_modes_and_is_never_refused() {
-    use http::{Request, StatusCode};
-    use tether_ingress::config::{Config, RateLimitScope, SinkKind};
-
     let redis = RedisServer::start();
     let r = redis.client().await;
-    put_key(&r, TEST_KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
-    put_outreach_config(
-        &r,
-        "cfg_1",
-        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
-    )
-    .await;
+    seed_both_webhooks(&r).await;
     let line = example("docs/DEPLOY.md", "redis-cli ACL SETUSER tether-ingress").replacen(
         "redis-cli",
         &format!("redis-cli -p {}", redis.port),
@@ -73,21 +63,51 @@ async fn the_deploy_acl_user_serves_both_modes_and_is_never_refused() {
     assert!(ok && out.trim() == "OK", "{out}");
     redis.cli(&["ACL", "LOG", "RESET"]);
 
+    let url = format!("redis://tether-ingress:CHANGE_ME@127.0.0.1:{}", redis.port);
+    serves_both_modes_as(&url, "bull", "acl").await;
+    assert_eq!(
+        redis.cli(&["ACL", "LOG"]),
+        "",
+        "Redis refused the user something"
+    );
+}
+
+/// The key, trigger (two workflows) and outreach configuration
+/// [`serves_both_modes_as`] posts to.
+async fn seed_both_webhooks(r: &fred::clients::Client) {
+    put_key(r, TEST_KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
+    put_outreach_config(
+        r,
+        "cfg_1",
+        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
+    )
+    .await;
+}
+
+/// An ingress on `url` in streams and then BullMQ mode (under `prefix`),
+/// with `Idempotency-Key` (keys tagged `tag`) and a global rate limit,
+/// answers both webhooks: what the DEPLOY ACL tests ask of that user.
+async fn serves_both_modes_as(url: &str, prefix: &str, tag: &str) {
+    use http::{Request, StatusCode};
+    use tether_ingress::config::{Config, RateLimitScope, SinkKind};
+
     for (n, sink) in [SinkKind::Streams, SinkKind::Bullmq]
         .into_iter()
         .enumerate()
     {
         let mut config = Config::default();
-        config.redis.url = format!("redis://tether-ingress:CHANGE_ME@127.0.0.1:{}", redis.port);
+        config.redis.url = url.to_owned();
         config.server.listen = ([127, 0, 0, 1], 0).into();
         config.sink.kind = sink;
+        config.bullmq.prefix = prefix.into();
         config.rate_limit.scope = RateLimitScope::Global;
         config.rate_limit.default_per_sec = std::num::NonZeroU32::new(1000);
         let ingress = Ingress::start_with(config.validate().unwrap()).await;
         let post = |path: &str, body: &str| {
             Request::post(ingress.uri(path))
                 .header("authorization", format!("Bearer {TEST_KEY}"))
-                .header("idempotency-key", format!("acl-{n}-{path}"))
+                .header("idempotency-key", format!("{tag}-{n}-{path}"))
                 .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
                     body.as_bytes(),
                 )))
@@ -107,11 +127,6 @@ async fn the_deploy_acl_user_serves_both_modes_and_is_never_refused() {
         assert_eq!(status, StatusCode::OK, "{sink:?}: {body:?}");
         assert!(ingress.shutdown().await);
     }
-    assert_eq!(
-        redis.cli(&["ACL", "LOG"]),
-        "",
-        "Redis refused the user something"
-    );
 }
 
 /// The same user on a three-primary Cluster, made by DEPLOY's two lines on
@@ -122,18 +137,10 @@ async fn the_deploy_acl_user_serves_both_modes_and_is_never_refused() {
 async fn the_deploy_acl_user_serves_a_cluster_and_is_never_refused() {
     use http::{Request, StatusCode};
     use support::cluster::Cluster;
-    use tether_ingress::config::{Config, RateLimitScope, SinkKind};
 
     let cluster = Cluster::start(0).await;
     let r = client_at(&cluster.url()).await;
-    put_key(&r, TEST_KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
-    put_outreach_config(
-        &r,
-        "cfg_1",
-        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
-    )
-    .await;
+    seed_both_webhooks(&r).await;
     let user = example("docs/DEPLOY.md", "redis-cli ACL SETUSER tether-ingress");
     let topology = example(
         "docs/DEPLOY.md",
@@ -156,41 +163,7 @@ async fn the_deploy_acl_user_serves_a_cluster_and_is_never_refused() {
     let url = cluster
         .url()
         .replacen("://", "://tether-ingress:CHANGE_ME@", 1);
-    for (n, sink) in [SinkKind::Streams, SinkKind::Bullmq]
-        .into_iter()
-        .enumerate()
-    {
-        let mut config = Config::default();
-        config.redis.url = url.clone();
-        config.server.listen = ([127, 0, 0, 1], 0).into();
-        config.sink.kind = sink;
-        config.bullmq.prefix = "{bull}".into();
-        config.rate_limit.scope = RateLimitScope::Global;
-        config.rate_limit.default_per_sec = std::num::NonZeroU32::new(1000);
-        let ingress = Ingress::start_with(config.validate().unwrap()).await;
-        let post = |path: &str, body: &str| {
-            Request::post(ingress.uri(path))
-                .header("authorization", format!("Bearer {TEST_KEY}"))
-                .header("idempotency-key", format!("acl-cluster-{n}-{path}"))
-                .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
-                    body.as_bytes(),
-                )))
-                .unwrap()
-        };
-        let (status, _, body) = ingress
-            .request(post("/api/webhook/workflow", r#"{"webhookId":"wh_1"}"#))
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{sink:?}: {body:?}");
-        assert_eq!(json(&body)["data"]["matchedCount"], 2, "{sink:?}");
-        let (status, _, body) = ingress
-            .request(post(
-                "/api/webhook/outreach",
-                r#"{"configurationId":"cfg_1","firstName":"Jane"}"#,
-            ))
-            .await;
-        assert_eq!(status, StatusCode::OK, "{sink:?}: {body:?}");
-        assert!(ingress.shutdown().await);
-    }
+    serves_both_modes_as(&url, "{bull}", "acl-cluster").await;
     // The binary as an operator starts it: no warning on a start where
     // nothing is wrong (each job writer said it could not connect, as it
     // asked before the cluster's topology was read).
