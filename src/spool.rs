@@ -29,10 +29,16 @@
 //!
 //! The directory has a size cap; an append past it is refused
 //! ([`SpoolError::Full`]) and the caller hears 503.
+//!
+//! Records hold the callers' leads (names, emails, phone numbers): the
+//! directory is made private to the ingress's user (0700) and each segment
+//! readable by it alone (0600); a directory found open to others is said
+//! at start.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::{DirBuilder, File, OpenOptions},
     io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -342,14 +348,18 @@ impl Spool {
             dir: dir.to_owned(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(|e| match e.kind() {
-            // The path is there, but not as a directory.
-            std::io::ErrorKind::AlreadyExists => refused(std::io::Error::new(
-                e.kind(),
-                "it is a file, not a directory",
-            )),
-            _ => refused(e),
-        })?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| match e.kind() {
+                // The path is there, but not as a directory.
+                std::io::ErrorKind::AlreadyExists => refused(std::io::Error::new(
+                    e.kind(),
+                    "it is a file, not a directory",
+                )),
+                _ => refused(e),
+            })?;
         // Two processes on one directory would write segments of the same
         // numbers and each replay (and delete) the other's: the directory
         // is locked for as long as the spool is open.
@@ -360,6 +370,15 @@ impl Spool {
                 return Err(SpoolError::InUse(dir.to_owned()));
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(refused(e)),
+        }
+        if let Ok(meta) = lock.metadata()
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = %format_args!("{:o}", meta.permissions().mode() & 0o777),
+                "the spool directory is open to other users, and its records hold callers' leads: chmod 700 it"
+            );
         }
         // Found now, not at the first Redis outage, when the spool is
         // needed: a directory this process cannot write to.
@@ -577,6 +596,7 @@ impl Writer {
             let file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
+                .mode(0o600)
                 .open(&path)?;
             // Make the new file's directory entry durable too.
             File::open(&self.dir)?.sync_all()?;

@@ -816,3 +816,75 @@ async fn debug_sleep_under_load_loses_nothing_and_writes_nothing_twice() {
         .collect();
     assert!(twice.is_empty(), "written twice: {twice:?}");
 }
+
+/// The spool holds callers' leads: a directory the ingress makes is its
+/// user's alone (0700) and so is each segment (0600), where the umask made
+/// them readable by everyone (0755, 0644); a directory found open to
+/// others is said at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_is_private_to_the_ingress_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    let mut redis = RedisServer::start();
+    seed(&redis).await;
+    let parent = tempfile::tempdir().unwrap();
+    let spool = parent.path().join("spool");
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_logging(
+        &[
+            ("TETHER_INGRESS_REDIS_URL", redis.url()),
+            ("TETHER_INGRESS_SPOOL_DIR", spool.display().to_string()),
+        ],
+        log.writer(),
+    );
+    ingress.wait_ready().await;
+    redis.kill();
+    let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            BODY.as_bytes(),
+        )))
+        .unwrap();
+    let status = http_client().request(req).await.unwrap().status();
+    assert_eq!(status, StatusCode::ACCEPTED, "not spooled");
+    assert_eq!(mode(&spool), 0o700);
+    let segments: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!segments.is_empty());
+    for segment in &segments {
+        assert_eq!(mode(segment), 0o600, "{}", segment.display());
+    }
+    assert!(
+        !log.text().contains("open to other users"),
+        "{}",
+        log.text()
+    );
+    drop(ingress);
+
+    // A directory the operator made open to everyone is said.
+    let open = parent.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_logging(
+        &[
+            ("TETHER_INGRESS_REDIS_URL", redis.url()),
+            ("TETHER_INGRESS_SPOOL_DIR", open.display().to_string()),
+        ],
+        log.writer(),
+    );
+    assert!(
+        eventually(WAIT, || async {
+            log.text()
+                .contains("the spool directory is open to other users")
+        })
+        .await,
+        "not said: {}",
+        log.text()
+    );
+    assert!(log.text().contains("mode=755"), "{}", log.text());
+    drop(ingress);
+}
