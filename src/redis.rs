@@ -363,6 +363,12 @@ pub(crate) fn reason(e: &Error) -> String {
         let (_, rest) = details.split_once(field)?;
         rest.split_once('"').map(|(text, _)| text)
     };
+    // rustls's error for a first answer that is no TLS record, as fred
+    // words it.
+    if details.contains("InvalidContentType") {
+        return "the server answered with something other than TLS (does the server speak TLS on that port?)"
+            .to_owned();
+    }
     match e.kind() {
         ErrorKind::IO => quoted("message: \"")
             .or_else(|| quoted("error: \""))
@@ -449,6 +455,13 @@ mod tests {
                 "failed to lookup address information"
             ))),
             "failed to lookup address information"
+        );
+        assert_eq!(
+            reason(&Error::new(
+                ErrorKind::IO,
+                "Custom { kind: InvalidData, error: InvalidMessage(InvalidContentType) }"
+            )),
+            "the server answered with something other than TLS (does the server speak TLS on that port?)"
         );
         assert_eq!(
             reason(&Error::new(

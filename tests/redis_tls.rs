@@ -238,6 +238,41 @@ async fn a_tls_url_at_a_plaintext_port_is_said_to_fail_in_the_tls_handshake() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
+/// A TLS URL at a port whose server answers, but not in TLS (here an
+/// ingress's own plaintext HTTP listener, which answers the ClientHello
+/// with a 400): the writers and the replica both say the answer was no
+/// TLS, where the replica said `Custom { kind: InvalidData, error:
+/// InvalidMessage(InvalidContentType) }`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_url_at_a_server_answering_in_plaintext_is_said_so() {
+    let redis = RedisServer::start();
+    let http = IngressProcess::spawn(&[("TETHER_INGRESS_REDIS_URL", redis.url())]);
+    http.wait_ready().await;
+    let log_file = LogFile::new();
+    let _ingress = IngressProcess::spawn_logging(
+        &[(
+            "TETHER_INGRESS_REDIS_URL",
+            format!("rediss://u:hunter2@{}", http.addr),
+        )],
+        log_file.writer(),
+    );
+    let logged = || log_file.text();
+    let said = |text: &str, who: &str| {
+        text.lines()
+            .any(|l| l.contains(who) && l.contains("(does the server speak TLS on that port?)"))
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let text = logged();
+            said(&text, "job writer cannot connect") && said(&text, "replica cannot connect")
+        })
+        .await,
+        "not said by both:\n{}",
+        logged()
+    );
+    assert!(!logged().contains("hunter2"), "{}", logged());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_needs_the_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
