@@ -354,6 +354,10 @@ pub(crate) async fn delete_keys(client: &Client, keys: Vec<String>) -> Result<i6
     Ok(removed.into_iter().sum())
 }
 
+/// Said of a connection whose TLS handshake hung or met no TLS: the usual
+/// cause is a `rediss://` URL at a plaintext port.
+pub(crate) const NOT_TLS_HINT: &str = " (does the server speak TLS on that port?)";
+
 /// Why a Redis command failed, in words: an I/O error as its own message
 /// (`Connection refused`), not fred's debug form of it (`Os { code: 111,
 /// kind: ConnectionRefused, message: "Connection refused" }`).
@@ -366,8 +370,7 @@ pub(crate) fn reason(e: &Error) -> String {
     // rustls's error for a first answer that is no TLS record, as fred
     // words it.
     if details.contains("InvalidContentType") {
-        return "the server answered with something other than TLS (does the server speak TLS on that port?)"
-            .to_owned();
+        return format!("the server answered with something other than TLS{NOT_TLS_HINT}");
     }
     match e.kind() {
         ErrorKind::IO => quoted("message: \"")

@@ -216,20 +216,10 @@ async fn a_tls_url_at_a_plaintext_port_is_said_to_fail_in_the_tls_handshake() {
         ],
         log,
     );
-    let logged = || log_file.text();
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            logged().contains("job writer cannot connect")
-        })
-        .await,
-        "no warning:\n{}",
-        logged()
-    );
-    let text = logged();
-    let warning = text
-        .lines()
-        .find(|l| l.contains("job writer cannot connect"))
-        .unwrap();
+    let warning = log_file
+        .line_with("job writer cannot connect", Duration::from_secs(15))
+        .await;
+    let text = log_file.text();
     assert!(warning.contains("the TLS handshake"), "{warning}");
     assert!(
         warning.contains("does the server speak TLS on that port?"),
@@ -256,21 +246,14 @@ async fn a_tls_url_at_a_server_answering_in_plaintext_is_said_so() {
         )],
         log_file.writer(),
     );
-    let logged = || log_file.text();
-    let said = |text: &str, who: &str| {
-        text.lines()
-            .any(|l| l.contains(who) && l.contains("(does the server speak TLS on that port?)"))
-    };
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            let text = logged();
-            said(&text, "job writer cannot connect") && said(&text, "replica cannot connect")
-        })
-        .await,
-        "not said by both:\n{}",
-        logged()
-    );
-    assert!(!logged().contains("hunter2"), "{}", logged());
+    for who in ["job writer cannot connect", "replica cannot connect"] {
+        let line = log_file.line_with(who, Duration::from_secs(15)).await;
+        assert!(
+            line.contains("(does the server speak TLS on that port?)"),
+            "{line}"
+        );
+    }
+    assert!(!log_file.text().contains("hunter2"), "{}", log_file.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,20 +206,10 @@ async fn a_replica_that_cannot_connect_at_start_says_why() {
     let log_file = LogFile::new();
     let log = log_file.writer();
     let ingress = IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", redis.url())], log);
-    let logged = || log_file.text();
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            logged().contains("replica cannot connect to redis")
-        })
-        .await,
-        "the replica said nothing:\n{}",
-        logged()
-    );
-    let text = logged();
-    let warning = text
-        .lines()
-        .find(|l| l.contains("replica cannot connect to redis"))
-        .unwrap();
+    let warning = log_file
+        .line_with("replica cannot connect to redis", Duration::from_secs(20))
+        .await;
+    let text = log_file.text();
     assert!(
         warning.contains("WARN") && warning.contains("NOAUTH"),
         "{warning}"

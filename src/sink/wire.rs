@@ -111,7 +111,7 @@ impl Stage {
 
     fn hint(self) -> &'static str {
         match self {
-            Self::Tls => " (does the server speak TLS on that port?)",
+            Self::Tls => crate::redis::NOT_TLS_HINT,
             Self::Tcp | Self::Handshake => "",
         }
     }

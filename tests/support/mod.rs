@@ -537,6 +537,23 @@ impl LogFile {
     pub fn text(&self) -> String {
         std::fs::read_to_string(&self.path).unwrap()
     }
+
+    /// The first line holding `needle`, waited for up to `within`; panics
+    /// with the whole log if none comes.
+    pub async fn line_with(&self, needle: &str, within: Duration) -> String {
+        let found = || {
+            self.text()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
+        };
+        assert!(
+            eventually(within, || async { found().is_some() }).await,
+            "no line with {needle:?} within {within:?}:\n{}",
+            self.text()
+        );
+        found().unwrap_or_default()
+    }
 }
 
 // === the binary, as a process ===
