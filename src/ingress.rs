@@ -200,7 +200,8 @@ pub async fn run_with_reloads(
             redis = %crate::config::redact_url(&config.redis.url),
             sink = %config.sink.kind.name(),
             spool = %config.spool.dir.as_deref().map_or("off".into(), |d| d.display().to_string()),
-            upstream = %config.upstream.url.as_ref().map_or("none".into(), |u| crate::config::redact_url(&u.to_string())),
+            // `upstream.url` holds no user or password (refused at start).
+            upstream = %config.upstream.url.as_ref().map_or("none".into(), ToString::to_string),
             "tether-ingress listening"
         );
     }
