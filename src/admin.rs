@@ -6,7 +6,7 @@
 //! could not be written; 2 bad arguments or configuration (clap and
 //! [`crate::config`]); 3 Redis unreachable.
 
-use std::{io::Write, time::Duration};
+use std::{io::Write, num::NonZeroUsize, time::Duration};
 
 use fred::{prelude::*, types::scan::Scanner};
 use futures::TryStreamExt;
@@ -313,7 +313,12 @@ impl Admin {
                     "{pair:?} is not FIELD=CATEGORY"
                 )));
             };
-            if field.is_empty() || !Category::NAMES.contains(&category) {
+            if field.is_empty() {
+                return Err(AdminError::Refused(format!(
+                    "{pair:?}: the field name must not be empty"
+                )));
+            }
+            if !Category::NAMES.contains(&category) {
                 return Err(AdminError::Refused(format!(
                     "{pair:?}: the category must be one of {}",
                     Category::NAMES.join(", ")
@@ -341,7 +346,7 @@ impl Admin {
         &self,
         which: &str,
         from_start: bool,
-        limit: Option<usize>,
+        limit: Option<NonZeroUsize>,
         out: &mut impl Write,
     ) -> Result<(), AdminError> {
         let (stream, queue) = match (which, &self.bullmq) {
@@ -372,7 +377,7 @@ impl Admin {
         loop {
             let followed = follow(&client, &stream, queue.as_deref(), &mut last, out, || {
                 printed += 1;
-                limit.is_some_and(|l| printed >= l)
+                limit.is_some_and(|l| printed >= l.get())
             })
             .await;
             let lost = match followed {

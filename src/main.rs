@@ -175,9 +175,9 @@ enum JobsCommand {
         /// Start from the stream's first entry instead of its end.
         #[arg(long)]
         from_start: bool,
-        /// Stop after this many entries.
+        /// Stop after this many entries (at least 1).
         #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        limit: Option<std::num::NonZeroUsize>,
     },
 }
 

@@ -227,7 +227,30 @@ fn bad_arguments_and_unreachable_redis_have_distinct_exit_codes() {
     let bad = cli(&redis, &["properties", "set", "o_1", "x=nonsense"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("contact, application, conversation"));
+    let nameless = cli(&redis, &["properties", "set", "o_1", "=contact"]);
+    assert_eq!(nameless.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&nameless.stderr);
+    assert!(err.contains("the field name must not be empty"), "{err}");
     assert_eq!(redis.cli(&["EXISTS", "tether:org:o_1:properties"]), "0");
+    // `--limit 0` once followed the stream for ever, printing every entry.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .args(["jobs", "tail", "workflow", "--limit", "0"])
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tail.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            tail.kill().unwrap();
+            panic!("jobs tail --limit 0 did not end");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tail = tail.wait_with_output().unwrap();
+    assert_eq!(tail.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&tail.stderr).contains("'--limit <N>'"));
     assert_eq!(
         cli(&redis, &["keys", "create", "--user", "u"])
             .status
