@@ -34,6 +34,13 @@ use crate::{
     tls::ListenerTls,
 };
 
+/// How much of a request head the protocol layer takes before refusing it
+/// itself: room beyond `server.max_header_bytes`, so that a head over the
+/// limit reaches the service and gets the JSON 431.
+fn head_room(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_add(64 * 1024)
+}
+
 /// A connection builder with the current settings (built per connection, so a
 /// reload applies to the next connection).
 fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
@@ -41,14 +48,16 @@ fn builder(s: &Settings) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(s.server.header_read_timeout_ms)
-        // Room beyond the limit, so an oversized head reaches the service
-        // and gets the JSON 431 (hyper's own answer has no body).
-        .max_buf_size(s.server.max_header_bytes.max(8192) + 64 * 1024)
+        // hyper's own 431 has no body.
+        .max_buf_size(head_room(s.server.max_header_bytes))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(s.server.http2_max_concurrent_streams)
-        .max_header_list_size(s.server.max_header_bytes as u32)
+        // The same room as HTTP/1's: h2's own 431 has no body either.
+        .max_header_list_size(
+            u32::try_from(head_room(s.server.max_header_bytes)).unwrap_or(u32::MAX),
+        )
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     b

@@ -370,6 +370,24 @@ async fn oversized_heads_and_slow_bodies_get_json_answers() {
     assert_eq!(s, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(json(&b)["code"], "HEADERS_TOO_LARGE");
     assert!(h.contains_key("x-request-id"));
+    // The same over HTTP/2, whose own 431 (for a head over the limit it
+    // advertises) has no body.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = Request::post(ingress.uri("/api/webhook/workflow"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("x-filler", "a".repeat(20_000))
+        .body(Full::new(Bytes::from_static(br#"{"webhookId":"wh_1"}"#)))
+        .unwrap();
+    let res = h2.request(req).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let b = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(json(&b)["code"], "HEADERS_TOO_LARGE");
     // A body that stops arriving: 408 once the body deadline passes.
     let mut s = TcpStream::connect(ingress.addr).await.unwrap();
     s.write_all(
