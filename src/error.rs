@@ -133,6 +133,9 @@ pub enum Reject {
     /// Every connection slot stayed taken for the queue timeout.
     #[error("too many connections")]
     Overloaded,
+    /// Plain HTTP on a listener that speaks TLS only.
+    #[error("plain HTTP on the HTTPS port")]
+    HttpsRequired,
 }
 
 /// Builds `(status, code, static JSON body)` for a refusal.
@@ -381,6 +384,12 @@ impl Reject {
                 "Key cache out of date",
                 "The ingress has lost touch with its key store; retry after the Retry-After delay."
             ),
+            Reject::HttpsRequired => envelope!(
+                BAD_REQUEST,
+                "HTTPS_REQUIRED",
+                "Plain HTTP sent to the HTTPS port",
+                "This port speaks HTTPS only; send the request to its https:// URL."
+            ),
         }
     }
 
@@ -453,6 +462,7 @@ mod tests {
             Reject::IdempotencyUnavailable,
             Reject::AuthStale,
             Reject::Overloaded,
+            Reject::HttpsRequired,
         ]
     }
 

@@ -11,7 +11,9 @@
 //!   HTTP/2, so every connection must send a byte within `first_byte_timeout`;
 //!   HTTP/1 heads (and idle keep-alives) are bounded by `header_read_timeout`.
 //! - With `[server.tls]`, the TLS handshake must finish within
-//!   `header_read_timeout` too (rustls; ALPN picks HTTP/2 or HTTP/1.1).
+//!   `header_read_timeout` too (rustls; ALPN picks HTTP/2 or HTTP/1.1). A
+//!   first byte that starts an HTTP method instead is answered 400
+//!   (`HTTPS_REQUIRED`) in plain HTTP and closed.
 //! - It is served (HTTP/1.1 or HTTP/2, h2c in plaintext, with upgrades for the
 //!   proxy's WebSocket) until it closes or shutdown asks it to finish.
 
@@ -28,6 +30,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    error::Reject,
     metrics as m,
     service::Svc,
     settings::{Settings, SharedSettings},
@@ -119,7 +122,7 @@ pub(crate) async fn serve(
                             },
                             r = listener.accept() => if let Ok((stream, _)) = r {
                                 refused.increment(1);
-                                tokio::spawn(refuse(stream, svc.overloaded_response()));
+                                tokio::spawn(refuse(stream, svc.connection_answer(&Reject::Overloaded)));
                             },
                             () = &mut shutdown => {
                                 drop(listener);
@@ -174,7 +177,7 @@ pub(crate) async fn serve(
         match &tls {
             None => handle.spawn(async move {
                 let _permit = permit;
-                let Some(stream) = first_byte(stream, within, &silent, &mut stop).await else {
+                let Some((stream, _)) = first_byte(stream, within, &silent, &mut stop).await else {
                     return;
                 };
                 open.increment(1.0);
@@ -188,9 +191,19 @@ pub(crate) async fn serve(
                 let config = config.load_full();
                 handle.spawn(async move {
                     let _permit = permit;
-                    let Some(stream) = first_byte(stream, within, &silent, &mut stop).await else {
+                    let Some((stream, first)) =
+                        first_byte(stream, within, &silent, &mut stop).await
+                    else {
                         return;
                     };
+                    // A TLS connection opens with a handshake record; an
+                    // upper-case letter is an HTTP method: a caller that
+                    // wrote http:// for https:// is told so in words it
+                    // can read, not with a TLS alert.
+                    if first.is_ascii_uppercase() {
+                        refuse(stream, svc.connection_answer(&Reject::HttpsRequired)).await;
+                        return;
+                    }
                     serve_tls(
                         &builder,
                         config,
@@ -280,15 +293,15 @@ async fn handshake(
     }
 }
 
-/// The socket on this thread's runtime once its first byte arrives; `None`
-/// when it stays silent past `within` (counted in `silent`), closes, or the
-/// server stops first.
+/// The socket on this thread's runtime and its first byte (peeked, still to
+/// be read) once that arrives; `None` when it stays silent past `within`
+/// (counted in `silent`), closes, or the server stops first.
 async fn first_byte(
     stream: Accepted,
     within: Duration,
     silent: &metrics::Counter,
     stop: &mut watch::Receiver<bool>,
-) -> Option<tokio::net::TcpStream> {
+) -> Option<(tokio::net::TcpStream, u8)> {
     let stream = match stream {
         Accepted::Tokio(s) => s,
         Accepted::Std(s) => tokio::net::TcpStream::from_std(s).ok()?,
@@ -296,7 +309,7 @@ async fn first_byte(
     let mut probe = [0u8; 1];
     tokio::select! {
         r = tokio::time::timeout(within, stream.peek(&mut probe)) => match r {
-            Ok(Ok(n)) if n > 0 => Some(stream),
+            Ok(Ok(n)) if n > 0 => Some((stream, probe[0])),
             Ok(_) => None,
             Err(_) => {
                 silent.increment(1);

@@ -351,17 +351,28 @@ impl Svc {
 }
 
 impl Svc {
-    /// A complete HTTP/1.1 503 answer (`OVERLOADED`), for a connection
-    /// refused at the connection cap before hyper sees it.
-    pub(crate) fn overloaded_response(&self) -> Vec<u8> {
-        let reject = Reject::Overloaded;
+    /// A complete HTTP/1.1 answer for a connection refused before hyper
+    /// sees it: `OVERLOADED` at the connection cap, `HTTPS_REQUIRED` for
+    /// plain HTTP on a TLS listener.
+    pub(crate) fn connection_answer(&self, reject: &Reject) -> Vec<u8> {
         metrics::counter!(m::HTTP_REJECTS, "code" => reject.code()).increment(1);
         let id = self.app.request_ids.for_request(&http::HeaderMap::new());
-        let retry = self.app.settings.load().retry_after.clone();
+        let status = reject.status();
         let body = reject.body();
         let mut out = Vec::with_capacity(256 + body.len());
-        out.extend_from_slice(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\nretry-after: ");
-        out.extend_from_slice(retry.as_bytes());
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nconnection: close",
+                status.as_str(),
+                status.canonical_reason().unwrap_or_default()
+            )
+            .as_bytes(),
+        );
+        if reject.retry_after() {
+            let retry = self.app.settings.load().retry_after.clone();
+            out.extend_from_slice(b"\r\nretry-after: ");
+            out.extend_from_slice(retry.as_bytes());
+        }
         out.extend_from_slice(b"\r\nx-request-id: ");
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(format!("\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());

@@ -2,7 +2,7 @@
 //! openssl s_client) against certificates made in the test; a certificate
 //! swap on reload seen by its serial, a file that does not load kept out, a
 //! stalled handshake closed by the timeout, a bad file at start refused.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods, missing_docs)]
 
 mod support;
 
@@ -361,6 +361,33 @@ async fn hostile_input_over_tls_gets_the_same_answers() {
     let (status, head, body) = read_response(&mut s).await;
     assert_eq!(status, 408, "{head}");
     assert!(body.contains("BODY_TIMEOUT"), "{body}");
+    // Plain HTTP on the TLS port (http:// for https://): an answer an HTTP
+    // client reads, saying so, where it used to get a TLS alert it took for
+    // an HTTP/0.9 reply.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/api/webhook/workflow")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {TEST_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"webhookId":"wh_1"}"#,
+        )))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::BAD_REQUEST);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], "HTTPS_REQUIRED");
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 0);
 
     // Idle TCP connections, half-open handshakes and trickled heads over
     // TLS: everybody else is served, and the server closes all of them.
