@@ -54,9 +54,11 @@ pub(crate) struct Document<'a> {
 }
 
 impl Document<'_> {
-    /// The member with decoded key `name` (the first, if repeated).
+    /// The member with decoded key `name`: the last, if repeated, as
+    /// JavaScript's `JSON.parse` (the backend's reading of the same body)
+    /// keeps the last.
     pub(crate) fn member(&self, name: &str) -> Option<&Member> {
-        self.members.iter().find(|m| self.key(m) == name)
+        self.members.iter().rev().find(|m| self.key(m) == name)
     }
 
     /// The decoded key of member `m`.

@@ -196,6 +196,41 @@ async fn the_three_spellings_of_the_configuration_id() {
         // The id is not routed as a field.
         assert_eq!(field(e, "contacts"), r#"{"email":"a@b.c"}"#);
     }
+    // A name given twice is read as the backend's JSON.parse reads it: the
+    // last one counts.
+    let (status, v) = post(
+        &ingress,
+        Some(KEY),
+        r#"{"configurationId":"cfg_nope","email":"a@b.c","configurationId":"cfg_1"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["configurationId"], "cfg_1");
+    assert_eq!(
+        field(
+            &entries(&r, STREAM).await.last().unwrap().1,
+            "configurationId"
+        ),
+        "cfg_1"
+    );
+    let (status, v) = post(
+        &ingress,
+        Some(KEY),
+        r#"{"configurationId":"cfg_1","configurationId":"cfg_nope"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, _) = post(
+        &ingress,
+        Some(KEY),
+        r#"{"configurationId":"cfg_1","contacts":{"a":1},"contacts":{"b":2}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        field(&entries(&r, STREAM).await.last().unwrap().1, "contacts"),
+        r#"{"b":2}"#
+    );
 }
 
 #[tokio::test]
