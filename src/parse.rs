@@ -117,40 +117,112 @@ impl Scratch {
         body: &[u8],
         f: impl FnOnce(&Document<'_>) -> Result<R, Reject>,
     ) -> Result<R, Reject> {
-        let len = body.len();
-        self.input.clear();
-        self.input.extend_from_slice(body);
-        self.input.resize(len + INPUT_PADDING, b' ');
         let mut tape: Tape<'_> = self.tape.take().unwrap_or_else(Tape::null).reset();
-        let result =
-            match simd_json::fill_tape_padded(&mut self.input, len, &mut self.buffers, &mut tape) {
-                Err(e) => Err(match e.error() {
-                    ErrorType::DepthLimitExceeded => Reject::TooDeep,
-                    _ => Reject::MalformedJson,
-                }),
-                Ok(()) => match tape.0.first() {
-                    Some(Node::Object { .. }) => {
-                        match layout(
-                            body,
-                            self.buffers.structural_indexes(),
-                            &tape,
-                            &mut self.members,
-                        ) {
-                            Some((open, close)) => f(&Document {
-                                tape: &tape,
-                                members: &self.members,
-                                open,
-                                close,
-                            }),
-                            None => Err(Reject::MalformedJson),
-                        }
+        let filled = fill(&mut self.input, &mut self.buffers, &mut tape, body, false);
+        // A lone surrogate escape (`"\ud83d"`: JavaScript's JSON.stringify
+        // of a string cut inside an emoji) is valid JSON to the backend's
+        // JSON.parse, not to simd-json. Only a body simd-json refuses is
+        // looked at again: its copy gets U+FFFD in their place, escapes of
+        // the same length, so positions stay the body's, which is kept as
+        // sent.
+        let (tape, filled) = match filled {
+            Err(e)
+                if !matches!(e.error(), ErrorType::DepthLimitExceeded)
+                    && has_lone_surrogate(body) =>
+            {
+                let mut again = tape.reset();
+                let filled = fill(&mut self.input, &mut self.buffers, &mut again, body, true);
+                (again, filled)
+            }
+            filled => (tape, filled),
+        };
+        let result = match filled {
+            Err(e) => Err(match e.error() {
+                ErrorType::DepthLimitExceeded => Reject::TooDeep,
+                _ => Reject::MalformedJson,
+            }),
+            Ok(()) => match tape.0.first() {
+                Some(Node::Object { .. }) => {
+                    match layout(
+                        body,
+                        self.buffers.structural_indexes(),
+                        &tape,
+                        &mut self.members,
+                    ) {
+                        Some((open, close)) => f(&Document {
+                            tape: &tape,
+                            members: &self.members,
+                            open,
+                            close,
+                        }),
+                        None => Err(Reject::MalformedJson),
                     }
-                    _ => Err(Reject::NotAnObject),
-                },
-            };
+                }
+                _ => Err(Reject::NotAnObject),
+            },
+        };
         self.tape = Some(tape.reset());
         result
     }
+}
+
+/// Copies `body` into the scratch `input` (padded as simd-json needs it;
+/// with each lone surrogate escape written `\ufffd` when `mend`) and fills
+/// `tape` from it.
+fn fill<'de>(
+    input: &'de mut Vec<u8>,
+    buffers: &mut Buffers,
+    tape: &mut Tape<'de>,
+    body: &[u8],
+    mend: bool,
+) -> simd_json::Result<()> {
+    let len = body.len();
+    input.clear();
+    input.extend_from_slice(body);
+    input.resize(len + INPUT_PADDING, b' ');
+    if mend {
+        for at in lone_surrogates(body) {
+            input[at..at + 4].copy_from_slice(b"fffd");
+        }
+    }
+    simd_json::fill_tape_padded(input, len, buffers, tape)
+}
+
+fn has_lone_surrogate(body: &[u8]) -> bool {
+    lone_surrogates(body).next().is_some()
+}
+
+/// Where the four hex digits of each `\uXXXX` escape of `body` that is a
+/// surrogate outside a high-low pair start.
+fn lone_surrogates(body: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = std::str::from_utf8(body.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let escape_at = |at: usize| body.get(at..at + 2) == Some(b"\\u".as_slice());
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while let Some(found) = body.get(i..)?.iter().position(|&b| b == b'\\') {
+            let at = i + found;
+            // Past the escape: `\\` is one, so its second backslash starts
+            // nothing.
+            i = at + 2;
+            if !escape_at(at) {
+                continue;
+            }
+            i = at + 6;
+            match unit(at + 2) {
+                Some(0xD800..=0xDBFF)
+                    if escape_at(at + 6) && matches!(unit(at + 8), Some(0xDC00..=0xDFFF)) =>
+                {
+                    i = at + 12;
+                }
+                Some(0xD800..=0xDFFF) => return Some(at + 2),
+                _ => {}
+            }
+        }
+        None
+    })
 }
 
 /// Number of tape nodes taken by the value starting at `i`.

@@ -164,6 +164,12 @@ async fn payload_keeps_the_callers_bytes() {
             r#"{"n":{"webhookId":"inner","d":[{"e":1E+2}]}}"#,
         ),
         (r#"{"webhook\u0049d":"wh_1","k":"v"}"#, r#"{"k":"v"}"#),
+        // A lone surrogate (JSON.stringify of a string cut inside an emoji):
+        // JSON.parse takes it, and so does the ingress, bytes unchanged.
+        (
+            r#"{"name":"Jo \ud83d","webhookId":"wh_1"}"#,
+            r#"{"name":"Jo \ud83d"}"#,
+        ),
     ];
     for (body, payload) in cases {
         let (status, _, resp) = ingress.workflow(Some(KEY), body).await;

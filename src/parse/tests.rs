@@ -110,10 +110,41 @@ fn refusals() {
         envelope("{\"webhookId\":\"\u{1}\"}"),
         Err(Reject::MalformedJson)
     ));
+    // Escapes that are not hex, or not a code point.
+    for bad in [r#"{"webhookId":"\uzzzz"}"#, r#"{"webhookId":"\u12"}"#] {
+        assert!(matches!(envelope(bad), Err(Reject::MalformedJson)), "{bad}");
+    }
+    // A lone surrogate mended for reading does not hide another fault.
     assert!(matches!(
-        envelope(r#"{"webhookId":"\ud800"}"#),
+        envelope(r#"{"webhookId":"\ud800","a":}"#),
         Err(Reject::MalformedJson)
     ));
+}
+
+#[test]
+fn lone_surrogate_escapes_are_read_as_json_parse_reads_them() {
+    // JavaScript's JSON.stringify of a string cut inside an emoji; the
+    // backend's JSON.parse takes it, so the ingress does too: the decoded
+    // id gets U+FFFD (what the backend's Redis client writes for it), the
+    // payload keeps the bytes as sent.
+    let (id, id_json, p) =
+        ok(r#"{"webhookId":"wh_\ud83d","name":"Jo \ud83d","x":"\ude00\\ud800"}"#);
+    assert_eq!(id, "wh_\u{fffd}");
+    assert_eq!(id_json, r"wh_\ud83d");
+    assert_eq!(p, r#"{"name":"Jo \ud83d","x":"\ude00\\ud800"}"#);
+    assert_eq!(ok(r#"{"webhookId":"\ud800"}"#).0, "\u{fffd}");
+}
+
+#[test]
+fn lone_surrogates_are_found_and_pairs_and_escaped_backslashes_are_not() {
+    let at = |s: &str| lone_surrogates(s.as_bytes()).collect::<Vec<_>>();
+    assert_eq!(at(r#""\ud83d\ude00""#), Vec::<usize>::new());
+    assert_eq!(at(r#""\\ud800""#), Vec::<usize>::new());
+    assert_eq!(at(r#""\ud83d""#), vec![3]);
+    assert_eq!(at(r#""\ude00\ud83d\ud83d\uDE00""#), vec![3, 9]);
+    assert_eq!(at(r#""\\\udc00""#), vec![5]);
+    assert_eq!(at(r#""\ud83d"#), vec![3]);
+    assert_eq!(at(r#""\ud8"#), Vec::<usize>::new());
 }
 
 #[test]
