@@ -21,6 +21,20 @@ fn cli(redis: &RedisServer, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `child`'s output once it exits; killed, and the test failed with
+/// `otherwise`, if it runs for 20 s.
+fn output_within_20s(mut child: std::process::Child, otherwise: &str) -> Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{otherwise}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
@@ -233,22 +247,14 @@ fn bad_arguments_and_unreachable_redis_have_distinct_exit_codes() {
     assert!(err.contains("the field name must not be empty"), "{err}");
     assert_eq!(redis.cli(&["EXISTS", "tether:org:o_1:properties"]), "0");
     // `--limit 0` once followed the stream for ever, printing every entry.
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+    let tail = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
         .args(["jobs", "tail", "workflow", "--limit", "0"])
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tail.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            tail.kill().unwrap();
-            panic!("jobs tail --limit 0 did not end");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let tail = tail.wait_with_output().unwrap();
+    let tail = output_within_20s(tail, "jobs tail --limit 0 did not end");
     assert_eq!(tail.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&tail.stderr).contains("'--limit <N>'"));
     assert_eq!(
@@ -411,7 +417,7 @@ fn the_admin_cli_reaches_redis_over_a_unix_socket() {
 fn cli_into_closed_pipe(redis: &RedisServer, args: &[&str]) -> Output {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+    let child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
         .args(args)
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .stdout(writer)
@@ -419,15 +425,10 @@ fn cli_into_closed_pipe(redis: &RedisServer, args: &[&str]) -> Output {
         .spawn()
         .unwrap();
     // `jobs tail` used to write into the closed pipe for ever.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("{args:?} kept running with nobody reading its output");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    output_within_20s(
+        child,
+        &format!("{args:?} kept running with nobody reading its output"),
+    )
 }
 
 #[test]

@@ -304,6 +304,27 @@ async fn tls_connect(
         .unwrap()
 }
 
+/// `POST /api/webhook/workflow` for `wh_1` with the test key, HTTP/1.1 over
+/// `io`.
+async fn post_wh_1<I>(io: I) -> http::Response<hyper::body::Incoming>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/api/webhook/workflow")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {TEST_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"webhookId":"wh_1"}"#,
+        )))
+        .unwrap();
+    sender.send_request(req).await.unwrap()
+}
+
 /// The plaintext listener's hostile-input cases (tests/protect.rs), over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_over_tls_gets_the_same_answers() {
@@ -367,19 +388,7 @@ async fn hostile_input_over_tls_gets_the_same_answers() {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::post("/api/webhook/workflow")
-        .header("host", "localhost")
-        .header("authorization", format!("Bearer {TEST_KEY}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            br#"{"webhookId":"wh_1"}"#,
-        )))
-        .unwrap();
-    let res = sender.send_request(req).await.unwrap();
+    let res = post_wh_1(tcp).await;
     assert_eq!(res.status(), http::StatusCode::BAD_REQUEST);
     let body = http_body_util::BodyExt::collect(res.into_body())
         .await
@@ -434,22 +443,7 @@ async fn hostile_input_over_tls_gets_the_same_answers() {
     let normal: Vec<_> = (0..50)
         .map(|_| {
             let ca = ca.clone();
-            tokio::spawn(async move {
-                let tls = tls_connect(port, &ca).await;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                        .await
-                        .unwrap();
-                tokio::spawn(conn);
-                let req = http::Request::post("/api/webhook/workflow")
-                    .header("host", "localhost")
-                    .header("authorization", format!("Bearer {TEST_KEY}"))
-                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                        br#"{"webhookId":"wh_1"}"#,
-                    )))
-                    .unwrap();
-                sender.send_request(req).await.unwrap().status()
-            })
+            tokio::spawn(async move { post_wh_1(tls_connect(port, &ca).await).await.status() })
         })
         .collect();
     for t in normal {
