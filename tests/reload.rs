@@ -85,13 +85,7 @@ async fn limits_streams_and_jwt_secret_change_without_dropping_requests() {
         StatusCode::UNAUTHORIZED
     );
     let before = xlen(&r, "tether:jobs:workflow").await;
-    assert_eq!(
-        ingress
-            .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
-            .await
-            .0,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(ingress.wh_1_status(KEY).await, StatusCode::ACCEPTED);
     assert_eq!(
         xlen(&r, "tether:jobs:workflow").await,
         before,

@@ -42,13 +42,7 @@ async fn unavailable_when_nothing_reached_redis() {
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a", "wf_b"]).await;
     let ingress = Ingress::start_with(config_for(&redis.url())).await;
-    assert_eq!(
-        ingress
-            .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
-            .await
-            .0,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(ingress.wh_1_status(KEY).await, StatusCode::ACCEPTED);
     redis.save();
     drop(r);
     redis.kill();

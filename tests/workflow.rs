@@ -453,10 +453,7 @@ async fn redis_outage_gives_503_then_resyncs_everything() {
     // JOB_STORE_UNCONFIRMED); once the writer has seen its connection go,
     // nothing is sent.
     assert_eq!(
-        ingress
-            .workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#)
-            .await
-            .0,
+        ingress.wh_1_status(KEY).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     // Down: the cached key still authenticates, but nothing can be stored.

@@ -475,6 +475,11 @@ impl Ingress {
     }
 
     /// POST /api/webhook/workflow with an optional bearer token.
+    /// The status of a workflow post of `{"webhookId":"wh_1"}` with `key`.
+    pub async fn wh_1_status(&self, key: &str) -> StatusCode {
+        self.workflow(Some(key), r#"{"webhookId":"wh_1"}"#).await.0
+    }
+
     pub async fn workflow(
         &self,
         token: Option<&str>,
