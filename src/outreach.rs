@@ -15,7 +15,7 @@ use std::{collections::HashMap, ops::Range};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
-use simd_json::Node;
+use simd_json::{Node, StaticNode};
 
 pub(crate) use crate::outreach_views::Category;
 
@@ -29,7 +29,8 @@ use crate::{
     webhook::{Ctx, Webhook},
 };
 
-/// Accepted spellings of the configuration id, in order of precedence.
+/// Accepted spellings of the configuration id, in order of precedence: the
+/// backend reads `configurationId || configuration_id || CONFIGURATION_ID`.
 pub(crate) const CONFIGURATION_ID_KEYS: [&str; 3] =
     ["configurationId", "configuration_id", "CONFIGURATION_ID"];
 /// The fixed-format group keys.
@@ -114,9 +115,12 @@ async fn accept(ctx: &Ctx<'_>, body: BytesMut) -> Result<(StatusCode, Bytes), Re
 
 fn plan(ctx: &Ctx<'_>, body: &[u8], doc: &Document<'_>) -> Result<Plan, Reject> {
     let (app, principal) = (ctx.app, ctx.principal);
+    // JavaScript's `||`: a spelling whose value is falsy (`null`, `""`,
+    // `false`, `0`) gives way to the next; none truthy is "missing".
     let id_member = CONFIGURATION_ID_KEYS
         .iter()
-        .find_map(|k| doc.member(k))
+        .filter_map(|k| doc.member(k))
+        .find(|m| doc.value(m).is_some_and(truthy))
         .ok_or(Reject::MissingConfigurationId)?;
     let Some(Node::String(id)) = doc.value(id_member) else {
         return Err(Reject::ConfigurationIdNotString);
@@ -145,6 +149,20 @@ fn plan(ctx: &Ctx<'_>, body: &[u8], doc: &Document<'_>) -> Result<Plan, Reject> 
         groups,
         ranges,
     })
+}
+
+/// Whether JavaScript takes `value` as true in a condition.
+fn truthy(value: &Node<'_>) -> bool {
+    match value {
+        Node::String(s) => !s.is_empty(),
+        Node::Static(StaticNode::Null) => false,
+        Node::Static(StaticNode::Bool(b)) => *b,
+        Node::Static(StaticNode::I64(n)) => *n != 0,
+        Node::Static(StaticNode::U64(n)) => *n != 0,
+        // `!= 0.0` is false for -0.0 and true for NaN, which JSON can't spell.
+        Node::Static(StaticNode::F64(f)) => *f != 0.0,
+        Node::Object { .. } | Node::Array { .. } => true,
+    }
 }
 
 /// The three groups (`contacts`, `applications`, `conversations`) of a body,

@@ -220,6 +220,21 @@ async fn the_three_spellings_of_the_configuration_id() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    // The spellings are read as the backend's `a || b || c`: a falsy value
+    // gives way to the next spelling.
+    for body in [
+        r#"{"configurationId":null,"configuration_id":"cfg_1"}"#,
+        r#"{"configurationId":"","CONFIGURATION_ID":"cfg_1","configuration_id":0}"#,
+        r#"{"configuration_id":false,"CONFIGURATION_ID":"cfg_1","configurationId":-0.0}"#,
+    ] {
+        let (status, v) = post(&ingress, Some(KEY), body).await;
+        assert_eq!(status, StatusCode::OK, "{body}: {v}");
+        assert_eq!(v["data"]["configurationId"], "cfg_1", "{body}");
+        let got = entries(&r, STREAM).await;
+        let e = &got.last().unwrap().1;
+        assert_eq!(field(e, "configurationId"), "cfg_1", "{body}");
+        assert_eq!(field(e, "contacts"), "{}", "{body}");
+    }
     let (status, _) = post(
         &ingress,
         Some(KEY),
@@ -294,6 +309,18 @@ async fn refusals_leave_the_stream_untouched() {
         (
             Some(KEY),
             r#"{"configuration_id":null}"#,
+            StatusCode::BAD_REQUEST,
+            "MISSING_CONFIGURATION_ID",
+        ),
+        (
+            Some(KEY),
+            r#"{"configurationId":"","CONFIGURATION_ID":0}"#,
+            StatusCode::BAD_REQUEST,
+            "MISSING_CONFIGURATION_ID",
+        ),
+        (
+            Some(KEY),
+            r#"{"configurationId":false,"configuration_id":["cfg_1"]}"#,
             StatusCode::BAD_REQUEST,
             "INVALID_CONFIGURATION_ID",
         ),
