@@ -22,7 +22,7 @@ pub(crate) use crate::outreach_views::Category;
 use crate::{
     error::Reject,
     id::Id,
-    parse::{Document, with_document},
+    parse::{Document, with_body},
     replica::now_ms,
     response::decimal,
     sink::{OutreachJob, Stored},
@@ -74,7 +74,7 @@ impl Webhook for Outreach {
 
 /// The route's work on an authenticated request's body; returns the status
 /// and body to send.
-async fn accept(ctx: &Ctx<'_>, body: BytesMut) -> Result<(StatusCode, Bytes), Reject> {
+async fn accept(ctx: &Ctx<'_>, mut body: BytesMut) -> Result<(StatusCode, Bytes), Reject> {
     let Ctx {
         app,
         principal,
@@ -82,7 +82,7 @@ async fn accept(ctx: &Ctx<'_>, body: BytesMut) -> Result<(StatusCode, Bytes), Re
         settings,
     } = *ctx;
     let received_at = now_ms();
-    let plan = with_document(&body, |doc| plan(ctx, &body, doc))?;
+    let plan = with_body(&mut body, |body, doc| plan(ctx, body, doc))?;
     let body = body.freeze();
     let mut digits = [0u8; 20];
     let job = OutreachJob {

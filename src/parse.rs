@@ -166,6 +166,32 @@ impl Scratch {
     }
 }
 
+/// [`with_document`] over a body the route owns. A body that is not UTF-8
+/// is first rewritten as the backend's body parser decodes it: each invalid
+/// sequence becomes U+FFFD (Node's decoder and `from_utf8_lossy` replace the
+/// same maximal subparts), so a Latin-1 `é` from a legacy sender is taken,
+/// and the stored text is what a Worker's decoder would have made of the
+/// bytes anyway. Looked at only after simd-json (which validates UTF-8)
+/// refused the body; a UTF-8 body costs nothing more.
+pub(crate) fn with_body<R>(
+    body: &mut BytesMut,
+    f: impl Fn(&[u8], &Document<'_>) -> Result<R, Reject>,
+) -> Result<R, Reject> {
+    let first = {
+        let b: &[u8] = body;
+        with_document(b, |doc| f(b, doc))
+    };
+    match first {
+        Err(Reject::MalformedJson) if std::str::from_utf8(body).is_err() => {
+            let mended = BytesMut::from(String::from_utf8_lossy(body).as_bytes());
+            *body = mended;
+            let b: &[u8] = body;
+            with_document(b, |doc| f(b, doc))
+        }
+        first => first,
+    }
+}
+
 /// Copies `body` into the scratch `input` (padded as simd-json needs it;
 /// with each lone surrogate escape written `\ufffd` when `mend`) and fills
 /// `tape` from it.
@@ -345,7 +371,7 @@ struct Splice {
 /// Parses a workflow body: validates it, takes out `webhookId`, and turns
 /// the rest into the payload without copying it.
 pub fn parse_envelope(mut body: BytesMut) -> Result<Envelope, Reject> {
-    let splice = with_document(&body, |doc| {
+    let splice = with_body(&mut body, |body, doc| {
         let mut found: Option<(usize, &str)> = None;
         for (i, m) in doc.members.iter().enumerate() {
             if doc.key(m) != "webhookId" {

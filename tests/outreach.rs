@@ -45,7 +45,7 @@ async fn setup() -> (RedisServer, fred::clients::Client, Ingress) {
 async fn post(
     ingress: &Ingress,
     token: Option<&str>,
-    body: &str,
+    body: impl AsRef<[u8]>,
 ) -> (StatusCode, serde_json::Value) {
     let mut b = http::Request::post(ingress.uri("/api/webhook/outreach"))
         .header("content-type", "application/json");
@@ -55,7 +55,7 @@ async fn post(
     let (status, _, body) = ingress
         .request(
             b.body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
-                body.as_bytes(),
+                body.as_ref(),
             )))
             .unwrap(),
         )
@@ -235,6 +235,20 @@ async fn the_three_spellings_of_the_configuration_id() {
         assert_eq!(field(e, "configurationId"), "cfg_1", "{body}");
         assert_eq!(field(e, "contacts"), "{}", "{body}");
     }
+    // A body that is not UTF-8 (a Latin-1 `é`) is read as the backend's
+    // body parser decodes it: U+FFFD in its place.
+    let (status, v) = post(
+        &ingress,
+        Some(KEY),
+        b"{\"configuration_id\":\"cfg_1\",\"firstName\":\"Jos\xe9\"}",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let got = entries(&r, STREAM).await;
+    assert_eq!(
+        field(&got.last().unwrap().1, "contacts"),
+        "{\"firstName\":\"Jos\u{fffd}\"}"
+    );
     let (status, _) = post(
         &ingress,
         Some(KEY),

@@ -187,6 +187,58 @@ async fn payload_keeps_the_callers_bytes() {
     }
 }
 
+/// A body that is not UTF-8 (a legacy sender's Latin-1 `é`) is taken as
+/// the backend's body parser takes it: each invalid sequence is read as the
+/// U+FFFD Node's own decoder makes of it, and the stored text is that.
+#[tokio::test]
+async fn bodies_that_are_not_utf8_are_read_as_node_decodes_them() {
+    let (_redis, r, ingress) = setup().await;
+    let bad: [&[u8]; 6] = [
+        b"Jos\xe9",
+        b"\xff\xfe",
+        b"\xe2\x82!",
+        b"\xc0\xaf",
+        b"\xed\xa0\x80x",
+        b"\xf4\x90\x80\x80\xf0\x9f\x98",
+    ];
+    let decoded = node::utf8_decode(&bad).await;
+    for (bytes, text) in bad.iter().zip(&decoded) {
+        assert!(text.contains('\u{fffd}'), "{text:?}");
+        let mut body = br#"{"name":""#.to_vec();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(br#"","webhookId":"wh_1"}"#);
+        let (status, _, resp) = ingress.workflow(Some(KEY), &body).await;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "{text:?}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert_eq!(json(&resp)["data"]["matchedCount"], 2, "{text:?}");
+        let got = entries(&r, STREAM).await;
+        let (_, last) = got.last().unwrap();
+        assert_eq!(field(last, "payload"), format!(r#"{{"name":"{text}"}}"#));
+        let _: () = fred::prelude::KeysInterface::del(&r, STREAM).await.unwrap();
+    }
+    // In the id too: it reads (and is echoed) with U+FFFD, and matches
+    // nothing here.
+    let (status, _, resp) = ingress
+        .workflow(Some(KEY), b"{\"webhookId\":\"wh_\xff\"}")
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        json(&resp)["data"],
+        serde_json::json!({"webhookId":"wh_\u{fffd}","matchedCount":0})
+    );
+    // A bad byte outside a string is malformed JSON to JSON.parse too.
+    let (status, _, resp) = ingress
+        .workflow(Some(KEY), b"{\"webhookId\":\"wh_1\",\"a\":1\xff}")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&resp)["code"], "INVALID_JSON");
+    assert_eq!(xlen(&r, STREAM).await, 0);
+}
+
 #[tokio::test]
 async fn bad_bodies_get_400_and_write_nothing() {
     let (_redis, r, ingress) = setup().await;

@@ -148,9 +148,19 @@ fn lone_surrogates_are_found_and_pairs_and_escaped_backslashes_are_not() {
 }
 
 #[test]
-fn invalid_utf8_is_refused() {
-    let mut b = BytesMut::from(&br#"{"webhookId":"w","a":"#[..]);
-    b.extend_from_slice(&[b'"', 0xff, b'"', b'}']);
+fn invalid_utf8_reads_as_node_decodes_it() {
+    // In a string: each maximal bad subpart is one U+FFFD, as the backend's
+    // body parser decodes it before JSON.parse.
+    let b = BytesMut::from(&b"{\"webhookId\":\"w\xff\",\"a\":\"\xe2\x82\xed\xa0\"}"[..]);
+    let env = parse_envelope(b).unwrap();
+    assert_eq!(env.webhook_id.as_str(), "w\u{fffd}");
+    assert_eq!(&env.webhook_id_json[..], "w\u{fffd}".as_bytes());
+    assert_eq!(
+        &env.payload[..],
+        "{\"a\":\"\u{fffd}\u{fffd}\u{fffd}\"}".as_bytes()
+    );
+    // Outside a string it is malformed JSON, to JSON.parse as well.
+    let b = BytesMut::from(&b"{\"webhookId\":\"w\",\"a\":1\xff}"[..]);
     assert!(matches!(parse_envelope(b), Err(Reject::MalformedJson)));
 }
 

@@ -483,7 +483,7 @@ impl Ingress {
     pub async fn workflow(
         &self,
         token: Option<&str>,
-        body: &str,
+        body: impl AsRef<[u8]>,
     ) -> (StatusCode, HeaderMap, Bytes) {
         let mut b = Request::post(self.uri("/api/webhook/workflow"))
             .header("content-type", "application/json");
@@ -491,7 +491,7 @@ impl Ingress {
             b = b.header("authorization", format!("Bearer {t}"));
         }
         self.request(
-            b.body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            b.body(Full::new(Bytes::copy_from_slice(body.as_ref())))
                 .unwrap(),
         )
         .await

@@ -32,6 +32,35 @@ fn command(major: u8, args: &[&str]) -> Command {
     c
 }
 
+/// Each of `texts` as Node decodes bytes into a string (what the backend's
+/// body parser does to a request body before `JSON.parse`).
+pub async fn utf8_decode(texts: &[&[u8]]) -> Vec<String> {
+    let hex: Vec<String> = texts
+        .iter()
+        .map(|t| t.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(
+            "for (const h of process.argv.slice(1)) \
+             console.log(JSON.stringify(Buffer.from(h, 'hex').toString('utf8')))",
+        )
+        .args(&hex)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Runs one Queue command to its end; its JSON answer.
 pub async fn queue(major: u8, args: &[&str]) -> serde_json::Value {
     let out = tokio::time::timeout(Duration::from_secs(30), command(major, args).output())
