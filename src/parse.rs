@@ -17,7 +17,7 @@
 
 use std::{cell::RefCell, ops::Range};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, Tape};
 
 use crate::{error::Reject, id::Id};
@@ -119,16 +119,19 @@ impl Scratch {
     ) -> Result<R, Reject> {
         let mut tape: Tape<'_> = self.tape.take().unwrap_or_else(Tape::null).reset();
         let filled = fill(&mut self.input, &mut self.buffers, &mut tape, body, false);
-        // A lone surrogate escape (`"\ud83d"`: JavaScript's JSON.stringify
-        // of a string cut inside an emoji) is valid JSON to the backend's
-        // JSON.parse, not to simd-json. Only a body simd-json refuses is
-        // looked at again: its copy gets U+FFFD in their place, escapes of
-        // the same length, so positions stay the body's, which is kept as
-        // sent.
+        // Two things are valid JSON to the backend's JSON.parse, not to
+        // simd-json: a lone surrogate escape (`"\ud83d"`: JavaScript's
+        // JSON.stringify of a string cut inside an emoji) and a number
+        // beyond f64 (`1e999`, Infinity to JSON.parse). Only a body
+        // simd-json refuses is looked at again: its copy gets text of the
+        // same length in their place (`\ufffd`; a finite number of the same
+        // sign), so positions stay the body's, which is kept as sent.
         let (tape, filled) = match filled {
             Err(e)
                 if !matches!(e.error(), ErrorType::DepthLimitExceeded)
-                    && has_lone_surrogate(body) =>
+                    && (has_lone_surrogate(body)
+                        || matches!(e.error(), ErrorType::InvalidNumber)
+                            && infinite_numbers(body).next().is_some()) =>
             {
                 let mut again = tape.reset();
                 let filled = fill(&mut self.input, &mut self.buffers, &mut again, body, true);
@@ -166,13 +169,18 @@ impl Scratch {
     }
 }
 
-/// [`with_document`] over a body the route owns. A body that is not UTF-8
-/// is first rewritten as the backend's body parser decodes it: each invalid
-/// sequence becomes U+FFFD (Node's decoder and `from_utf8_lossy` replace the
-/// same maximal subparts), so a Latin-1 `é` from a legacy sender is taken,
-/// and the stored text is what a Worker's decoder would have made of the
-/// bytes anyway. Looked at only after simd-json (which validates UTF-8)
-/// refused the body; a UTF-8 body costs nothing more.
+/// [`with_document`] over a body the route owns, read as the backend's body
+/// parser reads it when simd-json refuses it as it came:
+/// - a leading UTF-8 byte-order mark (what .NET's `Encoding.UTF8` writers
+///   put first) is dropped, as the parser's decoder drops it;
+/// - a body that is not UTF-8 is rewritten as the decoder makes it: each
+///   invalid sequence becomes U+FFFD (Node's decoder and `from_utf8_lossy`
+///   replace the same maximal subparts), so a Latin-1 `é` from a legacy
+///   sender is taken, and the stored text is what a Worker's decoder would
+///   have made of the bytes anyway.
+///
+/// Looked at only after simd-json (which validates UTF-8) refused the body;
+/// a body that parses costs nothing more.
 pub(crate) fn with_body<R>(
     body: &mut BytesMut,
     f: impl Fn(&[u8], &Document<'_>) -> Result<R, Reject>,
@@ -181,20 +189,32 @@ pub(crate) fn with_body<R>(
         let b: &[u8] = body;
         with_document(b, |doc| f(b, doc))
     };
-    match first {
-        Err(Reject::MalformedJson) if std::str::from_utf8(body).is_err() => {
-            let mended = BytesMut::from(String::from_utf8_lossy(body).as_bytes());
-            *body = mended;
-            let b: &[u8] = body;
-            with_document(b, |doc| f(b, doc))
-        }
-        first => first,
+    let Err(Reject::MalformedJson) = first else {
+        return first;
+    };
+    let bom = body.starts_with(BOM);
+    if bom {
+        body.advance(BOM.len());
     }
+    let utf8 = std::str::from_utf8(body).is_ok();
+    if !utf8 {
+        let mended = BytesMut::from(String::from_utf8_lossy(body).as_bytes());
+        *body = mended;
+    }
+    if bom || !utf8 {
+        let b: &[u8] = body;
+        return with_document(b, |doc| f(b, doc));
+    }
+    first
 }
 
+/// UTF-8's byte-order mark.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
 /// Copies `body` into the scratch `input` (padded as simd-json needs it;
-/// with each lone surrogate escape written `\ufffd` when `mend`) and fills
-/// `tape` from it.
+/// when `mend`, with each lone surrogate escape written `\ufffd` and each
+/// number beyond f64 written `1.00…` after its sign) and fills `tape` from
+/// it.
 fn fill<'de>(
     input: &'de mut Vec<u8>,
     buffers: &mut Buffers,
@@ -209,6 +229,17 @@ fn fill<'de>(
     if mend {
         for at in lone_surrogates(body) {
             input[at..at + 4].copy_from_slice(b"fffd");
+        }
+        for number in infinite_numbers(body) {
+            // At least `2e308`: room for `1.0`. Finite, non-zero and of the
+            // same sign, so it reads as Infinity does in a condition.
+            let digits = number.start + usize::from(body[number.start] == b'-');
+            if number.end - digits < 3 {
+                continue;
+            }
+            input[digits..number.end].fill(b'0');
+            input[digits] = b'1';
+            input[digits + 1] = b'.';
         }
     }
     simd_json::fill_tape_padded(input, len, buffers, tape)
@@ -249,6 +280,71 @@ fn lone_surrogates(body: &[u8]) -> impl Iterator<Item = usize> + '_ {
         }
         None
     })
+}
+
+/// Where each number of `body` (outside strings) that is valid JSON but
+/// beyond f64, so Infinity to JSON.parse, lies.
+fn infinite_numbers(body: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut i = 0;
+    let mut in_string = false;
+    std::iter::from_fn(move || {
+        while let Some(&c) = body.get(i) {
+            let at = i;
+            i += 1;
+            match c {
+                b'"' => in_string = !in_string,
+                b'\\' if in_string => i += 1,
+                b'-' | b'0'..=b'9' if !in_string => {
+                    let len = body[at..]
+                        .iter()
+                        .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                        .unwrap_or(body.len() - at);
+                    i = at + len;
+                    let text = &body[at..i];
+                    let infinite = std::str::from_utf8(text)
+                        .ok()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .is_some_and(f64::is_infinite);
+                    if infinite && json_number(text) {
+                        return Some(at..i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    })
+}
+
+/// Whether `text` is a number in JSON's grammar:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn json_number(text: &[u8]) -> bool {
+    let digits = |t: &[u8]| t.iter().take_while(|b| b.is_ascii_digit()).count();
+    let t = text.strip_prefix(b"-").unwrap_or(text);
+    let int = digits(t);
+    if int == 0 || (int > 1 && t[0] == b'0') {
+        return false;
+    }
+    let mut t = &t[int..];
+    if let Some(rest) = t.strip_prefix(b".") {
+        let frac = digits(rest);
+        if frac == 0 {
+            return false;
+        }
+        t = &rest[frac..];
+    }
+    if let Some(rest) = t.strip_prefix(b"e").or_else(|| t.strip_prefix(b"E")) {
+        let rest = rest
+            .strip_prefix(b"+")
+            .or_else(|| rest.strip_prefix(b"-"))
+            .unwrap_or(rest);
+        let exp = digits(rest);
+        if exp == 0 {
+            return false;
+        }
+        t = &rest[exp..];
+    }
+    t.is_empty()
 }
 
 /// Number of tape nodes taken by the value starting at `i`.

@@ -239,6 +239,81 @@ async fn bodies_that_are_not_utf8_are_read_as_node_decodes_them() {
     assert_eq!(xlen(&r, STREAM).await, 0);
 }
 
+/// The backend reads a request with Express's JSON body parser; the ingress
+/// takes exactly the bodies it takes (with a string `webhookId`) and stores
+/// a payload that reads as its body. body-parser 1 (Express 4) and 2
+/// (Express 5) judge every case (`tests/node/body-parser.js`).
+#[tokio::test]
+async fn bodies_are_taken_as_the_backends_body_parser_takes_them() {
+    let (_redis, r, ingress) = setup().await;
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let big = format!(r#"{{"webhookId":"wh_1","n":{}}}"#, "9".repeat(400));
+    let cases: Vec<&[u8]> = vec![
+        // Taken.
+        b"\xef\xbb\xbf{\"webhookId\":\"wh_1\",\"a\":1}",
+        b"{\"webhookId\":\"wh_1\",\"name\":\"Jos\xe9\"}",
+        b"{\"webhookId\":\"wh_1\",\"s\":\"\xe2\x82!\xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80\xf0\x9f\x98\"}",
+        b"\xef\xbb\xbf{\"webhookId\":\"wh_1\",\"n\":\"Ren\xe9e\"}",
+        br#"{"name":"Jo \ud83d","webhookId":"wh_1"}"#,
+        br#"{"webhookId":"wh_1","a":1e999,"b":[-1E+400,1e-999]}"#,
+        big.as_bytes(),
+        br#"{"webhookId":"wh_1","phone":12345678901234567890123,"x":1.10}"#,
+        b" \t\r\n{ \"webhookId\" : \"wh_1\" ,\n\"a\" : [ 1 , { } ] } \n",
+        br#"{"n":{"webhookId":"inner"},"webhook\u0049d":"wh_1","k":"\u0000\u2028"}"#,
+        br#"{"a":1,"a":2,"webhookId":"wh_1","__proto__":{"x":1}}"#,
+        // Refused.
+        b"",
+        b"  ",
+        br#""wh_1""#,
+        b"[]",
+        b"null",
+        br#"{"webhookId":"wh_1"} x"#,
+        br#"{"webhookId":1}"#,
+        br#"{"webhookId":"wh_1",}"#,
+        b"{\"webhookId\":\"wh_1\",\"a\":1\xff}",
+        b"{\"webhookId\":\"wh_1\"}\x00",
+        b"{\"webhookId\":\"wh_1\",\"a\":\"\t\"}",
+        b"{\"webhookId\":\"wh_1\"\xc2\xa0}",
+        b"\xef\xbb\xbf\xef\xbb\xbf{\"webhookId\":\"wh_1\"}",
+        br#"{"webhookId":"wh_1","a":01}"#,
+        br#"{"webhookId":"wh_1","a":.5}"#,
+        br#"{"webhookId":"wh_1","a":NaN}"#,
+        br#"{'webhookId':'wh_1'}"#,
+    ];
+    let mut lines = String::new();
+    for body in &cases {
+        let (status, _, _) = ingress.workflow(Some(KEY), body).await;
+        let got = entries(&r, STREAM).await;
+        let stored = got.last().map(|(_, e)| {
+            (
+                field(e, "webhookId").to_owned(),
+                hex(field(e, "payload").as_bytes()),
+            )
+        });
+        let (webhook_id, payload) = stored.unzip();
+        lines.push_str(
+            &serde_json::json!({
+                "body": hex(body),
+                "status": status.as_u16(),
+                "webhookId": webhook_id,
+                "payload": payload,
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+        let _: () = fred::prelude::KeysInterface::del(&r, STREAM).await.unwrap();
+    }
+    let verdicts = node::body_parser_verdicts(&lines).await;
+    assert_eq!(verdicts.len(), cases.len());
+    let wrong: Vec<String> = cases
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| v["ok"] != true)
+        .map(|(body, v)| format!("{:?}: {}", String::from_utf8_lossy(body), v["why"]))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[tokio::test]
 async fn bad_bodies_get_400_and_write_nothing() {
     let (_redis, r, ingress) = setup().await;

@@ -148,6 +148,35 @@ fn lone_surrogates_are_found_and_pairs_and_escaped_backslashes_are_not() {
 }
 
 #[test]
+fn numbers_beyond_f64_are_taken_as_json_parse_takes_them() {
+    let big = "9".repeat(400);
+    let body =
+        format!(r#"{{"webhookId":"w","a":1e999,"b":[-2E+400,1e-999,{big}],"s":"1e999 \"-1e999"}}"#);
+    let env = parse_envelope(BytesMut::from(body.as_bytes())).unwrap();
+    assert_eq!(env.webhook_id.as_str(), "w");
+    assert_eq!(
+        std::str::from_utf8(&env.payload).unwrap(),
+        format!(r#"{{"a":1e999,"b":[-2E+400,1e-999,{big}],"s":"1e999 \"-1e999"}}"#)
+    );
+    // Not numbers to JSON.parse either: still refused.
+    for bad in ["01e999", "1.e999", "1e", "--1e999", "1e999.5", "+1e999"] {
+        let body = format!(r#"{{"webhookId":"w","a":{bad}}}"#);
+        assert!(
+            matches!(
+                parse_envelope(BytesMut::from(body.as_bytes())),
+                Err(Reject::MalformedJson)
+            ),
+            "{bad}"
+        );
+    }
+    let found = |t: &str| infinite_numbers(t.as_bytes()).collect::<Vec<_>>();
+    assert_eq!(
+        found(r#"[1e308,1e309,"1e999\"",-9e999]"#),
+        vec![7..12, 23..29]
+    );
+}
+
+#[test]
 fn invalid_utf8_reads_as_node_decodes_it() {
     // In a string: each maximal bad subpart is one U+FFFD, as the backend's
     // body parser decodes it before JSON.parse.

@@ -61,6 +61,39 @@ pub async fn utf8_decode(texts: &[&[u8]]) -> Vec<String> {
         .collect()
 }
 
+/// The verdicts of `tests/node/body-parser.js` on `cases` (its input lines):
+/// `{"ok":true}` or `{"ok":false,"why":…}`, one per case.
+pub async fn body_parser_verdicts(cases: &str) -> Vec<serde_json::Value> {
+    assert!(
+        dir().join("node_modules/body-parser1").exists(),
+        "the Node test packages are missing: run scripts/test, or `npm ci --prefix tests/node`"
+    );
+    let mut child = Command::new("node")
+        .current_dir(dir())
+        .arg("body-parser.js")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, cases.as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("body-parser.js hung")
+        .unwrap();
+    assert!(out.status.success(), "body-parser.js failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Runs one Queue command to its end; its JSON answer.
 pub async fn queue(major: u8, args: &[&str]) -> serde_json::Value {
     let out = tokio::time::timeout(Duration::from_secs(30), command(major, args).output())
