@@ -11,9 +11,10 @@
 //! client, still writing, never sees the answer. nginx's lingering close
 //! does the same. A larger or slower body is cut off.
 //!
-//! A body sent with `Content-Encoding: gzip` (or `x-gzip`) or `deflate` is
-//! inflated, as Node's `body-parser` does by default, under the same cap
-//! ([`decoded`]); any other coding is read as it came.
+//! A body sent with `Content-Encoding: gzip` (or `x-gzip`), `deflate` or
+//! `br` is inflated, as Node's `body-parser` does by default (`br` since
+//! body-parser 2, Express 5), under the same cap ([`decoded`]); any other
+//! coding is read as it came.
 
 use std::io::Read as _;
 
@@ -63,7 +64,7 @@ where
 }
 
 /// The body as the parser reads it: inflated when its `Content-Encoding`
-/// is `gzip`, `x-gzip` or `deflate` (zlib), to at most `max` bytes (413
+/// is `gzip`, `x-gzip`, `deflate` (zlib) or `br`, to at most `max` bytes (413
 /// past them, so a small body that inflates to gigabytes costs `max`); a
 /// stream that does not inflate is malformed JSON (400). Without the
 /// header, or with any other coding, the body is returned as it is.
@@ -76,6 +77,8 @@ pub(crate) fn decoded(headers: &HeaderMap, body: BytesMut, max: usize) -> Result
         inflate(flate2::read::MultiGzDecoder::new(&body[..]), max)
     } else if coding.eq_ignore_ascii_case(b"deflate") {
         inflate(flate2::read::ZlibDecoder::new(&body[..]), max)
+    } else if coding.eq_ignore_ascii_case(b"br") {
+        inflate(brotli_decompressor::Decompressor::new(&body[..], 8192), max)
     } else {
         Ok(body)
     }
@@ -176,8 +179,20 @@ mod tests {
         BytesMut::from(&e.finish().unwrap()[..])
     }
 
+    /// `{"webhookId":"wh_1","n":1.10}`, 10 MB of `0` and 1024 spaces, as
+    /// Node's `zlib.brotliCompressSync` writes them.
+    const BR_JSON: &[u8] = &[
+        11, 14, 128, 123, 34, 119, 101, 98, 104, 111, 111, 107, 73, 100, 34, 58, 34, 119, 104, 95,
+        49, 34, 44, 34, 110, 34, 58, 49, 46, 49, 48, 125, 3,
+    ];
+    const BR_BOMB: &[u8] = &[
+        203, 255, 255, 63, 248, 37, 96, 226, 177, 64, 32, 247, 254, 47, 255, 44, 49, 240, 75, 0,
+        196, 97, 17, 128, 142, 35, 6,
+    ];
+    const BR_1024: &[u8] = &[27, 255, 3, 248, 37, 64, 162, 177, 64, 32, 55];
+
     #[test]
-    fn gzip_and_deflate_bodies_are_inflated_and_other_codings_left_alone() {
+    fn gzip_deflate_and_br_bodies_are_inflated_and_other_codings_left_alone() {
         let json = br#"{"webhookId":"wh_1","n":1.10}"#;
         for coding in ["gzip", "x-gzip", " GZIP "] {
             let got = decoded(&coded(coding), gzip(json), 1024).unwrap();
@@ -191,7 +206,11 @@ mod tests {
         let mut two = gzip(&json[..10]);
         two.extend_from_slice(&gzip(&json[10..]));
         assert_eq!(&decoded(&coded("gzip"), two, 1024).unwrap()[..], json);
-        for coding in ["identity", "br", "zstd"] {
+        for coding in ["br", " BR"] {
+            let got = decoded(&coded(coding), BytesMut::from(BR_JSON), 1024).unwrap();
+            assert_eq!(&got[..], json, "{coding}");
+        }
+        for coding in ["identity", "zstd", "gzip, br"] {
             let got = decoded(&coded(coding), BytesMut::from(&json[..]), 1024).unwrap();
             assert_eq!(&got[..], json, "{coding}");
         }
@@ -212,10 +231,22 @@ mod tests {
         ));
         let exact = gzip(&[b' '; 1024]);
         assert_eq!(decoded(&coded("gzip"), exact, 1024).unwrap().len(), 1024);
+        assert!(matches!(
+            decoded(&coded("br"), BytesMut::from(BR_BOMB), 1 << 20),
+            Err(Reject::BodyTooLarge)
+        ));
+        let exact = BytesMut::from(BR_1024);
+        assert_eq!(decoded(&coded("br"), exact, 1024).unwrap().len(), 1024);
+        assert!(matches!(
+            decoded(&coded("br"), BytesMut::from(BR_1024), 1023),
+            Err(Reject::BodyTooLarge)
+        ));
         for (coding, body) in [
             ("gzip", BytesMut::from(&br#"{"webhookId":"wh_1"}"#[..])),
             ("deflate", BytesMut::from(&b"not zlib"[..])),
             ("gzip", gzip(b"{}").split_to(8)),
+            ("br", BytesMut::from(&b"not brotli at all"[..])),
+            ("br", BytesMut::from(&BR_JSON[..20])),
         ] {
             assert!(
                 matches!(

@@ -83,12 +83,13 @@ async fn callers_request_id_is_echoed_and_stored() {
     assert!(headers.contains_key("x-request-id"));
 }
 
-/// A gzip or deflate body is inflated, as Node's `body-parser` does by
-/// default: the entry's payload is the inflated JSON's bytes. One that
-/// inflates past `server.max_body_bytes` is 413, a stream that does not
-/// inflate 400 `INVALID_JSON`, like any body that is not JSON.
+/// A gzip, deflate or br body is inflated, as Node's `body-parser` does by
+/// default (br since body-parser 2, Express 5): the entry's payload is the
+/// inflated JSON's bytes. One that inflates past `server.max_body_bytes` is
+/// 413, a stream that does not inflate 400 `INVALID_JSON`, like any body
+/// that is not JSON.
 #[tokio::test]
-async fn a_gzip_or_deflate_body_is_inflated_and_capped() {
+async fn a_gzip_deflate_or_br_body_is_inflated_and_capped() {
     use std::io::Write as _;
     let (_redis, r, ingress) = setup().await;
     let body = br#"{"webhookId":"wh_1","lead":{"phone":12345678901234567890123,"score":1.10}}"#;
@@ -108,7 +109,11 @@ async fn a_gzip_or_deflate_body_is_inflated_and_capped() {
     };
     let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
     zlib.write_all(body).unwrap();
-    for (coding, bytes) in [("gzip", gzip(body)), ("deflate", zlib.finish().unwrap())] {
+    for (coding, bytes) in [
+        ("gzip", gzip(body)),
+        ("deflate", zlib.finish().unwrap()),
+        ("br", node::brotli(body).await),
+    ] {
         let (status, _, resp) = post(coding, bytes).await;
         assert_eq!(
             status,
@@ -125,16 +130,23 @@ async fn a_gzip_or_deflate_body_is_inflated_and_capped() {
             "{coding}"
         );
     }
-    assert_eq!(xlen(&r, STREAM).await, 4);
+    assert_eq!(xlen(&r, STREAM).await, 6);
     // 2 MiB of JSON in a few KB: over the 1 MiB default once inflated.
     let big = format!(r#"{{"webhookId":"wh_1","pad":"{}"}}"#, " ".repeat(2 << 20));
-    let (status, _, resp) = post("gzip", gzip(big.as_bytes())).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(json(&resp)["code"], "PAYLOAD_TOO_LARGE");
-    let (status, _, resp) = post("gzip", body.to_vec()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(json(&resp)["code"], "INVALID_JSON");
-    assert_eq!(xlen(&r, STREAM).await, 4);
+    for (coding, bytes) in [
+        ("gzip", gzip(big.as_bytes())),
+        ("br", node::brotli(big.as_bytes()).await),
+    ] {
+        let (status, _, resp) = post(coding, bytes).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{coding}");
+        assert_eq!(json(&resp)["code"], "PAYLOAD_TOO_LARGE");
+    }
+    for coding in ["gzip", "br"] {
+        let (status, _, resp) = post(coding, body.to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{coding}");
+        assert_eq!(json(&resp)["code"], "INVALID_JSON");
+    }
+    assert_eq!(xlen(&r, STREAM).await, 6);
 }
 
 #[tokio::test]

@@ -61,6 +61,27 @@ pub async fn utf8_decode(texts: &[&[u8]]) -> Vec<String> {
         .collect()
 }
 
+/// `data` compressed by Node's `zlib.brotliCompressSync` (a Node client's
+/// `Content-Encoding: br` body).
+pub async fn brotli(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("node")
+        .arg("-e")
+        .arg("process.stdout.write(require('zlib').brotliCompressSync(require('fs').readFileSync(0)))")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, data)
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "node brotliCompressSync failed");
+    out.stdout
+}
+
 /// The verdicts of `tests/node/body-parser.js` on `cases` (its input lines):
 /// `{"ok":true}` or `{"ok":false,"why":…}`, one per case.
 pub async fn body_parser_verdicts(cases: &str) -> Vec<serde_json::Value> {
