@@ -162,6 +162,9 @@ impl<'de> Deserialize<'de> for ServingThreads {
     }
 }
 
+/// Largest `server.max_body_bytes`.
+const MAX_BODY_BYTES: usize = 64 << 20;
+
 impl Server {
     pub(super) fn check(&self, p: &mut Problems) {
         p.at_least("server.max_connections", self.max_connections, 1);
@@ -169,6 +172,14 @@ impl Server {
             p.push("server.max_connections: must be at most 1000000");
         }
         p.at_least("server.max_body_bytes", self.max_body_bytes, 1);
+        if self.max_body_bytes > MAX_BODY_BYTES {
+            p.push(format!(
+                "server.max_body_bytes: must be at most {MAX_BODY_BYTES} (64 MiB): a larger \
+                 payload (up to 3 times the body once bytes that are not UTF-8 read as U+FFFD) \
+                 outgrows one Redis value (512 MB) or spool record (256 MiB), and its job \
+                 could never be stored"
+            ));
+        }
         p.at_least("server.max_header_bytes", self.max_header_bytes, 8192);
         p.at_least(
             "server.http2_max_concurrent_streams",

@@ -247,6 +247,20 @@ fn every_problem_is_reported() {
         panic!("expected Invalid");
     };
     assert_eq!(problems.len(), 3, "{problems:?}");
+    // A body whose job no Redis value or spool record could hold.
+    let body_cap = |n: usize| {
+        let mut c = Config::default();
+        c.server.max_body_bytes = n;
+        c.validate()
+    };
+    let ConfigError::Invalid(problems) = body_cap((64 << 20) + 1).unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    assert!(
+        problems[0].starts_with("server.max_body_bytes: must be at most 67108864"),
+        "{problems:?}"
+    );
+    assert!(body_cap(64 << 20).is_ok());
     // Structural problems (unknown keys, wrong types) with the others.
     let file = "[server]\nlisten = \"nope\"\nmax_connections = 0\nnope = 1\n[redis]\nurl = \"http://x\"\n[sink]\nkind = \"kafka\"\n[extra]\nx = 1\n";
     let ConfigError::Invalid(problems) = Config::from_toml(file, "t").unwrap_err() else {
