@@ -60,6 +60,8 @@ metrics! {
         "Seconds from request head to response, by route.";
     counter HTTP_REJECTS = "tether_http_rejected_total":
         "Requests refused, by code (the envelope's machine code).";
+    counter BODIES_MENDED = "tether_http_bodies_mended_total":
+        "Webhook bodies simd-json refused as sent and read as the backend's JSON body parser reads them, by what was mended (byte_order_mark dropped, not_utf8 bytes read as U+FFFD, lone_surrogate escape, number_beyond_f64).";
     counter JOBS_WRITTEN = "tether_jobs_written_total":
         "Jobs acknowledged by Redis (stream entries, or BullMQ jobs in BullMQ mode), by kind.";
     counter JOB_WRITE_FAILURES = "tether_job_write_failures_total":

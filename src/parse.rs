@@ -127,15 +127,20 @@ impl Scratch {
         // same length in their place (`\ufffd`; a finite number of the same
         // sign), so positions stay the body's, which is kept as sent.
         let (tape, filled) = match filled {
-            Err(e)
-                if !matches!(e.error(), ErrorType::DepthLimitExceeded)
-                    && (has_lone_surrogate(body)
-                        || matches!(e.error(), ErrorType::InvalidNumber)
-                            && infinite_numbers(body).next().is_some()) =>
-            {
-                let mut again = tape.reset();
-                let filled = fill(&mut self.input, &mut self.buffers, &mut again, body, true);
-                (again, filled)
+            Err(e) if !matches!(e.error(), ErrorType::DepthLimitExceeded) => {
+                let lone = has_lone_surrogate(body);
+                let infinite = || infinite_numbers(body).next().is_some();
+                if lone || matches!(e.error(), ErrorType::InvalidNumber) && infinite() {
+                    let mut again = tape.reset();
+                    let filled = fill(&mut self.input, &mut self.buffers, &mut again, body, true);
+                    if filled.is_ok() {
+                        mended(lone, "lone_surrogate");
+                        mended(infinite(), "number_beyond_f64");
+                    }
+                    (again, filled)
+                } else {
+                    (tape, Err(e))
+                }
             }
             filled => (tape, filled),
         };
@@ -201,11 +206,24 @@ pub(crate) fn with_body<R>(
         let mended = BytesMut::from(String::from_utf8_lossy(body).as_bytes());
         *body = mended;
     }
-    if bom || !utf8 {
-        let b: &[u8] = body;
-        return with_document(b, |doc| f(b, doc));
+    if !bom && utf8 {
+        return first;
     }
-    first
+    let b: &[u8] = body;
+    let again = with_document(b, |doc| f(b, doc));
+    if !matches!(again, Err(Reject::MalformedJson | Reject::TooDeep)) {
+        mended(bom, "byte_order_mark");
+        mended(!utf8, "not_utf8");
+    }
+    again
+}
+
+/// Counts a body read only once `what` was mended (when `did`), so an
+/// operator sees which senders send what simd-json alone would refuse.
+fn mended(did: bool, what: &'static str) {
+    if did {
+        metrics::counter!(crate::metrics::BODIES_MENDED, "reason" => what).increment(1);
+    }
 }
 
 /// UTF-8's byte-order mark.
@@ -301,6 +319,10 @@ fn infinite_numbers(body: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
                         .unwrap_or(body.len() - at);
                     i = at + len;
                     let text = &body[at..i];
+                    // Only an exponent or over 308 digits reaches past f64.
+                    if text.len() <= 308 && !text.iter().any(|b| matches!(b, b'e' | b'E')) {
+                        continue;
+                    }
                     let infinite = std::str::from_utf8(text)
                         .ok()
                         .and_then(|t| t.parse::<f64>().ok())

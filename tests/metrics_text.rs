@@ -50,9 +50,28 @@ async fn promtool_accepts_every_metric_family_with_its_help_text() {
     assert_eq!(ingress.request(outreach).await.0, StatusCode::OK);
     assert_eq!(ingress.get("/api/leads").await.0, StatusCode::IM_A_TEAPOT);
 
+    // Bodies taken only once mended are counted by what was mended; one
+    // still malformed after the mend is not.
+    for body in [
+        &b"\xef\xbb\xbf{\"webhookId\":\"wh_1\",\"n\":\"Ren\xe9e\"}"[..],
+        br#"{"webhookId":"wh_1","name":"Jo \ud83d","n":1e999}"#,
+        br#"{"webhookId":"wh_1","n":-1E400}"#,
+        b"\xef\xbb\xbf{\"webhookId\":\"wh_1\",}",
+    ] {
+        ingress.workflow(Some(TEST_KEY), body).await;
+    }
     let (status, _, text) = ingress.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(text.to_vec()).unwrap();
+    for (reason, n) in [
+        ("byte_order_mark", 1.0),
+        ("not_utf8", 1.0),
+        ("lone_surrogate", 1.0),
+        ("number_beyond_f64", 2.0),
+    ] {
+        let series = format!("tether_http_bodies_mended_total{{reason=\"{reason}\"}} ");
+        assert_eq!(metric_in(&text, &series), n, "{series}");
+    }
     // Every family the code declares is described.
     for (name, _, help) in tether_ingress::METRICS {
         if text.contains(&format!("\n{name}")) || text.starts_with(name) {

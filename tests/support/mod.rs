@@ -847,7 +847,7 @@ pub async fn metric_value(ingress: &Ingress, series: &str) -> f64 {
 
 /// The value of the first line of the Prometheus `text` starting with
 /// `series` (0 if none).
-fn metric_in(text: &str, series: &str) -> f64 {
+pub fn metric_in(text: &str, series: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
