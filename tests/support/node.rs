@@ -39,47 +39,50 @@ pub async fn utf8_decode(texts: &[&[u8]]) -> Vec<String> {
         .iter()
         .map(|t| t.iter().map(|b| format!("{b:02x}")).collect())
         .collect();
-    let out = Command::new("node")
-        .arg("-e")
-        .arg(
-            "for (const h of process.argv.slice(1)) \
-             console.log(JSON.stringify(Buffer.from(h, 'hex').toString('utf8')))",
-        )
-        .args(&hex)
-        .output()
+    let script = "for (const h of require('fs').readFileSync(0, 'utf8').split('\\n')) \
+                  console.log(JSON.stringify(Buffer.from(h, 'hex').toString('utf8')))";
+    json_lines(&node_with_input(&["-e", script], hex.join("\n").as_bytes()).await)
+}
+
+/// One JSON value per line of `out`.
+fn json_lines<T: serde::de::DeserializeOwned>(out: &[u8]) -> Vec<T> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// Runs `node ARGS` in the test package's directory with `input` on its
+/// stdin; its stdout, once it exits successfully within 30 s.
+async fn node_with_input(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("node")
+        .current_dir(dir())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, input)
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "node: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("node {args:?} hung"))
+        .unwrap();
+    assert!(out.status.success(), "node {args:?} failed");
+    out.stdout
 }
 
 /// `data` compressed by Node's `zlib.brotliCompressSync` (a Node client's
 /// `Content-Encoding: br` body).
 pub async fn brotli(data: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("node")
-        .arg("-e")
-        .arg("process.stdout.write(require('zlib').brotliCompressSync(require('fs').readFileSync(0)))")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stdin, data)
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success(), "node brotliCompressSync failed");
-    out.stdout
+    let script =
+        "process.stdout.write(require('zlib').brotliCompressSync(require('fs').readFileSync(0)))";
+    node_with_input(&["-e", script], data).await
 }
 
 /// The verdicts of `tests/node/body-parser.js` on `cases` (its input lines):
@@ -89,30 +92,7 @@ pub async fn body_parser_verdicts(cases: &str) -> Vec<serde_json::Value> {
         dir().join("node_modules/body-parser1").exists(),
         "the Node test packages are missing: run scripts/test, or `npm ci --prefix tests/node`"
     );
-    let mut child = Command::new("node")
-        .current_dir(dir())
-        .arg("body-parser.js")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stdin, cases.as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("body-parser.js hung")
-        .unwrap();
-    assert!(out.status.success(), "body-parser.js failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    json_lines(&node_with_input(&["body-parser.js"], cases.as_bytes()).await)
 }
 
 /// Runs one Queue command to its end; its JSON answer.
