@@ -62,9 +62,6 @@ pub enum Reject {
     /// `webhookId` is present but not a string.
     #[error("webhookId is not a string")]
     WebhookIdNotString,
-    /// `webhookId` appears more than once at the top level.
-    #[error("duplicate webhookId")]
-    DuplicateWebhookId,
     /// A JWT on a route that takes API keys only.
     #[error("API key required")]
     ApiKeyRequired,
@@ -252,12 +249,6 @@ impl Reject {
                 "webhookId must be a string",
                 "Send webhookId as a JSON string."
             ),
-            Reject::DuplicateWebhookId => envelope!(
-                BAD_REQUEST,
-                "DUPLICATE_WEBHOOK_ID",
-                "Duplicate webhookId",
-                "Send webhookId once at the top level of the body."
-            ),
             Reject::ApiKeyRequired => envelope!(
                 UNAUTHORIZED,
                 "API_KEY_REQUIRED",
@@ -438,7 +429,6 @@ mod tests {
             Reject::NotAnObject,
             Reject::MissingWebhookId,
             Reject::WebhookIdNotString,
-            Reject::DuplicateWebhookId,
             Reject::ApiKeyRequired,
             Reject::MissingConfigurationId,
             Reject::ConfigurationIdNotString,

@@ -474,6 +474,39 @@ pub struct Envelope {
     pub payload: Bytes,
 }
 
+/// What validation found of a workflow body.
+enum Found {
+    /// One `webhookId`: spliced out of the body in place.
+    Splice(Splice),
+    /// Several: the envelope, copied (a rare body, off the hot path).
+    Copied(Envelope),
+}
+
+/// The envelope of a body naming `webhookId` more than once: the id of
+/// member `id` (the last), and a payload of every other member, each as
+/// sent, in body order.
+fn without_ids(body: &[u8], doc: &Document<'_>, id: &Member, decoded: &str) -> Envelope {
+    let raw = &body[id.value_start + 1..id.value_end - 1];
+    let mut out = BytesMut::with_capacity(body.len() + raw.len());
+    out.extend_from_slice(b"{");
+    let kept = doc.members.iter().filter(|m| doc.key(m) != "webhookId");
+    for (n, m) in kept.enumerate() {
+        if n > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(&body[m.key_start..m.value_end]);
+    }
+    out.extend_from_slice(b"}");
+    let payload_len = out.len();
+    out.extend_from_slice(raw);
+    let frozen = out.freeze();
+    Envelope {
+        webhook_id: Id::from_str_copy(decoded),
+        webhook_id_json: frozen.slice(payload_len..),
+        payload: frozen.slice(..payload_len),
+    }
+}
+
 /// Where the `webhookId` member is, found during validation.
 struct Splice {
     /// Bytes removed from the object: the member and one adjacent separator.
@@ -489,21 +522,21 @@ struct Splice {
 /// Parses a workflow body: validates it, takes out `webhookId`, and turns
 /// the rest into the payload without copying it.
 pub fn parse_envelope(mut body: BytesMut) -> Result<Envelope, Reject> {
-    let splice = with_body(&mut body, |body, doc| {
-        let mut found: Option<(usize, &str)> = None;
-        for (i, m) in doc.members.iter().enumerate() {
-            if doc.key(m) != "webhookId" {
-                continue;
-            }
-            if found.is_some() {
-                return Err(Reject::DuplicateWebhookId);
-            }
-            match doc.value(m) {
-                Some(Node::String(s)) => found = Some((i, s)),
-                _ => return Err(Reject::WebhookIdNotString),
-            }
+    let found = with_body(&mut body, |body, doc| {
+        // As the backend's JSON.parse reads the body: a `webhookId` given
+        // more than once is the last one, and the payload has none of them.
+        let mut ids = doc
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| doc.key(m) == "webhookId");
+        let (i, m) = ids.next_back().ok_or(Reject::MissingWebhookId)?;
+        let Some(Node::String(decoded)) = doc.value(m) else {
+            return Err(Reject::WebhookIdNotString);
+        };
+        if ids.next().is_some() {
+            return Ok(Found::Copied(without_ids(body, doc, m, decoded)));
         }
-        let (i, decoded) = found.ok_or(Reject::MissingWebhookId)?;
         let members = doc.members;
         let m = members[i];
         let remove = match (i, members.len()) {
@@ -513,14 +546,18 @@ pub fn parse_envelope(mut body: BytesMut) -> Result<Envelope, Reject> {
         };
         let raw = m.value_start + 1..m.value_end - 1;
         let decoded = (body[raw.clone()].contains(&b'\\')).then(|| Id::from_str_copy(decoded));
-        Ok(Splice {
+        Ok(Found::Splice(Splice {
             remove,
             raw,
             decoded,
             open: doc.open,
             close: doc.close,
-        })
+        }))
     })?;
+    let splice = match found {
+        Found::Splice(splice) => splice,
+        Found::Copied(envelope) => return Ok(envelope),
+    };
     // Move the removed bytes out of the object's way inside the same buffer,
     // shifting whichever side of them is shorter (usually the prefix: leads
     // tend to start with webhookId). The payload becomes contiguous and the

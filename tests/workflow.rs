@@ -273,6 +273,8 @@ async fn bodies_are_taken_as_the_backends_body_parser_takes_them() {
         b" \t\r\n{ \"webhookId\" : \"wh_1\" ,\n\"a\" : [ 1 , { } ] } \n",
         br#"{"n":{"webhookId":"inner"},"webhook\u0049d":"wh_1","k":"\u0000\u2028"}"#,
         br#"{"a":1,"a":2,"webhookId":"wh_1","__proto__":{"x":1}}"#,
+        br#"{"webhookId":"wh_2","a":1,"webhookId":"wh_1"}"#,
+        br#"{"webhookId":7,"webhookId":"wh_1","b":{"webhookId":"x"}}"#,
         // Refused.
         b"",
         b"  ",
@@ -281,6 +283,7 @@ async fn bodies_are_taken_as_the_backends_body_parser_takes_them() {
         b"null",
         br#"{"webhookId":"wh_1"} x"#,
         br#"{"webhookId":1}"#,
+        br#"{"webhookId":"wh_1","webhookId":7}"#,
         br#"{"webhookId":"wh_1",}"#,
         b"{\"webhookId\":\"wh_1\",\"a\":1\xff}",
         b"{\"webhookId\":\"wh_1\"}\x00",
@@ -341,9 +344,10 @@ async fn bad_bodies_get_400_and_write_nothing() {
         (r#"{"webhookId":42}"#, "INVALID_WEBHOOK_ID"),
         (r#"{"webhookId":null}"#, "INVALID_WEBHOOK_ID"),
         (r#"{"webhookId":{"id":"wh_1"}}"#, "INVALID_WEBHOOK_ID"),
+        // Named twice, the last counts, as to JSON.parse: here not a string.
         (
-            r#"{"webhookId":"wh_1","webhookId":"wh_2"}"#,
-            "DUPLICATE_WEBHOOK_ID",
+            r#"{"webhookId":"wh_1","webhookId":7}"#,
+            "INVALID_WEBHOOK_ID",
         ),
     ];
     for (body, code) in cases {

@@ -24,6 +24,22 @@ fn webhook_id_first_middle_last_only() {
 }
 
 #[test]
+fn webhook_id_named_twice_is_the_last_and_none_stays_in_the_payload() {
+    // As JSON.parse reads it: the last one counts, whatever the first was.
+    let (id, raw, p) = ok(r#"{"webhookId":1,"a" : [1],"webhook\u0049d":"w\u005f1","b":2}"#);
+    assert_eq!((id.as_str(), raw.as_str()), ("w_1", r#"w\u005f1"#));
+    assert_eq!(p, r#"{"a" : [1],"b":2}"#);
+    assert_eq!(
+        ok(r#"{"webhookId":"a","webhookId":"b"}"#),
+        ("b".into(), "b".into(), "{}".into())
+    );
+    assert_eq!(
+        ok(r#"{"x":0,"webhookId":"a","webhookId":"b","webhookId":"c"}"#).2,
+        r#"{"x":0}"#
+    );
+}
+
+#[test]
 fn whitespace_is_kept_inside_and_dropped_outside() {
     let (id, _, p) = ok(" \n{ \"a\" : 1 ,\n \"webhookId\" : \"w\" , \"b\":[ 1 , 2 ] }\r\n ");
     assert_eq!(id, "w");
@@ -97,8 +113,8 @@ fn refusals() {
         Err(Reject::WebhookIdNotString)
     ));
     assert!(matches!(
-        envelope(r#"{"webhookId":"a","webhookId":"b"}"#),
-        Err(Reject::DuplicateWebhookId)
+        envelope(r#"{"webhookId":"a","webhookId":["b"]}"#),
+        Err(Reject::WebhookIdNotString)
     ));
     let deep = format!(
         "{{\"webhookId\":\"w\",\"d\":{}{}}}",
