@@ -203,8 +203,9 @@ pub(crate) fn with_body<R>(
     }
     let utf8 = std::str::from_utf8(body).is_ok();
     if !utf8 {
-        let mended = BytesMut::from(String::from_utf8_lossy(body).as_bytes());
-        *body = mended;
+        // `Bytes` takes the String's buffer and `BytesMut` takes it back
+        // (sole owner), so the decoded text is not copied again.
+        *body = BytesMut::from(Bytes::from(String::from_utf8_lossy(body).into_owned()));
     }
     if !bom && utf8 {
         return first;
