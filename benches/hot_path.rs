@@ -35,7 +35,8 @@ fn key_table(n: usize) -> std::sync::Arc<KeyTable> {
             &hex(&digest_key(format!("user_key_{i}").as_bytes())),
             Fetched::String(Bytes::from(rec)),
             1,
-        );
+        )
+        .unwrap();
     }
     std::sync::Arc::new(t)
 }
@@ -47,13 +48,15 @@ fn trigger_index(n: usize, orgs: usize) -> WebhookIndex {
             &format!("o_{}:wh_{i}", i % orgs),
             Fetched::Set(vec![Bytes::from(format!("wf_{i}"))]),
             1,
-        );
+        )
+        .unwrap();
     }
     idx.apply(
         "o_7:wh_64d2f9c5e8a1d4e001a0b1c3",
         Fetched::Set(vec![Bytes::from_static(b"wf_lead")]),
         1,
-    );
+    )
+    .unwrap();
     idx
 }
 

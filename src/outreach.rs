@@ -266,7 +266,8 @@ mod tests {
                 br#"{"userId":"u","orgId":"o","active":true,"processId":null,"promptId":"p"}"#,
             )),
             1,
-        );
+        )
+        .unwrap();
         let c = v.lookup("c1").unwrap();
         assert!(c.active && c.runnable);
         v.apply(
@@ -275,10 +276,61 @@ mod tests {
                 br#"{"userId":"u","orgId":"o","active":true,"processId":null,"promptId":null}"#,
             )),
             1,
-        );
+        )
+        .unwrap();
         assert!(!v.lookup("c2").unwrap().runnable);
-        v.apply("c1", Fetched::String(Bytes::from_static(b"garbage")), 2);
+        assert!(
+            v.apply("c1", Fetched::String(Bytes::from_static(b"garbage")), 2)
+                .is_err()
+        );
         assert!(v.lookup("c1").is_none());
+    }
+
+    /// `active`, `processId` and `promptId` are read by JavaScript's
+    /// truthiness, as the backend's `if (!config.active)` reads them; the
+    /// owner's ids must be strings.
+    #[test]
+    fn config_records_are_read_as_the_backend_reads_them() {
+        let read = |record: &str| {
+            let v = OutreachConfigs::new("tether:");
+            let applied = v.apply("c", Fetched::String(Bytes::from(record.to_owned())), 1);
+            (
+                v.lookup("c").map(|c| (c.active, c.runnable)),
+                applied.is_err(),
+            )
+        };
+        let base = r#""userId":"u","orgId":"o""#;
+        for (extra, want) in [
+            (r#","active":true,"processId":"p""#, Some((true, true))),
+            (r#","active":1,"processId":42"#, Some((true, true))),
+            (r#","active":"yes","promptId":7"#, Some((true, true))),
+            (r#","active":0,"processId":"p""#, Some((false, true))),
+            (r#","processId":"p""#, Some((false, true))),
+            (
+                r#","active":true,"processId":"","promptId":0"#,
+                Some((true, false)),
+            ),
+            (
+                r#","active":true,"processId":null,"promptId":false"#,
+                Some((true, false)),
+            ),
+            (r#","active":true,"processId":{}"#, Some((true, true))),
+            (
+                r#","active":false,"active":true,"promptId":"p""#,
+                Some((true, true)),
+            ),
+        ] {
+            let record = format!("{{{base}{extra}}}");
+            assert_eq!(read(&record), (want, false), "{record}");
+        }
+        for bad in [
+            r#"{"userId":7,"orgId":"o","active":true,"processId":"p"}"#,
+            r#"{"userId":"","orgId":"o","active":true,"processId":"p"}"#,
+            r#"{"userId":"u","active":true,"processId":"p"}"#,
+            r#"["u"]"#,
+        ] {
+            assert_eq!(read(bad), (None, true), "{bad}");
+        }
     }
 
     #[test]
@@ -297,7 +349,8 @@ mod tests {
                 (Bytes::from_static(b"odd"), Bytes::from_static(b"nonsense")),
             ]),
             1,
-        );
+        )
+        .unwrap_err();
         let p = v.lookup("o1").unwrap();
         assert_eq!(p.get("job"), Some(&Category::Application));
         assert_eq!(p.get("odd"), None);

@@ -5,11 +5,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use dashmap::DashMap;
-use serde::Deserialize;
 
 use crate::{
     id::Id,
-    replica::{Fetched, KeyKind, View},
+    replica::{BadValue, Fetched, KeyKind, View},
 };
 
 /// Where a raw-format field goes.
@@ -57,17 +56,41 @@ pub(crate) struct OutreachConfig {
     pub runnable: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConfigRecord {
-    user_id: String,
-    org_id: String,
-    #[serde(default)]
-    active: bool,
-    #[serde(default)]
-    process_id: Option<String>,
-    #[serde(default)]
-    prompt_id: Option<String>,
+/// Reads a configuration record as the backend's JavaScript reads it:
+/// `JSON.parse` (a member named twice: the last counts), then `active`,
+/// `processId` and `promptId` by truthiness, so a numeric `processId` is
+/// set and `"active": 1` is active. The owner's ids must be strings (the
+/// backend compares `userId` with the caller's by `===`); without them the
+/// configuration is as good as absent and answers 404.
+fn read_config(raw: &[u8]) -> Result<OutreachConfig, BadValue> {
+    use serde_json::Value as J;
+    let record = serde_json::from_slice::<serde_json::Map<String, J>>(raw)
+        .map_err(|_| BadValue("is not a JSON object: the configuration answers 404"))?;
+    let (Some(J::String(user_id)), Some(J::String(org_id))) =
+        (record.get("userId"), record.get("orgId"))
+    else {
+        return Err(BadValue(
+            "lacks a userId or orgId that is a string: the configuration answers 404",
+        ));
+    };
+    if user_id.is_empty() {
+        return Err(BadValue(
+            "has an empty userId: the configuration answers 404",
+        ));
+    }
+    let truthy = |name: &str| match record.get(name) {
+        None | Some(J::Null) => false,
+        Some(J::Bool(b)) => *b,
+        Some(J::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(J::String(s)) => !s.is_empty(),
+        Some(J::Array(_) | J::Object(_)) => true,
+    };
+    Ok(OutreachConfig {
+        user_id: Id::from_str_copy(user_id),
+        org_id: Id::from_str_copy(org_id),
+        active: truthy("active"),
+        runnable: truthy("processId") || truthy("promptId"),
+    })
 }
 
 // === impl OutreachConfigs ===
@@ -106,26 +129,21 @@ impl View for OutreachConfigs {
         KeyKind::String
     }
 
-    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
-        let parsed = match value {
-            Fetched::String(raw) => serde_json::from_slice::<ConfigRecord>(&raw).ok(),
-            _ => None,
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) -> Result<(), BadValue> {
+        let read = match value {
+            Fetched::String(raw) => read_config(&raw).map(Some),
+            _ => Ok(None),
         };
-        match parsed {
-            Some(rec) if !rec.user_id.is_empty() => {
-                let present = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
-                let config = OutreachConfig {
-                    user_id: Id::from_str_copy(&rec.user_id),
-                    org_id: Id::from_str_copy(&rec.org_id),
-                    active: rec.active,
-                    runnable: present(&rec.process_id) || present(&rec.prompt_id),
-                };
-                self.entries.insert(suffix.into(), (config, generation));
+        match &read {
+            Ok(Some(config)) => {
+                self.entries
+                    .insert(suffix.into(), (config.clone(), generation));
             }
             _ => {
                 self.entries.remove(suffix);
             }
         }
+        read.map(drop)
     }
 
     fn sweep(&self, generation: u64) {
@@ -184,15 +202,18 @@ impl View for OrgProperties {
             .is_some_and(|org| !org.is_empty())
     }
 
-    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) -> Result<(), BadValue> {
         let Some(org) = suffix.strip_suffix(PROPERTIES_SUFFIX) else {
-            return;
+            return Ok(());
         };
+        let mut unknown = false;
         let fields: HashMap<Box<str>, Category> = match value {
             Fetched::Hash(pairs) => pairs
                 .iter()
                 .filter_map(|(k, v)| {
-                    Some((std::str::from_utf8(k).ok()?.into(), Category::parse(v)?))
+                    let category = Category::parse(v);
+                    unknown |= category.is_none();
+                    Some((std::str::from_utf8(k).ok()?.into(), category?))
                 })
                 .collect(),
             _ => HashMap::new(),
@@ -201,6 +222,12 @@ impl View for OrgProperties {
             self.orgs.remove(org);
         } else {
             self.orgs.insert(org.into(), (Arc::new(fields), generation));
+        }
+        match unknown {
+            true => Err(BadValue(
+                "names a category that is none of contact, application and conversation: that field goes to contacts",
+            )),
+            false => Ok(()),
         }
     }
 

@@ -71,6 +71,12 @@ pub enum Fetched {
     Hash(Vec<(Bytes, Bytes)>),
 }
 
+/// Why a control-plane value could not be used as the backend wrote it, and
+/// what the view did instead. It completes "the value of KEY …" and never
+/// quotes the value: a record may hold anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadValue(pub(crate) &'static str);
+
 /// The Redis type a view reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -99,8 +105,10 @@ pub trait View: Send + Sync + 'static {
         !suffix.is_empty()
     }
     /// Stores (or removes, for [`Fetched::Absent`]) the key whose name after
-    /// the prefix is `suffix`, stamping it with generation `generation`.
-    fn apply(&self, suffix: &str, value: Fetched, generation: u64);
+    /// the prefix is `suffix`, stamping it with generation `generation`. A
+    /// value it cannot use as written is applied as well as it can be (or
+    /// removed) and said in the error, which the replica counts and logs.
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) -> Result<(), BadValue>;
     /// Removes every entry stamped with a generation older than `generation`.
     fn sweep(&self, generation: u64);
     /// Entries held.
@@ -237,17 +245,30 @@ pub(crate) struct Replica {
     generation: u64,
     /// Behind Sentinel, the primary the sentinels name now.
     named: Option<NamedPrimary>,
+    /// Values a view could not use as written since they were last logged,
+    /// per view (never locked across an await).
+    bad: std::sync::Mutex<Vec<BadValues>>,
+}
+
+/// One view's values it could not use as written, since last logged.
+#[derive(Default)]
+struct BadValues {
+    count: u64,
+    /// The first such key and why.
+    first: Option<(Bytes, BadValue)>,
 }
 
 impl Replica {
     /// Builds a replica over `views`.
     pub(crate) fn new(views: Vec<Arc<dyn View>>, settings: ReplicaSettings) -> Self {
+        let bad = views.iter().map(|_| BadValues::default()).collect();
         Self {
             views,
             status: Arc::new(ReplicaStatus::default()),
             settings,
             generation: 0,
             named: None,
+            bad: std::sync::Mutex::new(bad),
         }
     }
 
@@ -571,6 +592,7 @@ impl Replica {
         for view in &self.views {
             view.sweep(generation);
         }
+        self.say_bad_values();
         self.export_sizes();
         metrics::counter!(m::REPLICA_RESYNCS).increment(1);
         metrics::histogram!(m::REPLICA_RESYNC_SECONDS).record(started.elapsed().as_secs_f64());
@@ -644,6 +666,7 @@ impl Replica {
         self.read_and_apply(client, &keys, self.generation).await?;
         let _ = self.drain(client, invalidations, self.generation).await?;
         metrics::counter!(m::REPLICA_INVALIDATIONS).increment(keys.len() as u64);
+        self.say_bad_values();
         self.export_sizes();
         Ok(())
     }
@@ -764,8 +787,40 @@ impl Replica {
             if skip(&key) {
                 continue;
             }
-            let view = &self.views[view];
-            apply(view, &key, to_fetched(view.kind(), value), generation);
+            let at = view;
+            let view = &self.views[at];
+            if let Err(bad) = apply(view, &key, to_fetched(view.kind(), value), generation) {
+                metrics::counter!(m::REPLICA_BAD_VALUES, "view" => view.name()).increment(1);
+                let mut tallies = self.bad.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(tally) = tallies.get_mut(at) {
+                    tally.count += 1;
+                    tally.first.get_or_insert((key, bad));
+                }
+            }
+        }
+    }
+
+    /// Logs, one line per view, the values applied since the last call that
+    /// could not be used as written: the first key and why, and how many.
+    fn say_bad_values(&self) {
+        let tallies: Vec<BadValues> = self
+            .bad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+            .map(std::mem::take)
+            .collect();
+        for (view, tally) in self.views.iter().zip(tallies) {
+            let Some((key, BadValue(why))) = tally.first else {
+                continue;
+            };
+            warn!(
+                view = view.name(),
+                count = tally.count,
+                first = %String::from_utf8_lossy(&key),
+                problem = why,
+                "control-plane values the backend wrote that cannot be used as written (the first is named; each is counted in tether_replica_bad_values_total)"
+            );
         }
     }
 
@@ -893,12 +948,18 @@ fn group_by_slot(keys: &[Bytes]) -> Vec<Vec<Bytes>> {
 }
 
 /// Applies a read value to `view`, under the key's name after the prefix.
-fn apply(view: &Arc<dyn View>, key: &Bytes, fetched: Fetched, generation: u64) {
-    if let Some(suffix) = std::str::from_utf8(key)
+fn apply(
+    view: &Arc<dyn View>,
+    key: &Bytes,
+    fetched: Fetched,
+    generation: u64,
+) -> Result<(), BadValue> {
+    match std::str::from_utf8(key)
         .ok()
         .and_then(|name| name.strip_prefix(view.prefix()))
     {
-        view.apply(suffix, fetched, generation);
+        Some(suffix) => view.apply(suffix, fetched, generation),
+        None => Ok(()),
     }
 }
 
@@ -1086,7 +1147,9 @@ mod tests {
         fn kind(&self) -> KeyKind {
             KeyKind::String
         }
-        fn apply(&self, _: &str, _: Fetched, _: u64) {}
+        fn apply(&self, _: &str, _: Fetched, _: u64) -> Result<(), BadValue> {
+            Ok(())
+        }
         fn sweep(&self, _: u64) {}
         fn len(&self) -> usize {
             0

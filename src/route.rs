@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use crate::{
     id::Id,
     metrics as m,
-    replica::{Fetched, KeyKind, View},
+    replica::{BadValue, Fetched, KeyKind, View},
 };
 
 /// Workflow ids of one trigger set, shared with every request that matches it.
@@ -65,12 +65,12 @@ impl View for WebhookIndex {
         KeyKind::Set
     }
 
-    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) -> Result<(), BadValue> {
         let Some((org, webhook_id)) = suffix.split_once(':') else {
-            return;
+            return Ok(());
         };
         if org.is_empty() {
-            return;
+            return Ok(());
         }
         // `o:x:w` is org `o:x` or webhookId `x:w`: never guess.
         if webhook_id.contains(':') {
@@ -81,12 +81,14 @@ impl View for WebhookIndex {
                     "trigger key skipped: an org id or webhookId holding ':' cannot be told apart (this and others like it are counted in tether_replica_skipped_keys_total)"
                 );
             }
-            return;
+            return Ok(());
         }
+        let mut unreadable = false;
         let workflows: Option<Workflows> = match value {
             Fetched::Set(members) => {
                 // Copied: the members are slices of the client's read buffer.
                 let mut ids: Vec<Id> = members.iter().filter_map(|m| Id::copied(m)).collect();
+                unreadable = ids.len() < members.len();
                 // Stable order, so entries of one request are written in a
                 // predictable sequence.
                 ids.sort_unstable();
@@ -110,6 +112,12 @@ impl View for WebhookIndex {
                     m.is_empty()
                 });
             }
+        }
+        match unreadable {
+            true => Err(BadValue(
+                "holds a workflow id that is not UTF-8 text: it gets no job",
+            )),
+            false => Ok(()),
         }
     }
 
@@ -143,7 +151,7 @@ mod tests {
     #[test]
     fn lookup_is_per_org() {
         let idx = WebhookIndex::new("tether:");
-        idx.apply("o1:wh", set(&["w2", "w1"]), 1);
+        idx.apply("o1:wh", set(&["w2", "w1"]), 1).unwrap();
         let got = idx.lookup("o1", "wh").unwrap();
         assert_eq!(got.iter().map(Id::as_str).collect::<Vec<_>>(), ["w1", "w2"]);
         assert!(idx.lookup("o2", "wh").is_none());
@@ -159,7 +167,8 @@ mod tests {
             "o1:wh",
             Fetched::Set(vec![reply.slice(8..10), reply.slice(16..18)]),
             1,
-        );
+        )
+        .unwrap();
         assert_eq!(idx.lookup("o1", "wh").unwrap().len(), 2);
         assert!(reply.is_unique(), "the index holds a slice of the reply");
     }
@@ -169,7 +178,7 @@ mod tests {
         // `o1:a:b` is org `o1:a` or webhookId `a:b`: matching either would
         // risk another org's workflows (it used to match `a:b` of `o1`).
         let idx = WebhookIndex::new("tether:");
-        idx.apply("o1:a:b", set(&["w"]), 1);
+        idx.apply("o1:a:b", set(&["w"]), 1).unwrap();
         assert!(idx.lookup("o1", "a:b").is_none());
         assert!(idx.lookup("o1:a", "b").is_none());
         assert_eq!(idx.len(), 0);
@@ -178,9 +187,9 @@ mod tests {
     #[test]
     fn removal_and_sweep() {
         let idx = WebhookIndex::new("tether:");
-        idx.apply("o1:a", set(&["w"]), 1);
-        idx.apply("o1:b", set(&["w"]), 2);
-        idx.apply("o1:a", Fetched::Absent, 2);
+        idx.apply("o1:a", set(&["w"]), 1).unwrap();
+        idx.apply("o1:b", set(&["w"]), 2).unwrap();
+        idx.apply("o1:a", Fetched::Absent, 2).unwrap();
         assert!(idx.lookup("o1", "a").is_none());
         assert_eq!(idx.len(), 1);
         idx.sweep(3);

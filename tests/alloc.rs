@@ -31,14 +31,17 @@ fn auth_parse_match_allocates_only_the_shared_body_handle() {
         &hex,
         Fetched::String(Bytes::from_static(br#"{"userId":"u_1","orgId":"o_1"}"#)),
         1,
-    );
+    )
+    .unwrap();
     let auth = Authenticator::new(std::sync::Arc::new(keys));
     let index = WebhookIndex::new("tether:");
-    index.apply(
-        "o_1:wh_64d2f9c5e8a1d4e001a0b1c3",
-        Fetched::Set(vec![Bytes::from_static(b"wf_1")]),
-        1,
-    );
+    index
+        .apply(
+            "o_1:wh_64d2f9c5e8a1d4e001a0b1c3",
+            Fetched::Set(vec![Bytes::from_static(b"wf_1")]),
+            1,
+        )
+        .unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer user_key_1"));
 

@@ -320,3 +320,108 @@ async fn idle_connections_outlive_a_redis_timeout() {
         "the replica resynced again:\n{text}"
     );
 }
+
+/// Control-plane values the backend wrote in a form the ingress cannot use
+/// as written are counted and logged (the first key of each view per resync
+/// or change, never the value), and read as the backend's JavaScript reads
+/// them where that is safe. Before, every one was dropped without a word:
+/// a key whose `rateLimitPerSec` was `2.5`, or an outreach configuration
+/// whose `processId` was a number, was refused (401, 404) with nothing in
+/// the log or the metrics to say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_values_that_cannot_be_used_are_counted_and_logged() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    // Works at the default limit (the limit is not a whole number).
+    put_key(
+        &r,
+        "key_fraction",
+        r#"{"userId":"u_1","orgId":"o_1","rateLimitPerSec":2.5}"#,
+    )
+    .await;
+    // Refused: `active` is neither true nor false, and a revocation must hold.
+    put_key(
+        &r,
+        "key_odd_active",
+        r#"{"userId":"u_1","orgId":"o_1","active":"no"}"#,
+    )
+    .await;
+    put_key(&r, "key_plain", r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    // A numeric processId is set, as `if (!config.processId)` reads it.
+    set_string(
+        &r,
+        "tether:outreach:config:cfg_num".into(),
+        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":42,"promptId":null}"#,
+    )
+    .await;
+    let log_file = LogFile::new();
+    let ingress = IngressProcess::spawn_logging(
+        &[("TETHER_INGRESS_REDIS_URL", redis.url())],
+        log_file.writer(),
+    );
+    ingress.wait_ready().await;
+    assert_eq!(
+        post_wh_1(&ingress, "key_fraction").await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        post_wh_1(&ingress, "key_odd_active").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let outreach = http::Request::post(format!("{}/api/webhook/outreach", ingress.base()))
+        .header("authorization", "Bearer key_plain")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"configurationId":"cfg_num","email":"a@b.c"}"#,
+        )))
+        .unwrap();
+    assert_eq!(
+        http_client().request(outreach).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let bad = |view: &'static str| {
+        let ingress = &ingress;
+        async move {
+            ingress
+                .metric_value(&format!(
+                    "tether_replica_bad_values_total{{view=\"{view}\"}}"
+                ))
+                .await
+        }
+    };
+    assert_eq!(bad("api_keys").await, 2.0);
+    assert_eq!(bad("outreach_configs").await, 0.0);
+    let text = log_file
+        .line_with("view=\"api_keys\"", Duration::from_secs(5))
+        .await;
+    assert!(text.contains("WARN") && text.contains("count=2"), "{text}");
+    let first = [sha256_hex("key_fraction"), sha256_hex("key_odd_active")];
+    assert!(
+        first
+            .iter()
+            .any(|h| text.contains(&format!("tether:apikey:{h}"))),
+        "{text}"
+    );
+
+    // A change made while serving is said at once, under its own key, and
+    // the value itself never reaches the log.
+    set_string(
+        &r,
+        "tether:outreach:config:cfg_garbled".into(),
+        "processId=p_secret_marker",
+    )
+    .await;
+    assert!(
+        eventually(WITHIN, || async { bad("outreach_configs").await == 1.0 }).await,
+        "the garbled configuration was not counted"
+    );
+    let text = log_file
+        .line_with("tether:outreach:config:cfg_garbled", Duration::from_secs(5))
+        .await;
+    assert!(text.contains("is not a JSON object"), "{text}");
+    assert!(
+        !log_file.text().contains("p_secret_marker"),
+        "{}",
+        log_file.text()
+    );
+}

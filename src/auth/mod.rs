@@ -15,12 +15,11 @@ use std::{
 use dashmap::DashMap;
 use http::{HeaderMap, header::AUTHORIZATION};
 use ring::digest;
-use serde::Deserialize;
 
 use crate::{
     error::Reject,
     id::Id,
-    replica::{Fetched, KeyKind, View},
+    replica::{BadValue, Fetched, KeyKind, View},
 };
 
 pub(crate) mod jwt;
@@ -139,20 +138,11 @@ pub struct KeyTable {
     orgs: Mutex<HashMap<Box<str>, Id, foldhash::fast::RandomState>>,
 }
 
-/// The JSON record stored under an API key's digest.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The JSON record stored under an API key's digest, as the ingress uses it.
 struct KeyRecord {
     user_id: String,
     org_id: String,
-    #[serde(default = "default_true")]
-    active: bool,
-    #[serde(default)]
     rate_limit_per_sec: Option<u32>,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 impl KeyTable {
@@ -201,9 +191,72 @@ fn parse_hex_digest(s: &str) -> Option<KeyDigest> {
     Some(out)
 }
 
-fn parse_record(raw: &[u8]) -> Option<KeyRecord> {
-    let rec: KeyRecord = serde_json::from_slice(raw).ok()?;
-    (rec.active && !rec.user_id.is_empty() && !rec.org_id.is_empty()).then_some(rec)
+/// Reads a key record as `JSON.parse` would (a member named twice: the
+/// last counts): the record of an active key, `None` for one that is
+/// inactive or unusable, and what could not be used as written. Fails
+/// closed: a record whose ids or `active` cannot be read refuses its key; a
+/// `rateLimitPerSec` that is not a whole number leaves the key working at
+/// the default limit.
+fn read_record(raw: &[u8]) -> (Option<KeyRecord>, Option<BadValue>) {
+    use serde_json::Value as J;
+    let Ok(mut record) = serde_json::from_slice::<serde_json::Map<String, J>>(raw) else {
+        return (
+            None,
+            Some(BadValue("is not a JSON object: the key is refused")),
+        );
+    };
+    let mut id = |name: &str| match record.remove(name) {
+        Some(J::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    let (Some(user_id), Some(org_id)) = (id("userId"), id("orgId")) else {
+        return (
+            None,
+            Some(BadValue(
+                "lacks a userId or orgId that is a non-empty string: the key is refused",
+            )),
+        );
+    };
+    match record.get("active") {
+        None | Some(J::Bool(true)) => {}
+        Some(J::Bool(false)) => return (None, None),
+        Some(_) => {
+            return (
+                None,
+                Some(BadValue(
+                    "has an active that is neither true nor false: the key is refused",
+                )),
+            );
+        }
+    }
+    // 0 and null mean none; a limit beyond u32 is as good as none too.
+    let (rate_limit_per_sec, bad) = match record.get("rateLimitPerSec") {
+        None | Some(J::Null) => (None, None),
+        Some(J::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(n), _) => (Some(u32::try_from(n).unwrap_or(u32::MAX)), None),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => (
+                Some(if f > f64::from(u32::MAX) {
+                    u32::MAX
+                } else {
+                    f as u32
+                }),
+                None,
+            ),
+            _ => (None, Some(())),
+        },
+        Some(_) => (None, Some(())),
+    };
+    let record = KeyRecord {
+        user_id,
+        org_id,
+        rate_limit_per_sec: rate_limit_per_sec.filter(|r| *r > 0),
+    };
+    let bad = bad.map(|()| {
+        BadValue(
+            "has a rateLimitPerSec that is not a whole number of requests per second: the key works at the default limit",
+        )
+    });
+    (Some(record), bad)
 }
 
 impl View for KeyTable {
@@ -219,21 +272,21 @@ impl View for KeyTable {
         KeyKind::String
     }
 
-    fn apply(&self, suffix: &str, value: Fetched, generation: u64) {
+    fn apply(&self, suffix: &str, value: Fetched, generation: u64) -> Result<(), BadValue> {
         // The contract says lowercase hex; upper case is accepted too.
         let Some(digest) = parse_hex_digest(suffix) else {
-            return;
+            return Ok(());
         };
-        let record = match value {
-            Fetched::String(raw) => parse_record(&raw),
-            _ => None,
+        let (record, bad) = match value {
+            Fetched::String(raw) => read_record(&raw),
+            _ => (None, None),
         };
         match record {
             Some(rec) => {
                 let principal = Principal {
                     user_id: Id::from_str_copy(&rec.user_id),
                     org_id: self.intern_org(&rec.org_id),
-                    rate_limit_per_sec: rec.rate_limit_per_sec.filter(|r| *r > 0),
+                    rate_limit_per_sec: rec.rate_limit_per_sec,
                     limiter: Default::default(),
                     digest: self.keep_digests.then(|| Box::new(digest)),
                 };
@@ -243,15 +296,16 @@ impl View for KeyTable {
                     && *e.0 == principal
                 {
                     e.1 = generation;
-                    return;
+                } else {
+                    self.entries
+                        .insert(digest, (Arc::new(principal), generation));
                 }
-                self.entries
-                    .insert(digest, (Arc::new(principal), generation));
             }
             None => {
                 self.entries.remove(&digest);
             }
         }
+        bad.map_or(Ok(()), Err)
     }
 
     fn sweep(&self, generation: u64) {
@@ -319,7 +373,7 @@ mod tests {
 
     fn table_with(key: &str, record: &str) -> std::sync::Arc<KeyTable> {
         let t = KeyTable::new("tether:");
-        t.apply(
+        let _ = t.apply(
             &hex(&digest_key(key.as_bytes())),
             Fetched::String(Bytes::copy_from_slice(record.as_bytes())),
             1,
@@ -393,6 +447,48 @@ mod tests {
             auth.authenticate(&headers("Bearer k1"), None),
             Err(Reject::InvalidKey)
         ));
+    }
+
+    /// A record is read as `JSON.parse` reads it, failing closed on its ids
+    /// and `active`, and open on its rate limit: the key works at the
+    /// default limit and the value is reported.
+    #[test]
+    fn key_records_are_read_leniently_only_where_safe() {
+        let limit = |record: &str| {
+            let (rec, bad) = read_record(record.as_bytes());
+            (rec.map(|r| r.rate_limit_per_sec), bad.is_some())
+        };
+        let base = r#""userId":"u","orgId":"o""#;
+        for (extra, want) in [
+            ("", (Some(None), false)),
+            (r#","rateLimitPerSec":null"#, (Some(None), false)),
+            (r#","rateLimitPerSec":0"#, (Some(None), false)),
+            (r#","rateLimitPerSec":50"#, (Some(Some(50)), false)),
+            (r#","rateLimitPerSec":50.0"#, (Some(Some(50)), false)),
+            (r#","rateLimitPerSec":1e12"#, (Some(Some(u32::MAX)), false)),
+            (
+                r#","rateLimitPerSec":5000000000"#,
+                (Some(Some(u32::MAX)), false),
+            ),
+            (r#","rateLimitPerSec":2.5"#, (Some(None), true)),
+            (r#","rateLimitPerSec":-3"#, (Some(None), true)),
+            (r#","rateLimitPerSec":"100""#, (Some(None), true)),
+            (r#","active":true"#, (Some(None), false)),
+            (r#","active":false"#, (None, false)),
+            (r#","active":null"#, (None, true)),
+            (r#","active":"false""#, (None, true)),
+            (r#","active":0"#, (None, true)),
+            (r#","active":false,"active":true"#, (Some(None), false)),
+            (r#","active":true,"active":false"#, (None, false)),
+            (r#","userId":"""#, (None, true)),
+            (r#","orgId":7"#, (None, true)),
+        ] {
+            let record = format!("{{{base}{extra}}}");
+            assert_eq!(limit(&record), want, "{record}");
+        }
+        assert_eq!(limit(r#"{"userId":"u"}"#), (None, true));
+        assert_eq!(limit("[]"), (None, true));
+        assert_eq!(limit("not json"), (None, true));
     }
 
     #[test]
