@@ -347,6 +347,14 @@ async fn control_plane_values_that_cannot_be_used_are_counted_and_logged() {
     )
     .await;
     put_key(&r, "key_plain", r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    // Named by something other than the key's SHA-256 in hex: nothing can
+    // match it (a backend that hashed to base64 would refuse every caller).
+    set_string(
+        &r,
+        "tether:apikey:ySz2Ruvw7z9WnYbG8hAo8G4pCj5eA8ZvVd0hF3tXf4I=".into(),
+        r#"{"userId":"u_1","orgId":"o_1"}"#,
+    )
+    .await;
     add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
     // A numeric processId is set, as `if (!config.processId)` reads it.
     set_string(
@@ -389,13 +397,17 @@ async fn control_plane_values_that_cannot_be_used_are_counted_and_logged() {
                 .await
         }
     };
-    assert_eq!(bad("api_keys").await, 2.0);
+    assert_eq!(bad("api_keys").await, 3.0);
     assert_eq!(bad("outreach_configs").await, 0.0);
     let text = log_file
         .line_with("view=\"api_keys\"", Duration::from_secs(5))
         .await;
-    assert!(text.contains("WARN") && text.contains("count=2"), "{text}");
-    let first = [sha256_hex("key_fraction"), sha256_hex("key_odd_active")];
+    assert!(text.contains("WARN") && text.contains("count=3"), "{text}");
+    let first = [
+        sha256_hex("key_fraction"),
+        sha256_hex("key_odd_active"),
+        "ySz2Ruvw7z9WnYbG8hAo8G4pCj5eA8ZvVd0hF3tXf4I=".to_owned(),
+    ];
     assert!(
         first
             .iter()

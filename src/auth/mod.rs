@@ -275,7 +275,14 @@ impl View for KeyTable {
     fn apply(&self, suffix: &str, value: Fetched, generation: u64) -> Result<(), BadValue> {
         // The contract says lowercase hex; upper case is accepted too.
         let Some(digest) = parse_hex_digest(suffix) else {
-            return Ok(());
+            // A backend that names keys otherwise (base64, a `sha256:`
+            // tag) would see every caller refused with nothing said.
+            return match value {
+                Fetched::Absent => Ok(()),
+                _ => Err(BadValue(
+                    "is not named by a SHA-256 in hex (64 hex digits) after the prefix: no API key can match it",
+                )),
+            };
         };
         let (record, bad) = match value {
             Fetched::String(raw) => read_record(&raw),
