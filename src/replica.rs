@@ -824,7 +824,11 @@ impl Replica {
         }
     }
 
-    /// SCAN MATCH pattern covering every view: their longest common prefix.
+    /// SCAN MATCH pattern covering every view: their longest common prefix,
+    /// then the character each view's prefix goes on with (`tether:[aot]*`),
+    /// so the keys the ingress itself keeps under the same prefix
+    /// (`idempotency:`, `ratelimit:`, possibly millions) are not sent back
+    /// with every page.
     fn scan_pattern(&self) -> String {
         let mut common: &str = self.views.first().map_or("", |v| v.prefix());
         for v in &self.views {
@@ -836,7 +840,22 @@ impl Replica {
                 .map_or(0, |((i, a), _)| i + a.len_utf8());
             common = &common[..shared];
         }
-        format!("{}*", escape_glob(common))
+        let mut next: Vec<char> = Vec::new();
+        for v in &self.views {
+            // A prefix that is all of `common` takes any next character.
+            let Some(c) = v.prefix()[common.len()..].chars().next() else {
+                return format!("{}*", escape_glob(common));
+            };
+            if !next.contains(&c) {
+                next.push(c);
+            }
+        }
+        next.sort_unstable();
+        let class: String = next.iter().map(|c| escape_glob(&c.to_string())).collect();
+        match next.len() {
+            1 => format!("{}{class}*", escape_glob(common)),
+            _ => format!("{}[{class}]*", escape_glob(common)),
+        }
     }
 
     fn view_index(&self, key: &[u8]) -> Option<usize> {
@@ -1175,7 +1194,7 @@ mod tests {
             Arc::new(Named("tether:org:")),
         ];
         let r = Replica::new(views, settings.clone());
-        assert_eq!(r.scan_pattern(), "tether:*");
+        assert_eq!(r.scan_pattern(), "tether:[aot]*");
         assert!(r.view_index(b"tether:jobs:workflow").is_none());
         assert_eq!(
             r.view_index(b"tether:org:o1:x")
@@ -1183,10 +1202,17 @@ mod tests {
             Some("tether:org:")
         );
         let r = Replica::new(
-            vec![Arc::new(Named("a*b:x:")), Arc::new(Named("a*b:y:"))],
+            vec![Arc::new(Named("a*b:x:")), Arc::new(Named("a*b:]:"))],
+            settings.clone(),
+        );
+        assert_eq!(r.scan_pattern(), "a\\*b:[\\]x]*");
+        let r = Replica::new(vec![Arc::new(Named("t:apikey:"))], settings.clone());
+        assert_eq!(r.scan_pattern(), "t:apikey:*");
+        let r = Replica::new(
+            vec![Arc::new(Named("t:a")), Arc::new(Named("t:ab"))],
             settings,
         );
-        assert_eq!(r.scan_pattern(), "a\\*b:*");
+        assert_eq!(r.scan_pattern(), "t:a*");
     }
 
     #[test]

@@ -437,3 +437,72 @@ async fn control_plane_values_that_cannot_be_used_are_counted_and_logged() {
         log_file.text()
     );
 }
+
+/// A resync asks Redis only for the keys of the views: the keys the
+/// ingress keeps under the same prefix itself (`idempotency:`, one per
+/// request with an `Idempotency-Key` for a day) stay in Redis. Before, the
+/// scan matched `tether:*` and Redis sent every one of their names back
+/// with every resync: 200,000 of them were 9.2 MB here, read and
+/// thrown away. A prefix holding glob characters is still matched only by
+/// itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_is_not_sent_the_ingresss_own_keys() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    let prefix = "t[1]*:";
+    let mut config = config_for(&redis.url());
+    config.redis.key_prefix = prefix.to_owned();
+    set_string(
+        &r,
+        format!("{prefix}apikey:{}", sha256_hex("key_in_prefix")),
+        r#"{"userId":"u_1","orgId":"o_1"}"#,
+    )
+    .await;
+    let _: () =
+        fred::prelude::SetsInterface::sadd(&r, format!("{prefix}triggers:o_1:wh_1"), "wf_a")
+            .await
+            .unwrap();
+    // Look-alikes a wider pattern would match.
+    set_string(
+        &r,
+        format!("t1x:apikey:{}", sha256_hex("key_other")),
+        r#"{"userId":"u_1","orgId":"o_1"}"#,
+    )
+    .await;
+    for chunk in 0..200 {
+        let pairs: Vec<(String, String)> = (0..1000)
+            .map(|i| {
+                (
+                    format!("{prefix}idempotency:o_1:workflow:{chunk:04}{i:04}"),
+                    "1".to_owned(),
+                )
+            })
+            .collect();
+        let _: () = fred::prelude::KeysInterface::mset(&r, pairs).await.unwrap();
+    }
+    let sent = || {
+        redis
+            .cli(&["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = sent();
+    let ingress = Ingress::start_with(config).await;
+    let during = sent() - before;
+    assert!(
+        during < 1 << 20,
+        "Redis sent {during} bytes to load one key and one trigger"
+    );
+    assert_eq!(
+        ingress.wh_1_status("key_in_prefix").await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        ingress.wh_1_status("key_other").await,
+        StatusCode::UNAUTHORIZED
+    );
+}
