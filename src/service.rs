@@ -41,18 +41,23 @@ pub(crate) const WORKFLOW_PATH: &str = "/api/webhook/workflow";
 /// Path of the outreach webhook.
 pub(crate) const OUTREACH_PATH: &str = "/api/webhook/outreach";
 
-/// The route of a request. Health, readiness and metrics answer only
-/// their read methods; any other method on those paths is the
-/// upstream's, like every path that is not the ingress's own.
+/// The route of a request. The webhook paths match as Express matches
+/// them by default: one trailing `/` and any ASCII case
+/// (`/API/Webhook/Workflow/`). Health, readiness and metrics answer only
+/// their read methods; any other method on those paths is the upstream's,
+/// like every path that is not the ingress's own.
 fn route_of<B>(req: &Request<B>) -> Route {
     let path = req.uri().path();
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
-    match path.strip_suffix('/').unwrap_or(path) {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    match path {
         WORKFLOW_PATH => Route::Workflow,
         OUTREACH_PATH => Route::Outreach,
         "/healthz" if read => Route::Health,
         "/readyz" if read => Route::Ready,
         "/metrics" if *req.method() == Method::GET => Route::Metrics,
+        _ if path.eq_ignore_ascii_case(WORKFLOW_PATH) => Route::Workflow,
+        _ if path.eq_ignore_ascii_case(OUTREACH_PATH) => Route::Outreach,
         _ => Route::Other,
     }
 }

@@ -779,6 +779,67 @@ async fn other_routes_and_methods() {
     assert!(!text.contains(KEY));
 }
 
+/// The two webhook paths match as the backend's Express 4 and 5 match
+/// them with default settings, held to Express itself: one trailing `/`
+/// and any ASCII case (`/API/Webhook/Workflow/`) take the route, a second
+/// `/`, an escape or an extension do not. Before, a caller writing the
+/// path in another case was answered 404 (or forwarded) where the backend
+/// queues the lead.
+#[tokio::test]
+async fn webhook_paths_match_as_express_matches_them() {
+    let (_redis, r, ingress) = setup().await;
+    put_outreach_config(
+        &r,
+        "cfg_1",
+        r#"{"userId":"u_1","orgId":"o_1","active":true,"processId":"p_1","promptId":null}"#,
+    )
+    .await;
+    let paths = [
+        "/api/webhook/workflow",
+        "/api/webhook/workflow/",
+        "/api/webhook/outreach",
+        "/api/webhook/outreach/",
+        "/API/WEBHOOK/WORKFLOW",
+        "/Api/Webhook/Outreach/",
+        "/api/webHook/workFlow?source=x",
+        "/api/webhook/workflow/?source=x",
+        "/api/webhook/workflow//",
+        "//api/webhook/workflow",
+        "/api//webhook/workflow",
+        "/api/webhook/workflow.json",
+        "/api/webhook/workflowx",
+        "/api/webhook/workflow;x",
+        "/api/webhook/%77orkflow",
+        "/api/webhook/workflow%2F",
+        "/api/webhook/./workflow",
+        "/api/webhook",
+        "/api/webhook/workflow/x",
+    ];
+    let express = support::node::express_routes(&paths).await;
+    assert_eq!(express.len(), paths.len());
+    let mut taken = 0;
+    for (path, [four, five]) in paths.iter().zip(express) {
+        assert_eq!(four, five, "{path}: Express 4 and 5 differ");
+        let req = Request::post(ingress.uri(path))
+            .header("authorization", format!("Bearer {TEST_KEY}"))
+            .body(Full::new(Bytes::from_static(
+                br#"{"webhookId":"wh_1","configurationId":"cfg_1"}"#,
+            )))
+            .unwrap();
+        let (status, _, body) = ingress.request(req).await;
+        let answer = json(&body);
+        let routed = match (status, answer["message"].as_str()) {
+            (StatusCode::ACCEPTED, Some("Webhook accepted")) => Some("workflow"),
+            (StatusCode::OK, Some("Outreach processed successfully")) => Some("outreach"),
+            (StatusCode::NOT_FOUND, _) if answer["code"] == "NOT_FOUND" => None,
+            _ => panic!("{path}: {status} {answer}"),
+        };
+        assert_eq!(routed, four.as_deref(), "{path}");
+        taken += usize::from(routed.is_some());
+    }
+    assert_eq!(taken, 8);
+}
+
 #[tokio::test]
 async fn not_ready_until_redis_is_loaded() {
     let port = free_port();

@@ -44,6 +44,22 @@ pub async fn utf8_decode(texts: &[&[u8]]) -> Vec<String> {
     json_lines(&node_with_input(&["-e", script], hex.join("\n").as_bytes()).await)
 }
 
+/// How the backend's Express 4 and 5 route each of `paths` (sent as is)
+/// when they mount the two webhook routes with default settings:
+/// `[express4, express5]`, each `"workflow"`, `"outreach"` or `None`.
+pub async fn express_routes(paths: &[&str]) -> Vec<[Option<String>; 2]> {
+    #[derive(serde::Deserialize)]
+    struct Routed {
+        express4: Option<String>,
+        express5: Option<String>,
+    }
+    let out = node_with_input(&["express-routes.js"], paths.join("\n").as_bytes()).await;
+    json_lines::<Routed>(&out)
+        .into_iter()
+        .map(|r| [r.express4, r.express5])
+        .collect()
+}
+
 /// One JSON value per line of `out`.
 fn json_lines<T: serde::de::DeserializeOwned>(out: &[u8]) -> Vec<T> {
     String::from_utf8_lossy(out)
