@@ -1,6 +1,6 @@
 //! HS256 session JWTs: signature (ring HMAC, constant time), `alg` pinned,
-//! `exp` required, `nbf` honoured, identity from `userId` (else `sub`) and
-//! `orgId`.
+//! `exp` required, `nbf` honoured, identity from `userId || sub` (as
+//! JavaScript reads it) and `orgId`.
 //!
 //! The header and claims are parsed with the same simd-json layout as bodies
 //! ([`crate::parse::with_document`]), which keeps duplicate keys, so a token
@@ -85,9 +85,13 @@ impl JwtVerifier {
             {
                 return Err(Reject::ExpiredJwt);
             }
-            let user = string(doc, "userId")?
-                .or(string(doc, "sub")?)
-                .ok_or(Reject::InvalidJwt)?;
+            // `userId || sub`, as the backend's JavaScript reads them: `sub`
+            // only when `userId` is absent or falsy, whatever `sub` holds
+            // otherwise (an issuer's numeric `sub` beside a `userId`).
+            let user = match truthy_string(doc, "userId")? {
+                Some(user) => user,
+                None => truthy_string(doc, "sub")?.ok_or(Reject::InvalidJwt)?,
+            };
             let org = string(doc, "orgId")?.ok_or(Reject::InvalidJwt)?;
             Ok(Principal {
                 user_id: Id::from_str_copy(user),
@@ -122,6 +126,25 @@ fn number(doc: &Document<'_>, name: &str) -> Result<Option<u64>, Reject> {
         Some(Node::Static(StaticNode::U64(n))) => Ok(Some(*n)),
         Some(Node::Static(StaticNode::I64(n))) => Ok(Some((*n).max(0) as u64)),
         Some(Node::Static(StaticNode::F64(f))) if f.is_finite() => Ok(Some(f.max(0.0) as u64)),
+        _ => Err(Reject::InvalidJwt),
+    }
+}
+
+/// A claim JavaScript counts as true, when it is a string: `None` when it
+/// is absent or falsy (`null`, `false`, `0`, `""`); a truthy value that is
+/// not a string (a number id) is invalid, as no job could carry it as the
+/// backend would.
+fn truthy_string<'a>(doc: &'a Document<'_>, name: &str) -> Result<Option<&'a str>, Reject> {
+    let Some(m) = doc.member(name) else {
+        return Ok(None);
+    };
+    match doc.value(m) {
+        Some(Node::String(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(Node::String(_) | Node::Static(StaticNode::Null | StaticNode::Bool(false))) => {
+            Ok(None)
+        }
+        Some(Node::Static(StaticNode::I64(0) | StaticNode::U64(0))) => Ok(None),
+        Some(Node::Static(StaticNode::F64(f))) if *f == 0.0 => Ok(None),
         _ => Err(Reject::InvalidJwt),
     }
 }
@@ -182,6 +205,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.user_id.as_str(), "u_2");
+    }
+
+    /// Identity is `userId || sub`: `sub` is read only when `userId` is
+    /// absent or falsy, so a numeric `sub` beside a `userId` is no reason
+    /// to refuse the token, and a `null` `userId` falls back to `sub`.
+    #[test]
+    fn user_is_user_id_or_else_sub_as_javascript_reads_it() {
+        let user = |claims: &str| {
+            let claims = format!(r#"{{"orgId":"o_1","exp":{},{claims}}}"#, NOW + 60);
+            check(HS, &claims)
+                .map(|p| p.user_id.as_str().to_owned())
+                .ok()
+        };
+        assert_eq!(user(r#""userId":"u_1","sub":42"#).as_deref(), Some("u_1"));
+        assert_eq!(user(r#""userId":"u_1","sub":null"#).as_deref(), Some("u_1"));
+        assert_eq!(user(r#""userId":null,"sub":"u_2""#).as_deref(), Some("u_2"));
+        assert_eq!(user(r#""userId":"","sub":"u_2""#).as_deref(), Some("u_2"));
+        assert_eq!(user(r#""userId":0,"sub":"u_2""#).as_deref(), Some("u_2"));
+        assert_eq!(
+            user(r#""userId":false,"sub":"u_2""#).as_deref(),
+            Some("u_2")
+        );
+        assert_eq!(user(r#""userId":7,"sub":"u_2""#), None);
+        assert_eq!(user(r#""userId":{},"sub":"u_2""#), None);
+        assert_eq!(user(r#""userId":null,"sub":42"#), None);
+        assert_eq!(user(r#""userId":null,"sub":"""#), None);
+        assert_eq!(user(r#""userId":null"#), None);
     }
 
     #[test]
