@@ -273,6 +273,94 @@ fn now() -> u64 {
     tether_ingress::now_ms() / 1000
 }
 
+/// Session JWTs are taken as the backend takes them, held to jsonwebtoken
+/// itself (the library Node backends verify them with) and the backend's
+/// `userId || sub`: every token in the list is taken by both or refused by
+/// both, for the same caller. Tokens the contract decides otherwise (no
+/// `exp`, a claim named twice) are not in the list.
+#[tokio::test]
+async fn session_jwts_are_taken_as_jsonwebtoken_takes_them() {
+    let (_redis, r, ingress) = start(None, Some(SECRET), |_| {}).await;
+    let leeway = Config::default().auth.jwt_leeway_secs;
+    let (hs, n) = (r#"{"alg":"HS256","typ":"JWT"}"#, now());
+    let (exp, past, soon) = (n + 600, n - 60, n + 60);
+    let id = r#""orgId":"o_1""#;
+    let claims = [
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp}}}"#),
+        format!(r#"{{"sub":"u_2",{id},"exp":{exp}}}"#),
+        format!(r#"{{"userId":"u_1","sub":42,{id},"exp":{exp}}}"#),
+        format!(r#"{{"userId":null,"sub":"u_2",{id},"exp":{exp}}}"#),
+        format!(r#"{{"userId":"","sub":"u_2",{id},"exp":{exp}}}"#),
+        format!(r#"{{"userId":0,"sub":"u_2",{id},"exp":{exp}}}"#),
+        format!(r#"{{"userId":null,{id},"exp":{exp}}}"#),
+        format!(r#"{{"userId":"u_1","exp":{exp}}}"#),
+        format!(r#"{{"userId":"u_1","orgId":5,"exp":{exp}}}"#),
+        format!(r#"{{"userId":"u_1","orgId":"","exp":{exp}}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":{past}}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":{}}}"#, n - 2),
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp}.5}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":"{exp}"}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":null}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":-1}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":1e12}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp},"nbf":{soon}}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp},"nbf":{}}}"#, n + 2),
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp},"nbf":"{n}"}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp},"nbf":null}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp},"iat":"{n}"}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp},"iat":{soon}}}"#),
+        format!(r#"{{"userId":"u_1",{id},"exp":{exp},"aud":"x","iss":"y","jti":"z"}}"#),
+        "[1]".to_owned(),
+    ];
+    let mut tokens: Vec<String> = claims.iter().map(|c| token(hs, c)).collect();
+    let plain = format!(r#"{{"userId":"u_1",{id},"exp":{exp}}}"#);
+    for header in [
+        r#"{"alg":"HS256"}"#,
+        r#"{"alg":"HS256","typ":"at+jwt","kid":"k1"}"#,
+        r#"{"alg":"HS512","typ":"JWT"}"#,
+        r#"{"alg":"hs256","typ":"JWT"}"#,
+        r#"{"alg":"none","typ":"JWT"}"#,
+        r#"{"typ":"JWT"}"#,
+    ] {
+        tokens.push(token(header, &plain));
+    }
+    tokens.push(sign(b"wrong-secret", hs, &plain));
+    let backend = support::node::jsonwebtoken(SECRET, leeway, &tokens).await;
+    assert_eq!(backend.len(), tokens.len());
+    let mut taken = 0;
+    for (token, read) in tokens.iter().zip(backend) {
+        let before = xlen(&r, "tether:jobs:workflow").await;
+        let (status, _, resp) = ingress
+            .workflow(Some(token), r#"{"webhookId":"wh_1"}"#)
+            .await;
+        let case = String::from_utf8_lossy(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                token.split('.').nth(1).unwrap(),
+            )
+            .unwrap(),
+        )
+        .into_owned();
+        match read {
+            Ok((user, _)) => {
+                assert_eq!(status, StatusCode::ACCEPTED, "{case}: {resp:?}");
+                let got = entries(&r, "tether:jobs:workflow").await;
+                assert_eq!(field(&got.last().unwrap().1, "userId"), user, "{case}");
+                taken += 1;
+            }
+            Err(why) => {
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{case}: jsonwebtoken says {why}"
+                );
+                assert_eq!(xlen(&r, "tether:jobs:workflow").await, before, "{case}");
+            }
+        }
+    }
+    assert_eq!(taken, 15);
+}
+
 #[tokio::test]
 async fn session_jwts_are_verified_with_a_secret() {
     let up = Upstream::start().await;

@@ -60,6 +60,36 @@ pub async fn express_routes(paths: &[&str]) -> Vec<[Option<String>; 2]> {
         .collect()
 }
 
+/// Each of `tokens` as the backend reads a session JWT: verified by
+/// jsonwebtoken (HS256 with `secret`, `leeway_secs` of clock tolerance),
+/// the caller taken as `userId || sub` and `orgId`: `Ok((user, org))`, or
+/// `Err(why)`.
+pub async fn jsonwebtoken(
+    secret: &str,
+    leeway_secs: u64,
+    tokens: &[String],
+) -> Vec<Result<(String, String), String>> {
+    #[derive(serde::Deserialize)]
+    struct Read {
+        user: Option<String>,
+        org: Option<String>,
+        refused: Option<String>,
+    }
+    let leeway = leeway_secs.to_string();
+    let out = node_with_input(
+        &["jsonwebtoken.js", secret, &leeway],
+        tokens.join("\n").as_bytes(),
+    )
+    .await;
+    json_lines::<Read>(&out)
+        .into_iter()
+        .map(|r| match (r.user, r.org) {
+            (Some(user), Some(org)) => Ok((user, org)),
+            _ => Err(r.refused.unwrap_or_default()),
+        })
+        .collect()
+}
+
 /// One JSON value per line of `out`.
 fn json_lines<T: serde::de::DeserializeOwned>(out: &[u8]) -> Vec<T> {
     String::from_utf8_lossy(out)
