@@ -39,7 +39,7 @@ use fred::prelude::*;
 use super::{
     error::SinkError,
     job::{OutreachJob, WorkflowJobs},
-    lane::{Due, Lane},
+    lane::{self, Due, Lane, PART_BYTES},
     wire::{self, Arg},
 };
 use crate::{
@@ -275,16 +275,16 @@ impl Call<'_> {
         (RUN_DATA_BYTES / data).max(1)
     }
 
-    /// Appends the call to `out`, as one script run per [`Self::per_run`]
-    /// jobs: `command` (`EVALSHA` or `EVAL`), then `script` (the SHA-1 or
-    /// the body).
-    fn encode(&self, out: &mut BytesMut, command: &[u8], script: &[u8]) {
+    /// Appends the runs that add `jobs` (all or a part of the call's) to
+    /// `out`, one per [`Self::per_run`] jobs: `command` (`EVALSHA` or
+    /// `EVAL`), then `script` (the SHA-1 or the body).
+    fn encode(&self, out: &mut BytesMut, command: &[u8], script: &[u8], jobs: &[(Bytes, Bytes)]) {
         let run = |out: &mut BytesMut, jobs| {
             let head = [Arg::Bytes(command), Arg::Bytes(script)];
             wire::encode(out, head.into_iter().chain(self.parts(jobs)));
         };
         let per_run = self.per_run();
-        let mut runs = self.jobs.chunks(per_run);
+        let mut runs = jobs.chunks(per_run);
         let start = out.len();
         if let Some(first) = runs.next() {
             run(out, first);
@@ -304,15 +304,43 @@ impl Call<'_> {
     /// cache be flushed between two runs, nothing that a second add would
     /// not find already there); `Ok` once Redis holds every job (new, or
     /// found already there).
+    ///
+    /// The runs go in parts of at most [`PART_BYTES`], each sent once
+    /// Redis has run the one before (each run repeats the shared `data`):
+    /// see [`lane::after_part`].
     async fn send(&self, lane: &Lane, due: Due) -> Result<(), SinkError> {
-        let runs = u32::try_from(self.jobs.len().div_ceil(self.per_run())).unwrap_or(u32::MAX);
+        let per_run = self.per_run();
+        // A run: the shared `data` once, each job's key and own start.
+        let job = self.jobs.first().map_or(0, |(k, h)| k.len() + h.len()) + 256;
+        let run_bytes = self.shared.iter().map(Bytes::len).sum::<usize>() + job * per_run;
+        let parts = self.jobs.chunks((PART_BYTES / run_bytes).max(1) * per_run);
+        let due = Due {
+            ticketable: parts.len() == 1,
+            ..due
+        };
+        let mut stored = false;
+        for jobs in parts {
+            let sent = self.send_part(lane, due, jobs).await;
+            stored = lane::after_part(stored, sent)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the runs that add `jobs`, a part of the call's.
+    async fn send_part(
+        &self,
+        lane: &Lane,
+        due: Due,
+        jobs: &[(Bytes, Bytes)],
+    ) -> Result<(), SinkError> {
+        let runs = u32::try_from(jobs.len().div_ceil(self.per_run())).unwrap_or(u32::MAX);
         let by_sha = lane.send(runs, false, due, |out| {
-            self.encode(out, b"EVALSHA", ADD.sha());
+            self.encode(out, b"EVALSHA", ADD.sha(), jobs);
         })?;
         match by_sha.await {
             Err(SinkError::Redis(e)) if e.details().starts_with("NOSCRIPT") => {
                 let whole = lane.send(runs, false, due, |out| {
-                    self.encode(out, b"EVAL", ADD.body().as_bytes())
+                    self.encode(out, b"EVAL", ADD.body().as_bytes(), jobs)
                 })?;
                 whole.await.map(drop)
             }

@@ -37,6 +37,11 @@ pub(crate) enum SinkError {
     /// confirmed them in time.
     #[error("the replicas did not confirm the write in time")]
     NotReplicated,
+    /// Some of the request's jobs were stored and the rest were not (one
+    /// of its commands refused, or a later part of a request written in
+    /// parts failed): a retry writes the stored ones again.
+    #[error("some of the jobs were stored, then: {0}")]
+    Partly(Box<SinkError>),
     /// Redis could not take the jobs and neither could the spool.
     #[error("redis could not take the jobs ({redis}) and the spool refused them: {spool}")]
     Spool {
@@ -61,6 +66,7 @@ impl SinkError {
             SinkError::Timeout(_) => "timeout",
             SinkError::Lost => "connection_lost",
             SinkError::NotReplicated => "not_replicated",
+            SinkError::Partly(_) => "partly_stored",
             SinkError::Spool {
                 spool: SpoolError::Full,
                 ..
@@ -81,7 +87,10 @@ impl SinkError {
     /// Whether the jobs were sent to Redis and may be stored there.
     pub(crate) fn unconfirmed(&self) -> bool {
         match self {
-            SinkError::Timeout(_) | SinkError::Lost | SinkError::NotReplicated => true,
+            SinkError::Timeout(_)
+            | SinkError::Lost
+            | SinkError::NotReplicated
+            | SinkError::Partly(_) => true,
             SinkError::Spool { unconfirmed, .. } => *unconfirmed,
             SinkError::Disconnected
             | SinkError::Stalled

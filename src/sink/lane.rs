@@ -74,6 +74,28 @@ const SILENCE: Duration = Duration::from_secs(30);
 /// larger buffer is dropped once written.
 const RETAINED_BATCH_BYTES: usize = 4 << 20;
 
+/// The most one request puts in a lane's buffer at once. A request whose
+/// commands take more (a large body matching many workflows: the payload
+/// goes once per stream entry, once per BullMQ script run) is sent in parts
+/// of about this size, each once Redis has answered the one before, so
+/// what a request holds in the buffer and in the batch in flight stays
+/// bounded whatever the fan-out (1 MiB and 300 workflows held 300 MB of
+/// entries, and eight such requests 1.3 GB). A smaller request is one part.
+pub(super) const PART_BYTES: usize = 16 << 20;
+
+/// The outcome of one part of a request sent in parts, given whether a
+/// part before it was stored: `Ok(true)` when it was stored too; its error
+/// as [`SinkError::Partly`] when an earlier part was, since what was stored
+/// stays and a retry writes it again.
+pub(super) fn after_part(stored: bool, sent: Result<(), SinkError>) -> Result<bool, SinkError> {
+    match sent {
+        Ok(()) => Ok(true),
+        Err(e @ SinkError::Partly(_)) => Err(e),
+        Err(e) if stored => Err(SinkError::Partly(Box::new(e))),
+        Err(e) => Err(e),
+    }
+}
+
 /// Encoded commands waiting behind the batch in flight, at most: beyond it
 /// a request is refused like one over `redis.max_pending_commands` (nothing
 /// sent), so a slow Redis and large bodies cannot grow the queue without
@@ -120,6 +142,11 @@ struct Slot {
     waker: Option<Waker>,
     /// Answered `Timeout` with this ticket: its replies settle it.
     ticket: Option<Ticket>,
+    /// A timed-out answer may carry a ticket (not for one part of a
+    /// request written in several: the parts after it were never sent).
+    ticketable: bool,
+    /// One of its commands was answered without an error.
+    some_stored: bool,
 }
 
 /// What the lane's task and its requests share.
@@ -167,7 +194,7 @@ impl State {
         self.queue.len() - self.unsent.min(self.queue.len())
     }
 
-    fn slot(&mut self, outstanding: u32) -> u32 {
+    fn slot(&mut self, outstanding: u32, ticketable: bool) -> u32 {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -179,6 +206,7 @@ impl State {
         if let Some(slot) = self.slots.get_mut(index as usize) {
             *slot = Slot {
                 outstanding,
+                ticketable,
                 ..Slot::default()
             };
         }
@@ -208,7 +236,9 @@ impl State {
             return;
         }
         let ticket = match &tickets {
-            Some(t) if slot.outstanding > 0 && !slot.confirming => Some(t.issue()),
+            Some(t) if slot.outstanding > 0 && !slot.confirming && slot.ticketable => {
+                Some(t.issue())
+            }
             _ => None,
         };
         slot.ticket = ticket;
@@ -268,8 +298,11 @@ impl State {
             Reply::Refused(e) => {
                 slot.refused.get_or_insert(e);
             }
-            Reply::Id(id) => slot.id = Some(id),
-            Reply::Acked(_) | Reply::Ok => {}
+            Reply::Id(id) => {
+                slot.id = Some(id);
+                slot.some_stored = true;
+            }
+            Reply::Acked(_) | Reply::Ok => slot.some_stored = true,
         }
         if slot.outstanding > 0 {
             return;
@@ -284,7 +317,12 @@ impl State {
             return;
         };
         if let Some(e) = slot.refused.take() {
-            self.resolve(index, Err(SinkError::Redis(e)));
+            let refused = SinkError::Redis(e);
+            let answer = match slot.some_stored {
+                true => SinkError::Partly(Box::new(refused)),
+                false => refused,
+            };
+            self.resolve(index, Err(answer));
         } else if confirm && !slot.resolved {
             slot.confirming = true;
             self.confirming.push(index);
@@ -529,7 +567,7 @@ impl Lane {
         let idle = state.queue.is_empty();
         let before = state.out.len();
         encode(&mut state.out);
-        let slot = state.slot(commands);
+        let slot = state.slot(commands, due.ticketable);
         for i in 0..commands {
             let expect = if want_id && i + 1 == commands {
                 Expect::Id
@@ -581,6 +619,10 @@ pub(super) struct Due {
     pub(super) deadline: Instant,
     /// `redis.stall_after_ms` (zero: off).
     pub(super) stall_after: Duration,
+    /// Whether a timed-out write may be answered under a ticket, so that
+    /// its late reply decides its spooled copy's fate: not a part of a
+    /// request written in several, whose copy holds parts never sent.
+    pub(super) ticketable: bool,
 }
 
 impl Due {
@@ -589,6 +631,7 @@ impl Due {
         Self {
             deadline: started + settings.redis.command_timeout_ms,
             stall_after: settings.redis.stall_after_ms,
+            ticketable: true,
         }
     }
 }

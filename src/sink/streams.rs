@@ -18,7 +18,7 @@ use fred::{
 use super::{
     error::SinkError,
     job::{OutreachJob, WorkflowJobs},
-    lane::{Due, Lane},
+    lane::{self, Due, Lane, PART_BYTES},
     wire::{self, Arg},
 };
 use crate::{
@@ -55,24 +55,43 @@ fn fields<'a, const N: usize>(
 }
 
 /// Stores every entry of `jobs` on the workflow stream through `lane`, one
-/// `XADD` each; `Ok` once Redis acknowledged all of them (should one be
-/// refused, the others stay written, and the request is refused).
+/// `XADD` each, in parts of at most [`PART_BYTES`]; `Ok` once Redis
+/// acknowledged all of them. Should one be refused, or a part fail after
+/// another was stored, what was stored stays and the request is refused
+/// as [`SinkError::Partly`]: a retry may duplicate those entries.
 pub(super) async fn write_workflow(
     lane: &Lane,
     jobs: &WorkflowJobs,
     settings: &Settings,
     due: Due,
 ) -> Result<(), SinkError> {
-    let Ok(count @ 1..) = u32::try_from(jobs.len()) else {
-        return Ok(());
-    };
     let (stream, maxlen) = (settings.workflow_stream.as_bytes(), settings.streams.maxlen);
-    let ack = lane.send(count, false, due, |out| {
-        each_entry(out, jobs, |out, workflow| {
-            xadd(out, stream, maxlen, fields(jobs.pairs(workflow)));
-        });
-    })?;
-    ack.await.map(drop)
+    // An entry's size but for its workflow id (and the framing, within 256).
+    let shared = [&jobs.org_id, &jobs.user_id, &jobs.webhook_id, &jobs.payload];
+    let entry =
+        shared.iter().map(|f| f.len()).sum::<usize>() + jobs.request_id.len() + stream.len() + 256;
+    let per_part = (PART_BYTES / entry).max(1);
+    let parts = jobs.workflows.chunks(per_part);
+    // A part's timeout carries no ticket: the request's spooled copy holds
+    // the parts after it, which were never sent.
+    let due = Due {
+        ticketable: parts.len() == 1,
+        ..due
+    };
+    let mut stored = false;
+    for part in parts {
+        let count = u32::try_from(part.len()).unwrap_or(u32::MAX);
+        let sent = match lane.send(count, false, due, |out| {
+            each_entry(out, part, |out, workflow| {
+                xadd(out, stream, maxlen, fields(jobs.pairs(workflow)));
+            });
+        }) {
+            Ok(ack) => ack.await.map(drop),
+            Err(e) => Err(e),
+        };
+        stored = lane::after_part(stored, sent)?;
+    }
+    Ok(())
 }
 
 /// Stores one outreach job; returns its stream entry id once Redis
@@ -124,7 +143,7 @@ fn spool_frame<const N: usize>(
 
 /// Appends the spool frames of every entry of `jobs` to `out`.
 pub(super) fn spool_workflow(out: &mut Vec<u8>, jobs: &WorkflowJobs, settings: &Settings) {
-    each_entry(out, jobs, |out, workflow| {
+    each_entry(out, &jobs.workflows, |out, workflow| {
         spool_frame(out, &settings.workflow_stream, jobs.pairs(workflow));
     });
 }
@@ -153,14 +172,13 @@ impl Room for Vec<u8> {
     }
 }
 
-/// Appends, with `entry`, each of `jobs`'s entries to `out`. The others
-/// are the first's size but for their workflow id (and its length's
+/// Appends, with `entry`, the entry of each of `workflows` to `out`. The
+/// others are the first's size but for their workflow id (and its length's
 /// digits), so once the first is in, room for all of them is made at once:
 /// growing by doubling copies all so far at each power of two, and held
-/// about 3x a large request's entries at its peak (a 1 MiB body matching
-/// 300 workflows: 900 MB).
-fn each_entry<B: Room>(out: &mut B, jobs: &WorkflowJobs, mut entry: impl FnMut(&mut B, &Id)) {
-    let mut workflows = jobs.workflows.iter();
+/// about 3x a large request's entries at its peak.
+fn each_entry<B: Room>(out: &mut B, workflows: &[Id], mut entry: impl FnMut(&mut B, &Id)) {
+    let mut workflows = workflows.iter();
     if let Some(first) = workflows.next() {
         let start = out.filled();
         entry(out, first);
