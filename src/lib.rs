@@ -64,6 +64,7 @@ mod parse;
 mod route;
 mod id;
 mod hex;
+mod digest;
 mod forwarded;
 mod sink;
 mod spool;

@@ -3,10 +3,13 @@
 //! consumer left pending. `examples/worker.rs` runs it.
 //!
 //! Delivery from the ingress is at least once (see [`crate::sink`]). Both kinds
-//! of duplicate have the same `(requestId, workflowId)` when the caller resends
-//! its `X-Request-Id` on retry. So before handling an entry the worker claims
-//! `<prefix>dedupe:<requestId>:<workflowId>` with `SET NX EX`; an entry whose
-//! claim already exists is acknowledged without being handled again.
+//! of duplicate have the same `(requestId, workflowId)` and the same lead
+//! when the caller resends its `X-Request-Id` on retry. So before handling
+//! an entry the worker claims `<prefix>dedupe:<stream>:<requestId>:<workflowId>:<lead>`
+//! (`<lead>` the digest of [`crate::digest`]: a caller that sends one
+//! `X-Request-Id` with several leads sends several leads) with `SET NX EX`;
+//! an entry whose claim already exists is acknowledged without being handled
+//! again.
 
 use std::time::Duration;
 
@@ -22,6 +25,23 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The digest of the lead it carries, as the ingress computes it for a
+    /// BullMQ job id ([`crate::digest`]): `webhookId` and `payload` of a
+    /// workflow entry, `format` and the three groups of an outreach one.
+    fn digest(&self) -> u64 {
+        let field = |name| self.get(name).unwrap_or_default().as_bytes();
+        if self.get("workflowId").is_some() {
+            crate::digest::content([field("webhookId"), field("payload")])
+        } else {
+            crate::digest::content([
+                field("format"),
+                field("contacts"),
+                field("applications"),
+                field("conversations"),
+            ])
+        }
+    }
+
     /// The value of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.fields
@@ -121,7 +141,12 @@ impl Worker {
                 entry.get("workflowId").or(entry.get("configurationId")),
             ) {
                 (Some(r), Some(w)) => {
-                    Some(format!("{}{}:{r}:{w}", self.dedupe_prefix, self.stream))
+                    let lead =
+                        String::from_utf8_lossy(&crate::digest::hex(entry.digest())).into_owned();
+                    Some(format!(
+                        "{}{}:{r}:{w}:{lead}",
+                        self.dedupe_prefix, self.stream
+                    ))
                 }
                 _ => None,
             };

@@ -48,9 +48,14 @@ async fn post(ingress: &Ingress, path: &str, request_id: &str, body: &str) -> (S
     (status, body)
 }
 
-/// The job id the ingress gives request `request_id`'s job for `target`.
+/// BODY's `payload`: BODY less its `webhookId`.
+const PAYLOAD: &str = r#"{"email":"lead@example.com","score":1.5,"name":"caf\u00e9","big":12345678901234567890123,"x":1.10}"#;
+
+/// The job id the ingress gives the job of request `request_id` with BODY
+/// for `target`.
 fn job_id(request_id: &str, target: &str) -> String {
-    format!("{request_id}~o_1~u_1~{target}")
+    let lead = lead_digest(&["wh_1", PAYLOAD]);
+    format!("{request_id}~o_1~u_1~{target}~{lead}")
 }
 
 /// The `data` the contract fixes for BODY's job on `wf_a`, as text.
@@ -410,7 +415,9 @@ async fn outreach_jobs_go_to_their_queue_and_answer_the_bullmq_id() {
         r#"{"configurationId":"cfg_1","contacts":{"email":"a@b.c","n":12345678901234567890123}}"#;
     let (status, answer) = post(&ingress, "/api/webhook/outreach", "out-1", body).await;
     assert_eq!(status, StatusCode::OK, "{answer:?}");
-    let id = job_id("out-1", "cfg_1");
+    let contacts = r#"{"email":"a@b.c","n":12345678901234567890123}"#;
+    let lead = lead_digest(&["fixed", contacts, "{}", "{}"]);
+    let id = format!("out-1~o_1~u_1~cfg_1~{lead}");
     assert_eq!(json(&answer)["data"]["jobId"], id.as_str());
     let job = worker.next("job", Duration::from_secs(10)).await;
     assert_eq!(job["id"], id.as_str());
@@ -574,6 +581,35 @@ async fn the_example_worker_prints_the_ingress_s_job() {
 /// rest of the ingress works the same in this mode: an `Idempotency-Key`
 /// repeat adds nothing and gets the first answer, and the jobs are counted
 /// (the binary as a process, so the metrics are its own).
+/// One `X-Request-Id` with two different leads (a caller's batch id on
+/// each of its leads) makes two jobs, and the same lead again (a retry)
+/// none: the job id holds the lead's digest. Before, the second lead found
+/// the first's job, the script recorded a `duplicated` event, and the lead
+/// was dropped behind a 202.
+#[tokio::test]
+async fn leads_sharing_a_callers_request_id_are_each_added() {
+    let redis = RedisServer::start();
+    let r = seed(&redis).await;
+    let ingress =
+        Ingress::start_with(bullmq_config(&redis.url(), "batched").validate().unwrap()).await;
+    let other = BODY.replace("lead@example.com", "second@example.com");
+    for body in [BODY, other.as_str(), BODY] {
+        let (status, answer) = post(&ingress, "/api/webhook/workflow", "batch-7", body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer:?}");
+    }
+    let mut waiting: Vec<String> = r.lrange("bull:batched:wait", 0, -1).await.unwrap();
+    waiting.sort();
+    let payload = PAYLOAD.replace("lead@example.com", "second@example.com");
+    let mut want = vec![
+        job_id("batch-7", "wf_a"),
+        format!("batch-7~o_1~u_1~wf_a~{}", lead_digest(&["wh_1", &payload])),
+    ];
+    want.sort();
+    assert_eq!(waiting, want);
+    let events = event_fields(&r, "batched").await;
+    assert_eq!(events.last().unwrap()["event"], "duplicated");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_maxed_queue_gets_no_marker_and_idempotency_and_metrics_hold() {
     use http_body_util::BodyExt;

@@ -470,15 +470,16 @@ async fn bullmq_jobs_under_a_hash_tagged_prefix_run_on_the_example_worker() {
         .unwrap()
         .unwrap();
     let job: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let id = "req-c1~o_c~u_1~wf_a";
+    let lead = lead_digest(&["wh_bq", r#"{"email":"lead@example.com"}"#]);
+    let id = format!("req-c1~o_c~u_1~wf_a~{lead}");
     assert_eq!(job["queue"], "workflow-runs");
-    assert_eq!(job["id"], id);
+    assert_eq!(job["id"], id.as_str());
     assert_eq!(job["data"]["workflowId"], "wf_a");
     assert_eq!(job["data"]["payload"]["email"], "lead@example.com");
     assert!(
         eventually(Duration::from_secs(10), || async {
             let done: Option<f64> = r
-                .zscore("{tether}:workflow-runs:completed", id)
+                .zscore("{tether}:workflow-runs:completed", id.as_str())
                 .await
                 .unwrap();
             done.is_some()

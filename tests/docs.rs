@@ -776,8 +776,9 @@ async fn the_readme_bullmq_walk_prints_both_jobs() {
         );
         let workflow = job["data"]["workflowId"].as_str().unwrap().to_owned();
         let id = job["id"].as_str().unwrap();
+        let lead = lead_digest(&["wh_demo", r#"{"lead":{"name":"Alex","phone":14155551234}}"#]);
         assert!(
-            id.ends_with(&format!("~demo_org~demo_user~{workflow}")),
+            id.ends_with(&format!("~demo_org~demo_user~{workflow}~{lead}")),
             "{line}"
         );
         workflows.push(workflow);

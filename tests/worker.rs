@@ -71,6 +71,53 @@ async fn each_job_is_handled_once_even_when_written_twice() {
     );
 }
 
+/// A caller that sends one `X-Request-Id` with several leads (a batch's
+/// id on each of its leads) sends several leads: the worker handles each
+/// once, and drops only the true duplicate (a retry of the same lead).
+/// Before, its duplicate key was the request id and workflow id alone, and
+/// every lead after the first of such a batch was dropped.
+#[tokio::test]
+async fn leads_sharing_a_callers_request_id_are_each_handled() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, "user_w", r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let ingress = Ingress::start(&redis.url()).await;
+    for lead in ["Alex", "Sam", "Alex"] {
+        let req = http::Request::post(ingress.uri("/api/webhook/workflow"))
+            .header("authorization", "Bearer user_w")
+            .header("x-request-id", "batch-2026-12-07")
+            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                r#"{{"webhookId":"wh_1","name":"{lead}"}}"#
+            ))))
+            .unwrap();
+        assert_eq!(ingress.request(req).await.0, StatusCode::ACCEPTED);
+    }
+    let worker = Worker::join(redis.client().await, STREAM, "workers", "w1", "tether:")
+        .await
+        .unwrap();
+    let seen = Mutex::new(Vec::new());
+    let mut total = tether_ingress::Polled::default();
+    while total.handled + total.duplicates < 3 {
+        let p = worker
+            .poll(7, Duration::from_millis(100), |e| {
+                seen.lock()
+                    .unwrap()
+                    .push(e.get("payload").unwrap().to_owned());
+                async { Ok(()) }
+            })
+            .await
+            .unwrap();
+        total.handled += p.handled;
+        total.duplicates += p.duplicates;
+    }
+    assert_eq!((total.handled, total.duplicates), (2, 1));
+    assert_eq!(
+        seen.into_inner().unwrap(),
+        [r#"{"name":"Alex"}"#, r#"{"name":"Sam"}"#]
+    );
+}
+
 #[tokio::test]
 async fn entries_of_a_dead_consumer_are_taken_over_and_failures_retried() {
     let redis = RedisServer::start();

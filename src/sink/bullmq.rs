@@ -191,8 +191,9 @@ fn id_part(out: &mut BytesMut, part: &[u8]) {
     }
 }
 
-/// Appends the job id of one match: the parts joined by `~`.
-fn job_id(out: &mut BytesMut, parts: [&[u8]; 4]) {
+/// Appends the job id of one match: the parts (the request id, the
+/// caller, the match, the lead's digest) joined by `~`.
+fn job_id(out: &mut BytesMut, parts: [&[u8]; 5]) {
     for (i, part) in parts.into_iter().enumerate() {
         if i > 0 {
             out.put_u8(b'~');
@@ -413,6 +414,7 @@ fn workflow_call<'a>(queues: &'a Queues, jobs: &'a WorkflowJobs) -> Call<'a> {
     json_string(&mut buf, &jobs.request_id);
     buf.put_u8(b'}');
     let after_payload = buf.split().freeze();
+    let digest = crate::digest::hex(jobs.digest());
     let calls = jobs
         .workflows
         .iter()
@@ -425,6 +427,7 @@ fn workflow_call<'a>(queues: &'a Queues, jobs: &'a WorkflowJobs) -> Call<'a> {
                         &jobs.org_id,
                         &jobs.user_id,
                         workflow.bytes(),
+                        &digest,
                     ],
                 );
             });
@@ -449,6 +452,7 @@ fn outreach_call<'a>(queues: &'a Queues, job: &'a OutreachJob) -> Call<'a> {
             + 3 * job.request_id.len()
             + 2 * (job.configuration_id.len() + job.org_id.len() + job.user_id.len()),
     );
+    let digest = crate::digest::hex(job.digest());
     let key = queues.outreach.job_key(&mut buf, |buf| {
         job_id(
             buf,
@@ -457,6 +461,7 @@ fn outreach_call<'a>(queues: &'a Queues, job: &'a OutreachJob) -> Call<'a> {
                 &job.org_id,
                 &job.user_id,
                 &job.configuration_id,
+                &digest,
             ],
         );
     });
@@ -697,7 +702,28 @@ mod tests {
             );
             assert!(s.parse::<u64>().is_err(), "{s}");
         }
-        assert_eq!(&a[1][..], b"r%3A%7Bx%7D%7E%25~o_1~u%221~123");
+        let digest = crate::digest::hex(jobs(&[], "").digest());
+        let mut want = b"r%3A%7Bx%7D%7E%25~o_1~u%221~123~".to_vec();
+        want.extend_from_slice(&digest);
+        assert_eq!(&a[1][..], &want[..]);
+    }
+
+    /// One request id with two different leads (a caller's batch id on
+    /// each of its leads) gives two job ids; the same lead again (a retry)
+    /// the same one.
+    #[test]
+    fn ids_tell_different_leads_of_one_request_id_apart() {
+        let q = queues("");
+        let id = |payload: &'static [u8]| {
+            let jobs = WorkflowJobs {
+                payload: Bytes::from_static(payload),
+                ..jobs(&["wf_a"], "batch-7")
+            };
+            let call = workflow_call(&q, &jobs);
+            call.id(&call.jobs[0].0)
+        };
+        assert_eq!(id(br#"{"name":"Alex"}"#), id(br#"{"name":"Alex"}"#));
+        assert_ne!(id(br#"{"name":"Alex"}"#), id(br#"{"name":"Sam"}"#));
     }
 
     #[test]

@@ -40,6 +40,12 @@ impl WorkflowJobs {
         ]
     }
 
+    /// The digest of the lead the entries carry (`webhookId`, `payload`):
+    /// part of each BullMQ job id ([`crate::digest`]).
+    pub(crate) fn digest(&self) -> u64 {
+        crate::digest::content([&self.webhook_id[..], &self.payload[..]])
+    }
+
     /// The number of entries.
     pub(crate) fn len(&self) -> usize {
         self.workflows.len()
@@ -88,6 +94,17 @@ impl OutreachJob {
             ("receivedAt", &self.received_at),
             ("requestId", &self.request_id),
         ]
+    }
+
+    /// The digest of the lead the entry carries (`format` and the three
+    /// groups): part of its BullMQ job id ([`crate::digest`]).
+    pub(crate) fn digest(&self) -> u64 {
+        crate::digest::content([
+            &self.format[..],
+            &self.contacts[..],
+            &self.applications[..],
+            &self.conversations[..],
+        ])
     }
 }
 

@@ -269,6 +269,20 @@ pub async fn start_with_key_and_trigger() -> (RedisServer, fred::clients::Client
     (redis, r, ingress)
 }
 
+/// The lead digest a BullMQ job id ends with, as docs/REFERENCE.md gives
+/// it: XXH3-64 of each part preceded by its length (8 bytes, little
+/// endian), in 16 lowercase hex digits. `parts`: `webhookId` and `payload`
+/// for a workflow job; `format`, `contacts`, `applications` and
+/// `conversations` for an outreach job.
+pub fn lead_digest(parts: &[&str]) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    format!("{:016x}", hasher.digest())
+}
+
 pub fn sha256_hex(key: &str) -> String {
     tether_ingress::digest_key(key.as_bytes())
         .iter()
