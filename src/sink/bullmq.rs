@@ -338,8 +338,17 @@ impl Call<'_> {
         let by_sha = lane.send(runs, false, due, |out| {
             self.encode(out, b"EVALSHA", ADD.sha(), jobs);
         })?;
+        let noscript = |e: &SinkError| match e {
+            SinkError::Redis(e) => e.details().starts_with("NOSCRIPT"),
+            // Runs before it ran (a script cache flushed between two runs):
+            // sent again they find their jobs and add nothing.
+            SinkError::Partly(e) => {
+                matches!(&**e, SinkError::Redis(e) if e.details().starts_with("NOSCRIPT"))
+            }
+            _ => false,
+        };
         match by_sha.await {
-            Err(SinkError::Redis(e)) if e.details().starts_with("NOSCRIPT") => {
+            Err(e) if noscript(&e) => {
                 let whole = lane.send(runs, false, due, |out| {
                     self.encode(out, b"EVAL", ADD.body().as_bytes(), jobs)
                 })?;
