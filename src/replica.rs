@@ -851,7 +851,14 @@ impl Replica {
             }
         }
         next.sort_unstable();
-        let class: String = next.iter().map(|c| escape_glob(&c.to_string())).collect();
+        // Inside brackets `^` first negates and `-` makes a range.
+        let mut class = String::new();
+        for c in next.iter().copied() {
+            if matches!(c, '^' | '-' | '[' | ']' | '\\' | '*' | '?') {
+                class.push('\\');
+            }
+            class.push(c);
+        }
         match next.len() {
             1 => format!("{}{class}*", escape_glob(common)),
             _ => format!("{}[{class}]*", escape_glob(common)),
@@ -1206,6 +1213,11 @@ mod tests {
             settings.clone(),
         );
         assert_eq!(r.scan_pattern(), "a\\*b:[\\]x]*");
+        let r = Replica::new(
+            vec![Arc::new(Named("t:^:")), Arc::new(Named("t:~:"))],
+            settings.clone(),
+        );
+        assert_eq!(r.scan_pattern(), "t:[\\^~]*");
         let r = Replica::new(vec![Arc::new(Named("t:apikey:"))], settings.clone());
         assert_eq!(r.scan_pattern(), "t:apikey:*");
         let r = Replica::new(
