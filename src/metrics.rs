@@ -81,7 +81,7 @@ metrics! {
     counter REPLICA_SKIPPED = "tether_replica_skipped_keys_total":
         "Control-plane keys the replica skipped because the key layout cannot represent them (an org id or webhookId with ':'), by view.";
     counter REPLICA_BAD_VALUES = "tether_replica_bad_values_total":
-        "Control-plane values the backend wrote that the replica could not use as written (an API key record that is not JSON, or whose rateLimitPerSec is not a whole number), by view; the first of each resync or change is logged.";
+        "Control-plane values the backend wrote that the replica could not use as written (an API key record that is not JSON, or whose rateLimitPerSec is not a whole number), by view; the first of each resync or change is logged (at most a line a second per view).";
     gauge REPLICA_AGE = "tether_replica_age_seconds":
         "Seconds the replica has been out of touch with Redis (0 while connected and tracking; grows from the moment the connection is lost).";
     counter REPLICA_RESYNCS = "tether_replica_resyncs_total":

@@ -256,7 +256,15 @@ struct BadValues {
     count: u64,
     /// The first such key and why.
     first: Option<(Bytes, BadValue)>,
+    /// When the last line about them went out: at most one a second per
+    /// view, so a backend rewriting a bad record at every request (a
+    /// last-used time, say) does not flood the log; the rest are counted
+    /// into the next line.
+    said: Option<std::time::Instant>,
 }
+
+/// The least time between two lines about one view's bad values.
+const BAD_VALUES_EVERY: Duration = Duration::from_secs(1);
 
 impl Replica {
     /// Builds a replica over `views`.
@@ -800,23 +808,35 @@ impl Replica {
         }
     }
 
-    /// Logs, one line per view, the values applied since the last call that
-    /// could not be used as written: the first key and why, and how many.
+    /// Logs, one line per view, the values applied since its last line
+    /// that could not be used as written: the first key and why, and how
+    /// many (a view's line waits while its last is under a second old).
     fn say_bad_values(&self) {
-        let tallies: Vec<BadValues> = self
+        let now = std::time::Instant::now();
+        let due: Vec<(u64, Option<(Bytes, BadValue)>)> = self
             .bad
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter_mut()
-            .map(std::mem::take)
+            .map(|tally| {
+                if tally.count == 0
+                    || tally
+                        .said
+                        .is_some_and(|said| now.duration_since(said) < BAD_VALUES_EVERY)
+                {
+                    return (0, None);
+                }
+                tally.said = Some(now);
+                (std::mem::take(&mut tally.count), tally.first.take())
+            })
             .collect();
-        for (view, tally) in self.views.iter().zip(tallies) {
-            let Some((key, BadValue(why))) = tally.first else {
+        for (view, (count, first)) in self.views.iter().zip(due) {
+            let Some((key, BadValue(why))) = first else {
                 continue;
             };
             warn!(
                 view = view.name(),
-                count = tally.count,
+                count,
                 first = %String::from_utf8_lossy(&key),
                 problem = why,
                 "control-plane values the backend wrote that cannot be used as written (the first is named; each is counted in tether_replica_bad_values_total)"

@@ -436,6 +436,40 @@ async fn control_plane_values_that_cannot_be_used_are_counted_and_logged() {
         "{}",
         log_file.text()
     );
+
+    // A backend rewriting a bad record at every request (a last-used time)
+    // gets it counted each time it is read, and at most a line a second.
+    let lines = || {
+        log_file
+            .text()
+            .lines()
+            .filter(|l| l.contains("view=\"api_keys\""))
+            .count()
+    };
+    let (lines_before, counted_before) = (lines(), bad("api_keys").await);
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        put_key(
+            &r,
+            "key_fraction",
+            &format!(r#"{{"userId":"u_1","orgId":"o_1","rateLimitPerSec":2.5,"lastUsedAt":{i}}}"#),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    assert!(
+        eventually(WITHIN, || async {
+            bad("api_keys").await >= counted_before + 30.0
+        })
+        .await,
+        "the rewrites were not counted"
+    );
+    let said = lines() - lines_before;
+    assert!(
+        (1..=seconds + 2).contains(&said),
+        "{said} lines for 300 rewrites over {seconds} s"
+    );
 }
 
 /// A resync asks Redis only for the keys of the views: the keys the
