@@ -152,3 +152,37 @@ async fn a_spooled_fan_out_is_stored_whole() {
         stored().await
     );
 }
+
+/// With Redis away, a large fan-out goes to the spool in parts too, so the
+/// ingress does not hold it whole then either (before: the 300 MB of
+/// records in one buffer), and once Redis is back every job is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_spooled_in_an_outage_is_spooled_in_parts() {
+    let (mut redis, _) = redis_with_fanout(300).await;
+    let spool = unique_dir("fanout-outage");
+    let ingress = IngressProcess::spawn(&[
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        ("TETHER_INGRESS_SPOOL_DIR", spool.display().to_string()),
+    ]);
+    ingress.wait_ready().await;
+    redis.kill();
+    let before = peak_rss(&ingress);
+    let (status, answer) = post(&ingress, lead(1_000_000)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let grew = peak_rss(&ingress) - before;
+    assert!(
+        grew < 120 << 20,
+        "peak memory grew by {} MiB to spool one request",
+        grew >> 20
+    );
+    redis.restart();
+    let r = redis.client().await;
+    assert!(
+        eventually(std::time::Duration::from_secs(30), || async {
+            xlen(&r, "tether:jobs:workflow").await >= 300
+        })
+        .await,
+        "{} of 300 jobs replayed",
+        xlen(&r, "tether:jobs:workflow").await
+    );
+}

@@ -276,6 +276,43 @@ impl Fallback<'_> {
     }
 }
 
+impl Fallback<'_> {
+    /// [`Self::spool_or`] for a request whose records are appended in
+    /// `parts` (each encoded by `encode(part, out)`), so that a large
+    /// fan-out is never held whole in memory. Parts spooled before one the
+    /// spool refused stay and are replayed, so that refusal is answered as
+    /// unconfirmed. A write with a ticket goes whole, after its marker.
+    pub(super) async fn spool_parts<T>(
+        self,
+        error: SinkError,
+        parts: usize,
+        mut encode: impl FnMut(usize, &mut Vec<u8>),
+    ) -> Result<Stored<T>, SinkError> {
+        let Some(spool) = self.spool else {
+            return Err(error);
+        };
+        if parts <= 1 || error.ticket().is_some() {
+            return self
+                .spool_or(error, |out| (0..parts).for_each(|part| encode(part, out)))
+                .await;
+        }
+        let (redis, unconfirmed) = (error.reason(), error.unconfirmed());
+        for part in 0..parts {
+            let mut frames = Vec::new();
+            encode(part, &mut frames);
+            if let Err(spool) = spool.append(frames).await {
+                return Err(SinkError::Spool {
+                    redis,
+                    unconfirmed: unconfirmed || part > 0,
+                    spool,
+                });
+            }
+        }
+        metrics::counter!(m::SPOOL_WRITTEN).increment(self.records as u64);
+        Ok(Stored::Spooled)
+    }
+}
+
 /// Starts replaying `spool` into Redis through `client`: at start-up and
 /// whenever something is spooled, as soon as Redis is connected; segments
 /// in order, records in order. With `tickets`, first reads a previous run's

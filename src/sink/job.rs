@@ -46,6 +46,31 @@ impl WorkflowJobs {
         crate::digest::content([&self.webhook_id[..], &self.payload[..]])
     }
 
+    /// About how many bytes one entry takes on the wire or in the spool,
+    /// but for its workflow id and stream name: the shared fields and 256
+    /// for the framing.
+    pub(crate) fn entry_bytes(&self) -> usize {
+        [
+            &self.org_id,
+            &self.user_id,
+            &self.webhook_id,
+            &self.payload,
+            &self.request_id,
+        ]
+        .iter()
+        .map(|f| f.len())
+        .sum::<usize>()
+            + 256
+    }
+
+    /// The same request's entries for `workflows` only (a part of them).
+    pub(crate) fn part(&self, workflows: &[Id]) -> Self {
+        Self {
+            workflows: workflows.into(),
+            ..self.clone()
+        }
+    }
+
     /// The number of entries.
     pub(crate) fn len(&self) -> usize {
         self.workflows.len()

@@ -261,9 +261,21 @@ impl Sink {
         match written {
             Ok(()) => Ok(Stored::Redis(())),
             Err(e) => {
-                let spool_all = |out: &mut Vec<u8>| self.layout.spool_workflow(out, jobs, settings);
+                // Spooled in parts of the size a write goes in.
+                let per_part = (lane::PART_BYTES / jobs.entry_bytes()).max(1);
+                let parts = jobs.len().div_ceil(per_part);
+                let spool_part = |part: usize, out: &mut Vec<u8>| match (
+                    parts,
+                    jobs.workflows.chunks(per_part).nth(part),
+                ) {
+                    (2.., Some(workflows)) => {
+                        self.layout
+                            .spool_workflow(out, &jobs.part(workflows), settings);
+                    }
+                    _ => self.layout.spool_workflow(out, jobs, settings),
+                };
                 let fallback = self.fallback(jobs.len());
-                Box::pin(fallback.spool_or(e, spool_all)).await
+                Box::pin(fallback.spool_parts(e, parts, spool_part)).await
             }
         }
     }

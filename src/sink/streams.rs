@@ -66,11 +66,7 @@ pub(super) async fn write_workflow(
     due: Due,
 ) -> Result<(), SinkError> {
     let (stream, maxlen) = (settings.workflow_stream.as_bytes(), settings.streams.maxlen);
-    // An entry's size but for its workflow id (and the framing, within 256).
-    let shared = [&jobs.org_id, &jobs.user_id, &jobs.webhook_id, &jobs.payload];
-    let entry =
-        shared.iter().map(|f| f.len()).sum::<usize>() + jobs.request_id.len() + stream.len() + 256;
-    let per_part = (PART_BYTES / entry).max(1);
+    let per_part = (PART_BYTES / (jobs.entry_bytes() + stream.len())).max(1);
     let parts = jobs.workflows.chunks(per_part);
     // A part's timeout carries no ticket: the request's spooled copy holds
     // the parts after it, which were never sent.
