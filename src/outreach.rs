@@ -15,14 +15,14 @@ use std::{collections::HashMap, ops::Range};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
-use simd_json::{Node, StaticNode};
+use simd_json::Node;
 
 pub(crate) use crate::outreach_views::Category;
 
 use crate::{
     error::Reject,
     id::Id,
-    parse::{Document, with_body},
+    parse::{Document, truthy, with_body},
     replica::now_ms,
     response::decimal,
     sink::{OutreachJob, Stored},
@@ -149,20 +149,6 @@ fn plan(ctx: &Ctx<'_>, body: &[u8], doc: &Document<'_>) -> Result<Plan, Reject> 
         groups,
         ranges,
     })
-}
-
-/// Whether JavaScript takes `value` as true in a condition.
-fn truthy(value: &Node<'_>) -> bool {
-    match value {
-        Node::String(s) => !s.is_empty(),
-        Node::Static(StaticNode::Null) => false,
-        Node::Static(StaticNode::Bool(b)) => *b,
-        Node::Static(StaticNode::I64(n)) => *n != 0,
-        Node::Static(StaticNode::U64(n)) => *n != 0,
-        // `!= 0.0` is false for -0.0 and true for NaN, which JSON can't spell.
-        Node::Static(StaticNode::F64(f)) => *f != 0.0,
-        Node::Object { .. } | Node::Array { .. } => true,
-    }
 }
 
 /// The three groups (`contacts`, `applications`, `conversations`) of a body,

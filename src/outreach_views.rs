@@ -6,8 +6,11 @@ use std::{collections::HashMap, sync::Arc};
 
 use dashmap::DashMap;
 
+use simd_json::Node;
+
 use crate::{
     id::Id,
+    parse::{truthy, with_document},
     replica::{BadValue, Fetched, KeyKind, View},
 };
 
@@ -63,34 +66,31 @@ pub(crate) struct OutreachConfig {
 /// backend compares `userId` with the caller's by `===`); without them the
 /// configuration is as good as absent and answers 404.
 fn read_config(raw: &[u8]) -> Result<OutreachConfig, BadValue> {
-    use serde_json::Value as J;
-    let record = serde_json::from_slice::<serde_json::Map<String, J>>(raw)
-        .map_err(|_| BadValue("is not a JSON object: the configuration answers 404"))?;
-    let (Some(J::String(user_id)), Some(J::String(org_id))) =
-        (record.get("userId"), record.get("orgId"))
-    else {
-        return Err(BadValue(
-            "lacks a userId or orgId that is a string: the configuration answers 404",
-        ));
-    };
-    if user_id.is_empty() {
-        return Err(BadValue(
-            "has an empty userId: the configuration answers 404",
-        ));
-    }
-    let truthy = |name: &str| match record.get(name) {
-        None | Some(J::Null) => false,
-        Some(J::Bool(b)) => *b,
-        Some(J::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-        Some(J::String(s)) => !s.is_empty(),
-        Some(J::Array(_) | J::Object(_)) => true,
-    };
-    Ok(OutreachConfig {
-        user_id: Id::from_str_copy(user_id),
-        org_id: Id::from_str_copy(org_id),
-        active: truthy("active"),
-        runnable: truthy("processId") || truthy("promptId"),
-    })
+    let read = with_document(raw, |doc| {
+        let value = |name: &str| doc.member(name).and_then(|m| doc.value(m));
+        let set = |name: &str| value(name).is_some_and(truthy);
+        let (Some(Node::String(user_id)), Some(Node::String(org_id))) =
+            (value("userId"), value("orgId"))
+        else {
+            return Ok(Err(BadValue(
+                "lacks a userId or orgId that is a string: the configuration answers 404",
+            )));
+        };
+        if user_id.is_empty() {
+            return Ok(Err(BadValue(
+                "has an empty userId: the configuration answers 404",
+            )));
+        }
+        Ok(Ok(OutreachConfig {
+            user_id: Id::from_str_copy(user_id),
+            org_id: Id::from_str_copy(org_id),
+            active: set("active"),
+            runnable: set("processId") || set("promptId"),
+        }))
+    });
+    read.unwrap_or(Err(BadValue(
+        "is not a JSON object: the configuration answers 404",
+    )))
 }
 
 // === impl OutreachConfigs ===

@@ -18,7 +18,7 @@
 use std::{cell::RefCell, ops::Range};
 
 use bytes::{Buf, Bytes, BytesMut};
-use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, Tape};
+use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, StaticNode, Tape};
 
 use crate::{error::Reject, id::Id};
 
@@ -51,6 +51,20 @@ pub(crate) struct Document<'a> {
     pub open: usize,
     /// Position of the closing `}`.
     pub close: usize,
+}
+
+/// Whether JavaScript takes `value` as true in a condition.
+pub(crate) fn truthy(value: &Node<'_>) -> bool {
+    match value {
+        Node::String(s) => !s.is_empty(),
+        Node::Static(StaticNode::Null) => false,
+        Node::Static(StaticNode::Bool(b)) => *b,
+        Node::Static(StaticNode::I64(n)) => *n != 0,
+        Node::Static(StaticNode::U64(n)) => *n != 0,
+        // `!= 0.0` is false for -0.0 and true for NaN, which JSON can't spell.
+        Node::Static(StaticNode::F64(f)) => *f != 0.0,
+        Node::Object { .. } | Node::Array { .. } => true,
+    }
 }
 
 impl Document<'_> {

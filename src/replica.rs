@@ -795,8 +795,7 @@ impl Replica {
             if skip(&key) {
                 continue;
             }
-            let at = view;
-            let view = &self.views[at];
+            let (at, view) = (view, &self.views[view]);
             if let Err(bad) = apply(view, &key, to_fetched(view.kind(), value), generation) {
                 metrics::counter!(m::REPLICA_BAD_VALUES, "view" => view.name()).increment(1);
                 let mut tallies = self.bad.lock().unwrap_or_else(|p| p.into_inner());
@@ -871,14 +870,7 @@ impl Replica {
             }
         }
         next.sort_unstable();
-        // Inside brackets `^` first negates and `-` makes a range.
-        let mut class = String::new();
-        for c in next.iter().copied() {
-            if matches!(c, '^' | '-' | '[' | ']' | '\\' | '*' | '?') {
-                class.push('\\');
-            }
-            class.push(c);
-        }
+        let class = escape_glob(&next.iter().collect::<String>());
         match next.len() {
             1 => format!("{}{class}*", escape_glob(common)),
             _ => format!("{}[{class}]*", escape_glob(common)),
@@ -1013,11 +1005,13 @@ fn key_bytes(k: &Key) -> Option<Bytes> {
     Some(k.as_bytes().to_vec().into())
 }
 
-/// Escapes glob metacharacters so a prefix matches only itself in SCAN MATCH.
+/// Escapes glob metacharacters so a prefix matches only itself in SCAN
+/// MATCH, inside a `[…]` class as well as outside (where `^` and `-`
+/// escaped stay themselves).
 pub(crate) fn escape_glob(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 4);
     for c in prefix.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
             out.push('\\');
         }
         out.push(c);
@@ -1179,6 +1173,7 @@ mod tests {
     fn glob_metacharacters_are_escaped() {
         assert_eq!(escape_glob("tether:"), "tether:");
         assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(escape_glob("t-1^:"), "t\\-1\\^:");
     }
 
     struct Named(&'static str);

@@ -16,7 +16,7 @@ use crate::{
     config::Secret,
     error::Reject,
     id::Id,
-    parse::{Document, with_document},
+    parse::{Document, truthy, with_document},
 };
 
 /// Longest token accepted (bytes); longer ones are refused before decoding.
@@ -140,11 +140,7 @@ fn truthy_string<'a>(doc: &'a Document<'_>, name: &str) -> Result<Option<&'a str
     };
     match doc.value(m) {
         Some(Node::String(s)) if !s.is_empty() => Ok(Some(s)),
-        Some(Node::String(_) | Node::Static(StaticNode::Null | StaticNode::Bool(false))) => {
-            Ok(None)
-        }
-        Some(Node::Static(StaticNode::I64(0) | StaticNode::U64(0))) => Ok(None),
-        Some(Node::Static(StaticNode::F64(f))) if *f == 0.0 => Ok(None),
+        Some(value) if !truthy(value) => Ok(None),
         _ => Err(Reject::InvalidJwt),
     }
 }
