@@ -308,23 +308,14 @@ impl Call<'_> {
     ///
     /// The runs go in parts of at most [`PART_BYTES`], each sent once
     /// Redis has run the one before (each run repeats the shared `data`):
-    /// see [`lane::after_part`].
+    /// see [`lane::in_parts`].
     async fn send(&self, lane: &Lane, due: Due) -> Result<(), SinkError> {
         let per_run = self.per_run();
         // A run: the shared `data` once, each job's key and own start.
         let job = self.jobs.first().map_or(0, |(k, h)| k.len() + h.len()) + 256;
         let run_bytes = self.shared.iter().map(Bytes::len).sum::<usize>() + job * per_run;
         let parts = self.jobs.chunks((PART_BYTES / run_bytes).max(1) * per_run);
-        let due = Due {
-            ticketable: parts.len() == 1,
-            ..due
-        };
-        let mut stored = false;
-        for jobs in parts {
-            let sent = self.send_part(lane, due, jobs).await;
-            stored = lane::after_part(stored, sent)?;
-        }
-        Ok(())
+        lane::in_parts(due, parts, |due, jobs| self.send_part(lane, due, jobs)).await
     }
 
     /// Sends the runs that add `jobs`, a part of the call's.

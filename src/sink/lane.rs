@@ -83,17 +83,34 @@ const RETAINED_BATCH_BYTES: usize = 4 << 20;
 /// entries, and eight such requests 1.3 GB). A smaller request is one part.
 pub(super) const PART_BYTES: usize = 16 << 20;
 
-/// The outcome of one part of a request sent in parts, given whether a
-/// part before it was stored: `Ok(true)` when it was stored too; its error
-/// as [`SinkError::Partly`] when an earlier part was, since what was stored
-/// stays and a retry writes it again.
-pub(super) fn after_part(stored: bool, sent: Result<(), SinkError>) -> Result<bool, SinkError> {
-    match sent {
-        Ok(()) => Ok(true),
-        Err(e @ SinkError::Partly(_)) => Err(e),
-        Err(e) if stored => Err(SinkError::Partly(Box::new(e))),
-        Err(e) => Err(e),
+/// Sends a request's `parts` one after the other with `send`, each once
+/// the one before is stored. A part's timeout carries no ticket unless it
+/// is the only part (the request's spooled copy holds the parts after it,
+/// never sent), and a part failing after another was stored fails the
+/// request as [`SinkError::Partly`]: what was stored stays, and a retry
+/// writes it again.
+pub(super) async fn in_parts<P, Sent>(
+    due: Due,
+    parts: impl ExactSizeIterator<Item = P>,
+    mut send: impl FnMut(Due, P) -> Sent,
+) -> Result<(), SinkError>
+where
+    Sent: Future<Output = Result<(), SinkError>>,
+{
+    let due = Due {
+        ticketable: parts.len() == 1,
+        ..due
+    };
+    let mut stored = false;
+    for part in parts {
+        match send(due, part).await {
+            Ok(()) => stored = true,
+            Err(e @ SinkError::Partly(_)) => return Err(e),
+            Err(e) if stored => return Err(SinkError::Partly(Box::new(e))),
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 /// Encoded commands waiting behind the batch in flight, at most: beyond it

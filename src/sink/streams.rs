@@ -68,26 +68,16 @@ pub(super) async fn write_workflow(
     let (stream, maxlen) = (settings.workflow_stream.as_bytes(), settings.streams.maxlen);
     let per_part = (PART_BYTES / (jobs.entry_bytes() + stream.len())).max(1);
     let parts = jobs.workflows.chunks(per_part);
-    // A part's timeout carries no ticket: the request's spooled copy holds
-    // the parts after it, which were never sent.
-    let due = Due {
-        ticketable: parts.len() == 1,
-        ..due
-    };
-    let mut stored = false;
-    for part in parts {
+    lane::in_parts(due, parts, |due, part| async move {
         let count = u32::try_from(part.len()).unwrap_or(u32::MAX);
-        let sent = match lane.send(count, false, due, |out| {
+        let ack = lane.send(count, false, due, |out| {
             each_entry(out, part, |out, workflow| {
                 xadd(out, stream, maxlen, fields(jobs.pairs(workflow)));
             });
-        }) {
-            Ok(ack) => ack.await.map(drop),
-            Err(e) => Err(e),
-        };
-        stored = lane::after_part(stored, sent)?;
-    }
-    Ok(())
+        })?;
+        ack.await.map(drop)
+    })
+    .await
 }
 
 /// Stores one outreach job; returns its stream entry id once Redis
