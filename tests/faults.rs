@@ -888,3 +888,16 @@ async fn the_spool_is_private_to_the_ingress_user() {
     assert!(log.text().contains("mode=755"), "{}", log.text());
     drop(ingress);
 }
+
+/// The harness's own fault: a port found free and taken before redis-server
+/// binds it. The next try must start in a directory of its own (the failed
+/// try's directory goes with it), or every later try fails too, as one did
+/// in CI.
+#[test]
+fn a_redis_port_taken_before_it_is_bound_is_tried_again() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let redis = RedisServer::start_on(false, [busy, free_port(), free_port()]);
+    assert_ne!(redis.port, busy);
+    assert_eq!(redis.cli(&["PING"]), "PONG");
+}

@@ -88,21 +88,35 @@ impl RedisServer {
     }
 
     fn start_inner(durable: bool) -> Self {
-        let dir = unique_dir("redis");
-        std::fs::create_dir_all(&dir).unwrap();
-        // A port found free can be taken before redis binds it: retry.
-        for _ in 0..20 {
+        Self::start_on(durable, std::iter::repeat_with(free_port))
+    }
+
+    /// Starts on the first of `ports` redis-server can listen on, trying at
+    /// most 20. A port found free can be taken before redis binds it, so a
+    /// failed try is normal; each try has its own directory, since a failed
+    /// one is dropped and its directory removed with it.
+    pub fn start_on(durable: bool, ports: impl IntoIterator<Item = u16>) -> Self {
+        let mut last_log = String::new();
+        for port in ports.into_iter().take(20) {
+            let dir = unique_dir("redis");
+            std::fs::create_dir_all(&dir).unwrap();
             let mut s = Self {
-                port: free_port(),
-                dir: dir.clone(),
+                port,
+                dir,
                 child: None,
                 durable,
             };
             if s.spawn(true) {
                 return s;
             }
+            last_log = std::fs::read_to_string(s.log()).unwrap_or_default();
         }
-        panic!("could not start redis-server");
+        panic!("could not start redis-server; its last log:\n{last_log}");
+    }
+
+    /// redis-server's own log, in its directory.
+    fn log(&self) -> PathBuf {
+        self.dir.join("redis.log")
     }
 
     pub fn url(&self) -> String {
@@ -132,6 +146,8 @@ impl RedisServer {
                 self.socket().to_str().unwrap(),
                 "--dir",
                 self.dir.to_str().unwrap(),
+                "--logfile",
+                self.log().to_str().unwrap(),
                 // DEBUG SLEEP freezes it in the stall tests.
                 "--enable-debug-command",
                 "local",

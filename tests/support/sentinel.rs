@@ -42,28 +42,7 @@ impl Sentinels {
         let mut ports = Vec::new();
         let mut children = Vec::new();
         for i in 0..3 {
-            let port = free_port();
-            let conf = dir.join(format!("sentinel-{i}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\n\
-                     sentinel monitor {SERVICE} 127.0.0.1 {} 2\n\
-                     sentinel down-after-milliseconds {SERVICE} 1000\n\
-                     sentinel failover-timeout {SERVICE} 5000\n\
-                     sentinel parallel-syncs {SERVICE} 2\n",
-                    dir.display(),
-                    primary.port
-                ),
-            )
-            .unwrap();
-            let child = Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (scripts/test installs it)");
+            let (port, child) = spawn_sentinel(&dir, i, primary.port);
             ports.push(port);
             children.push(child);
         }
@@ -128,4 +107,50 @@ impl Drop for Sentinels {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts sentinel `i` on a free port, trying another when the port was
+/// taken before it bound it (it exits then, or another test's server answers
+/// there: the sentinel is ready when the process on its port is itself).
+fn spawn_sentinel(dir: &std::path::Path, i: usize, primary: u16) -> (u16, Child) {
+    for _ in 0..20 {
+        let port = free_port();
+        let conf = dir.join(format!("sentinel-{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {SERVICE} 1000\n\
+                 sentinel failover-timeout {SERVICE} 5000\n\
+                 sentinel parallel-syncs {SERVICE} 2\n",
+                dir.display(),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        let own = format!("process_id:{}", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if cli(port, &["INFO", "server"])
+                .lines()
+                .any(|l| l.trim_end() == own)
+            {
+                return (port, child);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("could not start a sentinel");
 }
