@@ -424,3 +424,73 @@ async fn a_bullmq_request_of_large_jobs_costs_about_their_size_at_its_peak() {
         "grew {grew} KiB at the peak for {jobs_kib} KiB of jobs"
     );
 }
+
+/// A Redis user that may not make a route's job write is said when the
+/// writers connect, before any request, naming the stream or queue and
+/// Redis's refusal (not the password); the check writes nothing, and a user
+/// that may write hears nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_that_may_not_write_jobs_is_said_when_the_writers_connect() {
+    const SAID: &str = "the redis user may not write these jobs";
+    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let password = "pw-7c21e0";
+    // Streams mode: every command but XADD. BullMQ mode: no BullMQ key.
+    let users = [
+        ("noxadd", vec!["~*", "+@all", "-xadd"], "streams"),
+        ("nobull", vec!["~tether:*", "+@all"], "bullmq"),
+        ("all", vec!["~*", "+@all"], "streams"),
+    ];
+    for (user, rules, sink) in users {
+        let mut acl = vec!["ACL", "SETUSER", user, "on"];
+        let pass = format!(">{password}");
+        acl.push(&pass);
+        acl.extend(rules);
+        assert_eq!(redis.cli(&acl), "OK");
+        let url = redis
+            .url()
+            .replacen("redis://", &format!("redis://{user}:{password}@"), 1);
+        let log = LogFile::new();
+        let ingress = IngressProcess::spawn_logging(
+            &[
+                ("TETHER_INGRESS_REDIS_URL", url),
+                ("TETHER_INGRESS_SINK", sink.into()),
+            ],
+            log.writer(),
+        );
+        ingress.wait_ready().await;
+        match user {
+            "noxadd" => {
+                for stream in [STREAM, "tether:jobs:outreach"] {
+                    let line = log
+                        .line_with(&format!("to=stream {stream}"), Duration::from_secs(10))
+                        .await;
+                    assert!(line.contains(SAID) && line.contains("NOPERM"), "{line}");
+                }
+            }
+            "nobull" => {
+                for queue in ["bull:workflow-runs", "bull:outreach-runs"] {
+                    let line = log
+                        .line_with(&format!("to=queue {queue} "), Duration::from_secs(10))
+                        .await;
+                    assert!(line.contains(SAID) && line.contains("NOPERM"), "{line}");
+                }
+            }
+            _ => {
+                let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        br#"{"webhookId":"wh_1"}"#,
+                    )))
+                    .unwrap();
+                let res = http_client().request(req).await.unwrap();
+                assert_eq!(res.status(), StatusCode::ACCEPTED);
+                assert!(!log.text().contains(SAID), "{}", log.text());
+            }
+        }
+        assert!(!log.text().contains(password));
+    }
+    // The checks wrote nothing: the only job is the permitted user's.
+    assert_eq!(redis.cli(&["XLEN", STREAM]), "1");
+    assert_eq!(redis.cli(&["EXISTS", "tether:jobs:outreach"]), "0");
+    assert_eq!(redis.cli(&["KEYS", "bull:*"]), "");
+}

@@ -40,7 +40,7 @@ use super::{
     error::SinkError,
     job::{OutreachJob, WorkflowJobs},
     lane::{self, Due, Lane, PART_BYTES},
-    wire::{self, Arg},
+    wire::{self, Arg, Check},
 };
 use crate::{
     config::Bullmq as BullmqConfig,
@@ -534,6 +534,11 @@ pub(super) async fn write_outreach(
 /// in a cluster (each call's first key).
 pub(super) fn route_keys(queues: &Queues) -> [&[u8]; 2] {
     [&queues.workflow.keys[0], &queues.outreach.keys[0]]
+}
+
+/// The workflow and outreach queues' permission checks.
+pub(super) fn write_checks(queues: &Queues) -> [Check; 2] {
+    [&queues.workflow, &queues.outreach].map(|q| Check::script(&q.base, &q.keys))
 }
 
 /// Appends the spool records of every job of `jobs` to `out`.

@@ -121,6 +121,15 @@ impl Layout {
         }
     }
 
+    /// The workflow and outreach writes' permission checks.
+    fn write_checks(&self, config: &Config) -> [wire::Check; 2] {
+        match self {
+            Layout::Streams => [&config.streams.workflow, &config.streams.outreach]
+                .map(|stream| wire::Check::xadd(stream.as_bytes())),
+            Layout::Bullmq(q) => bullmq::write_checks(q),
+        }
+    }
+
     fn spool_workflow(&self, out: &mut Vec<u8>, jobs: &WorkflowJobs, settings: &Settings) {
         match self {
             Layout::Streams => streams::spool_workflow(out, jobs, settings),
@@ -193,7 +202,13 @@ impl Sink {
             tickets: tickets.clone(),
             keepalive: config.redis.keepalive(),
         };
-        let writers = writers::Writers::connect(target, &lanes, layout.route_keys(config), cores)?;
+        let writers = writers::Writers::connect(
+            target,
+            &lanes,
+            layout.route_keys(config),
+            layout.write_checks(config),
+            cores,
+        )?;
         let (duration, batch) = m::sink_histograms();
         Ok(Self {
             writers,

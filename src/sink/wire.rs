@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, BufMut as _, BytesMut};
+use bytes::{Buf, BufMut as _, Bytes, BytesMut};
 use fred::{
     interfaces::{ClientLike as _, ClusterInterface as _},
     prelude::{Client, Config as FredConfig},
@@ -155,6 +155,58 @@ pub(super) struct Endpoint {
     /// Behind Sentinel, the primary the sentinels name now (kept by
     /// [`Endpoint::watch_primary`]'s task).
     named: Option<NamedPrimary>,
+    /// Run on each new connection: a write the user may not make is said
+    /// when the writer connects, not only at the first request.
+    checks: Vec<Check>,
+}
+
+/// A command that writes nothing, and that Redis refuses with `NOPERM`
+/// only where the user may not make a route's job write: ACL checks the
+/// command and its keys before the command reads its arguments, and these
+/// are wrong on purpose (a negative `MAXLEN`; a SHA-1 no script has). A
+/// script's own commands are checked only when it runs, so not here.
+#[derive(Debug, Clone)]
+pub(super) struct Check {
+    /// What the write goes to, for the log: a stream or a queue.
+    what: String,
+    command: Vec<Bytes>,
+}
+
+impl Check {
+    /// The check of an `XADD` to `stream`.
+    pub(super) fn xadd(stream: &[u8]) -> Self {
+        let stream = Bytes::copy_from_slice(stream);
+        Self {
+            what: format!("stream {}", String::from_utf8_lossy(&stream)),
+            command: [
+                "XADD".into(),
+                stream,
+                "MAXLEN".into(),
+                "-1".into(),
+                "*".into(),
+            ]
+            .into_iter()
+            .chain(["check".into(), "1".into()])
+            .collect(),
+        }
+    }
+
+    /// The check of an `EVALSHA` of a script taking `keys` of the queue
+    /// whose keys start with `base`.
+    pub(super) fn script(base: &[u8], keys: &[Bytes]) -> Self {
+        let command = [
+            Bytes::from_static(b"EVALSHA"),
+            Bytes::from_static(&[b'0'; 40]),
+            Bytes::from(keys.len().to_string()),
+        ];
+        Self {
+            what: format!(
+                "queue {}",
+                String::from_utf8_lossy(base.strip_suffix(b":").unwrap_or(base))
+            ),
+            command: command.into_iter().chain(keys.iter().cloned()).collect(),
+        }
+    }
 }
 
 impl Endpoint {
@@ -191,7 +243,14 @@ impl Endpoint {
             tls: target.tls.clone(),
             connect_timeout: target.connect_timeout,
             named: None,
+            checks: Vec::new(),
         })
+    }
+
+    /// This endpoint, running `checks` on each new connection.
+    pub(super) fn checking(mut self, checks: Vec<Check>) -> Self {
+        self.checks = checks;
+        self
     }
 
     /// Behind Sentinel: starts, on `runtime`, the task that asks the
@@ -338,6 +397,17 @@ impl Endpoint {
             OwnedFrame::Array(role) if matches!(role.first(), Some(OwnedFrame::BulkString(r)) if r == b"master") =>
                 {}
             _ => return Err(WireError::Topology("the node is not a primary".to_owned())),
+        }
+        for check in &self.checks {
+            let command: Vec<&[u8]> = check.command.iter().map(|a| a.as_ref()).collect();
+            match conn.call(&command).await {
+                Err(WireError::Refused(e)) if e.starts_with("NOPERM") => {
+                    warn!(to = %check.what, error = %e, "the redis user may not write these jobs: their requests are answered 503 until redis's ACL allows the write (docs/DEPLOY.md lists the permissions)");
+                }
+                // Any other answer (the argument error, NOSCRIPT) is a yes.
+                Ok(_) | Err(WireError::Refused(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(Link {
             read: conn.read,

@@ -22,7 +22,7 @@ use fred::prelude::*;
 
 use super::{
     lane::{Lane, LaneSettings},
-    wire::Endpoint,
+    wire::{Check, Endpoint},
 };
 use crate::redis::{self, NamedPrimary, Role, Target};
 
@@ -63,11 +63,13 @@ impl Writers {
     /// in the background: the shared client and lane `[0]` on the current
     /// runtime, one lane (two in a cluster) on each of `cores`. `keys` are
     /// the workflow and outreach routes' keys (their slots place a
-    /// cluster's lanes).
+    /// cluster's lanes); `checks`, their writes' permission checks, run on
+    /// lane `[0]`'s connections.
     pub(super) fn connect(
         target: &Target,
         lane: &LaneSettings,
         keys: [&[u8]; 2],
+        checks: [Check; 2],
         cores: &[tokio::runtime::Handle],
     ) -> Result<Self, Error> {
         let shared = redis::client(
@@ -90,26 +92,37 @@ impl Writers {
         let clustered = shared.is_clustered();
         let named = Endpoint::new(target, &shared, keys[0])?.watch_primary(&here, shared.clone());
         let mut expected = 1;
-        let mut start = |name: String, key: &[u8], runtime: &tokio::runtime::Handle| {
-            expected += 1;
-            Ok::<_, Error>(Lane::start(
-                name,
-                Endpoint::new(target, &shared, key)?.following(named.as_ref()),
-                lane,
-                connected.clone(),
-                runtime,
-            ))
-        };
+        let mut start =
+            |name: String, key: &[u8], checks: Vec<Check>, runtime: &tokio::runtime::Handle| {
+                expected += 1;
+                Ok::<_, Error>(Lane::start(
+                    name,
+                    Endpoint::new(target, &shared, key)?
+                        .following(named.as_ref())
+                        .checking(checks),
+                    lane,
+                    connected.clone(),
+                    runtime,
+                ))
+            };
         let mut lanes = Vec::with_capacity(cores.len() + 1);
+        let mut checks = Some(checks);
         for (i, runtime) in std::iter::once(&here).chain(cores).enumerate() {
             // Lane 0 is the shared runtime's; lane i + 1 serving thread i's.
             let name = match i {
                 0 => "main".to_owned(),
                 i => format!("serve-{}", i - 1),
             };
-            let workflow = start(name.clone(), keys[0], runtime)?;
+            // Lane 0's connections say what the user may not write; the
+            // others would only say it again.
+            let [for_workflow, for_outreach] = match checks.take() {
+                Some([workflow, outreach]) if clustered => [vec![workflow], vec![outreach]],
+                Some(both) => [both.into(), Vec::new()],
+                None => [Vec::new(), Vec::new()],
+            };
+            let workflow = start(name.clone(), keys[0], for_workflow, runtime)?;
             let outreach = if clustered {
-                start(format!("{name}/outreach"), keys[1], runtime)?
+                start(format!("{name}/outreach"), keys[1], for_outreach, runtime)?
             } else {
                 workflow.clone()
             };
