@@ -236,12 +236,28 @@ pub enum LogFormat {
 }
 
 impl Log {
+    /// The levels a bare directive may name.
+    const LEVELS: [&'static str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
     pub(super) fn check(&self, p: &mut Problems) {
         if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
             p.push(format!(
                 "log.level: {:?} is not a tracing filter",
                 self.level
             ));
+            return;
+        }
+        // A bare word is a level or, to tracing, a target turned on alone:
+        // "warning" or "verbose" would silence every line of the ingress's
+        // own, its errors included.
+        for word in self.level.split(',').map(str::trim) {
+            let bare = !word.is_empty() && !word.contains(['=', '[', ':']);
+            if bare && !Self::LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word)) {
+                p.push(format!(
+                    "log.level: {word:?} is not a level ({}); a target goes with its level, as in fred=debug",
+                    Self::LEVELS.join(", ")
+                ));
+            }
         }
     }
 }

@@ -397,3 +397,38 @@ fn serving_threads_auto_count_or_refused() {
 }
 
 mod output;
+
+/// A bare word in the log filter is a level; tracing would take any other
+/// as the one target to log, and the ingress's own lines, errors included,
+/// would vanish without a word.
+#[test]
+fn a_log_level_that_would_silence_the_ingress_is_refused() {
+    let check = |level: &str| {
+        let mut c = Config::default();
+        c.log.level = level.into();
+        c.validate().err().map(|e| e.to_string())
+    };
+    for fine in [
+        "info",
+        "WARN",
+        "debug,fred=warn",
+        "info,hyper=off",
+        "tether_ingress::sink=debug",
+        "tether_ingress::sink",
+        "off",
+    ] {
+        assert_eq!(check(fine), None, "{fine}");
+    }
+    for silencing in ["warning", "verbose", "info,fatal"] {
+        let said = check(silencing).unwrap_or_default();
+        assert!(
+            said.contains("is not a level") && said.contains("log.level"),
+            "{silencing}: {said}"
+        );
+    }
+    assert!(
+        check("info,fred=loud")
+            .unwrap_or_default()
+            .contains("is not a tracing filter")
+    );
+}
