@@ -126,8 +126,10 @@ pub(super) fn redacted_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::E
     }
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`, for messages; a
-/// `sentinelPassword=` value in the query is masked the same way.
+/// `redis://user:secret@host` → `redis://user:***@host`, for messages; the
+/// value of every query parameter but [`PLAIN_PARAMETERS`] is masked the
+/// same way (`sentinelPassword=`, or a `password=` some other client reads),
+/// and so is a fragment.
 pub(crate) fn redact_url(url: &str) -> String {
     let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
@@ -144,17 +146,36 @@ pub(crate) fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     };
-    const SENTINEL_PASSWORD: &str = "sentinelPassword=";
-    let mut from = 0;
-    while let Some(found) = out[from..].find(SENTINEL_PASSWORD) {
-        let start = from + found + SENTINEL_PASSWORD.len();
-        let end = out[start..]
-            .find(['&', '#'])
-            .map_or(out.len(), |n| start + n);
-        out.replace_range(start..end, "***");
-        from = start + 3;
+    let Some((query, fragment)) = query_of(&out) else {
+        return out;
+    };
+    let masked: Vec<String> = out[query.clone()]
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if !PLAIN_PARAMETERS.contains(&key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    if fragment {
+        out.replace_range(query.end.., "#***");
     }
+    out.replace_range(query, &masked.join("&"));
     out
+}
+
+/// Query parameters whose values are no secret.
+const PLAIN_PARAMETERS: [&str; 3] = ["node", "sentinelServiceName", "sentinelUsername"];
+
+/// Where the query of `url` is (after its host, so past any `?` an
+/// unencoded password holds), and whether a fragment follows it.
+pub(crate) fn query_of(url: &str) -> Option<(std::ops::Range<usize>, bool)> {
+    let after_scheme = url.find("://").map_or(0, |n| n + 3);
+    let host = url[after_scheme..]
+        .rfind('@')
+        .map_or(after_scheme, |at| after_scheme + at + 1);
+    let start = host + url[host..].find('?')? + 1;
+    let end = url[start..].find('#').map_or(url.len(), |n| start + n);
+    Some((start..end, end < url.len()))
 }
 
 /// A count where `0` means none.

@@ -180,6 +180,7 @@ fn check_url(url: &str) -> Result<(), String> {
             );
         }
     }
+    check_parameters(url)?;
     fred::types::config::Config::from_url(url)
         .map(drop)
         .map_err(|e| {
@@ -191,6 +192,42 @@ fn check_url(url: &str) -> Result<(), String> {
             }
             why
         })
+}
+
+/// Whether `url` holds only query parameters fred reads for its scheme: it
+/// ignores any other (`?db=2` would leave the jobs in database 0, where no
+/// worker of database 2 looks).
+fn check_parameters(url: &str) -> Result<(), String> {
+    let Some((query, _)) = forms::query_of(url) else {
+        return Ok(());
+    };
+    let scheme = scheme(url).unwrap_or("");
+    let read: &[&str] = match scheme {
+        "redis-cluster" | "rediss-cluster" => &["node"],
+        "redis-sentinel" | "rediss-sentinel" => &["sentinelServiceName", "node"],
+        _ => &[],
+    };
+    for pair in url[query].split('&').filter(|p| !p.is_empty()) {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if read.contains(&key) {
+            continue;
+        }
+        let takes = match read {
+            [] => format!("a {scheme}:// URL takes none"),
+            read => format!("a {scheme}:// URL takes {}", read.join(" and ")),
+        };
+        let hint = match key {
+            "db" | "database" => "; a database goes in the path, as in redis://host:6379/2",
+            "password" | "user" | "username" => {
+                "; credentials go before the host, as in redis://user:password@host:6379"
+            }
+            _ => "",
+        };
+        return Err(format!(
+            "has the query parameter {key:?}, which is not read ({takes}){hint}"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the user and password of `url` (before its last `@`) hold a

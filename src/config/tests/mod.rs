@@ -324,6 +324,24 @@ fn redis_urls_this_build_cannot_honour_are_refused() {
             "***@127.0.0.1:6379\" is not a Redis URL: InvalidPort; a user or password holding @ : / ? # or % must be percent-encoded",
         ),
         ("redis://u:a:hunter2#@h:1", "must be percent-encoded"),
+        // fred reads no other parameter, and said nothing of these.
+        (
+            "redis://h:6379?db=2",
+            "has the query parameter \"db\", which is not read (a redis:// URL takes none); a database goes in the path",
+        ),
+        (
+            "redis://h:6379?password=hunter2#hunter2",
+            "\"redis://h:6379?password=***#***\" has the query parameter \"password\"",
+        ),
+        ("redis://h:1?node=h:2", "(a redis:// URL takes none)"),
+        (
+            "rediss-cluster://h:1?node=h:2&timeout=5",
+            "\"timeout\", which is not read (a rediss-cluster:// URL takes node)",
+        ),
+        (
+            "redis-sentinel://h:1?sentinelServiceName=m&node=h:2&db=1",
+            "(a redis-sentinel:// URL takes sentinelServiceName and node)",
+        ),
     ] {
         let err = check(url).unwrap_err();
         assert!(err.contains(says), "{url}: {err}");
