@@ -73,7 +73,7 @@ pub(super) fn deserialize<T: DeserializeOwned>(
             Err(error) => error,
         };
         let key = error.path().to_string();
-        let message = error.into_inner().message().trim_end().to_owned();
+        let message = in_operators_words(error.into_inner().message().trim_end());
         // Each round mends one key, so the loop ends.
         let mended = key != "." && set(&mut table, &key, get(defaults, &key).cloned());
         problems.push(if key == "." {
@@ -85,6 +85,24 @@ pub(super) fn deserialize<T: DeserializeOwned>(
             return None;
         }
     }
+}
+
+/// serde's message with the Rust integer type it expected (`expected
+/// u32`) said as the range an operator may write.
+fn in_operators_words(message: &str) -> String {
+    const RANGES: [(&str, &str); 5] = [
+        ("u8", "a whole number from 0 to 255"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number, 0 or more"),
+        ("usize", "a whole number, 0 or more"),
+        ("i64", "a whole number"),
+    ];
+    if let Some((head, ty)) = message.rsplit_once("expected ")
+        && let Some((_, range)) = RANGES.iter().find(|(t, _)| *t == ty)
+    {
+        return format!("{head}expected {range}");
+    }
+    message.to_owned()
 }
 
 /// Says where each problem's setting was given: `key (from VARIABLE): …`

@@ -450,3 +450,26 @@ fn a_log_level_that_would_silence_the_ingress_is_refused() {
             .contains("is not a tracing filter")
     );
 }
+
+/// A value of the wrong type is answered with what may be written, not
+/// with the Rust type serde expected (`expected u32`).
+#[test]
+fn a_number_out_of_its_type_says_what_may_be_written() {
+    let file = "[server]\nmax_body_bytes = -1\n[redis]\nwait_replicas = \"two\"\nresync_busy_percent = 300\n[streams]\nmaxlen = \"x\"\n";
+    let ConfigError::Invalid(problems) = Config::from_toml(file, "t").unwrap_err() else {
+        panic!("expected Invalid");
+    };
+    let text = problems.join("\n");
+    for says in [
+        "server.max_body_bytes (line 2): invalid value: integer `-1`, expected a whole number, 0 or more",
+        "redis.wait_replicas (line 4): invalid type: string \"two\", expected a whole number from 0 to 4294967295",
+        "redis.resync_busy_percent (line 5): invalid value: integer `300`, expected a whole number from 0 to 255",
+        "streams.maxlen (line 7): invalid type: string \"x\", expected a whole number",
+    ] {
+        assert!(text.contains(says), "{says}\n{text}");
+    }
+    assert!(
+        !text.contains("expected u") && !text.contains("expected i64"),
+        "{text}"
+    );
+}
