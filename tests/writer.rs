@@ -494,3 +494,86 @@ async fn a_user_that_may_not_write_jobs_is_said_when_the_writers_connect() {
     assert_eq!(redis.cli(&["EXISTS", "tether:jobs:outreach"]), "0");
     assert_eq!(redis.cli(&["KEYS", "bull:*"]), "");
 }
+
+/// Entries `MAXLEN` trimming removes before a consumer group read them are
+/// jobs answered 202 that its workers will never see: they are counted per
+/// group and said, and a group that kept up is shown losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_trimmed_before_a_group_read_them_are_counted_and_said() {
+    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    // Small stream nodes, so that MAXLEN ~ 5 trims by tens.
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "stream-node-max-entries", "10"]),
+        "OK"
+    );
+    assert_eq!(
+        redis.cli(&["XGROUP", "CREATE", STREAM, "idle", "0", "MKSTREAM"]),
+        "OK"
+    );
+    assert_eq!(
+        redis.cli(&["XGROUP", "CREATE", STREAM, "reader", "0"]),
+        "OK"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingress.toml");
+    std::fs::write(&config, "[streams]\nmaxlen = 5\n").unwrap();
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_configured(
+        Some(&config),
+        &[("TETHER_INGRESS_REDIS_URL", redis.url())],
+        log.writer(),
+    );
+    ingress.wait_ready().await;
+    let http = http_client();
+    for _ in 0..60 {
+        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"webhookId":"wh_1"}"#,
+            )))
+            .unwrap();
+        assert_eq!(
+            http.request(req).await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+        // "reader" keeps up; "idle" reads nothing.
+        redis.cli(&[
+            "XREADGROUP",
+            "GROUP",
+            "reader",
+            "c",
+            "COUNT",
+            "100",
+            "STREAMS",
+            STREAM,
+            ">",
+        ]);
+    }
+    let length: f64 = redis.cli(&["XLEN", STREAM]).parse().unwrap();
+    assert!(length < 60.0, "nothing was trimmed: {length}");
+    let series = |group: &str| {
+        format!("tether_stream_group_trimmed_unread{{stream=\"{STREAM}\",group=\"{group}\"}}")
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            ingress.metric_value(&series("idle")).await == 60.0 - length
+        })
+        .await,
+        "idle's trimmed entries were not counted: {}",
+        ingress.metric_value(&series("idle")).await
+    );
+    // The group that kept up is shown, losing nothing and behind by nothing.
+    let text = ingress.metrics_text().await;
+    let lag = format!("tether_stream_group_lag{{stream=\"{STREAM}\",group=\"reader\"}}");
+    for shown in [format!("{} 0", series("reader")), format!("{lag} 0")] {
+        assert!(text.lines().any(|l| l == shown), "{shown} not in:\n{text}");
+    }
+    let said = log
+        .line_with(
+            "before this consumer group read them",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(said.contains("group=idle"), "{said}");
+    assert!(!log.text().contains("group=reader"), "{}", log.text());
+}

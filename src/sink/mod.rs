@@ -31,6 +31,7 @@
 //!   on retries, and otherwise by the payload's own lead id. With a spool, a
 //!   late reply on a still-open connection cancels the spooled copy.
 
+mod backlog;
 mod bullmq;
 pub(crate) mod error;
 mod fallback;
@@ -375,6 +376,24 @@ impl Sink {
             every,
             stop,
         ));
+    }
+
+    /// In streams mode, starts watching the streams' consumer groups
+    /// (their lag, and entries trimmed before they read them); it ends with
+    /// `stop`. BullMQ's queues are lists: nothing is trimmed from them.
+    pub(crate) fn spawn_backlog_watch(
+        &self,
+        settings: SharedSettings,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        match self.layout {
+            Layout::Streams => Some(backlog::spawn(
+                self.writers.shared().clone(),
+                settings,
+                stop,
+            )),
+            Layout::Bullmq(_) => None,
+        }
     }
 
     /// Starts replaying the spool into Redis (no-op without a spool).

@@ -649,12 +649,17 @@ impl IngressProcess {
     /// The value of the first `/metrics` line starting with `series` (0 if
     /// none), as [`metric_value`] reads it of an in-process ingress.
     pub async fn metric_value(&self, series: &str) -> f64 {
+        metric_in(&self.metrics_text().await, series)
+    }
+
+    /// Its `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
         let req = Request::get(format!("{}/metrics", self.base()))
             .body(Full::new(Bytes::new()))
             .unwrap();
         let res = http_client().request(req).await.unwrap();
         let body = res.into_body().collect().await.unwrap().to_bytes();
-        metric_in(&String::from_utf8_lossy(&body), series)
+        String::from_utf8_lossy(&body).into_owned()
     }
 
     /// Polls /readyz until it answers 200.

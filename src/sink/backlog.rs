@@ -1,0 +1,240 @@
+//! Watches the job streams' consumer groups (streams mode): how far behind
+//! each group is, and how many entries `MAXLEN ~` trimming removed before
+//! the group read them. Those are jobs Redis acknowledged and the ingress
+//! answered `202` for that no worker of the group will ever see, and the
+//! trimming that removed them is the ingress's own `XADD`; so they are
+//! counted and said here, where an operator looks, instead of only as work
+//! that never happened.
+//!
+//! Once every [`EVERY`], off the request path: `XINFO STREAM` and `XINFO
+//! GROUPS` of each stream, through the shared client (which also finds a
+//! cluster stream's node).
+//!
+//! Trimming removes entries oldest first and a group reads them in order,
+//! so an entry trimmed unread is younger than every entry the group read;
+//! then none of the group's read entries is still in the stream, and the
+//! entries the group has not read and the stream no longer holds number
+//! `entries-added − entries-read − length`. Where that is not positive the
+//! group lost nothing (it read entries that are still there).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use fred::{prelude::*, types::Value};
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::{metrics as m, settings::SharedSettings};
+
+/// How often the groups are read.
+pub(super) const EVERY: Duration = Duration::from_secs(10);
+
+/// The same group's growing loss is said again after this long at most.
+const SAY_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// One consumer group as `XINFO GROUPS` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Group {
+    name: String,
+    /// Entries the group read; Redis may not know (`nil`).
+    entries_read: Option<u64>,
+    /// Entries not yet delivered to the group, when Redis can tell.
+    lag: Option<u64>,
+    /// The group has delivered nothing yet (`last-delivered-id` 0-0).
+    from_the_start: bool,
+}
+
+impl Group {
+    /// Entries the stream no longer holds that the group never read, given
+    /// the stream's `entries-added` and `length`; `None` when Redis does not
+    /// know how many the group read.
+    fn trimmed_unread(&self, added: u64, length: u64) -> Option<u64> {
+        // A group that delivered nothing read nothing, whatever Redis
+        // lost track of.
+        let read = match (self.entries_read, self.from_the_start) {
+            (Some(read), _) => read,
+            (None, true) => 0,
+            (None, false) => return None,
+        };
+        Some(added.saturating_sub(read).saturating_sub(length))
+    }
+}
+
+/// What is known of one stream's groups from the rounds before.
+#[derive(Default)]
+struct Seen {
+    /// Per (stream, group): the loss last measured and when it was last said.
+    groups: HashMap<(String, String), (u64, Option<Instant>)>,
+}
+
+/// Starts the watch; it ends with `stop`.
+pub(super) fn spawn(
+    client: Client,
+    settings: SharedSettings,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut refused_said = false;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(EVERY) => {}
+            }
+            let streams = {
+                let s = settings.load();
+                [s.streams.workflow.clone(), s.streams.outreach.clone()]
+            };
+            let mut now_seen = Vec::new();
+            for stream in streams {
+                match read(&client, &stream).await {
+                    Ok(Some((added, length, groups))) => {
+                        for group in groups {
+                            seen.note(&stream, &group, added, length);
+                            now_seen.push((stream.clone(), group.name));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Said once: the writes themselves are unaffected.
+                        if !refused_said && e.details().starts_with("NOPERM") {
+                            refused_said = true;
+                            warn!(error = %e.details(), "cannot read the job streams' consumer groups (XINFO): their backlog and trimmed-unread entries go unmeasured");
+                        }
+                    }
+                }
+            }
+            seen.forget_all_but(&now_seen);
+        }
+    })
+}
+
+/// The stream's `entries-added`, `length` and groups; `None` when the
+/// stream does not exist (yet) or Redis is older than 7.0 (no
+/// `entries-added`).
+async fn read(client: &Client, stream: &str) -> Result<Option<(u64, u64, Vec<Group>)>, Error> {
+    let info: Value = match client.xinfo_stream(stream, false, None).await {
+        Ok(info) => info,
+        Err(e) if e.details().contains("no such key") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let info = pairs(&info);
+    let number = |name: &str| field(&info, name).and_then(Value::as_u64);
+    let (Some(added), Some(length)) = (number("entries-added"), number("length")) else {
+        return Ok(None);
+    };
+    let groups: Value = client.xinfo_groups(stream).await?;
+    let Value::Array(groups) = groups else {
+        return Ok(None);
+    };
+    let groups = groups
+        .iter()
+        .filter_map(|g| {
+            let g = pairs(g);
+            Some(Group {
+                name: field(&g, "name")?.as_str()?.into_owned(),
+                entries_read: field(&g, "entries-read").and_then(Value::as_u64),
+                lag: field(&g, "lag").and_then(Value::as_u64),
+                from_the_start: field(&g, "last-delivered-id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| id == "0-0"),
+            })
+        })
+        .collect();
+    Ok(Some((added, length, groups)))
+}
+
+/// The name–value pairs of a reply Redis 2 protocol sends as a flat array
+/// (and RESP3 as a map).
+fn pairs(value: &Value) -> Vec<(String, &Value)> {
+    match value {
+        Value::Array(items) => items
+            .chunks_exact(2)
+            .filter_map(|kv| Some((kv[0].as_str()?.into_owned(), &kv[1])))
+            .collect(),
+        Value::Map(map) => map
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn field<'v>(pairs: &[(String, &'v Value)], name: &str) -> Option<&'v Value> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+}
+
+impl Seen {
+    /// Sets the group's gauges and says a loss that grew.
+    fn note(&mut self, stream: &str, group: &Group, added: u64, length: u64) {
+        let labels = [("stream", stream.to_owned()), ("group", group.name.clone())];
+        if let Some(lag) = group.lag {
+            metrics::gauge!(m::STREAM_GROUP_LAG, &labels).set(lag as f64);
+        }
+        let Some(lost) = group.trimmed_unread(added, length) else {
+            return;
+        };
+        metrics::gauge!(m::STREAM_GROUP_TRIMMED_UNREAD, &labels).set(lost as f64);
+        let key = (stream.to_owned(), group.name.clone());
+        let (before, said) = self.groups.entry(key).or_insert((0, None));
+        let due = said.is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER);
+        if lost < *before {
+            // The group was set back (XGROUP SETID) or made anew.
+            *before = lost;
+        } else if lost > *before && due {
+            warn!(
+                stream,
+                group = %group.name,
+                trimmed_unread = lost,
+                "entries were trimmed from a job stream before this consumer group read them: jobs answered 202 that its workers will never see; raise streams.maxlen above the group's worst backlog, or add workers (a group nobody reads any more can be destroyed)"
+            );
+            *said = Some(Instant::now());
+            *before = lost;
+        }
+    }
+
+    /// Zeroes the gauges of groups no longer there (destroyed, or their
+    /// stream renamed on reload).
+    fn forget_all_but(&mut self, now: &[(String, String)]) {
+        self.groups.retain(|(stream, group), _| {
+            let kept = now.iter().any(|(s, g)| s == stream && g == group);
+            if !kept {
+                let labels = [("stream", stream.clone()), ("group", group.clone())];
+                metrics::gauge!(m::STREAM_GROUP_TRIMMED_UNREAD, &labels).set(0.0);
+                metrics::gauge!(m::STREAM_GROUP_LAG, &labels).set(0.0);
+            }
+            kept
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(entries_read: Option<u64>, from_the_start: bool) -> Group {
+        Group {
+            name: "g".into(),
+            entries_read,
+            lag: None,
+            from_the_start,
+        }
+    }
+
+    #[test]
+    fn entries_trimmed_unread_are_what_the_group_neither_read_nor_can_still_read() {
+        // 25 added, 5 read, 3 left: 17 were trimmed before the group read them.
+        assert_eq!(group(Some(5), false).trimmed_unread(25, 3), Some(17));
+        // Created at $ after 20 (Redis counts those as read), 5 added since,
+        // all still there with older ones: nothing lost.
+        assert_eq!(group(Some(20), false).trimmed_unread(25, 8), Some(0));
+        // Read everything: nothing lost, however much was trimmed.
+        assert_eq!(group(Some(25), false).trimmed_unread(25, 3), Some(0));
+        // Never delivered anything: every entry gone was lost to it.
+        assert_eq!(group(None, true).trimmed_unread(25, 3), Some(22));
+        // Redis lost count part way: unknown.
+        assert_eq!(group(None, false).trimmed_unread(25, 3), None);
+    }
+}
