@@ -76,6 +76,8 @@ metrics! {
         "Times a job writer became stalled.";
     counter REDIS_PRIMARY_SWITCHES = "tether_redis_primary_switches_total":
         "Times the sentinels named a new primary (Sentinel only); the job writers leave the old one at once.";
+    gauge REDIS_MAY_EVICT_JOBS = "tether_redis_may_evict_jobs":
+        "1 while Redis's maxmemory-policy (allkeys-*) lets it evict job streams and queues, jobs already answered 202 among them, when its memory runs short (read every 10 s).";
     gauge STREAM_GROUP_LAG = "tether_stream_group_lag":
         "Entries of a job stream not yet delivered to a consumer group, by stream and group, as Redis counts them (streams mode; read every 10 s).";
     gauge STREAM_GROUP_TRIMMED_UNREAD = "tether_stream_group_trimmed_unread":

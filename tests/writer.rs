@@ -577,3 +577,55 @@ async fn entries_trimmed_before_a_group_read_them_are_counted_and_said() {
     assert!(said.contains("group=idle"), "{said}");
     assert!(!log.text().contains("group=reader"), "{}", log.text());
 }
+
+/// A Redis that may evict keys without a TTL may drop a job queue or stream
+/// when its memory runs short, jobs answered 202 among them: said soon after
+/// start and shown, in BullMQ mode as in streams mode, until the policy is
+/// changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_policy_that_may_drop_jobs_is_said_and_shown() {
+    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]),
+        "OK"
+    );
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_logging(
+        &[
+            ("TETHER_INGRESS_REDIS_URL", redis.url()),
+            ("TETHER_INGRESS_SINK", "bullmq".into()),
+        ],
+        log.writer(),
+    );
+    ingress.wait_ready().await;
+    let said = log
+        .line_with(
+            "redis may evict job streams and queues",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(said.contains("maxmemory_policy=allkeys-lru"), "{said}");
+    const SHOWN: &str = "tether_redis_may_evict_jobs";
+    assert_eq!(ingress.metric_value(SHOWN).await, 1.0);
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        "OK"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            ingress
+                .metrics_text()
+                .await
+                .lines()
+                .any(|l| l == format!("{SHOWN} 0"))
+        })
+        .await,
+        "the policy's change was not shown"
+    );
+    assert_eq!(
+        log.text().matches("redis may evict").count(),
+        1,
+        "{}",
+        log.text()
+    );
+}

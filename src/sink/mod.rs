@@ -31,7 +31,7 @@
 //!   on retries, and otherwise by the payload's own lead id. With a spool, a
 //!   late reply on a still-open connection cancels the spooled copy.
 
-mod backlog;
+mod retention;
 mod bullmq;
 pub(crate) mod error;
 mod fallback;
@@ -378,22 +378,19 @@ impl Sink {
         ));
     }
 
-    /// In streams mode, starts watching the streams' consumer groups
-    /// (their lag, and entries trimmed before they read them); it ends with
-    /// `stop`. BullMQ's queues are lists: nothing is trimmed from them.
-    pub(crate) fn spawn_backlog_watch(
+    /// Starts watching what Redis does to jobs it acknowledged: an
+    /// eviction policy that may drop them, and (in streams mode) entries
+    /// trimmed before a consumer group read them. It ends with `stop`.
+    pub(crate) fn spawn_retention_watch(
         &self,
         settings: SharedSettings,
         stop: tokio::sync::watch::Receiver<bool>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        match self.layout {
-            Layout::Streams => Some(backlog::spawn(
-                self.writers.shared().clone(),
-                settings,
-                stop,
-            )),
-            Layout::Bullmq(_) => None,
-        }
+    ) -> tokio::task::JoinHandle<()> {
+        retention::spawn(
+            self.writers.shared().clone(),
+            matches!(self.layout, Layout::Streams).then_some(settings),
+            stop,
+        )
     }
 
     /// Starts replaying the spool into Redis (no-op without a spool).

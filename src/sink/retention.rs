@@ -1,14 +1,18 @@
-//! Watches the job streams' consumer groups (streams mode): how far behind
-//! each group is, and how many entries `MAXLEN ~` trimming removed before
-//! the group read them. Those are jobs Redis acknowledged and the ingress
-//! answered `202` for that no worker of the group will ever see, and the
-//! trimming that removed them is the ingress's own `XADD`; so they are
-//! counted and said here, where an operator looks, instead of only as work
-//! that never happened.
+//! Watches what Redis does to jobs after acknowledging them, where the
+//! ingress's `202` can no longer take it back, and says it where an
+//! operator looks:
 //!
-//! Once every [`EVERY`], off the request path: `XINFO STREAM` and `XINFO
-//! GROUPS` of each stream, through the shared client (which also finds a
-//! cluster stream's node).
+//! - an eviction policy (`maxmemory-policy allkeys-*`) under which Redis may
+//!   drop a job stream or queue when memory runs short;
+//! - in streams mode, entries `MAXLEN ~` trimming removed before a consumer
+//!   group read them: jobs no worker of that group will ever see, removed by
+//!   the ingress's own `XADD`. BullMQ's queues are lists: nothing is trimmed
+//!   from them.
+//!
+//! Off the request path, through the shared client (which also finds a
+//! cluster stream's node): `INFO memory`, and `XINFO STREAM` and `XINFO
+//! GROUPS` of each stream, once a second after start and then every
+//! [`EVERY`].
 //!
 //! Trimming removes entries oldest first and a group reads them in order,
 //! so an entry trimmed unread is younger than every entry the group read;
@@ -22,14 +26,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fred::{prelude::*, types::Value};
+use fred::{
+    prelude::*,
+    types::{InfoKind, Value},
+};
 use tokio::sync::watch;
 use tracing::warn;
 
 use crate::{metrics as m, settings::SharedSettings};
 
-/// How often the groups are read.
+/// How often Redis is asked, after the first time.
 pub(super) const EVERY: Duration = Duration::from_secs(10);
+
+/// The first time, soon after start, where the start's log is read.
+const FIRST_AFTER: Duration = Duration::from_secs(1);
 
 /// The same group's growing loss is said again after this long at most.
 const SAY_AGAIN_AFTER: Duration = Duration::from_secs(60);
@@ -62,33 +72,53 @@ impl Group {
     }
 }
 
-/// What is known of one stream's groups from the rounds before.
+/// What is known from the rounds before.
 #[derive(Default)]
 struct Seen {
     /// Per (stream, group): the loss last measured and when it was last said.
     groups: HashMap<(String, String), (u64, Option<Instant>)>,
+    /// A refusal (NOPERM) was said: it is said once.
+    refusal_said: bool,
 }
 
-/// Starts the watch; it ends with `stop`.
+/// Starts the watch; it ends with `stop`. `streams` (the settings naming
+/// them) only in streams mode.
 pub(super) fn spawn(
     client: Client,
-    settings: SharedSettings,
+    streams: Option<SharedSettings>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = Seen::default();
-        let mut refused_said = false;
+        let mut policy: Option<String> = None;
+        let mut pause = FIRST_AFTER;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
-                () = tokio::time::sleep(EVERY) => {}
+                () = tokio::time::sleep(pause) => {}
             }
-            let streams = {
+            pause = EVERY;
+            let asked = eviction_policy(&client).await;
+            seen.refused(asked.as_ref().err());
+            if let Ok(Some(now)) = asked
+                && policy.as_ref() != Some(&now)
+            {
+                let evicts = may_evict_jobs(&now);
+                metrics::gauge!(m::REDIS_MAY_EVICT_JOBS).set(if evicts { 1.0 } else { 0.0 });
+                if evicts {
+                    warn!(maxmemory_policy = %now, "redis may evict job streams and queues when its memory runs short, jobs already answered 202 among them: set maxmemory-policy to noeviction (writes are then refused, and the ingress answers 503 or spools)");
+                }
+                policy = Some(now);
+            }
+            let Some(settings) = &streams else {
+                continue;
+            };
+            let names = {
                 let s = settings.load();
                 [s.streams.workflow.clone(), s.streams.outreach.clone()]
             };
             let mut now_seen = Vec::new();
-            for stream in streams {
+            for stream in names {
                 match read(&client, &stream).await {
                     Ok(Some((added, length, groups))) => {
                         for group in groups {
@@ -97,18 +127,27 @@ pub(super) fn spawn(
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => {
-                        // Said once: the writes themselves are unaffected.
-                        if !refused_said && e.details().starts_with("NOPERM") {
-                            refused_said = true;
-                            warn!(error = %e.details(), "cannot read the job streams' consumer groups (XINFO): their backlog and trimmed-unread entries go unmeasured");
-                        }
-                    }
+                    Err(e) => seen.refused(Some(&e)),
                 }
             }
             seen.forget_all_but(&now_seen);
         }
     })
+}
+
+/// Redis's `maxmemory_policy`; `None` where `INFO` does not say it.
+async fn eviction_policy(client: &Client) -> Result<Option<String>, Error> {
+    let info: String = client.info(Some(InfoKind::Memory)).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+        .map(|p| p.trim().to_owned()))
+}
+
+/// Whether Redis may evict a key without a TTL, as job streams and queues
+/// are (the `volatile-*` policies evict only keys with one).
+fn may_evict_jobs(policy: &str) -> bool {
+    policy.starts_with("allkeys-")
 }
 
 /// The stream's `entries-added`, `length` and groups; `None` when the
@@ -167,6 +206,18 @@ fn field<'v>(pairs: &[(String, &'v Value)], name: &str) -> Option<&'v Value> {
 }
 
 impl Seen {
+    /// Says, once, that Redis refuses the watch's commands; the writes
+    /// themselves are unaffected.
+    fn refused(&mut self, error: Option<&Error>) {
+        if let Some(e) = error
+            && !self.refusal_said
+            && e.details().starts_with("NOPERM")
+        {
+            self.refusal_said = true;
+            warn!(error = %e.details(), "cannot read redis's eviction policy or the job streams' consumer groups (INFO, XINFO): jobs it may evict or trim unread go unmeasured");
+        }
+    }
+
     /// Sets the group's gauges and says a loss that grew.
     fn note(&mut self, stream: &str, group: &Group, added: u64, length: u64) {
         let labels = [("stream", stream.to_owned()), ("group", group.name.clone())];
@@ -220,6 +271,21 @@ mod tests {
             entries_read,
             lag: None,
             from_the_start,
+        }
+    }
+
+    #[test]
+    fn only_policies_that_evict_keys_without_a_ttl_may_evict_jobs() {
+        for evicts in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {
+            assert!(may_evict_jobs(evicts), "{evicts}");
+        }
+        for keeps in [
+            "noeviction",
+            "volatile-lru",
+            "volatile-ttl",
+            "volatile-random",
+        ] {
+            assert!(!may_evict_jobs(keeps), "{keeps}");
         }
     }
 
