@@ -629,3 +629,38 @@ async fn an_eviction_policy_that_may_drop_jobs_is_said_and_shown() {
         log.text()
     );
 }
+
+/// Each job writer's connection is named in Redis, so `CLIENT LIST` (and
+/// `ACL LOG`, and a slow log's client) tells the ingress's writers apart
+/// from other clients, and one writer from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writers_connections_are_named_in_redis() {
+    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let mut config = config_for(&redis.url());
+    config.server.serving_threads = ServingThreads::Count(2);
+    let _ingress = Ingress::start_with(config.validate().unwrap()).await;
+    let names = || {
+        let list = redis.cli(&["CLIENT", "LIST"]);
+        let mut names: Vec<String> = list
+            .lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name=")))
+            .filter(|n| n.starts_with("tether-ingress:"))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { names().len() == 3 }).await,
+        "{:?}",
+        names()
+    );
+    assert_eq!(
+        names(),
+        [
+            "tether-ingress:main",
+            "tether-ingress:serve-0",
+            "tether-ingress:serve-1"
+        ]
+    );
+}

@@ -158,6 +158,9 @@ pub(super) struct Endpoint {
     /// Run on each new connection: a write the user may not make is said
     /// when the writer connects, not only at the first request.
     checks: Vec<Check>,
+    /// `CLIENT SETNAME` of each new connection, so that `CLIENT LIST`
+    /// tells the writers apart.
+    name: Option<String>,
 }
 
 /// A command that writes nothing, and that Redis refuses with `NOPERM`
@@ -244,7 +247,15 @@ impl Endpoint {
             connect_timeout: target.connect_timeout,
             named: None,
             checks: Vec::new(),
+            name: None,
         })
+    }
+
+    /// This endpoint, its connections named `name` in Redis (best effort:
+    /// a refusal leaves them unnamed).
+    pub(super) fn named(mut self, name: String) -> Self {
+        self.name = Some(name);
+        self
     }
 
     /// This endpoint, running `checks` on each new connection.
@@ -392,6 +403,12 @@ impl Endpoint {
         self.authenticate(&mut conn).await?;
         if let Some(db) = self.database {
             conn.call(&[b"SELECT", db.to_string().as_bytes()]).await?;
+        }
+        if let Some(name) = &self.name {
+            match conn.call(&[b"CLIENT", b"SETNAME", name.as_bytes()]).await {
+                Ok(_) | Err(WireError::Refused(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         match conn.call(&[b"ROLE"]).await? {
             OwnedFrame::Array(role) if matches!(role.first(), Some(OwnedFrame::BulkString(r)) if r == b"master") =>

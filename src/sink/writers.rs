@@ -95,11 +95,13 @@ impl Writers {
         let mut start =
             |name: String, key: &[u8], checks: Vec<Check>, runtime: &tokio::runtime::Handle| {
                 expected += 1;
+                let endpoint = Endpoint::new(target, &shared, key)?
+                    .following(named.as_ref())
+                    .checking(checks)
+                    .named(format!("tether-ingress:{name}"));
                 Ok::<_, Error>(Lane::start(
                     name,
-                    Endpoint::new(target, &shared, key)?
-                        .following(named.as_ref())
-                        .checking(checks),
+                    endpoint,
                     lane,
                     connected.clone(),
                     runtime,
