@@ -81,7 +81,7 @@ metrics! {
     gauge STREAM_GROUP_LAG = "tether_stream_group_lag":
         "Entries of a job stream not yet delivered to a consumer group, by stream and group, as Redis counts them (streams mode; read every 10 s).";
     gauge STREAM_GROUP_TRIMMED_UNREAD = "tether_stream_group_trimmed_unread":
-        "Entries trimmed from a job stream (MAXLEN) before a consumer group read them, by stream and group: jobs answered 202 that the group's workers will never see (streams mode; read every 10 s).";
+        "Entries trimmed from a job stream (MAXLEN) before a consumer group read them, by stream and group: jobs answered 202 that the group's workers will never see (streams mode; read every 10 s; the most measured while the group lasts, as Redis counts them read once the group reads again).";
     gauge REPLICA_ENTRIES = "tether_replica_entries":
         "Entries held by each replica view, by view.";
     counter REPLICA_SKIPPED = "tether_replica_skipped_keys_total":

@@ -75,10 +75,19 @@ impl Group {
 /// What is known from the rounds before.
 #[derive(Default)]
 struct Seen {
-    /// Per (stream, group): the loss last measured and when it was last said.
-    groups: HashMap<(String, String), (u64, Option<Instant>)>,
+    /// Per (stream, group): its loss.
+    groups: HashMap<(String, String), Tally>,
     /// A refusal (NOPERM) was said: it is said once.
     refusal_said: bool,
+}
+
+/// One group's entries trimmed unread: the most measured, the count last
+/// said, and when.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    most: u64,
+    said: u64,
+    said_at: Option<Instant>,
 }
 
 /// Starts the watch; it ends with `stop`. `streams` (the settings naming
@@ -117,20 +126,23 @@ pub(super) fn spawn(
                 let s = settings.load();
                 [s.streams.workflow.clone(), s.streams.outreach.clone()]
             };
-            let mut now_seen = Vec::new();
-            for stream in names {
-                match read(&client, &stream).await {
-                    Ok(Some((added, length, groups))) => {
+            let (mut read_ok, mut now_seen) = (Vec::new(), Vec::new());
+            for stream in &names {
+                match read(&client, stream).await {
+                    Ok(found) => {
+                        read_ok.push(stream.clone());
+                        let Some((added, length, groups)) = found else {
+                            continue;
+                        };
                         for group in groups {
-                            seen.note(&stream, &group, added, length);
+                            seen.note(stream, &group, added, length);
                             now_seen.push((stream.clone(), group.name));
                         }
                     }
-                    Ok(None) => {}
                     Err(e) => seen.refused(Some(&e)),
                 }
             }
-            seen.forget_all_but(&now_seen);
+            seen.forget_all_but(&names, &read_ok, &now_seen);
         }
     })
 }
@@ -218,39 +230,45 @@ impl Seen {
         }
     }
 
-    /// Sets the group's gauges and says a loss that grew.
-    fn note(&mut self, stream: &str, group: &Group, added: u64, length: u64) {
+    /// Sets the group's gauges and says a loss that grew; returns the loss
+    /// shown. It never goes down while the group lasts: once a group that
+    /// lost entries reads again, Redis counts the entries trimmed before
+    /// it as read (`entries-read` jumps past them).
+    fn note(&mut self, stream: &str, group: &Group, added: u64, length: u64) -> u64 {
         let labels = [("stream", stream.to_owned()), ("group", group.name.clone())];
         if let Some(lag) = group.lag {
             metrics::gauge!(m::STREAM_GROUP_LAG, &labels).set(lag as f64);
         }
-        let Some(lost) = group.trimmed_unread(added, length) else {
-            return;
-        };
-        metrics::gauge!(m::STREAM_GROUP_TRIMMED_UNREAD, &labels).set(lost as f64);
         let key = (stream.to_owned(), group.name.clone());
-        let (before, said) = self.groups.entry(key).or_insert((0, None));
-        let due = said.is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER);
-        if lost < *before {
-            // The group was set back (XGROUP SETID) or made anew.
-            *before = lost;
-        } else if lost > *before && due {
+        let tally = self.groups.entry(key).or_default();
+        if let Some(lost) = group.trimmed_unread(added, length) {
+            tally.most = tally.most.max(lost);
+        }
+        metrics::gauge!(m::STREAM_GROUP_TRIMMED_UNREAD, &labels).set(tally.most as f64);
+        let due = tally
+            .said_at
+            .is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER);
+        if tally.most > tally.said && due {
             warn!(
                 stream,
                 group = %group.name,
-                trimmed_unread = lost,
+                trimmed_unread = tally.most,
                 "entries were trimmed from a job stream before this consumer group read them: jobs answered 202 that its workers will never see; raise streams.maxlen above the group's worst backlog, or add workers (a group nobody reads any more can be destroyed)"
             );
-            *said = Some(Instant::now());
-            *before = lost;
+            tally.said = tally.most;
+            tally.said_at = Some(Instant::now());
         }
+        tally.most
     }
 
-    /// Zeroes the gauges of groups no longer there (destroyed, or their
-    /// stream renamed on reload).
-    fn forget_all_but(&mut self, now: &[(String, String)]) {
+    /// Zeroes the gauges of groups no longer there: destroyed, or on a
+    /// stream no longer configured. `read` are the streams read this round
+    /// (a stream Redis did not answer for keeps its groups), `now` the
+    /// groups found on them.
+    fn forget_all_but(&mut self, configured: &[String], read: &[String], now: &[(String, String)]) {
         self.groups.retain(|(stream, group), _| {
-            let kept = now.iter().any(|(s, g)| s == stream && g == group);
+            let kept = configured.contains(stream)
+                && (!read.contains(stream) || now.iter().any(|(s, g)| s == stream && g == group));
             if !kept {
                 let labels = [("stream", stream.clone()), ("group", group.clone())];
                 metrics::gauge!(m::STREAM_GROUP_TRIMMED_UNREAD, &labels).set(0.0);
@@ -272,6 +290,30 @@ mod tests {
             lag: None,
             from_the_start,
         }
+    }
+
+    #[test]
+    fn a_groups_loss_is_said_when_it_grows_and_never_shown_going_down() {
+        let mut seen = Seen::default();
+        let idle = |entries_read| Group {
+            name: "idle".into(),
+            entries_read,
+            lag: None,
+            from_the_start: entries_read.is_none(),
+        };
+        // Nothing read, 20 added, 3 left: 17 lost.
+        assert_eq!(seen.note("s", &idle(None), 20, 3), 17);
+        assert_eq!(seen.groups[&("s".into(), "idle".into())].said, 17);
+        // It read one: Redis now counts the trimmed ones as read (18).
+        assert_eq!(seen.note("s", &idle(Some(18)), 20, 3), 17);
+        // Its stream was not answered this round: it is kept.
+        let names = ["s".to_owned()];
+        seen.forget_all_but(&names, &[], &[]);
+        assert_eq!(seen.note("s", &idle(Some(18)), 20, 3), 17);
+        // Destroyed: forgotten, and counted afresh if made again.
+        seen.forget_all_but(&names, &names, &[]);
+        assert!(seen.groups.is_empty());
+        assert_eq!(seen.note("s", &idle(Some(18)), 20, 3), 0);
     }
 
     #[test]
