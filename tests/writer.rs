@@ -664,3 +664,29 @@ async fn the_writers_connections_are_named_in_redis() {
         ]
     );
 }
+
+/// `streams.maxlen = 0` never trims: workers that delete what they handled
+/// (or trim by their own rule) keep every job until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maxlen_of_0_never_trims_the_stream() {
+    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "stream-node-max-entries", "2"]),
+        "OK"
+    );
+    let mut config = config_for(&redis.url());
+    config.streams.maxlen = 0;
+    let ingress = Ingress::start_with(config.validate().unwrap()).await;
+    for _ in 0..30 {
+        let (status, _, _) = ingress.workflow(Some(KEY), r#"{"webhookId":"wh_1"}"#).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(redis.cli(&["XLEN", STREAM]), "30");
+    let mut negative = config_for(&redis.url());
+    negative.streams.maxlen = -1;
+    let refused = negative.validate().unwrap_err().to_string();
+    assert!(
+        refused.contains("streams.maxlen: must be 0 (never trimmed) or more"),
+        "{refused}"
+    );
+}

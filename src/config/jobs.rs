@@ -14,7 +14,7 @@ pub struct Streams {
     pub workflow: String,
     /// Outreach job stream.
     pub outreach: String,
-    /// `MAXLEN ~` threshold.
+    /// `MAXLEN ~` threshold; 0: never trimmed.
     pub maxlen: i64,
 }
 
@@ -173,8 +173,8 @@ impl Streams {
         if self.workflow.is_empty() || self.outreach.is_empty() {
             p.push("streams.workflow and streams.outreach must not be empty");
         }
-        if self.maxlen < 1 {
-            p.push("streams.maxlen: must be at least 1");
+        if self.maxlen < 0 {
+            p.push("streams.maxlen: must be 0 (never trimmed) or more");
         }
     }
 }

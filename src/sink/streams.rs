@@ -12,7 +12,7 @@
 use bytes::{Bytes, BytesMut};
 use fred::{
     prelude::*,
-    types::streams::{XCapKind, XCapTrim},
+    types::streams::{XCap, XCapKind, XCapTrim},
 };
 
 use super::{
@@ -27,7 +27,8 @@ use crate::{
     spool::{self, Record},
 };
 
-/// Appends `XADD stream MAXLEN ~ maxlen * field value…` to `out`.
+/// Appends `XADD stream MAXLEN ~ maxlen * field value…` to `out` (without
+/// `MAXLEN ~ maxlen` where `maxlen` is 0: never trimmed).
 fn xadd<'a, F>(out: &mut BytesMut, stream: &[u8], maxlen: i64, fields: F)
 where
     F: IntoIterator<Item = (&'a [u8], &'a [u8])>,
@@ -41,10 +42,14 @@ where
         Arg::Int(maxlen),
         Arg::Bytes(b"*"),
     ];
+    let head = match maxlen {
+        0 => &[head[0], head[1], head[5]][..],
+        _ => &head[..],
+    };
     let fields = fields
         .into_iter()
         .flat_map(|(k, v)| [Arg::Bytes(k), Arg::Bytes(v)]);
-    wire::encode(out, head.into_iter().chain(fields));
+    wire::encode(out, head.iter().copied().chain(fields));
 }
 
 /// An entry's fields as [`xadd`] and the spool take them.
@@ -101,13 +106,12 @@ pub(super) async fn write_outreach(
     }
 }
 
-/// The stream cap: `MAXLEN ~ maxlen`.
-fn cap(settings: &Settings) -> (XCapKind, XCapTrim, i64) {
-    (
-        XCapKind::MaxLen,
-        XCapTrim::AlmostExact,
-        settings.streams.maxlen,
-    )
+/// The stream cap: `MAXLEN ~ maxlen`, none where `maxlen` is 0.
+fn cap(settings: &Settings) -> Result<XCap, Error> {
+    match settings.streams.maxlen {
+        0 => Ok(XCap::from(None::<()>)),
+        maxlen => (XCapKind::MaxLen, XCapTrim::AlmostExact, maxlen).try_into(),
+    }
 }
 
 /// One replayed write's deadline.
@@ -214,7 +218,35 @@ pub(super) async fn write_record(
         .collect();
     client
         .with_options(&options(settings))
-        .xadd::<Value, _, _, _, _>(Key::from(stream.clone()), false, cap(settings), "*", fields)
+        .xadd::<Value, _, _, _, _>(
+            Key::from(stream.clone()),
+            false,
+            cap(settings)?,
+            "*",
+            fields,
+        )
         .await
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_xadd_is_capped_unless_maxlen_is_0() {
+        let encoded = |maxlen| {
+            let mut out = BytesMut::new();
+            xadd(&mut out, b"s", maxlen, [(&b"f"[..], &b"v"[..])]);
+            String::from_utf8(out.to_vec()).unwrap_or_default()
+        };
+        assert_eq!(
+            encoded(1000),
+            "*8\r\n$4\r\nXADD\r\n$1\r\ns\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$4\r\n1000\r\n$1\r\n*\r\n$1\r\nf\r\n$1\r\nv\r\n"
+        );
+        assert_eq!(
+            encoded(0),
+            "*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$1\r\nf\r\n$1\r\nv\r\n"
+        );
+    }
 }
