@@ -31,13 +31,13 @@
 //!   on retries, and otherwise by the payload's own lead id. With a spool, a
 //!   late reply on a still-open connection cancels the spooled copy.
 
-mod retention;
 mod bullmq;
 pub(crate) mod error;
 mod fallback;
 pub(crate) mod job;
 mod lane;
 mod replicas;
+mod retention;
 mod streams;
 mod tickets;
 mod wire;

@@ -181,16 +181,15 @@ impl Check {
         let stream = Bytes::copy_from_slice(stream);
         Self {
             what: format!("stream {}", String::from_utf8_lossy(&stream)),
-            command: [
-                "XADD".into(),
+            command: vec![
+                Bytes::from_static(b"XADD"),
                 stream,
-                "MAXLEN".into(),
-                "-1".into(),
-                "*".into(),
-            ]
-            .into_iter()
-            .chain(["check".into(), "1".into()])
-            .collect(),
+                Bytes::from_static(b"MAXLEN"),
+                Bytes::from_static(b"-1"),
+                Bytes::from_static(b"*"),
+                Bytes::from_static(b"check"),
+                Bytes::from_static(b"1"),
+            ],
         }
     }
 
