@@ -690,3 +690,50 @@ async fn a_maxlen_of_0_never_trims_the_stream() {
         "{refused}"
     );
 }
+
+/// A stream trimmed with no consumer group on it is said: if its workers
+/// read with a group, none was made (or under another name), and what is
+/// trimmed meanwhile is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trimmed_stream_no_group_reads_is_said() {
+    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "stream-node-max-entries", "10"]),
+        "OK"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingress.toml");
+    std::fs::write(&config, "[streams]\nmaxlen = 5\n").unwrap();
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_configured(
+        Some(&config),
+        &[("TETHER_INGRESS_REDIS_URL", redis.url())],
+        log.writer(),
+    );
+    ingress.wait_ready().await;
+    let http = http_client();
+    for _ in 0..30 {
+        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+            .header("authorization", format!("Bearer {KEY}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"webhookId":"wh_1"}"#,
+            )))
+            .unwrap();
+        assert_eq!(
+            http.request(req).await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let said = log
+        .line_with(
+            "no consumer group reads this job stream",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(said.contains(&format!("stream={STREAM}")), "{said}");
+    let shown = format!("tether_stream_groups{{stream=\"{STREAM}\"}} 0");
+    assert!(
+        ingress.metrics_text().await.lines().any(|l| l == shown),
+        "{shown}"
+    );
+}

@@ -79,6 +79,8 @@ struct Seen {
     groups: HashMap<(String, String), Tally>,
     /// A refusal (NOPERM) was said: it is said once.
     refusal_said: bool,
+    /// Streams said to be trimmed with no consumer group on them.
+    ungrouped_said: Vec<String>,
 }
 
 /// One group's entries trimmed unread: the most measured, the count last
@@ -134,6 +136,7 @@ pub(super) fn spawn(
                         let Some((added, length, groups)) = found else {
                             continue;
                         };
+                        seen.groups_of(stream, groups.len(), added, length);
                         for group in groups {
                             seen.note(stream, &group, added, length);
                             now_seen.push((stream.clone(), group.name));
@@ -230,6 +233,29 @@ impl Seen {
         }
     }
 
+    /// Shows how many consumer groups `stream` has, and says (once while it
+    /// lasts) a stream that has none and is trimmed: if its workers read
+    /// with a group, none was made yet (or it was made under another
+    /// name), and what is trimmed meanwhile no group will ever read.
+    fn groups_of(&mut self, stream: &str, groups: usize, added: u64, length: u64) {
+        metrics::gauge!(m::STREAM_GROUPS, "stream" => stream.to_owned()).set(groups as f64);
+        let said = self.ungrouped_said.iter().position(|s| s == stream);
+        match (groups, said) {
+            (0, None) if added > length => {
+                warn!(
+                    stream = %stream,
+                    trimmed = added - length,
+                    "no consumer group reads this job stream, and entries are being trimmed from it: if its workers read with a group, it was never made here (or under another name), and jobs answered 202 are lost"
+                );
+                self.ungrouped_said.push(stream.to_owned());
+            }
+            (1.., Some(at)) => {
+                self.ungrouped_said.swap_remove(at);
+            }
+            _ => {}
+        }
+    }
+
     /// Sets the group's gauges and says a loss that grew; returns the loss
     /// shown. It never goes down while the group lasts: once a group that
     /// lost entries reads again, Redis counts the entries trimmed before
@@ -250,7 +276,7 @@ impl Seen {
             .is_none_or(|at| at.elapsed() >= SAY_AGAIN_AFTER);
         if tally.most > tally.said && due {
             warn!(
-                stream,
+                stream = %stream,
                 group = %group.name,
                 trimmed_unread = tally.most,
                 "entries were trimmed from a job stream before this consumer group read them: jobs answered 202 that its workers will never see; raise streams.maxlen above the group's worst backlog, or add workers (a group nobody reads any more can be destroyed)"
@@ -314,6 +340,20 @@ mod tests {
         seen.forget_all_but(&names, &names, &[]);
         assert!(seen.groups.is_empty());
         assert_eq!(seen.note("s", &idle(Some(18)), 20, 3), 0);
+    }
+
+    #[test]
+    fn a_trimmed_stream_without_groups_is_said_once_while_it_lasts() {
+        let mut seen = Seen::default();
+        // Not trimmed yet: nothing to say.
+        seen.groups_of("s", 0, 10, 10);
+        assert!(seen.ungrouped_said.is_empty());
+        seen.groups_of("s", 0, 30, 12);
+        seen.groups_of("s", 0, 40, 12);
+        assert_eq!(seen.ungrouped_said, ["s"]);
+        // A group is made: said again should it go.
+        seen.groups_of("s", 1, 50, 12);
+        assert!(seen.ungrouped_said.is_empty());
     }
 
     #[test]
