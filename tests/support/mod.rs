@@ -618,19 +618,22 @@ impl IngressProcess {
         env: &[(&str, String)],
         log: impl Into<Stdio>,
     ) -> Self {
-        let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tether-ingress"));
         if let Some(path) = config {
             command.arg("--config").arg(path);
         }
-        let child = command
-            .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        // Port 0: the kernel picks a free port as it binds, so no other
+        // process can take it between a check and the bind (a test's own
+        // TETHER_INGRESS_LISTEN, set after, still wins).
+        let mut child = command
+            .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
             .env("TETHER_INGRESS_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(log)
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let port = listening_port(&mut child, Duration::from_secs(20)).unwrap_or(0);
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child: Some(child),
@@ -692,6 +695,43 @@ impl Drop for IngressProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The TCP port `child` listens on, found in `/proc` (its sockets' inodes
+/// among the listening sockets); `None` if it exits first or takes longer
+/// than `within`.
+pub fn listening_port(child: &mut Child, within: Duration) -> Option<u16> {
+    let pid = child.id();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|link| {
+                let link = link.to_string_lossy().into_owned();
+                Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect();
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        let found = table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != "0A" || !inodes.iter().any(|i| i == inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        });
+        if found.is_some() {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 pub type Http = HttpClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
