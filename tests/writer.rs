@@ -476,14 +476,8 @@ async fn a_user_that_may_not_write_jobs_is_said_when_the_writers_connect() {
                 }
             }
             _ => {
-                let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
-                    .header("authorization", format!("Bearer {KEY}"))
-                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                        br#"{"webhookId":"wh_1"}"#,
-                    )))
-                    .unwrap();
-                let res = http_client().request(req).await.unwrap();
-                assert_eq!(res.status(), StatusCode::ACCEPTED);
+                let body = r#"{"webhookId":"wh_1"}"#.to_owned();
+                assert_eq!(post_workflow(&ingress, body).await, StatusCode::ACCEPTED);
                 assert!(!log.text().contains(SAID), "{}", log.text());
             }
         }
@@ -501,11 +495,6 @@ async fn a_user_that_may_not_write_jobs_is_said_when_the_writers_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_trimmed_before_a_group_read_them_are_counted_and_said() {
     let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
-    // Small stream nodes, so that MAXLEN ~ 5 trims by tens.
-    assert_eq!(
-        redis.cli(&["CONFIG", "SET", "stream-node-max-entries", "10"]),
-        "OK"
-    );
     assert_eq!(
         redis.cli(&["XGROUP", "CREATE", STREAM, "idle", "0", "MKSTREAM"]),
         "OK"
@@ -514,28 +503,10 @@ async fn entries_trimmed_before_a_group_read_them_are_counted_and_said() {
         redis.cli(&["XGROUP", "CREATE", STREAM, "reader", "0"]),
         "OK"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ingress.toml");
-    std::fs::write(&config, "[streams]\nmaxlen = 5\n").unwrap();
-    let log = LogFile::new();
-    let ingress = IngressProcess::spawn_configured(
-        Some(&config),
-        &[("TETHER_INGRESS_REDIS_URL", redis.url())],
-        log.writer(),
-    );
-    ingress.wait_ready().await;
-    let http = http_client();
+    let (ingress, log, _dir) = trimming_ingress(&redis).await;
     for _ in 0..60 {
-        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
-            .header("authorization", format!("Bearer {KEY}"))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                br#"{"webhookId":"wh_1"}"#,
-            )))
-            .unwrap();
-        assert_eq!(
-            http.request(req).await.unwrap().status(),
-            StatusCode::ACCEPTED
-        );
+        let body = r#"{"webhookId":"wh_1"}"#.to_owned();
+        assert_eq!(post_workflow(&ingress, body).await, StatusCode::ACCEPTED);
         // "reader" keeps up; "idle" reads nothing.
         redis.cli(&[
             "XREADGROUP",
@@ -697,6 +668,29 @@ async fn a_maxlen_of_0_never_trims_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trimmed_stream_no_group_reads_is_said() {
     let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let (ingress, log, _dir) = trimming_ingress(&redis).await;
+    for _ in 0..30 {
+        let body = r#"{"webhookId":"wh_1"}"#.to_owned();
+        assert_eq!(post_workflow(&ingress, body).await, StatusCode::ACCEPTED);
+    }
+    let said = log
+        .line_with(
+            "no consumer group reads this job stream",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(said.contains(&format!("stream={STREAM}")), "{said}");
+    let shown = format!("tether_stream_groups{{stream=\"{STREAM}\"}} 0");
+    assert!(
+        ingress.metrics_text().await.lines().any(|l| l == shown),
+        "{shown}"
+    );
+}
+
+/// The binary against `redis` with `streams.maxlen = 5`, logging to the
+/// returned file, Redis's stream nodes made small so that `MAXLEN ~ 5`
+/// trims by tens (the directory holds its configuration).
+async fn trimming_ingress(redis: &RedisServer) -> (IngressProcess, LogFile, tempfile::TempDir) {
     assert_eq!(
         redis.cli(&["CONFIG", "SET", "stream-node-max-entries", "10"]),
         "OK"
@@ -711,29 +705,5 @@ async fn a_trimmed_stream_no_group_reads_is_said() {
         log.writer(),
     );
     ingress.wait_ready().await;
-    let http = http_client();
-    for _ in 0..30 {
-        let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
-            .header("authorization", format!("Bearer {KEY}"))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                br#"{"webhookId":"wh_1"}"#,
-            )))
-            .unwrap();
-        assert_eq!(
-            http.request(req).await.unwrap().status(),
-            StatusCode::ACCEPTED
-        );
-    }
-    let said = log
-        .line_with(
-            "no consumer group reads this job stream",
-            Duration::from_secs(30),
-        )
-        .await;
-    assert!(said.contains(&format!("stream={STREAM}")), "{said}");
-    let shown = format!("tether_stream_groups{{stream=\"{STREAM}\"}} 0");
-    assert!(
-        ingress.metrics_text().await.lines().any(|l| l == shown),
-        "{shown}"
-    );
+    (ingress, log, dir)
 }
