@@ -92,8 +92,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = replica.status();
     let replay_task = sink.spawn_replay(settings.clone(), stop_rx.clone());
-    // Ends with the stop; nothing waits for it.
-    drop(sink.spawn_retention_watch(settings.clone(), stop_rx.clone()));
+    sink.spawn_retention_watch(settings.clone(), stop_rx.clone());
     // Ends with the stop, like the replica's own.
     if let Some(every) = config.redis.keepalive() {
         sink.spawn_keep_alive(every, stop_rx.clone());

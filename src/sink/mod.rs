@@ -380,12 +380,13 @@ impl Sink {
 
     /// Starts watching what Redis does to jobs it acknowledged: an
     /// eviction policy that may drop them, and (in streams mode) entries
-    /// trimmed before a consumer group read them. It ends with `stop`.
+    /// trimmed before a consumer group read them. It ends with `stop`, and
+    /// nothing waits for it.
     pub(crate) fn spawn_retention_watch(
         &self,
         settings: SharedSettings,
         stop: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) {
         retention::spawn(
             self.writers.shared().clone(),
             matches!(self.layout, Layout::Streams).then_some(settings),

@@ -36,7 +36,7 @@ use tracing::warn;
 use crate::{metrics as m, settings::SharedSettings};
 
 /// How often Redis is asked, after the first time.
-pub(super) const EVERY: Duration = Duration::from_secs(10);
+const EVERY: Duration = Duration::from_secs(10);
 
 /// The first time, soon after start, where the start's log is read.
 const FIRST_AFTER: Duration = Duration::from_secs(1);
@@ -98,8 +98,8 @@ pub(super) fn spawn(
     client: Client,
     streams: Option<SharedSettings>,
     mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) {
+    drop(tokio::spawn(async move {
         let mut seen = Seen::default();
         let mut policy: Option<String> = None;
         let mut pause = FIRST_AFTER;
@@ -110,7 +110,9 @@ pub(super) fn spawn(
             }
             pause = EVERY;
             let asked = eviction_policy(&client).await;
-            seen.refused(asked.as_ref().err());
+            if let Err(e) = &asked {
+                seen.refused(e);
+            }
             if let Ok(Some(now)) = asked
                 && policy.as_ref() != Some(&now)
             {
@@ -142,12 +144,12 @@ pub(super) fn spawn(
                             now_seen.push((stream.clone(), group.name));
                         }
                     }
-                    Err(e) => seen.refused(Some(&e)),
+                    Err(e) => seen.refused(&e),
                 }
             }
             seen.forget_all_but(&names, &read_ok, &now_seen);
         }
-    })
+    }));
 }
 
 /// Redis's `maxmemory_policy`; `None` where `INFO` does not say it.
@@ -223,11 +225,8 @@ fn field<'v>(pairs: &[(String, &'v Value)], name: &str) -> Option<&'v Value> {
 impl Seen {
     /// Says, once, that Redis refuses the watch's commands; the writes
     /// themselves are unaffected.
-    fn refused(&mut self, error: Option<&Error>) {
-        if let Some(e) = error
-            && !self.refusal_said
-            && e.details().starts_with("NOPERM")
-        {
+    fn refused(&mut self, e: &Error) {
+        if !self.refusal_said && e.details().starts_with("NOPERM") {
             self.refusal_said = true;
             warn!(error = %e.details(), "cannot read redis's eviction policy or the job streams' consumer groups (INFO, XINFO): jobs it may evict or trim unread go unmeasured");
         }
