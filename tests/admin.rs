@@ -302,7 +302,8 @@ fn bad_arguments_and_unreachable_redis_have_distinct_exit_codes() {
             .code(),
         Some(1)
     );
-    let down_port = free_port();
+    let down = closed_port();
+    let down_port = down.port;
     let down = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
         .args(["keys", "count"])
         .env(
@@ -382,10 +383,7 @@ fn a_tls_url_never_talks_plaintext_and_bad_tls_settings_stop_the_start() {
                 .args(args)
                 .env("TETHER_INGRESS_REDIS_URL", url)
                 .env(var, &missing)
-                .env(
-                    "TETHER_INGRESS_LISTEN",
-                    format!("127.0.0.1:{}", free_port()),
-                )
+                .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
                 .output()
                 .unwrap();
             assert_eq!(out.status.code(), Some(2), "{url} {var} {args:?}");

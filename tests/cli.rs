@@ -31,14 +31,11 @@ fn help_lists_every_environment_variable_and_version_names_the_commit() {
     assert!(version.contains("(commit "), "{version}");
 }
 
-/// The binary serving on a free port against `redis` with `env` set,
+/// The binary serving on a port the kernel picks against `redis` with `env` set,
 /// logging at info level to a pipe.
 fn logging_to_a_pipe(redis: &RedisServer, env: &[(&str, &str)]) -> std::process::Child {
     binary()
-        .env(
-            "TETHER_INGRESS_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG", "info")
         .envs(env.iter().copied())
@@ -85,17 +82,13 @@ fn a_jwt_secret_ending_in_a_newline_is_said_at_start() {
 /// The binary under `sh -c 'ulimit ARGS; exec BIN --config FILE'`, logging
 /// at info level to a pipe, with `max_connections = 1000` (and silent
 /// connections kept a minute, so idle ones hold their descriptors).
-fn under_ulimit(
-    ulimit: &str,
-    redis: &RedisServer,
-    port: u16,
-) -> (std::process::Child, tempfile::TempDir) {
+fn under_ulimit(ulimit: &str, redis: &RedisServer) -> (std::process::Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ingress.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 1000\nfirst_byte_timeout_ms = 60000\n[redis]\nurl = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1000\nfirst_byte_timeout_ms = 60000\n[redis]\nurl = \"{}\"\n",
             redis.url()
         ),
     )
@@ -155,8 +148,9 @@ async fn a_low_soft_open_file_limit_is_raised_for_max_connections() {
         return;
     }
     let redis = RedisServer::start();
-    let port = free_port();
-    let (mut child, _dir) = under_ulimit("-Sn 200", &redis, port);
+    let (mut child, _dir) = under_ulimit("-Sn 200", &redis);
+    let port =
+        listening_port(&mut child, std::time::Duration::from_secs(20)).expect("never listened");
     let seen = log_until_listening(&mut child);
     assert!(
         seen.iter()
@@ -188,7 +182,7 @@ async fn a_low_soft_open_file_limit_is_raised_for_max_connections() {
 #[test]
 fn a_hard_open_file_limit_below_max_connections_is_said_at_start() {
     let redis = RedisServer::start();
-    let (mut child, _dir) = under_ulimit("-n 128", &redis, free_port());
+    let (mut child, _dir) = under_ulimit("-n 128", &redis);
     let seen = log_until_listening(&mut child);
     child.kill().unwrap();
     child.wait().unwrap();

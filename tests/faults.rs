@@ -413,10 +413,7 @@ async fn a_second_process_on_the_same_spool_directory_is_refused_at_start() {
     let first = IngressProcess::spawn(&env);
     first.wait_ready().await;
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
-        .env(
-            "TETHER_INGRESS_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_SPOOL_DIR", &dir)
         .stdout(std::process::Stdio::null())

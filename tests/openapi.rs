@@ -112,8 +112,8 @@ fn check(
 async fn real_responses_match_the_document() {
     let doc: Value = serde_json::from_str(include_str!("../openapi/openapi.json")).unwrap();
     // Before Redis exists: readiness 503 and webhooks 503.
-    let port = free_port();
-    let starting = Ingress::spawn(config_for(&format!("redis://127.0.0.1:{port}"))).await;
+    let down = closed_port();
+    let starting = Ingress::spawn(config_for(&format!("redis://127.0.0.1:{}", down.port))).await;
     assert!(
         eventually(std::time::Duration::from_secs(5), || async {
             starting.get("/healthz").await.0 == StatusCode::OK

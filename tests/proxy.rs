@@ -258,7 +258,8 @@ async fn upstream_failures_are_502_and_504() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(json(&body)["code"], "UPSTREAM_TIMEOUT");
     assert!(headers.contains_key("x-request-id"));
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let down = closed_port();
+    let closed = format!("http://127.0.0.1:{}", down.port);
     let (_redis2, _r2, ingress) = start(Some(&closed), None, |_| {}).await;
     let (status, _, body) = ingress.get("/api/anything").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
@@ -542,7 +543,8 @@ async fn serving_threads_proxy_write_jobs_and_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_is_down_is_logged_with_why_once_a_second() {
     let redis = RedisServer::start();
-    let closed = format!("127.0.0.1:{}", free_port());
+    let down = closed_port();
+    let closed = format!("127.0.0.1:{}", down.port);
     let log_file = LogFile::new();
     let ingress = IngressProcess::spawn_logging(
         &[

@@ -99,21 +99,19 @@ async fn limits_streams_and_jwt_secret_change_without_dropping_requests() {
     );
 }
 
-/// The binary reading its configuration from `file`, serving on `port`
-/// against `redis`, logging at info level to a pipe.
-fn serving_from_file(
-    file: &std::path::Path,
-    redis: &RedisServer,
-    port: u16,
-) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+/// The binary reading its configuration from `file`, serving on a port the
+/// kernel picks (returned) against `redis`, logging at info level to a pipe.
+fn serving_from_file(file: &std::path::Path, redis: &RedisServer) -> (std::process::Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
         .args(["--config", file.to_str().unwrap()])
-        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG", "info,fred=error")
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let port = listening_port(&mut child, Duration::from_secs(20)).expect("never listened");
+    (child, port)
 }
 
 #[tokio::test]
@@ -121,12 +119,10 @@ async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
     let redis = RedisServer::start();
     let r = redis.client().await;
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("tether-reload-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("c.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
     std::fs::write(&file, "[server]\nmax_body_bytes = 1000\n").unwrap();
-    let mut child = serving_from_file(&file, &redis, port);
+    let (mut child, port) = serving_from_file(&file, &redis);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let post = |size: usize| {
@@ -184,7 +180,6 @@ async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
         "no log line for the refused reload"
     );
     assert_eq!(child.wait().unwrap().code(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The HTTP settings of new connections follow a reload: a head deadline
@@ -234,8 +229,7 @@ async fn a_reloaded_jwt_secret_ending_in_a_newline_is_said() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
     std::fs::write(&file, "[auth]\njwt_secret = \"sekrit-of-ours\"\n").unwrap();
-    let port = free_port();
-    let mut child = serving_from_file(&file, &redis, port);
+    let (mut child, _port) = serving_from_file(&file, &redis);
     let lines = {
         use std::io::BufRead;
         let (tx, rx) = std::sync::mpsc::channel();

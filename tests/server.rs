@@ -127,19 +127,18 @@ fn invalid_configuration_exits_2_with_every_problem() {
 #[tokio::test]
 async fn the_binary_serves_from_env_and_exits_0_on_sigterm() {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("tether-bin-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("c.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
     // The file sets the stream; env sets listen and Redis.
     std::fs::write(&file, "[streams]\nworkflow = \"custom:jobs\"\n").unwrap();
     let mut child = binary()
         .args(["serve", "--config", file.to_str().unwrap()])
-        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG", "warn")
         .spawn()
         .unwrap();
+    let port = listening_port(&mut child, Duration::from_secs(20)).expect("never listened");
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let get = |path: &str| {
@@ -183,7 +182,6 @@ async fn the_binary_serves_from_env_and_exits_0_on_sigterm() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -191,9 +189,8 @@ async fn json_logs_carry_the_request_id_and_never_a_secret() {
     let redis = RedisServer::start();
     let r = redis.client().await;
     put_key(&r, KEY, r#"{"userId":"u_1","orgId":"o_1"}"#).await;
-    let port = free_port();
-    let child = binary()
-        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+    let mut child = binary()
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG_FORMAT", "json")
         .env("TETHER_INGRESS_LOG", "debug,fred=warn,hyper=warn,h2=warn")
@@ -201,6 +198,7 @@ async fn json_logs_carry_the_request_id_and_never_a_secret() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let port = listening_port(&mut child, Duration::from_secs(20)).expect("never listened");
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let post = |token: &'static str, id: &'static str| {
@@ -284,16 +282,17 @@ async fn json_logs_carry_the_request_id_and_never_a_secret() {
 
 #[tokio::test]
 async fn sigterm_exits_even_if_redis_never_came_up() {
-    let port = free_port();
-    let child = binary()
-        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+    let down = closed_port();
+    let mut child = binary()
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
         .env(
             "TETHER_INGRESS_REDIS_URL",
-            format!("redis://127.0.0.1:{}", free_port()),
+            format!("redis://127.0.0.1:{}", down.port),
         )
         .env("TETHER_INGRESS_LOG", "error")
         .spawn()
         .unwrap();
+    let port = listening_port(&mut child, Duration::from_secs(20)).expect("never listened");
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let healthy = || {
@@ -318,20 +317,14 @@ async fn sigterm_exits_even_if_redis_never_came_up() {
 #[tokio::test]
 async fn sigterm_as_soon_as_the_port_opens_still_exits_cleanly() {
     let redis = RedisServer::start();
-    let port = free_port();
-    let child = binary()
-        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"))
+    let mut child = binary()
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG", "error")
         .spawn()
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await,
-        "the port never opened"
-    );
+    let port = listening_port(&mut child, Duration::from_secs(30)).expect("the port never opened");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     assert_eq!(terminate(child).await, Some(0));
 }
 

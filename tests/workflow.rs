@@ -842,8 +842,8 @@ async fn webhook_paths_match_as_express_matches_them() {
 
 #[tokio::test]
 async fn not_ready_until_redis_is_loaded() {
-    let port = free_port();
-    let ingress = Ingress::spawn(config_for(&format!("redis://127.0.0.1:{port}"))).await;
+    let down = closed_port();
+    let ingress = Ingress::spawn(config_for(&format!("redis://127.0.0.1:{}", down.port))).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             ingress.get("/healthz").await.0 == StatusCode::OK

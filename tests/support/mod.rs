@@ -55,6 +55,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port nothing listens on, held so that nothing else can take it while
+/// the value lives: bound without listening (and without `SO_REUSEADDR`),
+/// so a connection to it is refused and a server told to bind it cannot.
+/// For a Redis or a backend that is down; a port only found free could be
+/// taken by a server another test starts meanwhile.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    ClosedPort {
+        _socket: socket,
+        port,
+    }
+}
+
 /// A directory name no other server of this test process has. (Named by a
 /// port found free, two could share one, and with it the unix socket a
 /// server's readiness is checked through: the first server would answer
