@@ -533,3 +533,78 @@ async fn rediss_cluster_checks_every_node_against_the_ca() {
         "ready against a cluster whose certificates another CA signed"
     );
 }
+
+/// Each primary has its own `maxmemory-policy` and evicts its own keys, so
+/// each is asked: two primaries under policies that may evict job streams
+/// are both said, each naming its node, and shown until both stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_policy_is_said_for_each_primary_that_may_evict_jobs() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(0).await;
+    let primaries = cluster.primaries();
+    let evicting = [
+        (primaries[1], "allkeys-lru"),
+        (primaries[2], "allkeys-random"),
+    ];
+    for (port, policy) in evicting {
+        assert_eq!(
+            cluster.cli(port, &["CONFIG", "SET", "maxmemory-policy", policy]),
+            "OK"
+        );
+    }
+    let log = LogFile::new();
+    let ingress =
+        IngressProcess::spawn_logging(&[("TETHER_INGRESS_REDIS_URL", cluster.url())], log.writer());
+    ingress.wait_ready().await;
+    for (port, policy) in evicting {
+        let node = format!("node=127.0.0.1:{port}");
+        let said = log.line_with(&node, WAIT).await;
+        assert!(
+            said.contains("redis may evict job streams")
+                && said.contains(&format!("maxmemory_policy={policy}")),
+            "{said}"
+        );
+    }
+    const SHOWN: &str = "tether_redis_may_evict_jobs";
+    assert_eq!(ingress.metric_value(SHOWN).await, 1.0);
+    let shown = |value: &'static str| {
+        let ingress = &ingress;
+        async move {
+            ingress
+                .metrics_text()
+                .await
+                .lines()
+                .any(|l| l == format!("{SHOWN} {value}"))
+        }
+    };
+    // One stops, the other turns to another evicting policy: said again,
+    // and still shown once that round is done.
+    cluster.cli(
+        evicting[0].0,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    cluster.cli(
+        evicting[1].0,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"],
+    );
+    let said = log.line_with("maxmemory_policy=allkeys-lfu", WAIT).await;
+    assert!(
+        said.contains(&format!("node=127.0.0.1:{}", evicting[1].0)),
+        "{said}"
+    );
+    assert!(shown("1").await, "one primary may still evict");
+    cluster.cli(
+        evicting[1].0,
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    assert!(
+        eventually(WAIT, || shown("0")).await,
+        "no primary may evict, yet it is still shown"
+    );
+    assert_eq!(
+        log.text().matches("redis may evict").count(),
+        3,
+        "{}",
+        log.text()
+    );
+}

@@ -10,8 +10,9 @@
 //!   from them.
 //!
 //! Off the request path, through the shared client (which also finds a
-//! cluster stream's node): `INFO memory`, and `XINFO STREAM` and `XINFO
-//! GROUPS` of each stream, once a second after start and then every
+//! cluster stream's node): `INFO memory` (of every primary, in a cluster:
+//! each has its own policy and evicts its own keys), and `XINFO STREAM` and
+//! `XINFO GROUPS` of each stream, once a second after start and then every
 //! [`EVERY`].
 //!
 //! Trimming removes entries oldest first and a group reads them in order,
@@ -75,6 +76,8 @@ impl Group {
 /// What is known from the rounds before.
 #[derive(Default)]
 struct Seen {
+    /// Per node (`""` off a cluster): its eviction policy.
+    policies: HashMap<String, String>,
     /// Per (stream, group): its loss.
     groups: HashMap<(String, String), Tally>,
     /// A refusal (NOPERM) was said: it is said once.
@@ -101,7 +104,6 @@ pub(super) fn spawn(
 ) {
     drop(tokio::spawn(async move {
         let mut seen = Seen::default();
-        let mut policy: Option<String> = None;
         let mut pause = FIRST_AFTER;
         loop {
             tokio::select! {
@@ -109,19 +111,17 @@ pub(super) fn spawn(
                 () = tokio::time::sleep(pause) => {}
             }
             pause = EVERY;
-            let asked = eviction_policy(&client).await;
-            if let Err(e) = &asked {
-                seen.refused(e);
+            let asked = eviction_policies(&client).await;
+            if !asked.is_empty() {
+                let nodes: Vec<&str> = asked.iter().map(|(node, _)| node.as_str()).collect();
+                seen.policies_only_of(&nodes);
             }
-            if let Ok(Some(now)) = asked
-                && policy.as_ref() != Some(&now)
-            {
-                let evicts = may_evict_jobs(&now);
-                metrics::gauge!(m::REDIS_MAY_EVICT_JOBS).set(if evicts { 1.0 } else { 0.0 });
-                if evicts {
-                    warn!(maxmemory_policy = %now, "redis may evict job streams and queues when its memory runs short, jobs already answered 202 among them: set maxmemory-policy to noeviction (writes are then refused, and the ingress answers 503 or spools)");
+            for (node, asked) in &asked {
+                match asked {
+                    Ok(Some(policy)) => seen.policy_of(node, policy),
+                    Ok(None) => {}
+                    Err(e) => seen.refused(e),
                 }
-                policy = Some(now);
             }
             let Some(settings) = &streams else {
                 continue;
@@ -152,14 +152,33 @@ pub(super) fn spawn(
     }));
 }
 
-/// Redis's `maxmemory_policy`; `None` where `INFO` does not say it.
-async fn eviction_policy(client: &Client) -> Result<Option<String>, Error> {
-    let info: String = client.info(Some(InfoKind::Memory)).await?;
-    Ok(info
-        .lines()
-        .find_map(|l| l.strip_prefix("maxmemory_policy:"))
-        .map(|p| p.trim().to_owned()))
+/// Redis's `maxmemory_policy` (`None` where `INFO` does not say it), per
+/// node: in a cluster each primary has its own, and evicts its own keys
+/// (the node is named, `host:port`); elsewhere the one node the jobs go to
+/// (named `""`).
+async fn eviction_policies(client: &Client) -> Vec<(String, Result<Option<String>, Error>)> {
+    let policy = |info: String| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+            .map(|p| p.trim().to_owned())
+    };
+    if !client.is_clustered() {
+        let asked = client.info(Some(InfoKind::Memory)).await.map(policy);
+        return vec![(String::new(), asked)];
+    }
+    let primaries = crate::redis::primaries(client);
+    futures::future::join_all(primaries.into_iter().map(|node| async move {
+        let asked = client
+            .with_cluster_node(&node)
+            .info(Some(InfoKind::Memory))
+            .await
+            .map(policy);
+        (format!("{}:{}", node.host, node.port), asked)
+    }))
+    .await
 }
+
+const MAY_EVICT: &str = "redis may evict job streams and queues when its memory runs short, jobs already answered 202 among them: set maxmemory-policy to noeviction (writes are then refused, and the ingress answers 503 or spools)";
 
 /// Whether Redis may evict a key without a TTL, as job streams and queues
 /// are (the `volatile-*` policies evict only keys with one).
@@ -223,6 +242,40 @@ fn field<'v>(pairs: &[(String, &'v Value)], name: &str) -> Option<&'v Value> {
 }
 
 impl Seen {
+    /// Notes `node`'s eviction policy: shows whether any node may evict
+    /// jobs, and says a node's turning to a policy that may, once per change.
+    fn policy_of(&mut self, node: &str, policy: &str) {
+        if self.policies.get(node).is_some_and(|p| p == policy) {
+            return;
+        }
+        // Shown before it is said, so whoever reads the line reads the gauge.
+        self.policies.insert(node.to_owned(), policy.to_owned());
+        self.show_policies();
+        if !may_evict_jobs(policy) {
+            return;
+        }
+        if node.is_empty() {
+            warn!(maxmemory_policy = %policy, "{MAY_EVICT}");
+        } else {
+            warn!(maxmemory_policy = %policy, node = %node, "{MAY_EVICT}");
+        }
+    }
+
+    /// Forgets the policies of nodes no longer among `nodes` (a primary
+    /// removed from the cluster, or demoted).
+    fn policies_only_of(&mut self, nodes: &[&str]) {
+        let before = self.policies.len();
+        self.policies.retain(|n, _| nodes.contains(&n.as_str()));
+        if self.policies.len() != before {
+            self.show_policies();
+        }
+    }
+
+    fn show_policies(&self) {
+        let any = self.policies.values().any(|p| may_evict_jobs(p));
+        metrics::gauge!(m::REDIS_MAY_EVICT_JOBS).set(if any { 1.0 } else { 0.0 });
+    }
+
     /// Says, once, that Redis refuses the watch's commands; the writes
     /// themselves are unaffected.
     fn refused(&mut self, e: &Error) {
@@ -353,6 +406,18 @@ mod tests {
         // A group is made: said again should it go.
         seen.groups_of("s", 1, 50, 12);
         assert!(seen.ungrouped_said.is_empty());
+    }
+
+    #[test]
+    fn a_policy_is_noted_per_node_and_a_node_gone_is_forgotten() {
+        let mut seen = Seen::default();
+        seen.policy_of("n1:1", "noeviction");
+        seen.policy_of("n2:2", "allkeys-lru");
+        assert!(seen.policies.values().any(|p| may_evict_jobs(p)));
+        // n2 left the cluster: only n1's policy counts.
+        seen.policies_only_of(&["n1:1"]);
+        assert_eq!(seen.policies.len(), 1);
+        assert!(!seen.policies.values().any(|p| may_evict_jobs(p)));
     }
 
     #[test]
