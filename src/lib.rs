@@ -32,8 +32,8 @@
 //!   for `rediss://`.
 //! - `replica`: the live replica the views read; `proxy`: the sidecar path;
 //!   `metrics`.
-//! - Off the request path: `admin` (the CLI), `import`, `worker` (reading
-//!   jobs back), [`fuzzing`].
+//! - Off the request path: `admin` (the CLI), `preflight` (`check-redis`),
+//!   `import`, `worker` (reading jobs back), [`fuzzing`].
 //!
 //! # The public surface
 //! What the binary, the tests, the benchmarks, the fuzz targets and the
@@ -74,6 +74,7 @@ mod replica;
 mod proxy;
 mod metrics;
 mod admin;
+mod preflight;
 mod import;
 mod worker;
 pub mod fuzzing;
@@ -85,6 +86,7 @@ pub use import::{Options as ImportOptions, import};
 pub use ingress::{Background, StartError, build, run, run_with_reloads};
 pub use metrics::ALL as METRICS;
 pub use open_files::raise_open_file_limit;
+pub use preflight::{Report as RedisReport, check_redis};
 pub use redis::{Role as RedisRole, Target as RedisTarget, client as redis_client};
 pub use reload::on_sighup;
 pub use replica::now_ms;

@@ -71,6 +71,12 @@ enum Command {
     },
     /// Validate the configuration and print the effective values, secrets masked.
     CheckConfig,
+    /// Ask Redis, before serving, whether it will take this ingress's work:
+    /// the user's permissions for every write and read the ingress makes,
+    /// each node's role and version, the eviction policy, the job streams'
+    /// consumer groups. One line per check (ok, warn, FAIL); exits 1 if a
+    /// check failed, 3 if Redis cannot be reached.
+    CheckRedis,
 }
 
 #[derive(Subcommand)]
@@ -225,6 +231,7 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let admin = Admin::connect(&config).await?;
+        let config = &config;
         match command {
             Command::Keys(KeysCommand::Create {
                 user,
@@ -327,6 +334,17 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
                 put(&summary)?;
                 if let Some(refusal) = summary.refusal() {
                     return Err(AdminError::Refused(refusal));
+                }
+            }
+            Command::CheckRedis => {
+                let report = tether_ingress::check_redis(admin.client(), config).await;
+                put(&report)?;
+                let failed = report.failures();
+                if failed > 0 {
+                    return Err(AdminError::Refused(format!(
+                        "{failed} check{} failed",
+                        if failed == 1 { "" } else { "s" }
+                    )));
                 }
             }
             Command::Serve | Command::CheckConfig => {}

@@ -514,3 +514,84 @@ fn jobs_tail_follows_the_stream_across_redis_restarts() {
         "{err}"
     );
 }
+
+/// `check-redis` says before serving what a serving ingress would meet
+/// only while serving: a user that may not write the jobs or keep the
+/// replica live fails, each named with Redis's answer and what it would
+/// cost; an eviction policy that may drop jobs and a stream no group reads
+/// are warnings. It exits 1 only when a check failed, and never shows the
+/// password.
+#[tokio::test]
+async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, "user_chk", r#"{"userId":"u_1","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    redis.cli(&[
+        "XGROUP",
+        "CREATE",
+        "tether:jobs:workflow",
+        "workers",
+        "$",
+        "MKSTREAM",
+    ]);
+    for user in [
+        // Reads and scripts, but no XADD and no CLIENT TRACKING.
+        "limited on >pw-limited ~tether:* +@read +@scripting +@connection +info +role -client|tracking",
+        "full on >pw-full ~tether:* ~bull:* +@all",
+    ] {
+        let args: Vec<&str> = ["ACL", "SETUSER"]
+            .into_iter()
+            .chain(user.split(' '))
+            .collect();
+        assert_eq!(redis.cli(&args), "OK");
+    }
+    let check = |user: &str, password: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+            .arg("check-redis")
+            .env(
+                "TETHER_INGRESS_REDIS_URL",
+                format!("redis://{user}:{password}@127.0.0.1:{}", redis.port),
+            )
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !text.contains(password) && !err.contains(password),
+            "{text}{err}"
+        );
+        (out.status.code(), text, err)
+    };
+
+    let (code, text, err) = check("limited", "pw-limited");
+    assert_eq!(code, Some(1), "{text}{err}");
+    assert!(err.contains("3 checks failed"), "{err}");
+    for failed in [
+        "FAIL  the user may not write jobs to stream tether:jobs:workflow (NOPERM",
+        "FAIL  the user may not write jobs to stream tether:jobs:outreach (NOPERM",
+        "FAIL  the user may not send CLIENT TRACKING to redis://limited:***@127.0.0.1:",
+    ] {
+        assert!(text.contains(failed), "{failed:?} missing:\n{text}");
+    }
+    assert!(
+        text.contains("ok    the user may read the control plane: API keys: 1, triggers: 1"),
+        "{text}"
+    );
+
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]),
+        "OK"
+    );
+    let (code, text, err) = check("full", "pw-full");
+    assert_eq!(code, Some(0), "{text}{err}");
+    for said in [
+        "ok    the user may write jobs to stream tether:jobs:workflow",
+        "ok    stream tether:jobs:workflow is read by workers (lag 0)",
+        "warn  maxmemory-policy is allkeys-lru: Redis may evict job streams",
+        "warn  stream tether:jobs:outreach does not exist yet",
+    ] {
+        assert!(text.contains(said), "{said:?} missing:\n{text}");
+    }
+    assert!(!text.contains("FAIL"), "{text}");
+}

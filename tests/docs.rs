@@ -65,6 +65,8 @@ async fn the_deploy_acl_user_serves_both_modes_and_is_never_refused() {
 
     let url = format!("redis://tether-ingress:CHANGE_ME@127.0.0.1:{}", redis.port);
     serves_both_modes_as(&url, "bull", "acl").await;
+    check_redis_passes(&url, &[]);
+    check_redis_passes(&url, &[("TETHER_INGRESS_SINK", "bullmq")]);
     assert_eq!(
         redis.cli(&["ACL", "LOG"]),
         "",
@@ -164,6 +166,14 @@ async fn the_deploy_acl_user_serves_a_cluster_and_is_never_refused() {
         .url()
         .replacen("://", "://tether-ingress:CHANGE_ME@", 1);
     serves_both_modes_as(&url, "{bull}", "acl-cluster").await;
+    check_redis_passes(&url, &[]);
+    check_redis_passes(
+        &url,
+        &[
+            ("TETHER_INGRESS_SINK", "bullmq"),
+            ("TETHER_INGRESS_BULLMQ_PREFIX", "{bull}"),
+        ],
+    );
     // The binary as an operator starts it: no warning on a start where
     // nothing is wrong (each job writer said it could not connect, as it
     // asked before the cluster's topology was read).
@@ -229,6 +239,7 @@ async fn the_deploy_acl_user_serves_behind_sentinel_through_a_failover() {
     let url = deployment
         .url()
         .replacen("://", "://tether-ingress:CHANGE_ME@", 1);
+    let config_url = url.clone();
     let mut config = tether_ingress::config::Config::default();
     config.redis.url = url;
     config.server.listen = ([127, 0, 0, 1], 0).into();
@@ -241,6 +252,7 @@ async fn the_deploy_acl_user_serves_behind_sentinel_through_a_failover() {
             == StatusCode::ACCEPTED
     };
     assert!(accepted().await);
+    check_redis_passes(&config_url, &[]);
     let old = deployment.primary.port;
     deployment.primary.kill();
     assert!(
@@ -268,6 +280,32 @@ async fn the_deploy_acl_user_serves_behind_sentinel_through_a_failover() {
             "",
             "the sentinel on {port} refused the user something"
         );
+    }
+}
+
+/// DEPLOY's `check-redis` run as the user on `url` (with `env`): no check
+/// fails (a stream no group reads yet is only a warning), and the user's
+/// password is not shown.
+fn check_redis_passes(url: &str, env: &[(&str, &str)]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+        .arg("check-redis")
+        .env("TETHER_INGRESS_REDIS_URL", url)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let said = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{env:?}:\n{said}");
+    assert!(
+        !said.contains("FAIL") && !said.contains("CHANGE_ME"),
+        "{said}"
+    );
+    for part in [
+        "ok    the user may write jobs to ",
+        "ok    the user may read the control plane",
+        ", a primary",
+    ] {
+        assert!(text.contains(part), "{part:?} missing:\n{text}");
     }
 }
 

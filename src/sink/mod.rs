@@ -51,6 +51,7 @@ use fred::prelude::*;
 pub(crate) use self::{
     error::SinkError,
     job::{OutreachJob, Stored, WorkflowJobs},
+    retention::{eviction_policies, may_evict_jobs, stream_groups},
 };
 use self::{
     lane::{Due, Lane, LaneSettings},
@@ -129,6 +130,17 @@ impl Layout {
                 .map(|stream| wire::Check::xadd(stream.as_bytes())),
             Layout::Bullmq(q) => bullmq::write_checks(q),
         }
+    }
+
+    /// The workflow and outreach writes' permission checks, each with the
+    /// key whose slot places it in a cluster (what `check-redis` asks).
+    pub(crate) fn checks_with_keys(&self, config: &Config) -> [(wire::Check, Vec<u8>); 2] {
+        let [workflow, outreach] = self.write_checks(config);
+        let [workflow_key, outreach_key] = self.route_keys(config);
+        [
+            (workflow, workflow_key.to_vec()),
+            (outreach, outreach_key.to_vec()),
+        ]
     }
 
     fn spool_workflow(&self, out: &mut Vec<u8>, jobs: &WorkflowJobs, settings: &Settings) {

@@ -47,12 +47,12 @@ const SAY_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// One consumer group as `XINFO GROUPS` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Group {
-    name: String,
+pub(crate) struct Group {
+    pub(crate) name: String,
     /// Entries the group read; Redis may not know (`nil`).
     entries_read: Option<u64>,
     /// Entries not yet delivered to the group, when Redis can tell.
-    lag: Option<u64>,
+    pub(crate) lag: Option<u64>,
     /// The group has delivered nothing yet (`last-delivered-id` 0-0).
     from_the_start: bool,
 }
@@ -61,7 +61,7 @@ impl Group {
     /// Entries the stream no longer holds that the group never read, given
     /// the stream's `entries-added` and `length`; `None` when Redis does not
     /// know how many the group read.
-    fn trimmed_unread(&self, added: u64, length: u64) -> Option<u64> {
+    pub(crate) fn trimmed_unread(&self, added: u64, length: u64) -> Option<u64> {
         // A group that delivered nothing read nothing, whatever Redis
         // lost track of.
         let read = match (self.entries_read, self.from_the_start) {
@@ -132,7 +132,7 @@ pub(super) fn spawn(
             };
             let (mut read_ok, mut now_seen) = (Vec::new(), Vec::new());
             for stream in &names {
-                match read(&client, stream).await {
+                match stream_groups(&client, stream).await {
                     Ok(found) => {
                         read_ok.push(stream.clone());
                         let Some((added, length, groups)) = found else {
@@ -156,7 +156,9 @@ pub(super) fn spawn(
 /// node: in a cluster each primary has its own, and evicts its own keys
 /// (the node is named, `host:port`); elsewhere the one node the jobs go to
 /// (named `""`).
-async fn eviction_policies(client: &Client) -> Vec<(String, Result<Option<String>, Error>)> {
+pub(crate) async fn eviction_policies(
+    client: &Client,
+) -> Vec<(String, Result<Option<String>, Error>)> {
     let policy = |info: String| {
         info.lines()
             .find_map(|l| l.strip_prefix("maxmemory_policy:"))
@@ -182,14 +184,17 @@ const MAY_EVICT: &str = "redis may evict job streams and queues when its memory 
 
 /// Whether Redis may evict a key without a TTL, as job streams and queues
 /// are (the `volatile-*` policies evict only keys with one).
-fn may_evict_jobs(policy: &str) -> bool {
+pub(crate) fn may_evict_jobs(policy: &str) -> bool {
     policy.starts_with("allkeys-")
 }
 
 /// The stream's `entries-added`, `length` and groups; `None` when the
 /// stream does not exist (yet) or Redis is older than 7.0 (no
 /// `entries-added`).
-async fn read(client: &Client, stream: &str) -> Result<Option<(u64, u64, Vec<Group>)>, Error> {
+pub(crate) async fn stream_groups(
+    client: &Client,
+    stream: &str,
+) -> Result<Option<(u64, u64, Vec<Group>)>, Error> {
     let info: Value = match client.xinfo_stream(stream, false, None).await {
         Ok(info) => info,
         Err(e) if e.details().contains("no such key") => return Ok(None),

@@ -169,13 +169,23 @@ pub(super) struct Endpoint {
 /// are wrong on purpose (a negative `MAXLEN`; a SHA-1 no script has). A
 /// script's own commands are checked only when it runs, so not here.
 #[derive(Debug, Clone)]
-pub(super) struct Check {
+pub(crate) struct Check {
     /// What the write goes to, for the log: a stream or a queue.
     what: String,
     command: Vec<Bytes>,
 }
 
 impl Check {
+    /// What the write goes to: `stream NAME` or `queue NAME`.
+    pub(crate) fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// The command, its name first.
+    pub(crate) fn command(&self) -> &[Bytes] {
+        &self.command
+    }
+
     /// The check of an `XADD` to `stream`.
     pub(super) fn xadd(stream: &[u8]) -> Self {
         let stream = Bytes::copy_from_slice(stream);

@@ -1,0 +1,523 @@
+//! `tether-ingress check-redis`: asks Redis, before any traffic, what a
+//! serving ingress would otherwise find out while serving (a 503 per
+//! request, an ingress that never becomes ready, a warning in its log):
+//! whether this configuration's Redis user may make the writes and reads
+//! the ingress makes, and whether Redis keeps the jobs it acknowledges.
+//!
+//! Each check is one command that changes nothing. Where a permission is
+//! asked, the command is wrong on purpose or reads a key that does not
+//! exist: Redis checks the command and its keys against the user's ACL
+//! before it runs it, so `NOPERM` means no and any other answer means yes
+//! (the job writers ask the same way when they connect). In a Cluster each
+//! write is asked of its key's node, and what every node holds for itself
+//! (its role, version, eviction policy, `CLIENT TRACKING`) of every
+//! primary.
+//!
+//! One line per check: `ok`, `warn` (the ingress serves, but something is
+//! at risk) or `FAIL` (requests would be refused, or the ingress would not
+//! become ready). The command exits 1 when a check failed.
+
+use std::fmt;
+
+use bytes::Bytes;
+use fred::types::scan::Scanner;
+use fred::{
+    prelude::*,
+    types::{ClusterHash, CustomCommand, InfoKind, Value},
+};
+use futures::TryStreamExt;
+
+use crate::{
+    config::{Config, SinkKind, redact_url},
+    redis::{self, reason},
+    sink::{self, Layout},
+};
+
+/// The lowest Redis the ingress serves on: the replica needs `CLIENT
+/// TRACKING … BCAST` (6.0).
+const LOWEST: (u64, u64) = (6, 0);
+
+/// The lowest Redis whose `XINFO` tells how many entries a stream ever
+/// had, which the count of entries trimmed unread needs (7.0).
+const COUNTS_TRIMMING: (u64, u64) = (7, 0);
+
+/// A key name no record has, under the configured prefixes.
+const PROBE: &str = "tether-check";
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// As the ingress needs it.
+    Ok,
+    /// The ingress serves, but something is at risk.
+    Warn,
+    /// Requests would be refused, or the ingress would not become ready.
+    Fail,
+}
+
+/// The checks' outcomes, in the order they ran.
+#[derive(Debug, Default)]
+pub struct Report {
+    lines: Vec<(Verdict, String)>,
+}
+
+impl Report {
+    fn say(&mut self, verdict: Verdict, text: impl Into<String>) {
+        self.lines.push((verdict, text.into()));
+    }
+
+    /// How many checks failed.
+    pub fn failures(&self) -> usize {
+        self.lines
+            .iter()
+            .filter(|(v, _)| *v == Verdict::Fail)
+            .count()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (verdict, text) in &self.lines {
+            let tag = match verdict {
+                Verdict::Ok => "ok  ",
+                Verdict::Warn => "warn",
+                Verdict::Fail => "FAIL",
+            };
+            writeln!(f, "{tag}  {text}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs every check through `client` (connected with `config`'s Redis
+/// settings).
+pub async fn check_redis(client: &Client, config: &Config) -> Report {
+    let mut report = Report::default();
+    nodes(client, config, &mut report).await;
+    writes(client, config, &mut report).await;
+    control_plane(client, config, &mut report).await;
+    idempotency(client, config, &mut report).await;
+    eviction(client, &mut report).await;
+    if config.sink.kind == SinkKind::Streams {
+        for stream in [&config.streams.workflow, &config.streams.outreach] {
+            groups(client, config, stream, &mut report).await;
+        }
+    }
+    report
+}
+
+/// Whether `e` is Redis refusing the user the command or a key.
+fn refused(e: &Error) -> bool {
+    e.details().starts_with("NOPERM")
+}
+
+/// Each node's role, version and `CLIENT TRACKING` permission: the one
+/// node (the Sentinel's primary), or every primary of a Cluster.
+async fn nodes(client: &Client, config: &Config, report: &mut Report) {
+    let mut versions = Vec::new();
+    if client.is_clustered() {
+        let primaries = redis::primaries(client);
+        if primaries.is_empty() {
+            report.say(Verdict::Fail, "the cluster has no primary serving slots");
+        }
+        for n in primaries {
+            let name = format!("{}:{}", n.host, n.port);
+            let node = client.with_cluster_node(&n);
+            versions.push(node_checks(&name, &node, config, report).await);
+        }
+    } else {
+        // Behind Sentinel, the primary it named, where the jobs go.
+        let name = match client.active_connections().first() {
+            Some(s) if config.redis.url.contains("sentinel") => {
+                format!("{}:{} (the sentinels' primary)", s.host, s.port)
+            }
+            _ => redact_url(&config.redis.url),
+        };
+        versions.push(node_checks(&name, client, config, report).await);
+    }
+    for (name, version, primary) in versions.into_iter().flatten() {
+        let at = numbers(&version);
+        if at < LOWEST {
+            report.say(
+                Verdict::Fail,
+                format!(
+                    "{name} runs redis {version}: the ingress needs {}.{} or later (CLIENT TRACKING BCAST)",
+                    LOWEST.0, LOWEST.1
+                ),
+            );
+        } else if at < COUNTS_TRIMMING && config.sink.kind == SinkKind::Streams {
+            report.say(
+                Verdict::Warn,
+                format!(
+                    "{name} runs redis {version}: entries trimmed before a consumer group read them cannot be counted before {}.{}",
+                    COUNTS_TRIMMING.0, COUNTS_TRIMMING.1
+                ),
+            );
+        } else {
+            let role = if primary { ", a primary" } else { "" };
+            report.say(Verdict::Ok, format!("{name} runs redis {version}{role}"));
+        }
+    }
+}
+
+/// One node's role and `CLIENT TRACKING` permission, said where wrong;
+/// returns its name, its version and whether it said it is a primary.
+async fn node_checks<C: ClientLike + ServerInterface>(
+    name: &str,
+    node: &C,
+    config: &Config,
+    report: &mut Report,
+) -> Option<(String, String, bool)> {
+    let role: Result<Value, Error> = node
+        .custom(cmd("ROLE", ClusterHash::Random), Vec::<Value>::new())
+        .await;
+    let mut primary = false;
+    match role {
+        Ok(Value::Array(r)) if r.first().and_then(Value::as_str).as_deref() == Some("master") => {
+            primary = true;
+        }
+        Ok(other) => report.say(
+            Verdict::Fail,
+            format!(
+                "{name} is not a primary (ROLE: {}): no job is written, and the ingress is not ready, until it is promoted",
+                other
+                    .into_array()
+                    .first()
+                    .and_then(Value::as_string)
+                    .unwrap_or_default()
+            ),
+        ),
+        Err(e) if refused(&e) => report.say(
+            Verdict::Fail,
+            format!(
+                "the user may not send ROLE to {name} ({}): the job writers ask it when they connect, and cannot connect without it",
+                e.details()
+            ),
+        ),
+        Err(e) => report.say(Verdict::Fail, format!("ROLE on {name}: {}", reason(&e))),
+    }
+    let tracking: Result<Value, Error> = node
+        .custom(
+            cmd("CLIENT", ClusterHash::Random),
+            vec![
+                Value::from_static_str("TRACKING"),
+                Value::from_static_str("ON"),
+                Value::from_static_str("BCAST"),
+                Value::from_static_str("PREFIX"),
+                Value::from(config.redis.key_prefix.as_str()),
+                // No client has id 0: Redis refuses the redirect after it
+                // checked the user's permission, and tracks nothing.
+                Value::from_static_str("REDIRECT"),
+                Value::from_static_str("0"),
+            ],
+        )
+        .await;
+    if let Err(e) = tracking
+        && refused(&e)
+    {
+        report.say(
+            Verdict::Fail,
+            format!(
+                "the user may not send CLIENT TRACKING to {name} ({}): the replica of keys and triggers cannot stay live, and the ingress does not become ready",
+                e.details()
+            ),
+        );
+    }
+    match node.info::<String>(Some(InfoKind::Server)).await {
+        Ok(info) => {
+            let version = info
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .unwrap_or("unknown")
+                .trim()
+                .to_owned();
+            Some((name.to_owned(), version, primary))
+        }
+        Err(e) => {
+            report.say(Verdict::Fail, format!("INFO on {name}: {}", reason(&e)));
+            None
+        }
+    }
+}
+
+/// `major.minor` of a version string (0.0 where it does not read).
+fn numbers(version: &str) -> (u64, u64) {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// A custom command named `name`, routed by `hash` in a cluster.
+fn cmd(name: &'static str, hash: ClusterHash) -> CustomCommand {
+    CustomCommand::new_static(name, hash, false)
+}
+
+/// Each route's job write, asked as the job writers ask it.
+async fn writes(client: &Client, config: &Config, report: &mut Report) {
+    let layout = Layout::of(config);
+    for (check, key) in layout.checks_with_keys(config) {
+        let Some((name, args)) = check.command().split_first() else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        let hash = ClusterHash::Custom(fred::util::redis_keyslot(&key));
+        let args: Vec<Value> = args.iter().cloned().map(Value::Bytes).collect();
+        let asked: Result<Value, Error> = client
+            .custom(CustomCommand::new(name, hash, false), args)
+            .await;
+        match asked {
+            Err(e) if refused(&e) => report.say(
+                Verdict::Fail,
+                format!(
+                    "the user may not write jobs to {} ({}): every request matching it would get 503",
+                    check.what(),
+                    e.details()
+                ),
+            ),
+            Err(e) if !answered(&e) => report.say(
+                Verdict::Fail,
+                format!("could not ask about {}: {}", check.what(), reason(&e)),
+            ),
+            // The argument error or NOSCRIPT: permitted.
+            Ok(_) | Err(_) => {
+                report.say(Verdict::Ok, format!("the user may write jobs to {}", check.what()));
+            }
+        }
+    }
+}
+
+/// Whether `e` is Redis's answer (an error reply), not the connection's
+/// failure.
+fn answered(e: &Error) -> bool {
+    !matches!(
+        e.kind(),
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Backpressure
+            | ErrorKind::Tls
+    )
+}
+
+/// The reads the replica makes of the control plane, and what it holds.
+async fn control_plane(client: &Client, config: &Config, report: &mut Report) {
+    let prefix = &config.redis.key_prefix;
+    let apikey = format!("{prefix}apikey:{PROBE}");
+    let trigger = format!("{prefix}triggers:{PROBE}:{PROBE}");
+    let properties = format!("{prefix}org:{PROBE}:properties");
+    let mut refusals = Vec::new();
+    let mut note = |what: String, asked: Result<Value, Error>| match asked {
+        Err(e) if refused(&e) => refusals.push(format!("{what}: {}", e.details())),
+        Err(e) if !answered(&e) => refusals.push(format!("{what}: {}", reason(&e))),
+        _ => {}
+    };
+    note(format!("MGET {apikey}"), client.mget(apikey.as_str()).await);
+    note(
+        format!("SMEMBERS {trigger}"),
+        client.smembers(trigger.as_str()).await,
+    );
+    note(
+        format!("HGETALL {properties}"),
+        client.hgetall(properties.as_str()).await,
+    );
+    // The replica reads sets and hashes through a script.
+    let script: Result<Value, Error> = client
+        .custom(
+            cmd("EVALSHA", ClusterHash::Offset(2)),
+            vec![
+                Value::Bytes(Bytes::from_static(&[b'0'; 40])),
+                Value::Integer(1),
+                Value::from(trigger.as_str()),
+            ],
+        )
+        .await;
+    note(format!("EVALSHA on {trigger}"), script);
+    let mut counts = Vec::new();
+    for (what, pattern) in [
+        ("API keys", format!("{prefix}apikey:*")),
+        ("triggers", format!("{prefix}triggers:*")),
+        (
+            "outreach configurations",
+            format!("{prefix}outreach:config:*"),
+        ),
+        ("org properties", format!("{prefix}org:*:properties")),
+    ] {
+        match count(client, pattern).await {
+            Ok(n) => counts.push((what, n)),
+            Err(e) if refused(&e) => refusals.push(format!("SCAN: {}", e.details())),
+            Err(e) => refusals.push(format!("SCAN: {}", reason(&e))),
+        }
+    }
+    if !refusals.is_empty() {
+        refusals.dedup();
+        report.say(
+            Verdict::Fail,
+            format!(
+                "the user may not read the control plane under {prefix} ({}): the ingress does not become ready",
+                refusals.join("; ")
+            ),
+        );
+        return;
+    }
+    let listed: Vec<String> = counts
+        .iter()
+        .map(|(what, n)| format!("{what}: {n}"))
+        .collect();
+    report.say(
+        Verdict::Ok,
+        format!("the user may read the control plane: {}", listed.join(", ")),
+    );
+    if counts.first().is_some_and(|(_, n)| *n == 0) && config.auth.jwt_secret.is_none() {
+        report.say(
+            Verdict::Warn,
+            format!(
+                "no API key under {prefix}apikey: and no JWT secret: every webhook request would get 401 (bring the keys over with `tether-ingress import`)"
+            ),
+        );
+    }
+}
+
+/// How many keys match `pattern` (every primary of a Cluster).
+async fn count(client: &Client, pattern: String) -> Result<usize, Error> {
+    let mut keys = Vec::new();
+    let mut pages = redis::scan_keys(client, pattern, 1000);
+    while let Some(mut page) = pages.try_next().await? {
+        keys.extend(page.take_results().unwrap_or_default());
+        page.next();
+    }
+    keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    keys.dedup();
+    Ok(keys.len())
+}
+
+/// `Idempotency-Key` records: a claim is a `SET NX`, its answer a script.
+async fn idempotency(client: &Client, config: &Config, report: &mut Report) {
+    let key = format!("{}idempotency:{PROBE}", config.redis.key_prefix);
+    let asked: Result<Value, Error> = client
+        .custom(
+            cmd("EVALSHA", ClusterHash::Offset(2)),
+            vec![
+                Value::Bytes(Bytes::from_static(&[b'0'; 40])),
+                Value::Integer(1),
+                Value::from(key.as_str()),
+            ],
+        )
+        .await;
+    if let Err(e) = asked
+        && refused(&e)
+    {
+        report.say(
+            Verdict::Warn,
+            format!(
+                "the user may not run scripts on {key} ({}): requests with an Idempotency-Key would get 503",
+                e.details()
+            ),
+        );
+    }
+}
+
+/// Each node's `maxmemory-policy`, as the running ingress reads it.
+async fn eviction(client: &Client, report: &mut Report) {
+    for (node, asked) in sink::eviction_policies(client).await {
+        let on = if node.is_empty() {
+            String::new()
+        } else {
+            format!(" on {node}")
+        };
+        match asked {
+            Ok(Some(policy)) if sink::may_evict_jobs(&policy) => report.say(
+                Verdict::Warn,
+                format!(
+                    "maxmemory-policy{on} is {policy}: Redis may evict job streams and queues when its memory runs short, jobs answered 202 among them (set noeviction)"
+                ),
+            ),
+            Ok(Some(policy)) => report.say(Verdict::Ok, format!("maxmemory-policy{on} is {policy}")),
+            Ok(None) => {}
+            Err(e) => report.say(
+                Verdict::Warn,
+                format!("cannot read the eviction policy{on}: {}", reason(&e)),
+            ),
+        }
+    }
+}
+
+/// The consumer groups of a job stream, and what trimming took from them.
+async fn groups(client: &Client, config: &Config, stream: &str, report: &mut Report) {
+    match sink::stream_groups(client, stream).await {
+        Ok(None) => report.say(
+            Verdict::Warn,
+            format!(
+                "stream {stream} does not exist yet, so no consumer group reads it: workers usually make theirs at start (XGROUP CREATE … MKSTREAM); jobs trimmed before one exists are lost to it"
+            ),
+        ),
+        Ok(Some((_, _, groups))) if groups.is_empty() => report.say(
+            Verdict::Warn,
+            format!(
+                "no consumer group reads stream {stream}: if its workers read with one, it was never made here (or under another name)"
+            ),
+        ),
+        Ok(Some((added, length, groups))) => {
+            let named: Vec<String> = groups
+                .iter()
+                .map(|g| match g.lag {
+                    Some(lag) => format!("{} (lag {lag})", g.name),
+                    None => g.name.clone(),
+                })
+                .collect();
+            report.say(
+                Verdict::Ok,
+                format!("stream {stream} is read by {}", named.join(", ")),
+            );
+            for group in &groups {
+                if let Some(lost) = group.trimmed_unread(added, length)
+                    && lost > 0
+                    && config.streams.maxlen > 0
+                {
+                    report.say(
+                        Verdict::Warn,
+                        format!(
+                            "group {} lost {lost} entries of {stream} to trimming before it read them: raise streams.maxlen ({}) above its worst backlog",
+                            group.name, config.streams.maxlen
+                        ),
+                    );
+                }
+            }
+        }
+        Err(e) if refused(&e) => report.say(
+            Verdict::Warn,
+            format!(
+                "the user may not read stream {stream}'s consumer groups ({}): entries trimmed unread go unmeasured",
+                e.details()
+            ),
+        ),
+        Err(e) => report.say(
+            Verdict::Warn,
+            format!("cannot read stream {stream}'s consumer groups: {}", reason(&e)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_by_major_and_minor() {
+        assert!(numbers("5.0.14") < LOWEST);
+        assert!(numbers("6.0.0") >= LOWEST);
+        assert!(numbers("6.2.14") < COUNTS_TRIMMING);
+        assert!(numbers("7.0.15") >= COUNTS_TRIMMING);
+        assert!(numbers("10.1") > COUNTS_TRIMMING);
+        assert_eq!(numbers("unknown"), (0, 0));
+    }
+
+    #[test]
+    fn a_report_fails_only_on_a_failure() {
+        let mut report = Report::default();
+        report.say(Verdict::Ok, "a");
+        report.say(Verdict::Warn, "b");
+        assert_eq!(report.failures(), 0);
+        report.say(Verdict::Fail, "c");
+        assert_eq!(report.failures(), 1);
+        assert_eq!(report.to_string(), "ok    a\nwarn  b\nFAIL  c\n");
+    }
+}
