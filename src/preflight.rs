@@ -320,17 +320,10 @@ async fn control_plane(client: &Client, config: &Config, report: &mut Report) {
         client.hgetall(properties.as_str()).await,
     );
     // The replica reads sets and hashes through a script.
-    let script: Result<Value, Error> = client
-        .custom(
-            cmd("EVALSHA", ClusterHash::Offset(2)),
-            vec![
-                Value::Bytes(Bytes::from_static(&[b'0'; 40])),
-                Value::Integer(1),
-                Value::from(trigger.as_str()),
-            ],
-        )
-        .await;
-    note(format!("EVALSHA on {trigger}"), script);
+    note(
+        format!("EVALSHA on {trigger}"),
+        script_on(client, &trigger).await,
+    );
     let mut counts = Vec::new();
     for (what, pattern) in [
         ("API keys", format!("{prefix}apikey:*")),
@@ -376,6 +369,21 @@ async fn control_plane(client: &Client, config: &Config, report: &mut Report) {
     }
 }
 
+/// `EVALSHA` of a script no one has, on `key`: `NOSCRIPT` where the user
+/// may run scripts on it, `NOPERM` where not.
+async fn script_on(client: &Client, key: &str) -> Result<Value, Error> {
+    client
+        .custom(
+            cmd("EVALSHA", ClusterHash::Offset(2)),
+            vec![
+                Value::Bytes(Bytes::from_static(&[b'0'; 40])),
+                Value::Integer(1),
+                Value::from(key),
+            ],
+        )
+        .await
+}
+
 /// How many keys match `pattern` (every primary of a Cluster).
 async fn count(client: &Client, pattern: String) -> Result<usize, Error> {
     let mut keys = Vec::new();
@@ -392,17 +400,7 @@ async fn count(client: &Client, pattern: String) -> Result<usize, Error> {
 /// `Idempotency-Key` records: a claim is a `SET NX`, its answer a script.
 async fn idempotency(client: &Client, config: &Config, report: &mut Report) {
     let key = format!("{}idempotency:{PROBE}", config.redis.key_prefix);
-    let asked: Result<Value, Error> = client
-        .custom(
-            cmd("EVALSHA", ClusterHash::Offset(2)),
-            vec![
-                Value::Bytes(Bytes::from_static(&[b'0'; 40])),
-                Value::Integer(1),
-                Value::from(key.as_str()),
-            ],
-        )
-        .await;
-    if let Err(e) = asked
+    if let Err(e) = script_on(client, &key).await
         && refused(&e)
     {
         report.say(
