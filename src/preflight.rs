@@ -223,6 +223,34 @@ async fn node_checks<C: ClientLike + ServerInterface>(
             ),
         );
     }
+    let wanted = config.redis.wait_replicas;
+    if wanted > 0 {
+        match node.info::<String>(Some(InfoKind::Replication)).await {
+            Ok(info) => {
+                let connected: u32 = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("connected_slaves:"))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+                if connected < wanted {
+                    report.say(
+                        Verdict::Fail,
+                        format!(
+                            "{name} has {connected} replica(s) connected and redis.wait_replicas is {wanted}: no job would count as stored, each request spooled or answered 503"
+                        ),
+                    );
+                } else {
+                    report.say(
+                        Verdict::Ok,
+                        format!(
+                            "{name} has {connected} replica(s) connected (redis.wait_replicas is {wanted})"
+                        ),
+                    );
+                }
+            }
+            Err(e) => report.say(Verdict::Fail, format!("INFO on {name}: {}", reason(&e))),
+        }
+    }
     match node.info::<String>(Some(InfoKind::Server)).await {
         Ok(info) => {
             let version = info

@@ -546,13 +546,14 @@ async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
             .collect();
         assert_eq!(redis.cli(&args), "OK");
     }
-    let check = |user: &str, password: &str| {
+    let check_with = |user: &str, password: &str, env: &[(&str, &str)]| {
         let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
             .arg("check-redis")
             .env(
                 "TETHER_INGRESS_REDIS_URL",
                 format!("redis://{user}:{password}@127.0.0.1:{}", redis.port),
             )
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -563,6 +564,7 @@ async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
         );
         (out.status.code(), text, err)
     };
+    let check = |user: &str, password: &str| check_with(user, password, &[]);
 
     let (code, text, err) = check("limited", "pw-limited");
     assert_eq!(code, Some(1), "{text}{err}");
@@ -594,4 +596,18 @@ async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
         assert!(text.contains(said), "{said:?} missing:\n{text}");
     }
     assert!(!text.contains("FAIL"), "{text}");
+    // Replicas asked for that the primary does not have: no job would
+    // count as stored.
+    let (code, text, err) = check_with(
+        "full",
+        "pw-full",
+        &[("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "1")],
+    );
+    assert_eq!(code, Some(1), "{text}{err}");
+    assert!(
+        text.contains(
+            "replica(s) connected and redis.wait_replicas is 1: no job would count as stored"
+        ),
+        "{text}"
+    );
 }

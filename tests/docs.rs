@@ -252,7 +252,7 @@ async fn the_deploy_acl_user_serves_behind_sentinel_through_a_failover() {
             == StatusCode::ACCEPTED
     };
     assert!(accepted().await);
-    check_redis_passes(&config_url, &[]);
+    check_redis_passes(&config_url, &[("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "2")]);
     let old = deployment.primary.port;
     deployment.primary.kill();
     assert!(
