@@ -20,10 +20,9 @@
 use std::fmt;
 
 use bytes::Bytes;
-use fred::types::scan::Scanner;
 use fred::{
     prelude::*,
-    types::{ClusterHash, CustomCommand, InfoKind, Value},
+    types::{ClusterHash, CustomCommand, InfoKind, Value, scan::Scanner},
 };
 use futures::TryStreamExt;
 
