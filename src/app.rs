@@ -7,7 +7,7 @@
 //! ready, who does this request authenticate as, and how a reloaded
 //! configuration is applied.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::{error, info, warn};
@@ -16,7 +16,7 @@ use crate::{
     auth::{Authenticator, Credential},
     config::Config,
     error::Reject,
-    metrics::Handles,
+    metrics::{self as m, Handles},
     outreach_views::{OrgProperties, OutreachConfigs},
     proxy::Proxy,
     replica::ReplicaStatus,
@@ -74,6 +74,7 @@ impl App {
                 Ok(config) => {
                     in_use.store(config);
                     info!("listener certificate reloaded");
+                    note_certificate("listener", cert);
                 }
                 Err(e) => error!(
                     error = %e,
@@ -149,4 +150,57 @@ pub(crate) enum Waiting {
     Caches,
     /// The job writer's first connection to a Redis primary.
     JobWriter,
+}
+
+/// How long before its expiry a certificate the ingress presents is warned
+/// about when it is loaded.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Shows when certificate file `path` (`which`: `listener` or
+/// `redis_client`) expires, and says at load one that has expired or
+/// expires within [`EXPIRY_WARNING`]: rustls presents an expired
+/// certificate without a word, and every client then refuses it.
+pub(crate) fn note_certificate(which: &'static str, path: &std::path::Path) {
+    let expires = match crate::tls::expires_at(path) {
+        Ok(at) => at,
+        Err(e) => {
+            warn!(certificate = which, error = %e, "cannot read when this certificate expires");
+            return;
+        }
+    };
+    metrics::gauge!(m::TLS_CERTIFICATE_EXPIRY, "certificate" => which).set(expires as f64);
+    let now = i64::try_from(crate::now_ms() / 1000).unwrap_or(i64::MAX);
+    let left = expires.saturating_sub(now);
+    if let Some(said) = expiry_said(left) {
+        warn!(certificate = which, file = %path.display(), expires_in_days = left / 86_400, "{said}");
+    }
+}
+
+/// What to say of a certificate that expires in `left` seconds (negative:
+/// expired), if anything.
+fn expiry_said(left: i64) -> Option<&'static str> {
+    if left <= 0 {
+        Some(
+            "this certificate has expired: TLS peers refuse it; replace the file (the listener's is re-read on SIGHUP)",
+        )
+    } else if left < EXPIRY_WARNING.as_secs() as i64 {
+        Some(
+            "this certificate expires soon: replace the file before it does (the listener's is re-read on SIGHUP)",
+        )
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_said_once_expired_or_within_two_weeks_of_it() {
+        assert!(expiry_said(-5).is_some_and(|s| s.contains("has expired")));
+        assert!(expiry_said(0).is_some_and(|s| s.contains("has expired")));
+        assert!(expiry_said(13 * 86_400).is_some_and(|s| s.contains("expires soon")));
+        assert_eq!(expiry_said(15 * 86_400), None);
+    }
 }

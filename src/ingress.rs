@@ -55,11 +55,16 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         _ => None,
     };
     let listener_tls = match config.server.tls.files() {
-        Some((cert, key)) => Some(Arc::new(arc_swap::ArcSwap::new(crate::tls::server_config(
-            cert, key,
-        )?))),
+        Some((cert, key)) => {
+            let tls = crate::tls::server_config(cert, key)?;
+            crate::app::note_certificate("listener", cert);
+            Some(Arc::new(arc_swap::ArcSwap::new(tls)))
+        }
         None => None,
     };
+    if let Some(cert) = &config.redis.tls.cert_file {
+        crate::app::note_certificate("redis_client", cert);
+    }
     let keys = Arc::new(KeyTable::with_digests(
         &config.redis.key_prefix,
         config.rate_limit.scope == RateLimitScope::Global,

@@ -78,6 +78,8 @@ metrics! {
         "Times the sentinels named a new primary (Sentinel only); the job writers leave the old one at once.";
     gauge REDIS_MAY_EVICT_JOBS = "tether_redis_may_evict_jobs":
         "1 while Redis's maxmemory-policy (allkeys-*) lets it evict job streams and queues, jobs already answered 202 among them, when its memory runs short (read every 10 s).";
+    gauge TLS_CERTIFICATE_EXPIRY = "tether_tls_certificate_expiry_timestamp_seconds":
+        "When a certificate the ingress presents expires (its notAfter, Unix seconds), by certificate: listener (server.tls, again on each reload) or redis_client (redis.tls, at start). Alert well before it.";
     gauge STREAM_GROUPS = "tether_stream_groups":
         "Consumer groups on a job stream, by stream (streams mode; read every 10 s): 0 on a stream whose workers read with a group means none was made, and whatever is trimmed meanwhile is lost.";
     gauge STREAM_GROUP_LAG = "tether_stream_group_lag":

@@ -131,6 +131,24 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// When the first certificate of PEM file `path` (the leaf, in a chain)
+/// expires: its `notAfter`, in seconds since the Unix epoch.
+pub(crate) fn expires_at(path: &Path) -> Result<i64, TlsError> {
+    let certs = certificates("certificate file", path)?;
+    let leaf = certs.first().ok_or_else(|| TlsError::File {
+        what: "certificate file",
+        path: path.to_owned(),
+        reason: "holds no PEM certificate".into(),
+    })?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| TlsError::File {
+            what: "certificate file",
+            path: path.to_owned(),
+            reason: format!("not an X.509 certificate: {e}"),
+        })?;
+    Ok(parsed.validity().not_after.timestamp())
+}
+
 /// Every certificate of a PEM file (at least one).
 fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let fail = |reason: String| TlsError::File {

@@ -120,9 +120,24 @@ fn config(url: &str, ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Con
     raw
 }
 
-/// Serves with `raw`, and checks that one request writes its job.
+/// Serves with `raw`, and checks that one request writes its job (and,
+/// with a client certificate, that its expiry is shown: the test's are
+/// valid for two days).
 async fn serves(raw: Config, redis: &TlsRedis) {
+    let client_certificate = raw.redis.tls.cert_file.is_some();
     let ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    if client_certificate {
+        let expires = metric_value(
+            &ingress,
+            "tether_tls_certificate_expiry_timestamp_seconds{certificate=\"redis_client\"}",
+        )
+        .await;
+        let now = (tether_ingress::now_ms() / 1000) as f64;
+        assert!(
+            expires > now && expires <= now + 2.0 * 86_400.0,
+            "{expires} shown at {now}"
+        );
+    }
     let (status, _, body) = ingress
         .workflow(Some(TEST_KEY), r#"{"webhookId":"wh_1","lead":{"n":1}}"#)
         .await;

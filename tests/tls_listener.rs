@@ -505,3 +505,115 @@ async fn sighup_makes_the_binary_serve_the_new_certificate() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// When the listener's certificate expires, by `openssl` and `date`, in
+/// Unix seconds.
+fn not_after(file: &Path) -> f64 {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let date = text.trim().strip_prefix("notAfter=").unwrap();
+    let out = Command::new("date")
+        .args(["-d", date, "+%s"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A certificate's expiry is shown, at start and after a reload brings a
+/// new one, and one that expires within two weeks is said: rustls presents
+/// an expired certificate without a word, and every client refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_certificates_expiry_is_shown_and_said_when_near() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Leaves valid for two days; then one of them signed again for 30.
+    pki(d, "good", &["server", "server2"]);
+    support::tls::openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server2.csr",
+            "-CA",
+            "good-ca.crt",
+            "-CAkey",
+            "good-ca.key",
+            "-out",
+            "server30.crt",
+            "-days",
+            "30",
+            "-extfile",
+            "leaf.ext",
+        ],
+    );
+    install(d, "server");
+    let ca = d.join("good-ca.crt");
+    let redis = RedisServer::start();
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_logging(
+        &[
+            ("TETHER_INGRESS_REDIS_URL", redis.url()),
+            (
+                "TETHER_INGRESS_TLS_CERT_FILE",
+                d.join("listener.crt").display().to_string(),
+            ),
+            (
+                "TETHER_INGRESS_TLS_KEY_FILE",
+                d.join("listener.key").display().to_string(),
+            ),
+        ],
+        log.writer(),
+    );
+    let said = log
+        .line_with("this certificate expires soon", Duration::from_secs(20))
+        .await;
+    assert!(
+        said.contains("certificate=\"listener\"") || said.contains("certificate=listener"),
+        "{said}"
+    );
+    // Two days, less the moments since it was made (0 s when in the same second).
+    assert!(
+        said.contains("expires_in_days=1") || said.contains("expires_in_days=2"),
+        "{said}"
+    );
+    let port = ingress.addr.port();
+    let shown = || {
+        let ca = ca.clone();
+        async move {
+            let (status, _, body) =
+                curl(ca, vec![format!("https://localhost:{port}/metrics")]).await;
+            assert_eq!(status, "200");
+            body.lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "tether_tls_certificate_expiry_timestamp_seconds{certificate=\"listener\"} ",
+                    )
+                })
+                .and_then(|v| v.parse::<f64>().ok())
+        }
+    };
+    assert_eq!(shown().await, Some(not_after(&d.join("server.crt"))));
+    // A reload brings the 30-day certificate: shown, and not said.
+    std::fs::copy(d.join("server30.crt"), d.join("listener.crt")).unwrap();
+    std::fs::copy(d.join("server2.key"), d.join("listener.key")).unwrap();
+    signal(ingress.pid(), "HUP");
+    let later = not_after(&d.join("server30.crt"));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            shown().await == Some(later)
+        })
+        .await,
+        "the reloaded certificate's expiry was not shown"
+    );
+    assert_eq!(
+        log.text().matches("this certificate expires soon").count(),
+        1,
+        "{}",
+        log.text()
+    );
+}
