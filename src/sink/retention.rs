@@ -13,7 +13,8 @@
 //! cluster stream's node): `INFO memory` (of every primary, in a cluster:
 //! each has its own policy and evicts its own keys), and `XINFO STREAM` and
 //! `XINFO GROUPS` of each stream, once a second after start and then every
-//! [`EVERY`].
+//! [`EVERY`]. `check-redis` asks the same through these functions before
+//! any traffic.
 //!
 //! Trimming removes entries oldest first and a group reads them in order,
 //! so an entry trimmed unread is younger than every entry the group read;
@@ -180,6 +181,7 @@ pub(crate) async fn eviction_policies(
     .await
 }
 
+/// What a policy that may evict jobs is said with.
 const MAY_EVICT: &str = "redis may evict job streams and queues when its memory runs short, jobs already answered 202 among them: set maxmemory-policy to noeviction (writes are then refused, and the ingress answers 503 or spools)";
 
 /// Whether Redis may evict a key without a TTL, as job streams and queues
