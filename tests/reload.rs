@@ -274,3 +274,49 @@ async fn a_reloaded_jwt_secret_ending_in_a_newline_is_said() {
     signal(child.id(), "TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// A reload that renames a job stream stops the old one's count of
+/// consumer groups (NaN, which no comparison matches): its last count, 0
+/// for a stream no group read, would otherwise go on firing the "no
+/// consumer group" alert for a stream the ingress no longer writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_renamed_by_a_reload_is_no_longer_counted() {
+    let redis = RedisServer::start();
+    redis.cli(&["XADD", "old:jobs", "*", "f", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[streams]\nworkflow = \"old:jobs\"\n").unwrap();
+    let (mut child, port) = serving_from_file(&file, &redis);
+    let http = http_client();
+    let shows = |line: &'static str| {
+        let http = http.clone();
+        async move {
+            let req = Request::get(format!("http://127.0.0.1:{port}/metrics"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let Ok(res) = http.request(req).await else {
+                return false;
+            };
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            String::from_utf8_lossy(&body).lines().any(|l| l == line)
+        }
+    };
+    let counted = eventually(Duration::from_secs(30), || {
+        shows("tether_stream_groups{stream=\"old:jobs\"} 0")
+    })
+    .await;
+    std::fs::write(&file, "[streams]\nworkflow = \"new:jobs\"\n").unwrap();
+    signal(child.id(), "HUP");
+    let uncounted = counted
+        && eventually(Duration::from_secs(30), || {
+            shows("tether_stream_groups{stream=\"old:jobs\"} NaN")
+        })
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(counted, "the stream's groups were never counted");
+    assert!(uncounted, "the renamed stream is still counted");
+}

@@ -85,6 +85,8 @@ struct Seen {
     refusal_said: bool,
     /// Streams said to be trimmed with no consumer group on them.
     ungrouped_said: Vec<String>,
+    /// Streams whose count of groups is shown.
+    counted: Vec<String>,
 }
 
 /// One group's entries trimmed unread: the most measured, the count last
@@ -298,6 +300,9 @@ impl Seen {
     /// name), and what is trimmed meanwhile no group will ever read.
     fn groups_of(&mut self, stream: &str, groups: usize, added: u64, length: u64) {
         metrics::gauge!(m::STREAM_GROUPS, "stream" => stream.to_owned()).set(groups as f64);
+        if !self.counted.iter().any(|s| s == stream) {
+            self.counted.push(stream.to_owned());
+        }
         let said = self.ungrouped_said.iter().position(|s| s == stream);
         match (groups, said) {
             (0, None) if added > length => {
@@ -351,6 +356,17 @@ impl Seen {
     /// (a stream Redis did not answer for keeps its groups), `now` the
     /// groups found on them.
     fn forget_all_but(&mut self, configured: &[String], read: &[String], now: &[(String, String)]) {
+        // A stream no longer configured (a reload renamed it) is no longer
+        // counted: NaN, which no alert's comparison matches, where its last
+        // count (0, say) would go on looking like a stream nobody reads.
+        self.counted.retain(|stream| {
+            let kept = configured.contains(stream);
+            if !kept {
+                metrics::gauge!(m::STREAM_GROUPS, "stream" => stream.clone()).set(f64::NAN);
+                self.ungrouped_said.retain(|s| s != stream);
+            }
+            kept
+        });
         self.groups.retain(|(stream, group), _| {
             let kept = configured.contains(stream)
                 && (!read.contains(stream) || now.iter().any(|(s, g)| s == stream && g == group));
@@ -413,6 +429,10 @@ mod tests {
         // A group is made: said again should it go.
         seen.groups_of("s", 1, 50, 12);
         assert!(seen.ungrouped_said.is_empty());
+        // A reload renamed it: no longer counted.
+        assert_eq!(seen.counted, ["s"]);
+        seen.forget_all_but(&["t".to_owned()], &[], &[]);
+        assert!(seen.counted.is_empty());
     }
 
     #[test]
