@@ -81,7 +81,7 @@ metrics! {
     gauge TLS_CERTIFICATE_EXPIRY = "tether_tls_certificate_expiry_timestamp_seconds":
         "When a certificate the ingress presents expires (its notAfter, Unix seconds), by certificate: listener (server.tls, again on each reload) or redis_client (redis.tls, at start). Alert well before it.";
     gauge STREAM_GROUPS = "tether_stream_groups":
-        "Consumer groups on a job stream, by stream (streams mode; read every 10 s): 0 on a stream whose workers read with a group means none was made, and whatever is trimmed meanwhile is lost.";
+        "Consumer groups on a job stream, by stream (streams mode; read every 10 s): 0 on a stream whose workers read with a group means none was made, and whatever is trimmed meanwhile is lost; NaN once a reload renamed the stream away.";
     gauge STREAM_GROUP_LAG = "tether_stream_group_lag":
         "Entries of a job stream not yet delivered to a consumer group, by stream and group, as Redis counts them (streams mode; read every 10 s).";
     gauge STREAM_GROUP_TRIMMED_UNREAD = "tether_stream_group_trimmed_unread":
