@@ -74,7 +74,7 @@ enum Command {
     /// Ask Redis, before serving, whether it will take this ingress's work:
     /// the user's permissions for every write and read the ingress makes,
     /// each node's role and version, the eviction policy, the job streams'
-    /// consumer groups. One line per check (ok, warn, FAIL); exits 1 if a
+    /// consumer groups or the BullMQ queues' state. One line per check (ok, warn, FAIL); exits 1 if a
     /// check failed, 3 if Redis cannot be reached.
     CheckRedis,
 }

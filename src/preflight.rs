@@ -2,7 +2,9 @@
 //! serving ingress would otherwise find out while serving (a 503 per
 //! request, an ingress that never becomes ready, a warning in its log):
 //! whether this configuration's Redis user may make the writes and reads
-//! the ingress makes, and whether Redis keeps the jobs it acknowledges.
+//! the ingress makes, whether Redis keeps the jobs it acknowledges, and
+//! whether the workers' side will take them (consumer groups; a BullMQ
+//! queue not paused).
 //!
 //! Each check is one command that changes nothing. Where a permission is
 //! asked, the command is wrong on purpose or reads a key that does not
@@ -102,7 +104,47 @@ pub async fn check_redis(client: &Client, config: &Config) -> Report {
             groups(client, config, stream, &mut report).await;
         }
     }
+    for (queue, meta) in Layout::of(config).queue_metas() {
+        queue_state(client, &queue, meta, &mut report).await;
+    }
     report
+}
+
+/// A BullMQ queue's meta hash: a paused queue takes jobs that no Worker
+/// runs until it is resumed; `version` names the BullMQ of the last
+/// `Queue` made on it (5.20 and later write it).
+async fn queue_state(client: &Client, queue: &str, meta: Bytes, report: &mut Report) {
+    let asked: Result<Vec<Option<String>>, Error> = client
+        .hmget(Key::from(meta), vec!["paused", "version"])
+        .await;
+    match asked {
+        Ok(fields) => {
+            let (paused, version) = (
+                fields.first().cloned().flatten(),
+                fields.get(1).cloned().flatten(),
+            );
+            if paused.is_some() {
+                report.say(
+                    Verdict::Warn,
+                    format!(
+                        "queue {queue} is paused: jobs are added and acknowledged, but no Worker runs them until it is resumed"
+                    ),
+                );
+            }
+            let made = version.map_or_else(
+                || {
+                    "no Queue has written its version (BullMQ before 5.20, or none made yet)"
+                        .to_owned()
+                },
+                |v| format!("its Queue was made by {v}"),
+            );
+            report.say(Verdict::Ok, format!("queue {queue}: {made}"));
+        }
+        Err(e) => report.say(
+            Verdict::Warn,
+            format!("cannot read queue {queue}'s meta hash: {}", reason(&e)),
+        ),
+    }
 }
 
 /// Whether `e` is Redis refusing the user the command or a key.

@@ -610,4 +610,23 @@ async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
         ),
         "{text}"
     );
+    // BullMQ mode: a paused queue takes jobs no Worker runs.
+    redis.cli(&[
+        "HSET",
+        "bull:workflow-runs:meta",
+        "paused",
+        "1",
+        "version",
+        "bullmq:5.34.0",
+    ]);
+    let (code, text, err) = check_with("full", "pw-full", &[("TETHER_INGRESS_SINK", "bullmq")]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    for said in [
+        "ok    the user may write jobs to queue bull:workflow-runs",
+        "warn  queue bull:workflow-runs is paused: jobs are added and acknowledged, but no Worker runs them",
+        "ok    queue bull:workflow-runs: its Queue was made by bullmq:5.34.0",
+        "ok    queue bull:outreach-runs: no Queue has written its version",
+    ] {
+        assert!(text.contains(said), "{said:?} missing:\n{text}");
+    }
 }

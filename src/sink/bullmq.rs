@@ -536,6 +536,18 @@ pub(super) fn route_keys(queues: &Queues) -> [&[u8]; 2] {
     [&queues.workflow.keys[0], &queues.outreach.keys[0]]
 }
 
+/// The workflow and outreach queues' names (`<prefix>:<queue>`) and meta
+/// hashes, which a BullMQ `Queue` writes and its Workers read.
+pub(super) fn metas(queues: &Queues) -> [(String, Bytes); 2] {
+    [&queues.workflow, &queues.outreach].map(|q| {
+        let base = q.base.strip_suffix(b":").unwrap_or(&q.base);
+        (
+            String::from_utf8_lossy(base).into_owned(),
+            q.keys[1].clone(),
+        )
+    })
+}
+
 /// The workflow and outreach queues' permission checks.
 pub(super) fn write_checks(queues: &Queues) -> [Check; 2] {
     [&queues.workflow, &queues.outreach].map(|q| Check::script(&q.base, &q.keys))

@@ -143,6 +143,15 @@ impl Layout {
         ]
     }
 
+    /// In BullMQ mode, each queue's name and meta hash (nothing in streams
+    /// mode): what `check-redis` reads of the Workers' side.
+    pub(crate) fn queue_metas(&self) -> Vec<(String, Bytes)> {
+        match self {
+            Layout::Streams => Vec::new(),
+            Layout::Bullmq(q) => bullmq::metas(q).into(),
+        }
+    }
+
     fn spool_workflow(&self, out: &mut Vec<u8>, jobs: &WorkflowJobs, settings: &Settings) {
         match self {
             Layout::Streams => streams::spool_workflow(out, jobs, settings),
