@@ -197,7 +197,9 @@ impl Admin {
         Ok(())
     }
 
-    async fn scan_keys(&self, pattern: String) -> Result<Vec<String>, AdminError> {
+    /// Every key matching `pattern` (through every primary of a Cluster),
+    /// sorted, each once.
+    pub(crate) async fn scan_keys(&self, pattern: String) -> Result<Vec<String>, AdminError> {
         let mut out = Vec::new();
         let mut pages = crate::redis::scan_keys(&self.client, pattern, 1000);
         while let Some(mut page) = pages.try_next().await? {

@@ -337,7 +337,7 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
                 }
             }
             Command::CheckRedis => {
-                let report = tether_ingress::check_redis(admin.client(), config).await;
+                let report = tether_ingress::check_redis(&admin, config).await;
                 put(&report)?;
                 let failed = report.failures();
                 if failed > 0 {

@@ -24,13 +24,13 @@ use std::fmt;
 use bytes::Bytes;
 use fred::{
     prelude::*,
-    types::{ClusterHash, CustomCommand, InfoKind, Value, scan::Scanner},
+    types::{ClusterHash, CustomCommand, InfoKind, Value},
 };
-use futures::TryStreamExt;
 
 use crate::{
+    admin::{Admin, AdminError},
     config::{Config, SinkKind, redact_url},
-    redis::{self, reason},
+    redis::{self, info_field, not_permitted, reason},
     sink::{self, Layout},
 };
 
@@ -90,13 +90,14 @@ impl fmt::Display for Report {
     }
 }
 
-/// Runs every check through `client` (connected with `config`'s Redis
+/// Runs every check through `admin` (connected with `config`'s Redis
 /// settings).
-pub async fn check_redis(client: &Client, config: &Config) -> Report {
+pub async fn check_redis(admin: &Admin, config: &Config) -> Report {
+    let client = admin.client();
     let mut report = Report::default();
     nodes(client, config, &mut report).await;
     writes(client, config, &mut report).await;
-    control_plane(client, config, &mut report).await;
+    control_plane(admin, config, &mut report).await;
     idempotency(client, config, &mut report).await;
     eviction(client, &mut report).await;
     if config.sink.kind == SinkKind::Streams {
@@ -147,11 +148,6 @@ async fn queue_state(client: &Client, queue: &str, meta: Bytes, report: &mut Rep
     }
 }
 
-/// Whether `e` is Redis refusing the user the command or a key.
-fn refused(e: &Error) -> bool {
-    e.details().starts_with("NOPERM")
-}
-
 /// Each node's role, version and `CLIENT TRACKING` permission: the one
 /// node (the Sentinel's primary), or every primary of a Cluster.
 async fn nodes(client: &Client, config: &Config, report: &mut Report) {
@@ -162,7 +158,7 @@ async fn nodes(client: &Client, config: &Config, report: &mut Report) {
             report.say(Verdict::Fail, "the cluster has no primary serving slots");
         }
         for n in primaries {
-            let name = format!("{}:{}", n.host, n.port);
+            let name = n.to_string();
             let node = client.with_cluster_node(&n);
             versions.push(node_checks(&name, &node, config, report).await);
         }
@@ -228,7 +224,7 @@ async fn node_checks<C: ClientLike + ServerInterface>(
                     .unwrap_or_default()
             ),
         ),
-        Err(e) if refused(&e) => report.say(
+        Err(e) if not_permitted(&e) => report.say(
             Verdict::Fail,
             format!(
                 "the user may not send ROLE to {name} ({}): the job writers ask it when they connect, and cannot connect without it",
@@ -254,7 +250,7 @@ async fn node_checks<C: ClientLike + ServerInterface>(
         )
         .await;
     if let Err(e) = tracking
-        && refused(&e)
+        && not_permitted(&e)
     {
         report.say(
             Verdict::Fail,
@@ -268,10 +264,8 @@ async fn node_checks<C: ClientLike + ServerInterface>(
     if wanted > 0 {
         match node.info::<String>(Some(InfoKind::Replication)).await {
             Ok(info) => {
-                let connected: u32 = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("connected_slaves:"))
-                    .and_then(|n| n.trim().parse().ok())
+                let connected: u32 = info_field(&info, "connected_slaves")
+                    .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
                 if connected < wanted {
                     report.say(
@@ -294,11 +288,8 @@ async fn node_checks<C: ClientLike + ServerInterface>(
     }
     match node.info::<String>(Some(InfoKind::Server)).await {
         Ok(info) => {
-            let version = info
-                .lines()
-                .find_map(|l| l.strip_prefix("redis_version:"))
+            let version = info_field(&info, "redis_version")
                 .unwrap_or("unknown")
-                .trim()
                 .to_owned();
             Some((name.to_owned(), version, primary))
         }
@@ -334,7 +325,7 @@ async fn writes(client: &Client, config: &Config, report: &mut Report) {
             .custom(CustomCommand::new(name, hash, false), args)
             .await;
         match asked {
-            Err(e) if refused(&e) => report.say(
+            Err(e) if not_permitted(&e) => report.say(
                 Verdict::Fail,
                 format!(
                     "the user may not write jobs to {} ({}): every request matching it would get 503",
@@ -368,14 +359,15 @@ fn answered(e: &Error) -> bool {
 }
 
 /// The reads the replica makes of the control plane, and what it holds.
-async fn control_plane(client: &Client, config: &Config, report: &mut Report) {
+async fn control_plane(admin: &Admin, config: &Config, report: &mut Report) {
+    let client = admin.client();
     let prefix = &config.redis.key_prefix;
     let apikey = format!("{prefix}apikey:{PROBE}");
     let trigger = format!("{prefix}triggers:{PROBE}:{PROBE}");
     let properties = format!("{prefix}org:{PROBE}:properties");
     let mut refusals = Vec::new();
     let mut note = |what: String, asked: Result<Value, Error>| match asked {
-        Err(e) if refused(&e) => refusals.push(format!("{what}: {}", e.details())),
+        Err(e) if not_permitted(&e) => refusals.push(format!("{what}: {}", e.details())),
         Err(e) if !answered(&e) => refusals.push(format!("{what}: {}", reason(&e))),
         _ => {}
     };
@@ -403,10 +395,12 @@ async fn control_plane(client: &Client, config: &Config, report: &mut Report) {
         ),
         ("org properties", format!("{prefix}org:*:properties")),
     ] {
-        match count(client, pattern).await {
-            Ok(n) => counts.push((what, n)),
-            Err(e) if refused(&e) => refusals.push(format!("SCAN: {}", e.details())),
-            Err(e) => refusals.push(format!("SCAN: {}", reason(&e))),
+        match admin.scan_keys(pattern).await {
+            Ok(keys) => counts.push((what, keys.len())),
+            Err(AdminError::Redis(e)) if not_permitted(&e) => {
+                refusals.push(format!("SCAN: {}", e.details()));
+            }
+            Err(e) => refusals.push(format!("SCAN: {e}")),
         }
     }
     if !refusals.is_empty() {
@@ -453,24 +447,11 @@ async fn script_on(client: &Client, key: &str) -> Result<Value, Error> {
         .await
 }
 
-/// How many keys match `pattern` (every primary of a Cluster).
-async fn count(client: &Client, pattern: String) -> Result<usize, Error> {
-    let mut keys = Vec::new();
-    let mut pages = redis::scan_keys(client, pattern, 1000);
-    while let Some(mut page) = pages.try_next().await? {
-        keys.extend(page.take_results().unwrap_or_default());
-        page.next();
-    }
-    keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    keys.dedup();
-    Ok(keys.len())
-}
-
 /// `Idempotency-Key` records: a claim is a `SET NX`, its answer a script.
 async fn idempotency(client: &Client, config: &Config, report: &mut Report) {
     let key = format!("{}idempotency:{PROBE}", config.redis.key_prefix);
     if let Err(e) = script_on(client, &key).await
-        && refused(&e)
+        && not_permitted(&e)
     {
         report.say(
             Verdict::Warn,
@@ -549,7 +530,7 @@ async fn groups(client: &Client, config: &Config, stream: &str, report: &mut Rep
                 }
             }
         }
-        Err(e) if refused(&e) => report.say(
+        Err(e) if not_permitted(&e) => report.say(
             Verdict::Warn,
             format!(
                 "the user may not read stream {stream}'s consumer groups ({}): entries trimmed unread go unmeasured",

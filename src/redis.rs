@@ -358,6 +358,21 @@ pub(crate) async fn delete_keys(client: &Client, keys: Vec<String>) -> Result<i6
 /// cause is a `rediss://` URL at a plaintext port.
 pub(crate) const NOT_TLS_HINT: &str = " (does the server speak TLS on that port?)";
 
+/// Whether `e` is Redis refusing the user the command or one of its keys
+/// (ACL: `NOPERM`).
+pub(crate) fn not_permitted(e: &Error) -> bool {
+    e.details().starts_with("NOPERM")
+}
+
+/// The value of field `name` in an `INFO` answer (`name:value` lines).
+pub(crate) fn info_field<'i>(info: &'i str, name: &str) -> Option<&'i str> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
 /// Why a Redis command failed, in words: an I/O error as its own message
 /// (`Connection refused`), not fred's debug form of it (`Os { code: 111,
 /// kind: ConnectionRefused, message: "Connection refused" }`).
@@ -445,6 +460,13 @@ impl Outage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_info_field_is_read_by_its_whole_name() {
+        let info = "# Memory\r\nmaxmemory_policy_x:no\r\nmaxmemory_policy:allkeys-lru\r\n";
+        assert_eq!(info_field(info, "maxmemory_policy"), Some("allkeys-lru"));
+        assert_eq!(info_field(info, "redis_version"), None);
+    }
 
     #[test]
     fn an_io_failure_is_said_in_its_own_words() {

@@ -35,7 +35,11 @@ use fred::{
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::{metrics as m, settings::SharedSettings};
+use crate::{
+    metrics as m,
+    redis::{info_field, not_permitted, primaries},
+    settings::SharedSettings,
+};
 
 /// How often Redis is asked, after the first time.
 const EVERY: Duration = Duration::from_secs(10);
@@ -162,23 +166,19 @@ pub(super) fn spawn(
 pub(crate) async fn eviction_policies(
     client: &Client,
 ) -> Vec<(String, Result<Option<String>, Error>)> {
-    let policy = |info: String| {
-        info.lines()
-            .find_map(|l| l.strip_prefix("maxmemory_policy:"))
-            .map(|p| p.trim().to_owned())
-    };
+    let policy = |info: String| info_field(&info, "maxmemory_policy").map(str::to_owned);
     if !client.is_clustered() {
         let asked = client.info(Some(InfoKind::Memory)).await.map(policy);
         return vec![(String::new(), asked)];
     }
-    let primaries = crate::redis::primaries(client);
+    let primaries = primaries(client);
     futures::future::join_all(primaries.into_iter().map(|node| async move {
         let asked = client
             .with_cluster_node(&node)
             .info(Some(InfoKind::Memory))
             .await
             .map(policy);
-        (format!("{}:{}", node.host, node.port), asked)
+        (node.to_string(), asked)
     }))
     .await
 }
@@ -288,7 +288,7 @@ impl Seen {
     /// Says, once, that Redis refuses the watch's commands; the writes
     /// themselves are unaffected.
     fn refused(&mut self, e: &Error) {
-        if !self.refusal_said && e.details().starts_with("NOPERM") {
+        if !self.refusal_said && not_permitted(e) {
             self.refusal_said = true;
             warn!(error = %e.details(), "cannot read redis's eviction policy or the job streams' consumer groups (INFO, XINFO): jobs it may evict or trim unread go unmeasured");
         }
