@@ -28,6 +28,8 @@ use tracing::{debug, warn};
 
 use crate::{error::Reject, hex, metrics as m, telemetry::Throttle};
 
+/// What every record's key says after the configured prefix.
+const KIND: &str = "idempotency:";
 /// Header name.
 pub(crate) const HEADER: &str = "idempotency-key";
 /// Longest accepted key.
@@ -82,7 +84,7 @@ pub(crate) fn redis_key(
     let hash = digest::digest(&digest::SHA256, raw);
     let mut key = String::with_capacity(key_prefix.len() + org.len() + route.len() + 80);
     key.push_str(key_prefix);
-    key.push_str("idempotency:");
+    key.push_str(KIND);
     key.push_str(org);
     key.push(':');
     key.push_str(route);
@@ -147,6 +149,27 @@ fn parse_value(v: &[u8]) -> Option<Seen> {
     }
 }
 
+/// Why a claim could not be made or read: debug for an outage (the
+/// connections that meet it say it), a warning a second at most for a
+/// refusal by Redis's ACL, which lasts until the ACL changes.
+fn unavailable(key: &str, e: &fred::error::Error) -> Reject {
+    static REFUSED: Throttle = Throttle::new();
+    if crate::redis::not_permitted(e)
+        && let Some(held_back) = REFUSED.admit()
+    {
+        // The key's prefix, up to its kind: the ACL's key pattern to fix.
+        let under = key.find(KIND).map_or("", |at| &key[..at + KIND.len()]);
+        warn!(
+            error = %e.details(),
+            held_back,
+            "redis refuses this user the idempotency records (ACL): every request with an Idempotency-Key gets 503 until the user may SET, GET, DEL and EVALSHA on the keys under {under}"
+        );
+    } else {
+        debug!(error = %e, "idempotency store unavailable");
+    }
+    Reject::IdempotencyUnavailable
+}
+
 /// Claims `key` for this request, or finds the answer of an earlier one.
 pub(crate) async fn begin(
     client: &Client,
@@ -155,10 +178,6 @@ pub(crate) async fn begin(
     request_id: &HeaderValue,
     wait: Duration,
 ) -> Result<Begin, Reject> {
-    let unavailable = |e: fred::error::Error| {
-        debug!(error = %e, "idempotency store unavailable");
-        Reject::IdempotencyUnavailable
-    };
     if !client.is_connected() {
         return Err(Reject::IdempotencyUnavailable);
     }
@@ -175,7 +194,7 @@ pub(crate) async fn begin(
                 false,
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(&key, &e))?;
         if claimed.is_some() {
             return Ok(Begin::Fresh(Claim {
                 client: client.clone(),
@@ -185,7 +204,10 @@ pub(crate) async fn begin(
                 open: true,
             }));
         }
-        let current: Option<Bytes> = client.get(key.as_str()).await.map_err(unavailable)?;
+        let current: Option<Bytes> = client
+            .get(key.as_str())
+            .await
+            .map_err(|e| unavailable(&key, &e))?;
         match current.as_deref().and_then(parse_value) {
             // Gone since the SET (expired, released): try to claim again.
             None if current.is_none() => continue,

@@ -29,7 +29,7 @@ use fred::{
 
 use crate::{
     admin::{Admin, AdminError},
-    config::{Config, SinkKind, redact_url},
+    config::{Config, RateLimitScope, SinkKind, redact_url},
     redis::{self, info_field, not_permitted, reason},
     sink::{self, Layout},
 };
@@ -98,7 +98,7 @@ pub async fn check_redis(admin: &Admin, config: &Config) -> Report {
     nodes(client, config, &mut report).await;
     writes(client, config, &mut report).await;
     control_plane(admin, config, &mut report).await;
-    idempotency(client, config, &mut report).await;
+    records(client, config, &mut report).await;
     eviction(client, &mut report).await;
     if config.sink.kind == SinkKind::Streams {
         for stream in [&config.streams.workflow, &config.streams.outreach] {
@@ -447,20 +447,93 @@ async fn script_on(client: &Client, key: &str) -> Result<Value, Error> {
         .await
 }
 
-/// `Idempotency-Key` records: a claim is a `SET NX`, its answer a script.
-async fn idempotency(client: &Client, config: &Config, report: &mut Report) {
-    let key = format!("{}idempotency:{PROBE}", config.redis.key_prefix);
-    if let Err(e) = script_on(client, &key).await
-        && not_permitted(&e)
-    {
+/// The records the request path keeps besides jobs: `Idempotency-Key`
+/// claims and answers, and with `rate_limit.scope = "global"` each key's
+/// rate. Each is read and written with `GET`, `SET` and a script; a
+/// refusal is a warning, since only requests using them are affected.
+async fn records(client: &Client, config: &Config, report: &mut Report) {
+    let prefix = &config.redis.key_prefix;
+    let key = format!("{prefix}idempotency:{PROBE}");
+    let refused = refusals_on(client, &key, false).await;
+    if !refused.is_empty() {
         report.say(
             Verdict::Warn,
             format!(
-                "the user may not run scripts on {key} ({}): requests with an Idempotency-Key would get 503",
-                e.details()
+                "the user may not {} ({}): requests with an Idempotency-Key would get 503",
+                on_key(&refused, &key),
+                details(&refused)
             ),
         );
     }
+    if config.rate_limit.scope == RateLimitScope::Global {
+        let key = format!("{prefix}ratelimit:{PROBE}");
+        let refused = refusals_on(client, &key, true).await;
+        if refused.is_empty() {
+            report.say(
+                Verdict::Ok,
+                format!("the user may keep the global rate limits under {prefix}ratelimit:"),
+            );
+        } else {
+            report.say(
+                Verdict::Warn,
+                format!(
+                    "the user may not {} ({}): with rate_limit.scope = global each instance would limit keys by its own count",
+                    on_key(&refused, &key),
+                    details(&refused)
+                ),
+            );
+        }
+    }
+}
+
+/// Which of `GET`, `SET` and `EVALSHA` on `key` (and `TIME`, `with_time`)
+/// Redis refuses the user, each asked so that it changes nothing (a `SET`
+/// with options that contradict each other, a script no one has, a key
+/// that does not exist): `(command, Redis's words)`.
+async fn refusals_on(client: &Client, key: &str, with_time: bool) -> Vec<(String, String)> {
+    let mut asked: Vec<(&str, Result<Value, Error>)> = vec![
+        ("GET", client.get(key).await),
+        (
+            "SET",
+            client
+                .custom(
+                    cmd("SET", ClusterHash::FirstKey),
+                    vec![key, "probe", "NX", "XX"],
+                )
+                .await,
+        ),
+        ("EVALSHA", script_on(client, key).await),
+    ];
+    if with_time {
+        let no_args: Vec<Value> = Vec::new();
+        asked.push((
+            "TIME",
+            client
+                .custom(cmd("TIME", ClusterHash::Random), no_args)
+                .await,
+        ));
+    }
+    asked
+        .into_iter()
+        .filter_map(|(name, answer)| match answer {
+            Err(e) if not_permitted(&e) => Some((name.to_owned(), e.details().to_owned())),
+            Err(e) if !answered(&e) => Some((name.to_owned(), reason(&e))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `GET, SET on <key>`: what [`refusals_on`] found refused.
+fn on_key(refused: &[(String, String)], key: &str) -> String {
+    let names: Vec<&str> = refused.iter().map(|(name, _)| name.as_str()).collect();
+    format!("{} on {key}", names.join(", "))
+}
+
+/// Redis's words for each refusal, once each.
+fn details(refused: &[(String, String)]) -> String {
+    let mut said: Vec<&str> = refused.iter().map(|(_, why)| why.as_str()).collect();
+    said.dedup();
+    said.join("; ")
 }
 
 /// Each node's `maxmemory-policy`, as the running ingress reads it.

@@ -225,8 +225,22 @@ async fn rate_limit(app: &App, principal: &Principal, settings: &Settings) -> Re
                     .map_err(|retry_after_secs| Reject::RateLimited { retry_after_secs });
             }
             // Counted, not logged per request: during an outage every
-            // request would log it.
-            Err(_) => metrics::counter!(crate::metrics::GLOBAL_LIMIT_FALLBACKS).increment(1),
+            // request would log it. A refusal by Redis's ACL lasts until
+            // the ACL changes, and only this says it: a line a second.
+            Err(e) => {
+                static REFUSED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+                if crate::redis::not_permitted(&e)
+                    && let Some(held_back) = REFUSED.admit()
+                {
+                    tracing::warn!(
+                        error = %e.details(),
+                        held_back,
+                        "redis refuses this user the global rate limit's script (ACL): each instance limits keys by its own count until the user may EVALSHA, GET, SET and TIME on the keys under {}ratelimit:",
+                        settings.redis.key_prefix
+                    );
+                }
+                metrics::counter!(crate::metrics::GLOBAL_LIMIT_FALLBACKS).increment(1);
+            }
         }
     }
     principal

@@ -539,6 +539,8 @@ async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
         // Reads and scripts, but no XADD and no CLIENT TRACKING.
         "limited on >pw-limited ~tether:* +@read +@scripting +@connection +info +role -client|tracking",
         "full on >pw-full ~tether:* ~bull:* +@all",
+        // The control plane and the job streams, nothing else.
+        "keys_only on >pw-keys-only ~tether:apikey:* ~tether:triggers:* ~tether:org:* ~tether:outreach:* ~tether:jobs:* +@all",
     ] {
         let args: Vec<&str> = ["ACL", "SETUSER"]
             .into_iter()
@@ -608,6 +610,24 @@ async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
         text.contains(
             "replica(s) connected and redis.wait_replicas is 1: no job would count as stored"
         ),
+        "{text}"
+    );
+    // The records kept besides jobs: a refusal only warns, since only the
+    // requests using them are affected.
+    let global = [("TETHER_INGRESS_RATE_LIMIT_SCOPE", "global")];
+    let (code, text, err) = check_with("keys_only", "pw-keys-only", &global);
+    assert_eq!(code, Some(0), "{text}{err}");
+    for said in [
+        "warn  the user may not GET, SET, EVALSHA on tether:idempotency:tether-check (NOPERM",
+        "requests with an Idempotency-Key would get 503",
+        "warn  the user may not GET, SET, EVALSHA on tether:ratelimit:tether-check (NOPERM",
+        "each instance would limit keys by its own count",
+    ] {
+        assert!(text.contains(said), "{said:?} missing:\n{text}");
+    }
+    let (_, text, _) = check_with("full", "pw-full", &global);
+    assert!(
+        text.contains("ok    the user may keep the global rate limits under tether:ratelimit:"),
         "{text}"
     );
     // BullMQ mode: a paused queue takes jobs no Worker runs.

@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Instant;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
 use support::*;
 use tether_ingress::config::Config;
 
@@ -104,3 +106,105 @@ async fn without_redis_the_instance_limits_alone_and_counts_it() {
     assert!(limited >= 12 - 5 - 1, "{limited} of 12 limited");
     assert!(metric_value(&a, "tether_rate_limit_global_fallbacks_total").await >= 1.0);
 }
+
+/// A Redis user refused the rate-limit and idempotency records (its ACL
+/// names only the control plane and the job streams): the global limit
+/// falls back to the instance's own count and a request with an
+/// Idempotency-Key gets 503, as during an outage, but the log says why,
+/// naming the keys to grant, a line a second at most and never the
+/// password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_acl_refuses_are_said_in_the_log() {
+    let redis = RedisServer::start();
+    let r = redis.client().await;
+    put_key(&r, KEY, RECORD).await;
+    put_key(&r, "user_unlimited", r#"{"userId":"u_2","orgId":"o_1"}"#).await;
+    add_trigger(&r, "o_1", "wh_1", &["wf_a"]).await;
+    let user = [
+        "ACL",
+        "SETUSER",
+        "keys_only",
+        "on",
+        ">pw-keys-only",
+        "~tether:apikey:*",
+        "~tether:triggers:*",
+        "~tether:org:*",
+        "~tether:outreach:*",
+        "~tether:jobs:*",
+        "+@all",
+    ];
+    assert_eq!(redis.cli(&user), "OK");
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_logging(
+        &[
+            (
+                "TETHER_INGRESS_REDIS_URL",
+                format!("redis://keys_only:pw-keys-only@127.0.0.1:{}", redis.port),
+            ),
+            ("TETHER_INGRESS_RATE_LIMIT_SCOPE", "global".to_owned()),
+        ],
+        log.writer(),
+    );
+    ingress.wait_ready().await;
+    let http = http_client();
+    let post = |key: &str, idempotency: Option<&str>| {
+        let mut req = Request::post(format!("{}/api/webhook/workflow", ingress.base()))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json");
+        if let Some(k) = idempotency {
+            req = req.header("idempotency-key", k);
+        }
+        let req = req
+            .body(Full::new(Bytes::from_static(br#"{"webhookId":"wh_1"}"#)))
+            .unwrap();
+        let http = http.clone();
+        async move { http.request(req).await.unwrap().status() }
+    };
+
+    let answers = futures::future::join_all((0..12).map(|_| post(KEY, None))).await;
+    let limited = answers
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    // 2 per second with a bucket of one second's worth: the instance's own
+    // count still limits the key.
+    assert!(
+        limited >= 12 - 2 - 1,
+        "{limited} of 12 limited: {answers:?}"
+    );
+    let said = log
+        .line_with(
+            "refuses this user the global rate limit's script",
+            SAY_WITHIN,
+        )
+        .await;
+    assert!(
+        said.contains("NOPERM") && said.contains("keys under tether:ratelimit:"),
+        "{said}"
+    );
+    assert!(
+        ingress
+            .metric_value("tether_rate_limit_global_fallbacks_total")
+            .await
+            >= 12.0
+    );
+
+    assert_eq!(
+        post("user_unlimited", Some("order-1")).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let said = log
+        .line_with("refuses this user the idempotency records", SAY_WITHIN)
+        .await;
+    assert!(said.contains("keys under tether:idempotency:"), "{said}");
+    // One line a second at most, not one per request.
+    let lines = log
+        .text()
+        .lines()
+        .filter(|l| l.contains("refuses this user"))
+        .count();
+    assert!((2..=4).contains(&lines), "{lines} lines:\n{}", log.text());
+    assert!(!log.text().contains("pw-keys-only"), "{}", log.text());
+}
+
+const SAY_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
