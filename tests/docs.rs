@@ -680,23 +680,52 @@ impl Drop for Terminal {
     }
 }
 
-/// `scripts/run`'s line as pasted, on a free port (8080 may be taken), with
-/// the tests' build of the binary instead of a release build.
+/// `scripts/run`'s line as pasted, on a port the kernel picks (8080 may be
+/// taken), with the tests' build of the binary instead of a release build.
 fn quick_start(line: &str, redis_url: &str) -> (Terminal, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let terminal = Terminal::open(
+    let bin = env!("CARGO_BIN_EXE_tether-ingress");
+    let mut terminal = Terminal::open(
         line,
         redis_url,
         &[
-            ("TETHER_INGRESS_LISTEN", addr.clone()),
-            (
-                "TETHER_INGRESS_BIN",
-                env!("CARGO_BIN_EXE_tether-ingress").into(),
-            ),
+            ("TETHER_INGRESS_LISTEN", "127.0.0.1:0".into()),
+            ("TETHER_INGRESS_BIN", bin.into()),
         ],
         Stdio::null(),
     );
-    (terminal, addr)
+    // The script starts the binary in the terminal's process group.
+    let group = terminal.0.id();
+    let mut ingress = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ingress.is_none() && std::time::Instant::now() < deadline {
+        assert!(
+            matches!(terminal.0.try_wait(), Ok(None)),
+            "scripts/run exited before it started the ingress"
+        );
+        ingress = in_group(group, bin);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = ingress.expect("scripts/run started no ingress within 60 s");
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let port = listening_port_of(pid, alive, Duration::from_secs(60))
+        .expect("scripts/run's ingress never listened");
+    (terminal, format!("127.0.0.1:{port}"))
+}
+
+/// The process of process group `group` running the executable `bin`.
+fn in_group(group: u32, bin: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid pgrp …`; comm may hold spaces.
+            let (_, after) = stat.rsplit_once(") ")?;
+            let pgrp: u32 = after.split_whitespace().nth(2)?.parse().ok()?;
+            let exe = std::fs::read_link(entry.path().join("exe")).ok()?;
+            (pgrp == group && exe == std::path::Path::new(bin)).then_some(pid)
+        })
 }
 
 async fn wait_ready(addr: &str) {

@@ -722,9 +722,19 @@ impl Drop for IngressProcess {
 /// than `within`.
 pub fn listening_port(child: &mut Child, within: Duration) -> Option<u16> {
     let pid = child.id();
+    listening_port_of(pid, || !matches!(child.try_wait(), Ok(Some(_))), within)
+}
+
+/// [`listening_port`] of process `pid`, not a child of this one: `alive`
+/// says whether to go on looking.
+pub fn listening_port_of(
+    pid: u32,
+    mut alive: impl FnMut() -> bool,
+    within: Duration,
+) -> Option<u16> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
+        if !alive() {
             return None;
         }
         let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
