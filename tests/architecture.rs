@@ -120,6 +120,25 @@ fn paths(text: &[u8], at: &mut usize, prefix: &[String], out: &mut Vec<Vec<Strin
     }
 }
 
+/// Every path of `text` that starts with `anchor` (`crate::`, `super::`),
+/// expanded under `base`.
+fn anchored(text: &str, anchor: &str, base: &[String]) -> Vec<Vec<String>> {
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(i) = text[from..].find(anchor) {
+        let at_start = from + i;
+        from = at_start + anchor.len();
+        let before = bytes.get(at_start.wrapping_sub(1)).copied();
+        if before.is_some_and(|b| b.is_ascii_alphanumeric() || b"_:$".contains(&b)) {
+            continue;
+        }
+        let mut at = from;
+        paths(bytes, &mut at, base, &mut found);
+    }
+    found
+}
+
 /// The modules `module` imports.
 fn imports(module: &str, file: &Path, all: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
     let text = code(file);
@@ -127,20 +146,8 @@ fn imports(module: &str, file: &Path, all: &BTreeMap<String, PathBuf>) -> BTreeS
     let own: Vec<String> = module.split("::").map(str::to_owned).collect();
     // `super::` of a.rs / a/mod.rs is the parent of the module / of its folder.
     let parent: Vec<String> = own[..own.len() - 1].to_vec();
-    let mut found = Vec::new();
-    for (anchor, base) in [("crate::", Vec::new()), ("super::", parent)] {
-        let mut from = 0;
-        while let Some(i) = text[from..].find(anchor) {
-            let at_start = from + i;
-            from = at_start + anchor.len();
-            let before = bytes.get(at_start.wrapping_sub(1)).copied();
-            if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':') {
-                continue;
-            }
-            let mut at = from;
-            paths(bytes, &mut at, &base, &mut found);
-        }
-    }
+    let mut found = anchored(&text, "crate::", &[]);
+    found.extend(anchored(&text, "super::", &parent));
     // A parent names its children without `crate::` (`jwt::Verifier`).
     for child in all.keys() {
         let Some(name) = child
@@ -243,4 +250,30 @@ fn every_module_has_a_doc() {
         .map(|(m, _)| m)
         .collect();
     assert!(missing.is_empty(), "modules without a //! doc: {missing:?}");
+}
+
+/// The crate's root only hands names on (to the binary, tests, benches):
+/// a module reaching another through it (`crate::now_ms` for
+/// `crate::replica::now_ms`) imports, unseen by the circle check, every
+/// module the root re-exports, the composition root above it among them.
+#[test]
+fn no_module_reaches_another_through_the_crate_root() {
+    let all = modules();
+    let top: BTreeSet<&str> = all.keys().map(|m| m.split("::").next().unwrap()).collect();
+    let mut through_root = Vec::new();
+    for (module, file) in &all {
+        for path in anchored(&code(file), "crate::", &[]) {
+            if path
+                .first()
+                .is_some_and(|first| !top.contains(first.as_str()))
+            {
+                through_root.push(format!("{module}: crate::{}", path.join("::")));
+            }
+        }
+    }
+    assert!(
+        through_root.is_empty(),
+        "name the module that owns it instead:\n{}",
+        through_root.join("\n")
+    );
 }
