@@ -169,7 +169,7 @@ pub(crate) fn note_certificate(which: &'static str, path: &std::path::Path) {
         }
     };
     metrics::gauge!(m::TLS_CERTIFICATE_EXPIRY, "certificate" => which).set(expires as f64);
-    let now = i64::try_from(crate::replica::now_ms() / 1000).unwrap_or(i64::MAX);
+    let now = i64::try_from(crate::clock::now_ms() / 1000).unwrap_or(i64::MAX);
     let left = expires.saturating_sub(now);
     if let Some(said) = expiry_said(left) {
         warn!(certificate = which, file = %path.display(), expires_in_days = left / 86_400, "{said}");

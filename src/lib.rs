@@ -26,7 +26,8 @@
 //! - `webhook` (the stages both webhook routes share), `auth`, `limit`,
 //!   `body`, `idempotency`.
 //! - `workflow`, `outreach`: the two routes; `parse`; `route` and
-//!   `outreach_views` (what each route looks up in the replica); `id`.
+//!   `outreach_views` (what each route looks up in the replica); `id`;
+//!   `clock` (Unix time, as jobs and tokens carry it).
 //! - `sink`: jobs into Redis (records, layout, writers, spool fallback);
 //!   `spool`: the durable local log; `redis`: every Redis client, with `tls`
 //!   for `rediss://`.
@@ -64,6 +65,7 @@ mod parse;
 mod route;
 mod id;
 mod hex;
+mod clock;
 mod digest;
 mod forwarded;
 mod sink;
@@ -82,6 +84,7 @@ pub mod fuzzing;
 pub use admin::{Admin, AdminError};
 pub use app::App;
 pub use auth::{digest_key, jwt::sign as sign_jwt};
+pub use clock::now_ms;
 pub use import::{Options as ImportOptions, import};
 pub use ingress::{Background, StartError, build, run, run_with_reloads};
 pub use metrics::ALL as METRICS;
@@ -89,7 +92,6 @@ pub use open_files::raise_open_file_limit;
 pub use preflight::{Report as RedisReport, check_redis};
 pub use redis::{Role as RedisRole, Target as RedisTarget, client as redis_client};
 pub use reload::on_sighup;
-pub use replica::now_ms;
 pub use shutdown::signal as shutdown_signal;
 pub use spool::{Spool, encode as spool_record};
 pub use telemetry::{LogLevel, init as init_logging};

@@ -20,10 +20,10 @@ use simd_json::Node;
 pub(crate) use crate::outreach_views::Category;
 
 use crate::{
+    clock::now_ms,
     error::Reject,
     id::Id,
     parse::{Document, truthy, with_body},
-    replica::now_ms,
     response::decimal,
     sink::{OutreachJob, Stored},
     webhook::{Ctx, Webhook},

@@ -37,7 +37,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -50,6 +50,7 @@ use tokio::sync::{broadcast::error::RecvError, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
+    clock::now_ms,
     metrics as m,
     redis::{self, NamedPrimary, Outage, Role, Say, Target, reason},
 };
@@ -155,14 +156,6 @@ impl ReplicaStatus {
     fn mark_in_touch(&self) {
         self.lost_since_ms.store(0, Ordering::Release);
     }
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Settings of the replica task.

@@ -72,7 +72,7 @@ impl Throttle {
     /// `Some(n)`: log this one, saying `n` were held back since the last;
     /// `None`: held back (counted).
     pub(crate) fn admit(&self) -> Option<u64> {
-        self.admit_at(crate::replica::now_ms())
+        self.admit_at(crate::clock::now_ms())
     }
 
     /// [`Self::admit`] at `now_ms` (Unix milliseconds).

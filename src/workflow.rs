@@ -14,9 +14,9 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 
 use crate::{
+    clock::now_ms,
     error::Reject,
     parse::parse_envelope,
-    replica::now_ms,
     response::{decimal, workflow_accepted},
     sink::WorkflowJobs,
     webhook::{Ctx, Webhook},

@@ -254,7 +254,7 @@ fn every_module_has_a_doc() {
 
 /// The crate's root only hands names on (to the binary, tests, benches):
 /// a module reaching another through it (`crate::now_ms` for
-/// `crate::replica::now_ms`) imports, unseen by the circle check, every
+/// `crate::clock::now_ms`) imports, unseen by the circle check, every
 /// module the root re-exports, the composition root above it among them.
 #[test]
 fn no_module_reaches_another_through_the_crate_root() {

@@ -350,7 +350,7 @@ impl Authenticator {
         if looks_like_jwt(token) {
             return match jwt {
                 Some(v) => v
-                    .verify(token, crate::replica::now_ms() / 1000)
+                    .verify(token, crate::clock::now_ms() / 1000)
                     .map(|p| Credential::Jwt(Arc::new(p))),
                 None => Ok(Credential::UnverifiedJwt),
             };
