@@ -99,7 +99,7 @@ pub async fn check_redis(admin: &Admin, config: &Config) -> Report {
     writes(client, config, &mut report).await;
     control_plane(admin, config, &mut report).await;
     records(client, config, &mut report).await;
-    eviction(client, &mut report).await;
+    memory(client, &mut report).await;
     if config.sink.kind == SinkKind::Streams {
         for stream in [&config.streams.workflow, &config.streams.outreach] {
             groups(client, config, stream, &mut report).await;
@@ -536,30 +536,62 @@ fn details(refused: &[(String, String)]) -> String {
     said.join("; ")
 }
 
-/// Each node's `maxmemory-policy`, as the running ingress reads it.
-async fn eviction(client: &Client, report: &mut Report) {
-    for (node, asked) in sink::eviction_policies(client).await {
+/// Each node's `maxmemory-policy`, as the running ingress reads it, and
+/// how full its `maxmemory` is.
+async fn memory(client: &Client, report: &mut Report) {
+    for (node, asked) in sink::memory_infos(client).await {
         let on = if node.is_empty() {
             String::new()
         } else {
             format!(" on {node}")
         };
-        match asked {
-            Ok(Some(policy)) if sink::may_evict_jobs(&policy) => report.say(
+        let info = match asked {
+            Ok(info) => info,
+            Err(e) => {
+                report.say(
+                    Verdict::Warn,
+                    format!("cannot read the eviction policy{on}: {}", reason(&e)),
+                );
+                continue;
+            }
+        };
+        match info_field(&info, "maxmemory_policy") {
+            Some(policy) if sink::may_evict_jobs(policy) => report.say(
                 Verdict::Warn,
                 format!(
                     "maxmemory-policy{on} is {policy}: Redis may evict job streams and queues when its memory runs short, jobs answered 202 among them (set noeviction)"
                 ),
             ),
-            Ok(Some(policy)) => report.say(Verdict::Ok, format!("maxmemory-policy{on} is {policy}")),
-            Ok(None) => {}
-            Err(e) => report.say(
-                Verdict::Warn,
-                format!("cannot read the eviction policy{on}: {}", reason(&e)),
-            ),
+            Some(policy) => report.say(Verdict::Ok, format!("maxmemory-policy{on} is {policy}")),
+            None => {}
+        }
+        let bytes = |name| info_field(&info, name).and_then(|n| n.parse::<u64>().ok());
+        if let (Some(used), Some(max)) = (bytes("used_memory"), bytes("maxmemory"))
+            && max > 0
+        {
+            let percent = used.saturating_mul(100) / max;
+            let mib = |b: u64| b as f64 / f64::from(1 << 20);
+            let figures = format!(
+                "{percent}% of maxmemory{on} is used ({:.1} of {:.1} MiB)",
+                mib(used),
+                mib(max)
+            );
+            if percent >= FULL_PERCENT {
+                report.say(
+                    Verdict::Warn,
+                    format!(
+                        "{figures}: once it is full Redis refuses writes (OOM) or evicts, and job writes are spooled or answered 503"
+                    ),
+                );
+            } else {
+                report.say(Verdict::Ok, figures);
+            }
         }
     }
 }
+
+/// How full a node's `maxmemory` may be before it is said as a risk.
+const FULL_PERCENT: u64 = 90;
 
 /// The consumer groups of a job stream, and what trimming took from them.
 async fn groups(client: &Client, config: &Config, stream: &str, report: &mut Report) {

@@ -649,4 +649,19 @@ async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
     ] {
         assert!(text.contains(said), "{said:?} missing:\n{text}");
     }
+    // A maxmemory nearly reached: writes would soon be refused.
+    let used: u64 = redis
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("used_memory:")?.parse().ok())
+        .unwrap();
+    let max = (used * 100 / 95).to_string();
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", &max]), "OK");
+    let (_, text, _) = check("full", "pw-full");
+    assert!(
+        text.contains("% of maxmemory is used (")
+            && text.contains("once it is full Redis refuses writes (OOM) or evicts"),
+        "{text}"
+    );
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
 }

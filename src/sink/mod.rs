@@ -51,7 +51,7 @@ use fred::prelude::*;
 pub(crate) use self::{
     error::SinkError,
     job::{OutreachJob, Stored, WorkflowJobs},
-    retention::{eviction_policies, may_evict_jobs, stream_groups},
+    retention::{may_evict_jobs, memory_infos, stream_groups},
 };
 use self::{
     lane::{Due, Lane, LaneSettings},

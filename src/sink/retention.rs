@@ -118,15 +118,18 @@ pub(super) fn spawn(
                 () = tokio::time::sleep(pause) => {}
             }
             pause = EVERY;
-            let asked = eviction_policies(&client).await;
+            let asked = memory_infos(&client).await;
             if !asked.is_empty() {
                 let nodes: Vec<&str> = asked.iter().map(|(node, _)| node.as_str()).collect();
                 seen.policies_only_of(&nodes);
             }
             for (node, asked) in &asked {
                 match asked {
-                    Ok(Some(policy)) => seen.policy_of(node, policy),
-                    Ok(None) => {}
+                    Ok(info) => {
+                        if let Some(policy) = info_field(info, "maxmemory_policy") {
+                            seen.policy_of(node, policy);
+                        }
+                    }
                     Err(e) => seen.refused(e),
                 }
             }
@@ -159,16 +162,12 @@ pub(super) fn spawn(
     }));
 }
 
-/// Redis's `maxmemory_policy` (`None` where `INFO` does not say it), per
-/// node: in a cluster each primary has its own, and evicts its own keys
-/// (the node is named, `host:port`); elsewhere the one node the jobs go to
-/// (named `""`).
-pub(crate) async fn eviction_policies(
-    client: &Client,
-) -> Vec<(String, Result<Option<String>, Error>)> {
-    let policy = |info: String| info_field(&info, "maxmemory_policy").map(str::to_owned);
+/// Redis's `INFO memory`, per node: in a cluster each primary has its own
+/// memory and policy, and evicts its own keys (the node is named,
+/// `host:port`); elsewhere the one node the jobs go to (named `""`).
+pub(crate) async fn memory_infos(client: &Client) -> Vec<(String, Result<String, Error>)> {
     if !client.is_clustered() {
-        let asked = client.info(Some(InfoKind::Memory)).await.map(policy);
+        let asked = client.info(Some(InfoKind::Memory)).await;
         return vec![(String::new(), asked)];
     }
     let primaries = primaries(client);
@@ -176,8 +175,7 @@ pub(crate) async fn eviction_policies(
         let asked = client
             .with_cluster_node(&node)
             .info(Some(InfoKind::Memory))
-            .await
-            .map(policy);
+            .await;
         (node.to_string(), asked)
     }))
     .await
