@@ -494,6 +494,7 @@ fn entry_id(id: &str) -> (u64, u64) {
 /// Connects a client of the admin's kind to `target` (fails fast).
 async fn open(target: &Target) -> Result<Client, Error> {
     let client = redis::client(target, Role::Admin)?;
+    redis::name_connections(&client, "tether-ingress:admin");
     tokio::time::timeout(
         target.connect_timeout + Duration::from_secs(1),
         client.init(),

@@ -21,6 +21,8 @@ use fred::{
     },
 };
 
+use tracing::debug;
+
 use crate::config::Redis as RedisConfig;
 
 /// A primary's host and port, as the sentinels name it.
@@ -184,6 +186,40 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
         Role::Admin => {}
     }
     builder.build()
+}
+
+/// Names each connection `client` makes (`CLIENT SETNAME`), the first and
+/// every one after a reconnect, so `CLIENT LIST`, `ACL LOG` and the slow
+/// log tell the ingress's connections apart from other clients' and from
+/// each other. Subscribe before the client connects; the task ends with
+/// the client's notifications. A user refused the command keeps its
+/// connections unnamed: nothing depends on the name.
+pub(crate) fn name_connections(client: &Client, name: &'static str) -> tokio::task::JoinHandle<()> {
+    let mut reconnects = client.reconnect_rx();
+    let client = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let server = match reconnects.recv().await {
+                Ok(server) => server,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let options = fred::types::config::Options {
+                cluster_node: client.is_clustered().then_some(server),
+                ..Default::default()
+            };
+            let named: Result<Value, Error> = client
+                .with_options(&options)
+                .custom(
+                    CustomCommand::new_static("CLIENT", ClusterHash::Random, false),
+                    vec!["SETNAME", name],
+                )
+                .await;
+            if let Err(e) = named {
+                debug!(name, error = %e, "connection not named");
+            }
+        }
+    })
 }
 
 /// Sends `PING` on each of `client`'s connections (each node's, in a

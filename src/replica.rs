@@ -307,6 +307,7 @@ impl Replica {
 
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
         let client = self.build_client()?;
+        redis::name_connections(&client, "tether-ingress:replica");
         // Subscribe before init(): reconnect_rx also fires on the first connect.
         let mut reconnects = client.reconnect_rx();
         let mut errors = client.error_rx();

@@ -476,9 +476,14 @@ fn jobs_tail_follows_the_stream_across_redis_restarts() {
         }
     });
     let next = || line.recv_timeout(Duration::from_secs(30)).unwrap();
+    // The tail's connection is named, and blocks in XREAD.
     let reading = |redis: &RedisServer| {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !redis.cli(&["CLIENT", "LIST"]).contains("cmd=xread") {
+        while !redis
+            .cli(&["CLIENT", "LIST"])
+            .lines()
+            .any(|l| l.contains("name=tether-ingress:admin ") && l.contains("cmd=xread"))
+        {
             assert!(std::time::Instant::now() < deadline, "tail never read");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -124,6 +124,18 @@ async fn every_primary_serves_keys_and_triggers_and_their_changes() {
             );
         }
     }
+    // The replica's connection to every primary is named there.
+    for port in cluster.primaries() {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                cluster
+                    .cli(port, &["CLIENT", "LIST"])
+                    .contains("name=tether-ingress:replica ")
+            })
+            .await,
+            "no named replica connection on {port}"
+        );
+    }
     let stored = entries(&r, &stream).await;
     assert_eq!(stored.len(), 9, "one job per request, on the stream's node");
     let mut per_workflow: HashMap<&str, usize> = HashMap::new();

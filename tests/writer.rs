@@ -601,16 +601,17 @@ async fn an_eviction_policy_that_may_drop_jobs_is_said_and_shown() {
     );
 }
 
-/// Each job writer's connection is named in Redis, so `CLIENT LIST` (and
-/// `ACL LOG`, and a slow log's client) tells the ingress's writers apart
-/// from other clients, and one writer from another.
+/// Each of the ingress's connections is named in Redis, so `CLIENT LIST`
+/// (and `ACL LOG`, and a slow log's client) tells them apart from other
+/// clients, and one from another: the job writers, the replica and the
+/// shared client; named again when they reconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writers_connections_are_named_in_redis() {
-    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+async fn the_ingress_connections_are_named_in_redis() {
+    let (mut redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
     let mut config = config_for(&redis.url());
     config.server.serving_threads = ServingThreads::Count(2);
     let _ingress = Ingress::start_with(config.validate().unwrap()).await;
-    let names = || {
+    let names = |redis: &RedisServer| {
         let list = redis.cli(&["CLIENT", "LIST"]);
         let mut names: Vec<String> = list
             .lines()
@@ -621,18 +622,23 @@ async fn the_writers_connections_are_named_in_redis() {
         names.sort();
         names
     };
+    let all = [
+        "tether-ingress:main",
+        "tether-ingress:replica",
+        "tether-ingress:serve-0",
+        "tether-ingress:serve-1",
+        "tether-ingress:shared",
+    ];
     assert!(
-        eventually(Duration::from_secs(10), || async { names().len() == 3 }).await,
+        eventually(Duration::from_secs(10), || async { names(&redis) == all }).await,
         "{:?}",
-        names()
+        names(&redis)
     );
-    assert_eq!(
-        names(),
-        [
-            "tether-ingress:main",
-            "tether-ingress:serve-0",
-            "tether-ingress:serve-1"
-        ]
+    redis.restart();
+    assert!(
+        eventually(Duration::from_secs(20), || async { names(&redis) == all }).await,
+        "after a restart: {:?}",
+        names(&redis)
     );
 }
 

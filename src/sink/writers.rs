@@ -80,6 +80,8 @@ impl Writers {
         )?;
         let connected = Arc::new(AtomicUsize::new(0));
         let here = tokio::runtime::Handle::current();
+        // Idempotency records, global rate limits, the retention watch.
+        redis::name_connections(&shared, "tether-ingress:shared");
         let waiter = {
             let _task = shared.connect();
             let (client, connected) = (shared.clone(), connected.clone());
