@@ -395,6 +395,20 @@ impl Spool {
         for (_, p) in &existing {
             bytes += std::fs::metadata(p).map_err(refused)?.len();
         }
+        // A cap the filesystem cannot hold: the disk fills first, and then
+        // every append fails, and so does whatever else writes there.
+        if let Ok(fs) = rustix::fs::statvfs(dir) {
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            if free.saturating_add(bytes) < max_bytes {
+                warn!(
+                    dir = %dir.display(),
+                    max_bytes,
+                    free_bytes = free,
+                    spooled_bytes = bytes,
+                    "spool.max_bytes is more than the spool's filesystem has left for it: the disk would fill before the cap, and then every append fails (503) and so does whatever else writes there; lower spool.max_bytes or give the spool a volume of its own"
+                );
+            }
+        }
         let next_seq = existing.last().map_or(1, |(s, _)| s + 1);
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {

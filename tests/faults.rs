@@ -886,6 +886,56 @@ async fn the_spool_is_private_to_the_ingress_user() {
     drop(ingress);
 }
 
+/// A spool cap larger than its filesystem has free is said at start: the
+/// disk would fill before the cap, failing every append and whatever else
+/// writes there. (No filesystem has an exbibyte free.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_cap_the_disk_cannot_hold_is_said() {
+    let redis = RedisServer::start();
+    seed(&redis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ingress.toml");
+    std::fs::write(&file, "[spool]\nmax_bytes = 1152921504606846976\n").unwrap();
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_configured(
+        Some(&file),
+        &[
+            ("TETHER_INGRESS_REDIS_URL", redis.url()),
+            (
+                "TETHER_INGRESS_SPOOL_DIR",
+                dir.path().join("spool").display().to_string(),
+            ),
+        ],
+        log.writer(),
+    );
+    ingress.wait_ready().await;
+    let said = log
+        .line_with(
+            "spool.max_bytes is more than the spool's filesystem has left",
+            WAIT,
+        )
+        .await;
+    assert!(said.contains("free_bytes="), "{said}");
+    drop(ingress);
+
+    // A cap the disk holds is not.
+    std::fs::write(&file, "[spool]\nmax_bytes = 1048576\n").unwrap();
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_configured(
+        Some(&file),
+        &[
+            ("TETHER_INGRESS_REDIS_URL", redis.url()),
+            (
+                "TETHER_INGRESS_SPOOL_DIR",
+                dir.path().join("spool").display().to_string(),
+            ),
+        ],
+        log.writer(),
+    );
+    ingress.wait_ready().await;
+    assert!(!log.text().contains("spool.max_bytes"), "{}", log.text());
+}
+
 /// The harness's own fault: a port found free and taken before redis-server
 /// binds it. The next try must start in a directory of its own (the failed
 /// try's directory goes with it), or every later try fails too, as one did
