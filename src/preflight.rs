@@ -286,6 +286,13 @@ async fn node_checks<C: ClientLike + ServerInterface>(
             Err(e) => report.say(Verdict::Fail, format!("INFO on {name}: {}", reason(&e))),
         }
     }
+    match node.info::<String>(Some(InfoKind::Persistence)).await {
+        Ok(info) => persistence(name, &info, wanted, report),
+        Err(e) => report.say(
+            Verdict::Warn,
+            format!("cannot read {name}'s persistence: {}", reason(&e)),
+        ),
+    }
     match node.info::<String>(Some(InfoKind::Server)).await {
         Ok(info) => {
             let version = info_field(&info, "redis_version")
@@ -297,6 +304,48 @@ async fn node_checks<C: ClientLike + ServerInterface>(
             report.say(Verdict::Fail, format!("INFO on {name}: {}", reason(&e)));
             None
         }
+    }
+}
+
+/// Whether node `name` keeps what it acknowledged across a restart, and
+/// takes writes, from its `INFO persistence`: a job is stored once Redis
+/// acknowledged it (or, with `redis.wait_replicas`, once replicas hold it),
+/// so this is where "nothing acknowledged is lost" ends.
+fn persistence(name: &str, info: &str, wait_replicas: u32, report: &mut Report) {
+    let failed = |field| info_field(info, field).is_some_and(|s| s != "ok");
+    if failed("rdb_last_bgsave_status") {
+        report.say(
+            Verdict::Warn,
+            format!(
+                "{name}'s last snapshot (BGSAVE) failed: with stop-writes-on-bgsave-error (the default) it refuses every write, job writes among them, until one succeeds"
+            ),
+        );
+    }
+    if info_field(info, "aof_enabled") == Some("1") {
+        if failed("aof_last_write_status") {
+            report.say(
+                Verdict::Warn,
+                format!(
+                    "{name} failed to write its append-only file: it refuses writes, job writes among them, until it can"
+                ),
+            );
+        } else {
+            report.say(Verdict::Ok, format!("{name} keeps an append-only file"));
+        }
+    } else if wait_replicas == 0 {
+        report.say(
+            Verdict::Warn,
+            format!(
+                "{name} keeps no append-only file: jobs it acknowledged since its last snapshot are lost if it restarts (appendonly yes with appendfsync everysec loses at most a second; or count a replica's copy with redis.wait_replicas)"
+            ),
+        );
+    } else {
+        report.say(
+            Verdict::Ok,
+            format!(
+                "{name} keeps no append-only file; a job counts as stored once {wait_replicas} replica(s) hold it"
+            ),
+        );
     }
 }
 
@@ -661,6 +710,30 @@ mod tests {
         assert!(numbers("7.0.15") >= COUNTS_TRIMMING);
         assert!(numbers("10.1") > COUNTS_TRIMMING);
         assert_eq!(numbers("unknown"), (0, 0));
+    }
+
+    #[test]
+    fn persistence_is_said_as_redis_reports_it() {
+        let said = |info: &str, wait: u32| {
+            let mut report = Report::default();
+            persistence("n", info, wait, &mut report);
+            report.to_string()
+        };
+        let off = "aof_enabled:0\r\nrdb_last_bgsave_status:ok\r\n";
+        assert!(said(off, 0).starts_with("warn  n keeps no append-only file: jobs"));
+        assert!(said(off, 1).starts_with("ok    n keeps no append-only file; a job counts"));
+        let on = "aof_enabled:1\r\naof_last_write_status:ok\r\n";
+        assert_eq!(said(on, 0), "ok    n keeps an append-only file\n");
+        let broken = "rdb_last_bgsave_status:err\r\naof_enabled:1\r\naof_last_write_status:err\r\n";
+        let text = said(broken, 0);
+        assert!(
+            text.contains("warn  n's last snapshot (BGSAVE) failed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warn  n failed to write its append-only file"),
+            "{text}"
+        );
     }
 
     #[test]

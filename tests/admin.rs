@@ -603,6 +603,15 @@ async fn check_redis_names_what_the_user_may_not_do_and_what_redis_may_drop() {
         assert!(text.contains(said), "{said:?} missing:\n{text}");
     }
     assert!(!text.contains("FAIL"), "{text}");
+    // Where "nothing acknowledged is lost" ends: Redis's own durability.
+    assert!(
+        text.contains("keeps no append-only file: jobs it acknowledged since its last snapshot are lost if it restarts"),
+        "{text}"
+    );
+    assert_eq!(redis.cli(&["CONFIG", "SET", "appendonly", "yes"]), "OK");
+    let (_, text, _) = check("full", "pw-full");
+    assert!(text.contains("keeps an append-only file"), "{text}");
+    assert_eq!(redis.cli(&["CONFIG", "SET", "appendonly", "no"]), "OK");
     // Replicas asked for that the primary does not have: no job would
     // count as stored.
     let (code, text, err) = check_with(
