@@ -95,6 +95,7 @@ impl fmt::Display for Report {
 pub async fn check_redis(admin: &Admin, config: &Config) -> Report {
     let client = admin.client();
     let mut report = Report::default();
+    sentinels(client, config, &mut report).await;
     nodes(client, config, &mut report).await;
     writes(client, config, &mut report).await;
     control_plane(admin, config, &mut report).await;
@@ -146,6 +147,75 @@ async fn queue_state(client: &Client, queue: &str, meta: Bytes, report: &mut Rep
             format!("cannot read queue {queue}'s meta hash: {}", reason(&e)),
         ),
     }
+}
+
+/// Behind Sentinel, each sentinel of the URL: the job writers follow a
+/// failover through whichever they can ask, so one that cannot be asked
+/// is a risk, and sentinels naming different primaries (a failover under
+/// way, or sentinels of another deployment) one more.
+async fn sentinels(client: &Client, config: &Config, report: &mut Report) {
+    let asked = match redis::Target::of(&config.redis) {
+        Ok(target) => sink::sentinel_answers(&target, client).await,
+        Err(e) => Err(e),
+    };
+    let answers = match asked {
+        Ok(answers) if answers.is_empty() => return,
+        Ok(answers) => answers,
+        Err(e) => {
+            report.say(
+                Verdict::Warn,
+                format!("cannot ask the sentinels: {}", reason(&e)),
+            );
+            return;
+        }
+    };
+    let mut named: Vec<(String, String)> = Vec::new();
+    for (sentinel, answer) in &answers {
+        match answer {
+            Ok((host, port)) => named.push((sentinel.clone(), format!("{host}:{port}"))),
+            Err(e) => report.say(
+                Verdict::Warn,
+                format!(
+                    "sentinel {sentinel} cannot be asked ({e}): the ingress follows a failover only through the sentinels it can ask"
+                ),
+            ),
+        }
+    }
+    let service = sentinel_service(&config.redis.url);
+    match named.first() {
+        None => report.say(
+            Verdict::Fail,
+            "no sentinel of the URL could be asked: the ingress cannot find the primary",
+        ),
+        Some((_, primary)) if named.iter().all(|(_, p)| p == primary) => report.say(
+            Verdict::Ok,
+            format!(
+                "the sentinels ({} of {} asked) name {primary} as the primary of {service}",
+                named.len(),
+                answers.len()
+            ),
+        ),
+        Some(_) => {
+            let each: Vec<String> = named
+                .iter()
+                .map(|(sentinel, primary)| format!("{sentinel} names {primary}"))
+                .collect();
+            report.say(
+                Verdict::Warn,
+                format!(
+                    "the sentinels disagree on the primary of {service} ({}): a failover under way, or sentinels watching another deployment",
+                    each.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// The `sentinelServiceName` of a Sentinel URL.
+fn sentinel_service(url: &str) -> &str {
+    url.split(['?', '&'])
+        .find_map(|pair| pair.strip_prefix("sentinelServiceName="))
+        .map_or("", |rest| rest.split('#').next().unwrap_or(rest))
 }
 
 /// Each node's role, version and `CLIENT TRACKING` permission: the one
@@ -710,6 +780,17 @@ mod tests {
         assert!(numbers("7.0.15") >= COUNTS_TRIMMING);
         assert!(numbers("10.1") > COUNTS_TRIMMING);
         assert_eq!(numbers("unknown"), (0, 0));
+    }
+
+    #[test]
+    fn the_service_is_read_from_a_sentinel_url() {
+        let url = "redis-sentinel://u:p@s1:26379?sentinelServiceName=jobs&node=s2:26379";
+        assert_eq!(sentinel_service(url), "jobs");
+        assert_eq!(
+            sentinel_service("redis-sentinel://s1?node=s2&sentinelServiceName=x#f"),
+            "x"
+        );
+        assert_eq!(sentinel_service("redis://h:6379"), "");
     }
 
     #[test]

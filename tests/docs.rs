@@ -252,7 +252,24 @@ async fn the_deploy_acl_user_serves_behind_sentinel_through_a_failover() {
             == StatusCode::ACCEPTED
     };
     assert!(accepted().await);
-    check_redis_passes(&config_url, &[("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "2")]);
+    let text = check_redis_passes(&config_url, &[("TETHER_INGRESS_REDIS_WAIT_REPLICAS", "2")]);
+    let primary = format!("127.0.0.1:{}", deployment.primary.port);
+    assert!(
+        text.contains(&format!(
+            "ok    the sentinels (3 of 3 asked) name {primary} as the primary of tether-primary"
+        )),
+        "{text}"
+    );
+    // A sentinel of the URL that cannot be asked is said, the others
+    // still name the primary.
+    let gone = closed_port();
+    let text = check_redis_passes(&format!("{config_url}&node=127.0.0.1:{}", gone.port), &[]);
+    for said in [
+        format!("warn  sentinel 127.0.0.1:{} cannot be asked (", gone.port),
+        format!("ok    the sentinels (3 of 4 asked) name {primary}"),
+    ] {
+        assert!(text.contains(&said), "{said:?} missing:\n{text}");
+    }
     let old = deployment.primary.port;
     deployment.primary.kill();
     assert!(
@@ -286,7 +303,7 @@ async fn the_deploy_acl_user_serves_behind_sentinel_through_a_failover() {
 /// DEPLOY's `check-redis` run as the user on `url` (with `env`): no check
 /// fails (a stream no group reads yet is only a warning), and the user's
 /// password is not shown.
-fn check_redis_passes(url: &str, env: &[(&str, &str)]) {
+fn check_redis_passes(url: &str, env: &[(&str, &str)]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
         .arg("check-redis")
         .env("TETHER_INGRESS_REDIS_URL", url)
@@ -310,6 +327,7 @@ fn check_redis_passes(url: &str, env: &[(&str, &str)]) {
     ] {
         assert!(text.contains(part), "{part:?} missing:\n{text}");
     }
+    text.into_owned()
 }
 
 /// An operator reads what a metric means in the README's table: every

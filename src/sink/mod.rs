@@ -66,6 +66,18 @@ use crate::{
     spool::Spool,
 };
 
+/// Behind Sentinel, what each sentinel of `target`'s URL names as the
+/// primary, asked as the job writers ask them, or why it could not be
+/// asked (`host:port` each); empty elsewhere. `client`: a fred client of
+/// the same target.
+pub(crate) async fn sentinel_answers(
+    target: &Target,
+    client: &Client,
+) -> Result<Vec<(String, Result<(String, u16), String>)>, fred::error::Error> {
+    let endpoint = wire::Endpoint::new(target, client, b"")?;
+    Ok(endpoint.ask_each_sentinel().await)
+}
+
 /// The layout jobs are written in (`sink.kind`), fixed for the process.
 #[derive(Debug, Clone)]
 pub(crate) enum Layout {

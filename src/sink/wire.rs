@@ -497,6 +497,24 @@ impl Endpoint {
         }
     }
 
+    /// Behind Sentinel, what each sentinel of the URL names as the primary,
+    /// or why it could not be asked, by `host:port`; empty elsewhere.
+    pub(super) async fn ask_each_sentinel(&self) -> Vec<(String, Result<(String, u16), String>)> {
+        let Place::Sentinel { sentinels, service } = &self.place else {
+            return Vec::new();
+        };
+        let stage = AtomicU8::new(0);
+        let mut answers = Vec::with_capacity(sentinels.len());
+        for sentinel in sentinels {
+            let asked = self
+                .ask_sentinels(std::slice::from_ref(sentinel), service, &stage)
+                .await;
+            let (host, port) = sentinel;
+            answers.push((format!("{host}:{port}"), asked.map_err(|e| e.to_string())));
+        }
+        answers
+    }
+
     /// The primary's address, from the first sentinel that names one.
     async fn ask_sentinels(
         &self,
