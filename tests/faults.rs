@@ -895,19 +895,21 @@ async fn a_spool_cap_the_disk_cannot_hold_is_said() {
     seed(&redis).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ingress.toml");
-    std::fs::write(&file, "[spool]\nmax_bytes = 1152921504606846976\n").unwrap();
-    let log = LogFile::new();
-    let ingress = IngressProcess::spawn_configured(
-        Some(&file),
-        &[
-            ("TETHER_INGRESS_REDIS_URL", redis.url()),
-            (
-                "TETHER_INGRESS_SPOOL_DIR",
-                dir.path().join("spool").display().to_string(),
-            ),
-        ],
-        log.writer(),
-    );
+    let spool = dir.path().join("spool").display().to_string();
+    let start = |max_bytes: u64| {
+        std::fs::write(&file, format!("[spool]\nmax_bytes = {max_bytes}\n")).unwrap();
+        let log = LogFile::new();
+        let ingress = IngressProcess::spawn_configured(
+            Some(&file),
+            &[
+                ("TETHER_INGRESS_REDIS_URL", redis.url()),
+                ("TETHER_INGRESS_SPOOL_DIR", spool.clone()),
+            ],
+            log.writer(),
+        );
+        (ingress, log)
+    };
+    let (ingress, log) = start(1 << 60);
     ingress.wait_ready().await;
     let said = log
         .line_with(
@@ -919,19 +921,7 @@ async fn a_spool_cap_the_disk_cannot_hold_is_said() {
     drop(ingress);
 
     // A cap the disk holds is not.
-    std::fs::write(&file, "[spool]\nmax_bytes = 1048576\n").unwrap();
-    let log = LogFile::new();
-    let ingress = IngressProcess::spawn_configured(
-        Some(&file),
-        &[
-            ("TETHER_INGRESS_REDIS_URL", redis.url()),
-            (
-                "TETHER_INGRESS_SPOOL_DIR",
-                dir.path().join("spool").display().to_string(),
-            ),
-        ],
-        log.writer(),
-    );
+    let (ingress, log) = start(1 << 20);
     ingress.wait_ready().await;
     assert!(!log.text().contains("spool.max_bytes"), "{}", log.text());
 }
