@@ -20,7 +20,6 @@ use fred::{
         config::{TlsConfig, TlsConnector, TlsHostMapping},
     },
 };
-
 use tracing::debug;
 
 use crate::config::Redis as RedisConfig;
@@ -191,10 +190,11 @@ pub fn client(target: &Target, role: Role) -> Result<Client, Error> {
 /// Names each connection `client` makes (`CLIENT SETNAME`), the first and
 /// every one after a reconnect, so `CLIENT LIST`, `ACL LOG` and the slow
 /// log tell the ingress's connections apart from other clients' and from
-/// each other. Subscribe before the client connects; the task ends with
-/// the client's notifications. A user refused the command keeps its
-/// connections unnamed: nothing depends on the name.
-pub(crate) fn name_connections(client: &Client, name: &'static str) -> tokio::task::JoinHandle<()> {
+/// each other. Called before the client connects (the first connection is
+/// announced like a reconnect); the task lives as long as its runtime. A
+/// user refused the command keeps its connections unnamed: nothing depends
+/// on the name.
+pub(crate) fn name_connections(client: &Client, name: &'static str) {
     let mut reconnects = client.reconnect_rx();
     let client = client.clone();
     tokio::spawn(async move {
@@ -219,7 +219,7 @@ pub(crate) fn name_connections(client: &Client, name: &'static str) -> tokio::ta
                 debug!(name, error = %e, "connection not named");
             }
         }
-    })
+    });
 }
 
 /// Sends `PING` on each of `client`'s connections (each node's, in a
