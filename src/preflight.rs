@@ -231,6 +231,16 @@ async fn nodes(client: &Client, config: &Config, report: &mut Report) {
             let name = n.to_string();
             let node = client.with_cluster_node(&n);
             versions.push(node_checks(&name, &node, config, report).await);
+            match node.cluster_info::<String>().await {
+                Ok(info) => {
+                    let (verdict, said) = cluster_state(&name, &info);
+                    report.say(verdict, said);
+                }
+                Err(e) => report.say(
+                    Verdict::Warn,
+                    format!("CLUSTER INFO on {name}: {}", reason(&e)),
+                ),
+            }
         }
     } else {
         // Behind Sentinel, the primary it named, where the jobs go.
@@ -416,6 +426,27 @@ fn persistence(name: &str, info: &str, wait_replicas: u32, report: &mut Report) 
                 "{name} keeps no append-only file; a job counts as stored once {wait_replicas} replica(s) hold it"
             ),
         );
+    }
+}
+
+/// What a Cluster primary's `CLUSTER INFO` says of the cluster: a node
+/// that sees slots unserved refuses writes to them (`CLUSTERDOWN`).
+fn cluster_state(name: &str, info: &str) -> (Verdict, String) {
+    const SLOTS: &str = "16384";
+    let state = info_field(info, "cluster_state").unwrap_or("unknown");
+    let ok = info_field(info, "cluster_slots_ok").unwrap_or("0");
+    if state == "ok" && ok == SLOTS {
+        (
+            Verdict::Ok,
+            format!("{name} sees the cluster serve all {SLOTS} slots"),
+        )
+    } else {
+        (
+            Verdict::Fail,
+            format!(
+                "{name} sees the cluster {state} with {ok} of {SLOTS} slots served: jobs whose key hashes to a slot not served are refused (CLUSTERDOWN)"
+            ),
+        )
     }
 }
 
@@ -780,6 +811,27 @@ mod tests {
         assert!(numbers("7.0.15") >= COUNTS_TRIMMING);
         assert!(numbers("10.1") > COUNTS_TRIMMING);
         assert_eq!(numbers("unknown"), (0, 0));
+    }
+
+    #[test]
+    fn a_cluster_not_serving_every_slot_fails() {
+        let serving =
+            "cluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\n";
+        assert_eq!(
+            cluster_state("n:1", serving),
+            (
+                Verdict::Ok,
+                "n:1 sees the cluster serve all 16384 slots".to_owned()
+            )
+        );
+        let failing =
+            "cluster_state:fail\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:10923\r\n";
+        let (verdict, said) = cluster_state("n:1", failing);
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(
+            said.starts_with("n:1 sees the cluster fail with 10923 of 16384 slots served"),
+            "{said}"
+        );
     }
 
     #[test]

@@ -166,7 +166,13 @@ async fn the_deploy_acl_user_serves_a_cluster_and_is_never_refused() {
         .url()
         .replacen("://", "://tether-ingress:CHANGE_ME@", 1);
     serves_both_modes_as(&url, "{bull}", "acl-cluster").await;
-    check_redis_passes(&url, &[]);
+    let text = check_redis_passes(&url, &[]);
+    assert_eq!(
+        text.matches("sees the cluster serve all 16384 slots")
+            .count(),
+        3,
+        "each primary's view of the cluster:\n{text}"
+    );
     check_redis_passes(
         &url,
         &[
