@@ -634,6 +634,8 @@ async fn the_ingress_connections_are_named_in_redis() {
         "{:?}",
         names(&redis)
     );
+    redis.kill();
+    assert!(names(&redis).is_empty());
     redis.restart();
     assert!(
         eventually(Duration::from_secs(20), || async { names(&redis) == all }).await,

@@ -221,7 +221,11 @@ impl RedisServer {
     }
 
     /// Starts again on the same port (loading a saved data set, if any).
+    /// Killed first: a second server would fail to bind the port while the
+    /// first, still answering on the socket, looked restarted and was left
+    /// running when this one was dropped.
     pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill first");
         assert!(self.spawn(true), "redis restart failed");
     }
 
