@@ -553,6 +553,11 @@ impl Admin {
         &self.client
     }
 
+    /// Where the connection goes (for `check-redis`'s own connections).
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// The control plane's key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -73,9 +73,10 @@ enum Command {
     CheckConfig,
     /// Ask Redis, before serving, whether it will take this ingress's work:
     /// the user's permissions for every write and read the ingress makes,
-    /// each node's role and version, the eviction policy, the job streams'
-    /// consumer groups or the BullMQ queues' state. One line per check (ok, warn, FAIL); exits 1 if a
-    /// check failed, 3 if Redis cannot be reached.
+    /// each node's role, version, durability and memory, the sentinels, the
+    /// job streams' consumer groups or the BullMQ queues' state. One line
+    /// per check (ok, warn, FAIL); exits 1 if a check failed, 3 if Redis
+    /// cannot be reached.
     CheckRedis,
 }
 

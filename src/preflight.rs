@@ -95,7 +95,7 @@ impl fmt::Display for Report {
 pub async fn check_redis(admin: &Admin, config: &Config) -> Report {
     let client = admin.client();
     let mut report = Report::default();
-    sentinels(client, config, &mut report).await;
+    sentinels(admin, &mut report).await;
     nodes(client, config, &mut report).await;
     writes(client, config, &mut report).await;
     control_plane(admin, config, &mut report).await;
@@ -153,14 +153,10 @@ async fn queue_state(client: &Client, queue: &str, meta: Bytes, report: &mut Rep
 /// failover through whichever they can ask, so one that cannot be asked
 /// is a risk, and sentinels naming different primaries (a failover under
 /// way, or sentinels of another deployment) one more.
-async fn sentinels(client: &Client, config: &Config, report: &mut Report) {
-    let asked = match redis::Target::of(&config.redis) {
-        Ok(target) => sink::sentinel_answers(&target, client).await,
-        Err(e) => Err(e),
-    };
-    let answers = match asked {
-        Ok(answers) if answers.is_empty() => return,
-        Ok(answers) => answers,
+async fn sentinels(admin: &Admin, report: &mut Report) {
+    let (service, answers) = match sink::sentinel_answers(admin.target(), admin.client()).await {
+        Ok(None) => return,
+        Ok(Some(asked)) => asked,
         Err(e) => {
             report.say(
                 Verdict::Warn,
@@ -181,7 +177,6 @@ async fn sentinels(client: &Client, config: &Config, report: &mut Report) {
             ),
         }
     }
-    let service = sentinel_service(&config.redis.url);
     match named.first() {
         None => report.say(
             Verdict::Fail,
@@ -209,13 +204,6 @@ async fn sentinels(client: &Client, config: &Config, report: &mut Report) {
             );
         }
     }
-}
-
-/// The `sentinelServiceName` of a Sentinel URL.
-fn sentinel_service(url: &str) -> &str {
-    url.split(['?', '&'])
-        .find_map(|pair| pair.strip_prefix("sentinelServiceName="))
-        .map_or("", |rest| rest.split('#').next().unwrap_or(rest))
 }
 
 /// Each node's role, version and `CLIENT TRACKING` permission: the one
@@ -832,17 +820,6 @@ mod tests {
             said.starts_with("n:1 sees the cluster fail with 10923 of 16384 slots served"),
             "{said}"
         );
-    }
-
-    #[test]
-    fn the_service_is_read_from_a_sentinel_url() {
-        let url = "redis-sentinel://u:p@s1:26379?sentinelServiceName=jobs&node=s2:26379";
-        assert_eq!(sentinel_service(url), "jobs");
-        assert_eq!(
-            sentinel_service("redis-sentinel://s1?node=s2&sentinelServiceName=x#f"),
-            "x"
-        );
-        assert_eq!(sentinel_service("redis://h:6379"), "");
     }
 
     #[test]

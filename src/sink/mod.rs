@@ -66,14 +66,14 @@ use crate::{
     spool::Spool,
 };
 
-/// Behind Sentinel, what each sentinel of `target`'s URL names as the
-/// primary, asked as the job writers ask them, or why it could not be
-/// asked (`host:port` each); empty elsewhere. `client`: a fred client of
-/// the same target.
+/// Behind Sentinel, the service's name and what each sentinel of
+/// `target`'s URL names as its primary, asked as the job writers ask them,
+/// or why it could not be asked; `None` elsewhere. `client`: a fred client
+/// of the same target.
 pub(crate) async fn sentinel_answers(
     target: &Target,
     client: &Client,
-) -> Result<Vec<(String, Result<(String, u16), String>)>, fred::error::Error> {
+) -> Result<Option<wire::SentinelAnswers>, fred::error::Error> {
     let endpoint = wire::Endpoint::new(target, client, b"")?;
     Ok(endpoint.ask_each_sentinel().await)
 }

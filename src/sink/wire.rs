@@ -127,6 +127,10 @@ impl std::fmt::Display for Stage {
     }
 }
 
+/// A Sentinel service's name, and each sentinel's answer (`host:port`,
+/// then the primary it names or why it could not be asked).
+pub(crate) type SentinelAnswers = (String, Vec<(String, Result<(String, u16), String>)>);
+
 /// Where a writer's connection goes.
 #[derive(Debug)]
 enum Place {
@@ -497,11 +501,12 @@ impl Endpoint {
         }
     }
 
-    /// Behind Sentinel, what each sentinel of the URL names as the primary,
-    /// or why it could not be asked, by `host:port`; empty elsewhere.
-    pub(super) async fn ask_each_sentinel(&self) -> Vec<(String, Result<(String, u16), String>)> {
+    /// Behind Sentinel, the monitored primary's service name and what each
+    /// sentinel of the URL names as that primary, or why it could not be
+    /// asked, by `host:port`; `None` elsewhere.
+    pub(super) async fn ask_each_sentinel(&self) -> Option<SentinelAnswers> {
         let Place::Sentinel { sentinels, service } = &self.place else {
-            return Vec::new();
+            return None;
         };
         let stage = AtomicU8::new(0);
         let mut answers = Vec::with_capacity(sentinels.len());
@@ -512,7 +517,7 @@ impl Endpoint {
             let (host, port) = sentinel;
             answers.push((format!("{host}:{port}"), asked.map_err(|e| e.to_string())));
         }
-        answers
+        Some((service.clone(), answers))
     }
 
     /// The primary's address, from the first sentinel that names one.
