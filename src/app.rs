@@ -7,7 +7,13 @@
 //! ready, who does this request authenticate as, and how a reloaded
 //! configuration is applied.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::{error, info, warn};
@@ -53,6 +59,9 @@ pub struct App {
     pub(crate) proxy: Option<Proxy>,
     /// The listener's TLS configuration, when it speaks TLS (reloaded on SIGHUP).
     pub(crate) listener_tls: Option<ListenerTls>,
+    /// Set by a shutdown signal: the instance serves on through
+    /// `server.shutdown_delay_ms` but tells balancers and clients to go.
+    pub(crate) stopping: AtomicBool,
 }
 
 impl App {
@@ -122,6 +131,17 @@ impl App {
             }
             other => other,
         }
+    }
+
+    /// Marks the instance as stopping: `/readyz` answers 503 and HTTP/1
+    /// answers close their connections, while requests are still served.
+    pub(crate) fn begin_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a shutdown signal has come.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// Ready once the caches are loaded and the job writer has connected.

@@ -119,6 +119,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         metrics: Handles::register(),
         prometheus,
         listener_tls,
+        stopping: Default::default(),
         proxy: config.upstream.url.as_ref().and_then(|url| {
             proxy::Proxy::new(&proxy::ProxySettings {
                 url: url.clone(),
@@ -138,6 +139,31 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
             cores,
         },
     ))
+}
+
+/// Resolves when the listener should stop accepting: at the first
+/// signal, or `server.shutdown_delay_ms` after it (read then, so a reload
+/// applies), during which the app tells balancers and clients to go. A
+/// second signal ends the delay at once.
+async fn stop_serving(app: &App, mut signalled: watch::Receiver<u32>) {
+    if signalled.wait_for(|&n| n >= 1).await.is_err() {
+        return;
+    }
+    let delay = app.settings.load().server.shutdown_delay_ms;
+    if delay.is_zero() {
+        return;
+    }
+    app.begin_stopping();
+    info!(
+        delay_ms = delay.as_millis() as u64,
+        "shutdown signal: serving on, /readyz answering 503, before the drain"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = signalled.wait_for(|&n| n >= 2) => {
+            info!("second shutdown signal: the delay is cut short");
+        }
+    }
 }
 
 /// Background tasks and serving threads owned by a running ingress.
@@ -183,16 +209,21 @@ impl Background {
 pub async fn run(
     listener: TcpListener,
     config: Config,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<bool, StartError> {
+    let shutdown = futures::stream::once(shutdown);
     run_with_reloads(listener, config, shutdown, futures::stream::pending()).await
 }
 
-/// [`run`], applying each configuration `reloads` yields (only the settings `config` lists as live change).
+/// [`run`], with a stream of shutdown signals and applying each
+/// configuration `reloads` yields (only the settings `config` lists as live
+/// change). The first signal starts the shutdown: with
+/// `server.shutdown_delay_ms`, the instance serves on that long first,
+/// `/readyz` answering 503; a second signal cuts that delay short.
 pub async fn run_with_reloads(
     listener: TcpListener,
     config: Config,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl futures::Stream<Item = ()> + Send + 'static,
     reloads: impl futures::Stream<Item = Config> + Send + 'static,
 ) -> Result<bool, StartError> {
     let (app, background) = build(&config)?;
@@ -223,16 +254,28 @@ pub async fn run_with_reloads(
             }
         }
     });
-    let drained = server::serve(
+    let (signals, signalled) = watch::channel(0u32);
+    let counting = async move {
+        futures::pin_mut!(shutdown);
+        while futures::StreamExt::next(&mut shutdown).await.is_some() {
+            signals.send_modify(|n| *n += 1);
+        }
+        // The sender lives on: a stream that ends sends no more signals.
+        std::future::pending::<()>().await;
+    };
+    let serving = server::serve(
         listener,
         Svc::new(app.clone()),
         config.server.connection_cap().get(),
         background.cores(),
         app.settings.clone(),
         app.listener_tls.clone(),
-        shutdown,
-    )
-    .await;
+        stop_serving(&app, signalled),
+    );
+    let drained = tokio::select! {
+        drained = serving => drained,
+        () = counting => false,
+    };
     reloader.abort();
     background.stop(&app).await;
     info!(drained, "tether-ingress stopped");

@@ -92,7 +92,7 @@ pub use open_files::raise_open_file_limit;
 pub use preflight::{Report as RedisReport, check_redis};
 pub use redis::{Role as RedisRole, Target as RedisTarget, client as redis_client};
 pub use reload::on_sighup;
-pub use shutdown::signal as shutdown_signal;
+pub use shutdown::signals as shutdown_signals;
 pub use spool::{Spool, encode as spool_record};
 pub use telemetry::{LogLevel, init as init_logging};
 pub use tls::{ClientFiles, client_config, server_config};

@@ -386,7 +386,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     runtime.block_on(async move {
         // Signals are watched before the port opens: from the moment anyone
         // can connect, SIGTERM drains and SIGHUP reloads.
-        let shutdown = tether_ingress::shutdown_signal();
+        let shutdown = tether_ingress::shutdown_signals();
         let reloads = on_sighup(path, log_level);
         let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
             Ok(l) => l,

@@ -15,8 +15,8 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    HeaderValue, Method, Request, Response, StatusCode,
-    header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER},
+    HeaderValue, Method, Request, Response, StatusCode, Version,
+    header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER},
 };
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -293,8 +293,23 @@ impl App {
         res
     }
 
+    /// While the instance is stopping, an HTTP/1 answer closes its
+    /// connection (hyper honours `Connection: close`), so a client's next
+    /// request opens a connection the balancer sends elsewhere. An HTTP/2
+    /// connection is told by the drain's GOAWAY, which names the last
+    /// stream served; a switch of protocols keeps its connection.
+    fn closing(&self, mut res: Response<ResponseBody>, http1: bool) -> Response<ResponseBody> {
+        if http1 && self.is_stopping() && res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            res.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+
     fn readiness(&self) -> Response<ResponseBody> {
         let body: &'static [u8] = match self.waiting_for() {
+            // A balancer still sending here learns to stop before the drain.
+            _ if self.is_stopping() => br#"{"status":"stopping"}"#,
             None => return json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)),
             Some(Waiting::Caches) => br#"{"status":"loading","waiting_for":"caches"}"#,
             Some(Waiting::JobWriter) => br#"{"status":"loading","waiting_for":"job_writer"}"#,
@@ -393,12 +408,19 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let (app, peer, lane) = (self.app.clone(), self.peer, self.lane.clone());
+        let http1 = req.version() < Version::HTTP_2;
         // Proxied requests get a future of their own size (one box, not the
         // webhook routes' larger future around the proxy's).
         if route_of(&req) == Route::Other {
-            Box::pin(async move { Ok(app.proxied(req, peer, Some(&lane)).await) })
+            Box::pin(async move {
+                let res = app.proxied(req, peer, Some(&lane)).await;
+                Ok(app.closing(res, http1))
+            })
         } else {
-            Box::pin(async move { Ok(app.call(req, peer, &lane).await) })
+            Box::pin(async move {
+                let res = app.call(req, peer, &lane).await;
+                Ok(app.closing(res, http1))
+            })
         }
     }
 }

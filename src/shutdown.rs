@@ -1,41 +1,42 @@
-//! The shutdown signal: SIGINT or SIGTERM, whichever comes first.
+//! The shutdown signals: every SIGINT and SIGTERM, in order. The first
+//! starts the shutdown; a later one cuts its waits short.
 
-use std::future::Future;
+use futures::Stream;
 
 /// Listens for SIGINT and SIGTERM from the moment it is called (inside the
-/// runtime), and resolves on the first. Called before the listener serves,
-/// so a signal that arrives before the returned future is first polled is
-/// still a graceful shutdown, not the default action that ends the process
-/// without a drain (as `reload::on_sighup` does for SIGHUP).
-pub fn signal() -> impl Future<Output = ()> {
+/// runtime) and yields once per signal. Called before the listener serves,
+/// so a signal that arrives before the stream is first polled is still a
+/// graceful shutdown, not the default action that ends the process without
+/// a drain (as `reload::on_sighup` does for SIGHUP).
+pub fn signals() -> impl Stream<Item = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (term, int) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
+        // A signal that cannot be watched never arrives: the other one, or
+        // a kill, still ends the process.
+        let watch = |kind| signal(kind).ok();
+        let state = (
+            watch(SignalKind::terminate()),
+            watch(SignalKind::interrupt()),
         );
-        async move {
-            // A signal that cannot be watched never resolves: the other one,
-            // or a kill, still ends the process.
-            let once = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
-                match s {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                () = once(term) => {}
-                () = once(int) => {}
+        async fn next(s: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+            match s {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
             }
         }
+        futures::stream::unfold(state, |(mut term, mut int)| async move {
+            let got = tokio::select! {
+                got = next(term.as_mut()) => got,
+                got = next(int.as_mut()) => got,
+            };
+            got.map(|()| ((), (term, int)))
+        })
     }
     #[cfg(not(unix))]
-    async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    {
+        futures::stream::unfold((), |()| async {
+            tokio::signal::ctrl_c().await.ok().map(|()| ((), ()))
+        })
     }
 }

@@ -184,6 +184,117 @@ async fn the_binary_serves_from_env_and_exits_0_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// One HTTP/1.1 request on `conn`: the answer's head (lower-cased) and
+/// body, read by its `content-length`.
+async fn exchange(conn: &mut tokio::net::TcpStream, request: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let head = head.to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            if body.len() >= len {
+                return (head, body.to_owned());
+            }
+        }
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a whole answer: {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_shutdown_delay_serves_on_says_stopping_and_a_second_signal_ends_it() {
+    use tokio::io::AsyncReadExt;
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    // Longer than the test may take: only the second signal ends it.
+    std::fs::write(&file, "[server]\nshutdown_delay_ms = 600000\n").unwrap();
+    let mut child = binary()
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let port = listening_port(&mut child, Duration::from_secs(20)).expect("never listened");
+    let addr = format!("127.0.0.1:{port}");
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    let post = format!(
+        "POST /api/webhook/workflow HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n{{\"webhookId\":\"wh_1\"}}"
+    );
+    let ready = "GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n";
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            match connect().await {
+                Ok(mut c) => exchange(&mut c, ready).await.0.starts_with("http/1.1 200"),
+                Err(_) => false,
+            }
+        })
+        .await
+    );
+    // A keep-alive connection opened before the signal.
+    let mut kept = connect().await.unwrap();
+    let (head, _) = exchange(&mut kept, &post).await;
+    assert!(head.starts_with("http/1.1 202"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+
+    let signal = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal(child.id());
+    // Balancers are told to go while requests are still served.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (head, body) = exchange(&mut connect().await.unwrap(), ready).await;
+            head.starts_with("http/1.1 503") && body == r#"{"status":"stopping"}"#
+        })
+        .await,
+        "readiness never said stopping"
+    );
+    // The kept connection is answered, told to close, and closed.
+    let (head, _) = exchange(&mut kept, &post).await;
+    assert!(head.starts_with("http/1.1 202"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), kept.read_to_end(&mut rest))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    assert_eq!(n, 0);
+    // A new connection is still accepted and served, once.
+    let (head, _) = exchange(&mut connect().await.unwrap(), &post).await;
+    assert!(head.starts_with("http/1.1 202"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 3);
+
+    // The second signal ends the ten-minute delay: the process drains and exits.
+    signal(child.id());
+    let exited = eventually(Duration::from_secs(30), || {
+        let done = child.try_wait().unwrap();
+        async move { done.is_some() }
+    })
+    .await;
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(exited, "the second signal did not end the delay");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
 #[tokio::test]
 async fn json_logs_carry_the_request_id_and_never_a_secret() {
     let redis = RedisServer::start();
@@ -350,4 +461,49 @@ async fn terminate(child: std::process::Child) -> Option<i32> {
         panic!("the process did not exit after SIGTERM");
     }
     child.wait().unwrap().code()
+}
+
+#[tokio::test]
+async fn a_shutdown_delay_serves_on_until_it_ends_then_drains() {
+    let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let mut raw = tether_ingress::config::Config::default();
+    raw.redis.url = redis.url();
+    let delay = Duration::from_secs(5);
+    raw.server.shutdown_delay_ms = delay;
+    let mut ingress = Ingress::start_with(raw.validate().unwrap()).await;
+    let addr = ingress.addr;
+
+    let signalled = std::time::Instant::now();
+    ingress.begin_shutdown();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let (status, _, body) = ingress.get("/readyz").await;
+            status == StatusCode::SERVICE_UNAVAILABLE && &body[..] == br#"{"status":"stopping"}"#
+        })
+        .await,
+        "readiness never said stopping"
+    );
+    // Still serving: the job is written and acknowledged.
+    let (status, headers, _) = ingress
+        .request(
+            http::Request::post(ingress.uri("/api/webhook/workflow"))
+                .header("authorization", format!("Bearer {KEY}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    br#"{"webhookId":"wh_1"}"#,
+                )))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(headers["connection"], "close");
+    assert_eq!(xlen(&r, "tether:jobs:workflow").await, 1);
+    // The listener closes once the delay is over, not before.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await
+    );
+    assert!(signalled.elapsed() >= delay, "{:?}", signalled.elapsed());
+    assert!(ingress.shutdown().await, "drain did not complete");
 }

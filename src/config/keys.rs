@@ -86,6 +86,7 @@ live!(
     server.max_header_bytes,
     server.http2_max_concurrent_streams,
     server.shutdown_grace_ms,
+    server.shutdown_delay_ms,
     server.body_read_timeout_ms,
     server.connection_queue_timeout_ms,
     server.tls,

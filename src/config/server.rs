@@ -26,6 +26,9 @@ pub struct Server {
     /// Drain deadline on shutdown.
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub shutdown_grace_ms: Duration,
+    /// Serving on after the signal, readiness 503, before the drain.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub shutdown_delay_ms: Duration,
     /// Webhook body cap, bytes.
     pub max_body_bytes: usize,
     /// Request head cap, bytes (at least 8192).

@@ -453,9 +453,9 @@ impl Ingress {
             tether_ingress::run_with_reloads(
                 listener,
                 config,
-                async {
+                futures::stream::once(async {
                     let _ = rx.await;
-                },
+                }),
                 reloads,
             )
             .await
