@@ -278,6 +278,15 @@ pub async fn run_with_reloads(
     };
     reloader.abort();
     background.stop(&app).await;
+    if let Some(spool) = app.sink.spool().filter(|s| s.bytes() > 0) {
+        // Acknowledged jobs Redis has not taken yet: only a process started
+        // on this directory later writes them.
+        warn!(
+            dir = %spool.dir().display(),
+            bytes = spool.bytes(),
+            "stopping with acknowledged jobs still in the spool: the next tether-ingress started on this directory replays them into Redis; keep the directory until one has"
+        );
+    }
     info!(drained, "tether-ingress stopped");
     Ok(drained)
 }

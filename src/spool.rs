@@ -49,7 +49,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::metrics as m;
 
@@ -408,6 +408,14 @@ impl Spool {
                     "spool.max_bytes is more than the spool's filesystem has left for it: the disk would fill before the cap, and then every append fails (503) and so does whatever else writes there; lower spool.max_bytes or give the spool a volume of its own"
                 );
             }
+        }
+        if bytes > 0 {
+            info!(
+                dir = %dir.display(),
+                bytes,
+                segments = existing.len(),
+                "the spool holds jobs an earlier process acknowledged; they are replayed into Redis once it answers"
+            );
         }
         let next_seq = existing.last().map_or(1, |(s, _)| s + 1);
         let (tx, rx) = mpsc::channel();

@@ -938,3 +938,53 @@ fn a_redis_port_taken_before_it_is_bound_is_tried_again() {
     assert_ne!(redis.port, busy);
     assert_eq!(redis.cli(&["PING"]), "PONG");
 }
+
+/// Jobs still in the spool when the ingress stops (Redis away) were
+/// acknowledged: the stop says so, naming the directory, and the next
+/// process on it says what it found and replays them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_left_in_the_spool_at_a_stop_are_said_and_replayed_by_the_next_process() {
+    let mut redis = RedisServer::start_durable();
+    seed(&redis).await;
+    let spool = tempfile::tempdir().unwrap();
+    let dir = spool.path().display().to_string();
+    let env = vec![
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        ("TETHER_INGRESS_SPOOL_DIR", dir.clone()),
+        ("TETHER_INGRESS_LOG", "info".to_owned()),
+    ];
+    let log = LogFile::new();
+    let ingress = IngressProcess::spawn_logging(&env, log.writer());
+    ingress.wait_ready().await;
+    redis.kill();
+    let load = Load::start(&ingress.base(), KEY, BODY, 2, "left");
+    load.until_accepted(5, WAIT).await;
+    let outcomes = load.stop().await;
+    assert_all_accepted(&outcomes);
+    assert_eq!(ingress.terminate().await, Some(0));
+    let said = log
+        .line_with("acknowledged jobs still in the spool", WAIT)
+        .await;
+    assert!(said.contains(&dir), "{said}");
+
+    redis.restart();
+    let next_log = LogFile::new();
+    let next = IngressProcess::spawn_logging(&env, next_log.writer());
+    let found = next_log
+        .line_with("the spool holds jobs an earlier process acknowledged", WAIT)
+        .await;
+    assert!(found.contains(&dir), "{found}");
+    next.wait_ready().await;
+    assert_every_202_stored(&redis, &outcomes).await;
+    // Once replayed, stopping says nothing of the spool.
+    assert!(
+        eventually(WAIT, || async { spool_files(spool.path()) == 0 }).await,
+        "spool not drained"
+    );
+    assert_eq!(next.terminate().await, Some(0));
+    assert!(
+        !next_log.text().contains("still in the spool"),
+        "{}",
+        next_log.text()
+    );
+}

@@ -439,30 +439,6 @@ async fn sigterm_as_soon_as_the_port_opens_still_exits_cleanly() {
     assert_eq!(terminate(child).await, Some(0));
 }
 
-/// Sends SIGTERM to `child` and returns its exit code (`None`: ended by a
-/// signal); panics if it has not exited within 20 s.
-async fn terminate(child: std::process::Child) -> Option<i32> {
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let child = std::sync::Mutex::new(child);
-    let exited = eventually(Duration::from_secs(20), || async {
-        child.lock().unwrap().try_wait().unwrap().is_some()
-    })
-    .await;
-    let mut child = child.into_inner().unwrap();
-    if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the process did not exit after SIGTERM");
-    }
-    child.wait().unwrap().code()
-}
-
 #[tokio::test]
 async fn a_shutdown_delay_serves_on_until_it_ends_then_drains() {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;

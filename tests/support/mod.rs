@@ -706,6 +706,11 @@ impl IngressProcess {
         );
     }
 
+    /// SIGTERM, waiting for the exit: its exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        terminate(self.child.take().expect("running")).await
+    }
+
     /// SIGKILL: no drain, no goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -713,6 +718,30 @@ impl IngressProcess {
             let _ = c.wait();
         }
     }
+}
+
+/// Sends SIGTERM to `child` and returns its exit code (`None`: ended by a
+/// signal); panics if it has not exited within 20 s.
+pub async fn terminate(child: Child) -> Option<i32> {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let child = std::sync::Mutex::new(child);
+    let exited = eventually(Duration::from_secs(20), || async {
+        child.lock().unwrap().try_wait().unwrap().is_some()
+    })
+    .await;
+    let mut child = child.into_inner().unwrap();
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the process did not exit after SIGTERM");
+    }
+    child.wait().unwrap().code()
 }
 
 impl Drop for IngressProcess {
