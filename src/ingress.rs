@@ -37,6 +37,15 @@ pub enum StartError {
     /// A certificate, key or CA file could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// `server.metrics_listen` could not be bound.
+    #[error("cannot listen on {addr} (server.metrics_listen): {source}")]
+    MetricsListen {
+        /// The address configured.
+        addr: std::net::SocketAddr,
+        /// Why the bind failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Builds the shared state and starts the replica task.
@@ -120,6 +129,7 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         prometheus,
         listener_tls,
         stopping: Default::default(),
+        metrics_elsewhere: config.server.metrics_listen.is_some(),
         proxy: config.upstream.url.as_ref().and_then(|url| {
             proxy::Proxy::new(&proxy::ProxySettings {
                 url: url.clone(),
@@ -226,6 +236,15 @@ pub async fn run_with_reloads(
     shutdown: impl futures::Stream<Item = ()> + Send + 'static,
     reloads: impl futures::Stream<Item = Config> + Send + 'static,
 ) -> Result<bool, StartError> {
+    // Bound before anything starts, so a taken port stops the start cleanly.
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
     let (app, background) = build(&config)?;
     if let Ok(addr) = listener.local_addr() {
         // What this process serves with, for whoever reads the log after
@@ -239,9 +258,16 @@ pub async fn run_with_reloads(
             spool = %config.spool.dir.as_deref().map_or("off".into(), |d| d.display().to_string()),
             // `upstream.url` holds no user or password (refused at start).
             upstream = %config.upstream.url.as_ref().map_or("none".into(), ToString::to_string),
+            metrics = %metrics_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map_or("on the listener".into(), |a| a.to_string()),
             "tether-ingress listening"
         );
     }
+    let (metrics_stop, metrics_stopped) = watch::channel(false);
+    let metrics_task = metrics_listener
+        .map(|l| tokio::spawn(server::serve_metrics(l, app.clone(), metrics_stopped)));
     if let Some(warning) = config.auth.secret_warning() {
         warn!("{warning}");
     }
@@ -286,6 +312,10 @@ pub async fn run_with_reloads(
             bytes = spool.bytes(),
             "stopping with acknowledged jobs still in the spool: the next tether-ingress started on this directory replays them into Redis; keep the directory until one has"
         );
+    }
+    let _ = metrics_stop.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
     }
     info!(drained, "tether-ingress stopped");
     Ok(drained)

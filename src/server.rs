@@ -342,6 +342,61 @@ async fn refuse(mut stream: tokio::net::TcpStream, response: Vec<u8>) {
     .await;
 }
 
+/// Connections the metrics listener serves at once: scrapers and probes,
+/// not callers.
+const METRICS_CONNECTIONS: usize = 64;
+
+/// Serves `server.metrics_listen` until `stop` turns true: `/metrics`,
+/// `/healthz` and `/readyz` in plain HTTP/1.1 (anything else 404), on the
+/// shared runtime, under a cap of its own, so probes and scrapes are
+/// answered while the webhook listener is at its cap. It stays up through
+/// the shutdown delay and the drain, so readiness is seen saying `stopping`.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    app: Arc<crate::app::App>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (app, mut stop) = (app.clone(), stop.clone());
+        let head_within = app.settings.load().server.header_read_timeout_ms;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(move |req| {
+                let res = app.answer_metrics_listener(&req);
+                std::future::ready(Ok::<_, std::convert::Infallible>(res))
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_within)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.changed() => {}
+            }
+        });
+    }
+}
+
 /// Signals every connection to finish and waits up to the grace for them.
 async fn drain(
     stop_tx: watch::Sender<bool>,

@@ -123,7 +123,7 @@ impl App {
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let route = route_of(&req);
+        let route = self.route_here(&req);
         // With an upstream, whatever the ingress does not serve is the
         // upstream's: on a webhook path, every method but POST (a browser's
         // CORS preflight, say), as the contract's "every other request".
@@ -156,16 +156,45 @@ impl App {
                 webhook::handle(self, &Outreach, req, &request_id, peer).await
             }
             (Route::Workflow | Route::Outreach, _) => Err(Reject::MethodNotAllowed),
-            (Route::Health, _) => Ok(json(
-                StatusCode::OK,
-                Bytes::from_static(br#"{"status":"ok"}"#),
-            )),
-            (Route::Ready, _) => Ok(self.readiness()),
-            (Route::Metrics, _) => Ok(self.render_metrics()),
+            (Route::Health | Route::Ready | Route::Metrics, _) => Ok(self.own_answer(route)),
             // Answered by `proxied` above.
             (Route::Other, _) => Err(Reject::NotFound),
         };
         self.finish(route, started, request_id, client, result)
+    }
+
+    /// A request's route on the webhook listener: with a metrics listener
+    /// of its own, `/metrics` here is a path like any other (the
+    /// upstream's, or 404), so the port callers reach does not show it.
+    fn route_here<B>(&self, req: &Request<B>) -> Route {
+        match route_of(req) {
+            Route::Metrics if self.metrics_elsewhere => Route::Other,
+            route => route,
+        }
+    }
+
+    /// The answer to the ingress's own read-only routes.
+    fn own_answer(&self, route: Route) -> Response<ResponseBody> {
+        match route {
+            Route::Ready => self.readiness(),
+            Route::Metrics => self.render_metrics(),
+            _ => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
+        }
+    }
+
+    /// Answers a request on the metrics listener (`server.metrics_listen`):
+    /// `/metrics`, `/healthz` and `/readyz` as on the webhook listener,
+    /// anything else 404.
+    pub(crate) fn answer_metrics_listener<B>(&self, req: &Request<B>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id = self.request_ids.for_request(req.headers());
+        let (route, result) = match route_of(req) {
+            own @ (Route::Health | Route::Ready | Route::Metrics) => {
+                (own, Ok(self.own_answer(own)))
+            }
+            _ => (Route::Other, Err(Reject::NotFound)),
+        };
+        self.finish(route, started, request_id, None, result)
     }
 
     /// The caller's address for the request log line (by the trusted
@@ -411,7 +440,7 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
         let http1 = req.version() < Version::HTTP_2;
         // Proxied requests get a future of their own size (one box, not the
         // webhook routes' larger future around the proxy's).
-        if route_of(&req) == Route::Other {
+        if app.route_here(&req) == Route::Other {
             Box::pin(async move {
                 let res = app.proxied(req, peer, Some(&lane)).await;
                 Ok(app.closing(res, http1))

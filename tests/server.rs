@@ -483,3 +483,101 @@ async fn a_shutdown_delay_serves_on_until_it_ends_then_drains() {
     assert!(signalled.elapsed() >= delay, "{:?}", signalled.elapsed());
     assert!(ingress.shutdown().await, "drain did not complete");
 }
+
+/// The value of field `name` in a text log line (`name=value`).
+fn field_of<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+}
+
+#[tokio::test]
+async fn a_metrics_listener_answers_probes_while_the_webhook_listener_is_full() {
+    use tokio::io::AsyncWriteExt;
+    let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    // One connection fills the webhook listener; a waiting one is refused
+    // after 200 ms.
+    std::fs::write(
+        &file,
+        "[server]\nmax_connections = 1\nconnection_queue_timeout_ms = 200\n",
+    )
+    .unwrap();
+    let log = LogFile::new();
+    let child = binary()
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
+        .env("TETHER_INGRESS_METRICS_LISTEN", "127.0.0.1:0")
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_LOG", "info")
+        .stdout(log.writer())
+        .spawn()
+        .unwrap();
+    let line = log
+        .line_with("tether-ingress listening", Duration::from_secs(30))
+        .await;
+    let (main, metrics) = (field_of(&line, "addr"), field_of(&line, "metrics"));
+    assert_ne!(main, metrics);
+    let ask = |addr: &str, request: &'static str| {
+        let addr = addr.to_owned();
+        async move {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(mut c) => exchange(&mut c, request).await,
+                Err(e) => (e.to_string(), String::new()),
+            }
+        }
+    };
+    const READY: &str = "GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n";
+    const METRICS: &str = "GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n";
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            ask(metrics, READY).await.0.starts_with("http/1.1 200")
+        })
+        .await
+    );
+    let (head, body) = ask(metrics, METRICS).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("tether_http_requests_total"), "{body}");
+    let (head, _) = ask(
+        metrics,
+        "POST /api/webhook/workflow HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    // The port callers reach no longer shows the metrics.
+    let (head, _) = ask(main, METRICS).await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+
+    // A caller holds the webhook listener's one connection: there, a probe
+    // waits and is refused; on the metrics listener it is answered at once.
+    let mut held = tokio::net::TcpStream::connect(main).await.unwrap();
+    held.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let (head, _) = ask(main, READY).await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    let (head, body) = ask(metrics, READY).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, r#"{"status":"ready"}"#);
+    drop(held);
+    assert_eq!(terminate(child).await, Some(0));
+}
+
+#[test]
+fn a_metrics_listener_on_a_taken_port_stops_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = binary()
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
+        .env("TETHER_INGRESS_METRICS_LISTEN", &addr)
+        .env("TETHER_INGRESS_REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (server.metrics_listen)")),
+        "{err}"
+    );
+}

@@ -72,6 +72,15 @@ impl Text for PathBuf {
     }
 }
 
+impl Text for std::net::SocketAddr {
+    fn read(text: String) -> Result<Self, String> {
+        text.parse().map_err(|_| socket_addr::refusal(&text))
+    }
+    fn show(&self) -> Cow<'_, str> {
+        self.to_string().into()
+    }
+}
+
 impl Text for http::Uri {
     fn read(text: String) -> Result<Self, String> {
         text.parse().map_err(|_| {
@@ -224,10 +233,13 @@ pub(super) mod socket_addr {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let text = String::deserialize(d)?;
-        text.parse().map_err(|_| {
-            D::Error::custom(format!(
-                "{text:?} is not an address like 127.0.0.1:8080: an IP address and a port (0.0.0.0:8080 or [::]:8080 listens on every interface)"
-            ))
-        })
+        text.parse().map_err(|_| D::Error::custom(refusal(&text)))
+    }
+
+    /// Why `text` is not a socket address, in the operator's words.
+    pub(crate) fn refusal(text: &str) -> String {
+        format!(
+            "{text:?} is not an address like 127.0.0.1:8080: an IP address and a port (0.0.0.0:8080 or [::]:8080 listens on every interface)"
+        )
     }
 }

@@ -13,6 +13,7 @@ use super::file::Config;
 #[rustfmt::skip]
 pub const ENV: &[(&str, &str)] = &[
     ("TETHER_INGRESS_LISTEN",                "server.listen"),
+    ("TETHER_INGRESS_METRICS_LISTEN",        "server.metrics_listen"),
     ("TETHER_INGRESS_TLS_CERT_FILE",         "server.tls.cert_file"),
     ("TETHER_INGRESS_TLS_KEY_FILE",          "server.tls.key_file"),
     ("TETHER_INGRESS_TRUSTED_PROXIES",       "server.trusted_proxies"),

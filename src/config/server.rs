@@ -15,6 +15,10 @@ pub struct Server {
     /// Bind address.
     #[serde(with = "forms::socket_addr")]
     pub listen: SocketAddr,
+    /// A listener of its own for `/metrics`, `/healthz` and `/readyz`,
+    /// outside the connection cap; `None`: `/metrics` is on `listen`.
+    #[serde(with = "forms::empty_as_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Connections served at once (1 to 1,000,000).
     pub max_connections: usize,
     /// A silent connection is closed after this.
@@ -200,6 +204,12 @@ impl Server {
             ("server.header_read_timeout_ms", self.header_read_timeout_ms),
         ] {
             p.nonzero_duration(name, d);
+        }
+        if self.metrics_listen == Some(self.listen) && self.listen.port() != 0 {
+            p.push(format!(
+                "server.metrics_listen: {} is server.listen too; give the metrics a port of their own, or \"\" to answer them on server.listen",
+                self.listen
+            ));
         }
         match (&self.tls.cert_file, &self.tls.key_file) {
             (None, None) => {}

@@ -473,3 +473,31 @@ fn a_number_out_of_its_type_says_what_may_be_written() {
         "{text}"
     );
 }
+
+#[test]
+fn the_metrics_listener_is_an_address_of_its_own() {
+    let config = with_env(&[("TETHER_INGRESS_METRICS_LISTEN", " 0.0.0.0:9090 ")]).unwrap();
+    assert_eq!(
+        config.server.metrics_listen,
+        Some(([0, 0, 0, 0], 9090).into())
+    );
+    assert_eq!(Config::default().server.metrics_listen, None);
+    let found = problems(with_env(&[("TETHER_INGRESS_METRICS_LISTEN", "9090")]));
+    assert_eq!(
+        found,
+        [
+            r#"server.metrics_listen (from TETHER_INGRESS_METRICS_LISTEN): "9090" is not an address like 127.0.0.1:8080: an IP address and a port (0.0.0.0:8080 or [::]:8080 listens on every interface)"#
+        ]
+    );
+    let found = problems(with_env(&[
+        ("TETHER_INGRESS_LISTEN", "127.0.0.1:9000"),
+        ("TETHER_INGRESS_METRICS_LISTEN", "127.0.0.1:9000"),
+    ]));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with(
+            "server.metrics_listen (from TETHER_INGRESS_METRICS_LISTEN): 127.0.0.1:9000 is server.listen too"
+        ),
+        "{found:?}"
+    );
+}
