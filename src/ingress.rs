@@ -258,10 +258,11 @@ pub async fn run_with_reloads(
             spool = %config.spool.dir.as_deref().map_or("off".into(), |d| d.display().to_string()),
             // `upstream.url` holds no user or password (refused at start).
             upstream = %config.upstream.url.as_ref().map_or("none".into(), ToString::to_string),
+            // Where /metrics is answered: its own listener, or this one.
             metrics = %metrics_listener
                 .as_ref()
                 .and_then(|l| l.local_addr().ok())
-                .map_or("on the listener".into(), |a| a.to_string()),
+                .unwrap_or(addr),
             "tether-ingress listening"
         );
     }

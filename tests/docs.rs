@@ -561,7 +561,154 @@ const EXAMPLES: &[(&str, &str, Check)] = &[
              where promtool is installed)",
         ),
     ),
+    (
+        "docs/DEPLOY.md",
+        "# tether-ingress as a sidecar in the backend's pod.",
+        Checked("the_kubernetes_example_is_one_the_binary_takes"),
+    ),
 ];
+
+/// The Kubernetes example agrees with the binary and with itself: every
+/// variable is one the ingress reads; its file and variables pass
+/// `check-config`; the ports are the listeners'; the probes ask the metrics
+/// listener; the spool is a directory inside its volume; the termination
+/// grace covers the shutdown delay and the drain.
+#[test]
+fn the_kubernetes_example_is_one_the_binary_takes() {
+    let yaml = example(
+        "docs/DEPLOY.md",
+        "# tether-ingress as a sidecar in the backend's pod.",
+    );
+    let lines: Vec<&str> = yaml.lines().map(str::trim).collect();
+    // `{name: N, KEY: V}` items, as (N, V).
+    let items = |key: &str| -> Vec<(String, String)> {
+        let key = format!(", {key}: ");
+        lines
+            .iter()
+            .filter_map(|l| {
+                let (name, value) = l.strip_prefix("- {name: ")?.split_once(key.as_str())?;
+                let value = value.strip_suffix('}').unwrap_or(value);
+                // Other keys may follow (`readOnly: true`).
+                let value = value.split(", ").next().unwrap_or(value);
+                Some((name.to_owned(), value.trim_matches('"').to_owned()))
+            })
+            .collect()
+    };
+    let one = |items: &[(String, String)], name: &str| -> String {
+        items
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name} in the example"))
+            .1
+            .clone()
+    };
+    let env = items("value");
+    let from_secrets: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("- name: TETHER_"))
+        .collect();
+    assert!(!env.is_empty() && !from_secrets.is_empty());
+    for name in env
+        .iter()
+        .map(|(n, _)| n.clone())
+        .chain(from_secrets.iter().map(|n| format!("TETHER_{n}")))
+    {
+        assert!(
+            tether_ingress::config::ENV
+                .iter()
+                .any(|(known, _)| *known == name),
+            "{name} is not a variable the ingress reads"
+        );
+    }
+    // The configuration file: the lines indented under its name.
+    let raw: Vec<&str> = yaml.lines().collect();
+    let at = raw
+        .iter()
+        .position(|l| l.trim() == "tether-ingress.toml: |")
+        .expect("no configuration file in the example");
+    let indent = raw[at + 1].len() - raw[at + 1].trim_start().len();
+    let file: String = raw[at + 1..]
+        .iter()
+        .take_while(|l| l.len() > indent && l[..indent].trim().is_empty())
+        .map(|l| format!("{}\n", &l[indent..]))
+        .collect();
+    let mounts = items("mountPath");
+    let args = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("args: "))
+        .expect("no args");
+    assert!(
+        args.contains(&format!(
+            r#""--config", "{}/tether-ingress.toml""#,
+            one(&mounts, "config")
+        )),
+        "{args}"
+    );
+    // check-config with that file and those variables; the secret file is
+    // the test's own, at the path the example mounts it under.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tether-ingress.toml"), &file).unwrap();
+    std::fs::write(dir.path().join("jwt-secret"), "a-test-secret\n").unwrap();
+    let secrets = one(&mounts, "secrets");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether-ingress"));
+    command
+        .arg("check-config")
+        .arg("--config")
+        .arg(dir.path().join("tether-ingress.toml"));
+    for (name, value) in &env {
+        let value = match value.strip_prefix(&format!("{secrets}/")) {
+            Some(file) => dir.path().join(file).display().to_string(),
+            None => value.clone(),
+        };
+        command.env(name, value);
+    }
+    let out = command.output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let setting = |key: &str| -> String {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in {printed}"))
+            .to_owned()
+    };
+    let port = |addr: String| addr.rsplit_once(':').unwrap().1.to_owned();
+    let ports = items("containerPort");
+    assert_eq!(one(&ports, "http"), port(setting("server.listen")));
+    assert_eq!(
+        one(&ports, "metrics"),
+        port(setting("server.metrics_listen"))
+    );
+    for probe in ["/readyz", "/healthz"] {
+        assert!(
+            lines.contains(&format!("httpGet: {{path: {probe}, port: metrics}}").as_str()),
+            "{probe} is not probed on the metrics listener"
+        );
+    }
+    // The spool is a directory the ingress makes inside its volume.
+    let spool = setting("spool.dir");
+    assert!(
+        spool.starts_with(&format!("{}/", one(&mounts, "spool"))),
+        "{spool}"
+    );
+    let ms = |key: &str| setting(key).parse::<u64>().unwrap();
+    let delay = ms("server.shutdown_delay_ms");
+    assert!(delay > 0);
+    let grace_secs: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("terminationGracePeriodSeconds: "))
+        .expect("no termination grace")
+        .parse()
+        .unwrap();
+    assert!(
+        grace_secs * 1000 > delay + ms("server.shutdown_grace_ms"),
+        "the termination grace does not cover the delay and the drain"
+    );
+}
 
 /// The fenced blocks of `text`: (language, body), a block's indentation
 /// taken off its lines.
