@@ -130,7 +130,14 @@ metrics! {
         "Requests limited by this instance's own count because Redis did not answer the global rate-limit check.";
     gauge FAIL_CLOSED = "tether_auth_fail_closed":
         "1 while keys are refused because the replica is out of touch (fail-closed).";
+    gauge BUILD_INFO = "tether_build_info":
+        "Always 1; its labels name the running build (version, commit), so a rollout shows which instances run what.";
 }
+
+/// Reads the process's own figures (`process_*`: resident memory, open
+/// descriptors against the limit, CPU seconds, start time) at each scrape.
+static PROCESS: std::sync::LazyLock<metrics_process::Collector> =
+    std::sync::LazyLock::new(metrics_process::Collector::default);
 
 /// Registers the help text of every metric with the installed recorder.
 fn describe() {
@@ -169,6 +176,13 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            PROCESS.describe();
+            metrics::gauge!(
+                BUILD_INFO,
+                "version" => env!("CARGO_PKG_VERSION"),
+                "commit" => env!("TETHER_BUILD_COMMIT")
+            )
+            .set(1.0);
             Some(handle)
         })
         .clone()
@@ -177,6 +191,9 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
 /// `/metrics`: the recorder's text (if this process's recorder is ours),
 /// then the histograms every request records.
 pub(crate) fn render(recorder: Option<&PrometheusHandle>) -> String {
+    if recorder.is_some() {
+        PROCESS.collect();
+    }
     let mut text = recorder.map(PrometheusHandle::render).unwrap_or_default();
     if recorder.is_some() {
         let help = |name: &str| {

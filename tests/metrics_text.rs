@@ -72,6 +72,22 @@ async fn promtool_accepts_every_metric_family_with_its_help_text() {
         let series = format!("tether_http_bodies_mended_total{{reason=\"{reason}\"}} ");
         assert_eq!(metric_in(&text, &series), n, "{series}");
     }
+    // Which build runs, and the process's own figures.
+    assert!(
+        text.contains(&format!(
+            "tether_build_info{{version=\"{}\",commit=\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    for series in [
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+    ] {
+        assert!(metric_in(&text, series) > 0.0, "{series}");
+    }
+    assert!(metric_in(&text, "process_start_time_seconds ") > 1.6e9);
     // Every family the code declares is described.
     for (name, _, help) in tether_ingress::METRICS {
         if text.contains(&format!("\n{name}")) || text.starts_with(name) {
