@@ -123,7 +123,7 @@ impl App {
         B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        let route = self.route_here(&req);
+        let route = route_of(&req);
         // With an upstream, whatever the ingress does not serve is the
         // upstream's: on a webhook path, every method but POST (a browser's
         // CORS preflight, say), as the contract's "every other request".
@@ -156,21 +156,14 @@ impl App {
                 webhook::handle(self, &Outreach, req, &request_id, peer).await
             }
             (Route::Workflow | Route::Outreach, _) => Err(Reject::MethodNotAllowed),
+            // Not shown on the port callers reach, nor forwarded: the
+            // upstream's own metrics are not the callers' either.
+            (Route::Metrics, _) if self.metrics_elsewhere => Err(Reject::NotFound),
             (Route::Health | Route::Ready | Route::Metrics, _) => Ok(self.own_answer(route)),
             // Answered by `proxied` above.
             (Route::Other, _) => Err(Reject::NotFound),
         };
         self.finish(route, started, request_id, client, result)
-    }
-
-    /// A request's route on the webhook listener: with a metrics listener
-    /// of its own, `/metrics` here is a path like any other (the
-    /// upstream's, or 404), so the port callers reach does not show it.
-    fn route_here<B>(&self, req: &Request<B>) -> Route {
-        match route_of(req) {
-            Route::Metrics if self.metrics_elsewhere => Route::Other,
-            route => route,
-        }
     }
 
     /// The answer to the ingress's own read-only routes.
@@ -440,7 +433,7 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
         let http1 = req.version() < Version::HTTP_2;
         // Proxied requests get a future of their own size (one box, not the
         // webhook routes' larger future around the proxy's).
-        if app.route_here(&req) == Route::Other {
+        if route_of(&req) == Route::Other {
             Box::pin(async move {
                 let res = app.proxied(req, peer, Some(&lane)).await;
                 Ok(app.closing(res, http1))

@@ -505,10 +505,16 @@ async fn a_metrics_listener_answers_probes_while_the_webhook_listener_is_full() 
     )
     .unwrap();
     let log = LogFile::new();
+    // An upstream nothing answers on: a request forwarded there gets 502.
+    let upstream = closed_port();
     let child = binary()
         .args(["serve", "--config", file.to_str().unwrap()])
         .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
         .env("TETHER_INGRESS_METRICS_LISTEN", "127.0.0.1:0")
+        .env(
+            "TETHER_INGRESS_UPSTREAM_URL",
+            format!("http://127.0.0.1:{}", upstream.port),
+        )
         .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG", "info")
         .stdout(log.writer())
@@ -545,9 +551,12 @@ async fn a_metrics_listener_answers_probes_while_the_webhook_listener_is_full() 
     )
     .await;
     assert!(head.starts_with("http/1.1 404"), "{head}");
-    // The port callers reach no longer shows the metrics.
+    // The port callers reach no longer shows the metrics, nor forwards
+    // the path to the upstream (which would answer 502 here).
     let (head, _) = ask(main, METRICS).await;
     assert!(head.starts_with("http/1.1 404"), "{head}");
+    let (head, _) = ask(main, "GET /api/leads HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
 
     // A caller holds the webhook listener's one connection: there, a probe
     // waits and is refused; on the metrics listener it is answered at once.
