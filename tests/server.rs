@@ -91,6 +91,24 @@ fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
 }
 
+/// `tether-ingress serve` with `toml` as its configuration file, on a free
+/// port, against `redis`, logging warnings: the command (for a test's own
+/// variables) and the file's directory, kept while the binary runs.
+fn serve_with_file(toml: &str, redis: &RedisServer) -> (Command, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, toml).unwrap();
+    let mut command = binary();
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
+        .env("TETHER_INGRESS_REDIS_URL", redis.url())
+        .env("TETHER_INGRESS_LOG", "warn");
+    (command, dir)
+}
+
 #[test]
 fn invalid_configuration_exits_2_with_every_problem() {
     let dir = std::env::temp_dir().join(format!("tether-cfg-{}", std::process::id()));
@@ -127,17 +145,9 @@ fn invalid_configuration_exits_2_with_every_problem() {
 #[tokio::test]
 async fn the_binary_serves_from_env_and_exits_0_on_sigterm() {
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("c.toml");
     // The file sets the stream; env sets listen and Redis.
-    std::fs::write(&file, "[streams]\nworkflow = \"custom:jobs\"\n").unwrap();
-    let mut child = binary()
-        .args(["serve", "--config", file.to_str().unwrap()])
-        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
-        .env("TETHER_INGRESS_REDIS_URL", redis.url())
-        .env("TETHER_INGRESS_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let (mut command, _dir) = serve_with_file("[streams]\nworkflow = \"custom:jobs\"\n", &redis);
+    let mut child = command.spawn().unwrap();
     let port = listening_port(&mut child, Duration::from_secs(20)).expect("never listened");
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
@@ -213,17 +223,9 @@ async fn exchange(conn: &mut tokio::net::TcpStream, request: &str) -> (String, S
 async fn a_shutdown_delay_serves_on_says_stopping_and_a_second_signal_ends_it() {
     use tokio::io::AsyncReadExt;
     let (redis, r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("c.toml");
     // Longer than the test may take: only the second signal ends it.
-    std::fs::write(&file, "[server]\nshutdown_delay_ms = 600000\n").unwrap();
-    let mut child = binary()
-        .args(["serve", "--config", file.to_str().unwrap()])
-        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
-        .env("TETHER_INGRESS_REDIS_URL", redis.url())
-        .env("TETHER_INGRESS_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let (mut command, _dir) = serve_with_file("[server]\nshutdown_delay_ms = 600000\n", &redis);
+    let mut child = command.spawn().unwrap();
     let port = listening_port(&mut child, Duration::from_secs(20)).expect("never listened");
     let addr = format!("127.0.0.1:{port}");
     let connect = || tokio::net::TcpStream::connect(addr.clone());
@@ -495,27 +497,21 @@ fn field_of<'a>(line: &'a str, name: &str) -> &'a str {
 async fn a_metrics_listener_answers_probes_while_the_webhook_listener_is_full() {
     use tokio::io::AsyncWriteExt;
     let (redis, _r) = redis_with_key_and_trigger(KEY, &["wf_a"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("c.toml");
     // One connection fills the webhook listener; a waiting one is refused
     // after 200 ms.
-    std::fs::write(
-        &file,
+    let (mut command, _dir) = serve_with_file(
         "[server]\nmax_connections = 1\nconnection_queue_timeout_ms = 200\n",
-    )
-    .unwrap();
+        &redis,
+    );
     let log = LogFile::new();
     // An upstream nothing answers on: a request forwarded there gets 502.
     let upstream = closed_port();
-    let child = binary()
-        .args(["serve", "--config", file.to_str().unwrap()])
-        .env("TETHER_INGRESS_LISTEN", "127.0.0.1:0")
+    let child = command
         .env("TETHER_INGRESS_METRICS_LISTEN", "127.0.0.1:0")
         .env(
             "TETHER_INGRESS_UPSTREAM_URL",
             format!("http://127.0.0.1:{}", upstream.port),
         )
-        .env("TETHER_INGRESS_REDIS_URL", redis.url())
         .env("TETHER_INGRESS_LOG", "info")
         .stdout(log.writer())
         .spawn()
