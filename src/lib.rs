@@ -34,6 +34,7 @@
 //! - `replica`: the live replica the views read; `proxy`: the sidecar path;
 //!   `metrics`.
 //! - Off the request path: `admin` (the CLI), `preflight` (`check-redis`),
+//!   `probe` (`healthcheck`),
 //!   `import`, `worker` (reading jobs back), [`fuzzing`].
 //!
 //! # The public surface
@@ -77,6 +78,7 @@ mod proxy;
 mod metrics;
 mod admin;
 mod preflight;
+mod probe;
 mod import;
 mod worker;
 pub mod fuzzing;
@@ -90,6 +92,7 @@ pub use ingress::{Background, StartError, build, run, run_with_reloads};
 pub use metrics::ALL as METRICS;
 pub use open_files::raise_open_file_limit;
 pub use preflight::{Report as RedisReport, check_redis};
+pub use probe::{ProbeError, healthcheck};
 pub use redis::{Role as RedisRole, Target as RedisTarget, client as redis_client};
 pub use reload::on_sighup;
 pub use shutdown::signals as shutdown_signals;

@@ -71,6 +71,16 @@ enum Command {
     },
     /// Validate the configuration and print the effective values, secrets masked.
     CheckConfig,
+    /// Ask the running ingress this configuration describes whether it is
+    /// alive (GET /healthz) or, with --ready, ready (GET /readyz): on
+    /// server.metrics_listen when set, else server.listen (0.0.0.0 asked on
+    /// 127.0.0.1). Exits 0 on 200, 1 otherwise: a container health check
+    /// (Docker HEALTHCHECK, ECS) for an image without curl.
+    Healthcheck {
+        /// Ask /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Ask Redis, before serving, whether it will take this ingress's work:
     /// the user's permissions for every write and read the ingress makes,
     /// each node's role, version, durability and memory, the sentinels, the
@@ -213,6 +223,13 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.config),
         Command::CheckConfig => exit(put(config::describe(&config))),
+        Command::Healthcheck { ready } => match tether_ingress::healthcheck(&config, ready) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tether-ingress: healthcheck: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
         other => run_admin(config, other),
     }
 }
@@ -348,7 +365,7 @@ fn run_admin(config: Config, command: Command) -> ExitCode {
                     )));
                 }
             }
-            Command::Serve | Command::CheckConfig => {}
+            Command::Serve | Command::CheckConfig | Command::Healthcheck { .. } => {}
         }
         Ok::<(), AdminError>(())
     });

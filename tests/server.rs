@@ -219,6 +219,23 @@ async fn exchange(conn: &mut tokio::net::TcpStream, request: &str) -> (String, S
     }
 }
 
+/// `tether-ingress healthcheck` (`--ready`) against the ingress on `port`:
+/// its exit code and what it said on stderr.
+fn healthcheck(port: u16, ready: bool) -> (Option<i32>, String) {
+    let mut command = binary();
+    command
+        .arg("healthcheck")
+        .env("TETHER_INGRESS_LISTEN", format!("127.0.0.1:{port}"));
+    if ready {
+        command.arg("--ready");
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn a_shutdown_delay_serves_on_says_stopping_and_a_second_signal_ends_it() {
     use tokio::io::AsyncReadExt;
@@ -242,6 +259,8 @@ async fn a_shutdown_delay_serves_on_says_stopping_and_a_second_signal_ends_it() 
         })
         .await
     );
+    assert_eq!(healthcheck(port, true).0, Some(0));
+    assert_eq!(healthcheck(port, false).0, Some(0));
     // A keep-alive connection opened before the signal.
     let mut kept = connect().await.unwrap();
     let (head, _) = exchange(&mut kept, &post).await;
@@ -267,6 +286,14 @@ async fn a_shutdown_delay_serves_on_says_stopping_and_a_second_signal_ends_it() 
         .await,
         "readiness never said stopping"
     );
+    // A container's health check says the same: alive, not ready.
+    let (code, said) = healthcheck(port, true);
+    assert_eq!(code, Some(1));
+    assert!(
+        said.contains(r#"503 Service Unavailable {"status":"stopping"}"#),
+        "{said}"
+    );
+    assert_eq!(healthcheck(port, false).0, Some(0));
     // The kept connection is answered, told to close, and closed.
     let (head, _) = exchange(&mut kept, &post).await;
     assert!(head.starts_with("http/1.1 202"), "{head}");
@@ -295,6 +322,9 @@ async fn a_shutdown_delay_serves_on_says_stopping_and_a_second_signal_ends_it() 
     }
     assert!(exited, "the second signal did not end the delay");
     assert_eq!(child.wait().unwrap().code(), Some(0));
+    let (code, said) = healthcheck(port, false);
+    assert_eq!(code, Some(1));
+    assert!(said.contains(&format!("127.0.0.1:{port}")), "{said}");
 }
 
 #[tokio::test]

@@ -280,6 +280,25 @@ fn a_listener_certificate_that_does_not_load_stops_the_start() {
         d.join("server.crt").display()
     );
     assert!(err.contains(&says), "{err}");
+    // A container health check cannot speak TLS: it is told to use the
+    // plain metrics listener, as a configuration problem (exit 2).
+    let healthcheck = |metrics: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
+            .arg("healthcheck")
+            .env("TETHER_INGRESS_TLS_CERT_FILE", d.join("server.crt"))
+            .env("TETHER_INGRESS_TLS_KEY_FILE", d.join("server.key"))
+            .env("TETHER_INGRESS_METRICS_LISTEN", metrics)
+            .output()
+            .unwrap()
+    };
+    let out = healthcheck("");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set server.metrics_listen"), "{err}");
+    // With one, the plain listener is asked (nothing listens there: 1).
+    let closed = closed_port();
+    let out = healthcheck(&format!("127.0.0.1:{}", closed.port));
+    assert_eq!(out.status.code(), Some(1));
 }
 
 /// A TLS connection to the listener, trusting `ca`.
