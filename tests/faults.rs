@@ -77,6 +77,17 @@ fn assert_all_accepted(outcomes: &[support::Outcome]) {
     );
 }
 
+/// The variables of an ingress on `redis` with its spool in `dir`.
+fn spooling(redis: &RedisServer, dir: impl AsRef<std::path::Path>) -> Vec<(&'static str, String)> {
+    vec![
+        ("TETHER_INGRESS_REDIS_URL", redis.url()),
+        (
+            "TETHER_INGRESS_SPOOL_DIR",
+            dir.as_ref().display().to_string(),
+        ),
+    ]
+}
+
 fn spool_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| d.filter_map(Result::ok).count())
@@ -293,15 +304,9 @@ async fn a_redis_refusing_writes_is_retried_on_a_backoff_not_per_request() {
     let spool = tempfile::tempdir().unwrap();
     let log_file = LogFile::new();
     let log = log_file.writer();
-    let env = [
-        ("TETHER_INGRESS_REDIS_URL", redis.url()),
-        (
-            "TETHER_INGRESS_SPOOL_DIR",
-            spool.path().display().to_string(),
-        ),
-        // The end of the refusal is said at info.
-        ("TETHER_INGRESS_LOG", "info".into()),
-    ];
+    let mut env = spooling(&redis, spool.path());
+    // The end of the refusal is said at info.
+    env.push(("TETHER_INGRESS_LOG", "info".into()));
     let ingress = IngressProcess::spawn_logging(&env, log);
     ingress.wait_ready().await;
     redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
@@ -368,13 +373,7 @@ async fn ingress_sigkilled_under_load_keeps_every_accepted_job() {
     let mut redis = RedisServer::start_durable();
     seed(&redis).await;
     let spool = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("TETHER_INGRESS_REDIS_URL", redis.url()),
-        (
-            "TETHER_INGRESS_SPOOL_DIR",
-            spool.path().display().to_string(),
-        ),
-    ];
+    let env = spooling(&redis, spool.path());
     let mut ingress = IngressProcess::spawn(&env);
     ingress.wait_ready().await;
     let load = Load::start(&ingress.base(), KEY, BODY, 16, "sigkill");
@@ -406,10 +405,7 @@ async fn a_second_process_on_the_same_spool_directory_is_refused_at_start() {
     seed(&redis).await;
     let spool = tempfile::tempdir().unwrap();
     let dir = spool.path().display().to_string();
-    let env = vec![
-        ("TETHER_INGRESS_REDIS_URL", redis.url()),
-        ("TETHER_INGRESS_SPOOL_DIR", dir.clone()),
-    ];
+    let env = spooling(&redis, &dir);
     let first = IngressProcess::spawn(&env);
     first.wait_ready().await;
     let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_tether-ingress"))
@@ -565,10 +561,7 @@ async fn a_full_spool_disk_answers_503_and_leaves_no_torn_record() {
     let redis = RedisServer::start();
     seed(&redis).await;
     let spool = disk.0.path().join("spool");
-    let env = [
-        ("TETHER_INGRESS_REDIS_URL", redis.url()),
-        ("TETHER_INGRESS_SPOOL_DIR", spool.display().to_string()),
-    ];
+    let env = spooling(&redis, &spool);
     let ingress = IngressProcess::spawn(&env);
     ingress.wait_ready().await;
     redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
@@ -828,13 +821,7 @@ async fn the_spool_is_private_to_the_ingress_user() {
     let parent = tempfile::tempdir().unwrap();
     let spool = parent.path().join("spool");
     let log = LogFile::new();
-    let ingress = IngressProcess::spawn_logging(
-        &[
-            ("TETHER_INGRESS_REDIS_URL", redis.url()),
-            ("TETHER_INGRESS_SPOOL_DIR", spool.display().to_string()),
-        ],
-        log.writer(),
-    );
+    let ingress = IngressProcess::spawn_logging(&spooling(&redis, &spool), log.writer());
     ingress.wait_ready().await;
     redis.kill();
     let req = http::Request::post(format!("{}/api/webhook/workflow", ingress.base()))
@@ -866,13 +853,7 @@ async fn the_spool_is_private_to_the_ingress_user() {
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
     let log = LogFile::new();
-    let ingress = IngressProcess::spawn_logging(
-        &[
-            ("TETHER_INGRESS_REDIS_URL", redis.url()),
-            ("TETHER_INGRESS_SPOOL_DIR", open.display().to_string()),
-        ],
-        log.writer(),
-    );
+    let ingress = IngressProcess::spawn_logging(&spooling(&redis, &open), log.writer());
     assert!(
         eventually(WAIT, || async {
             log.text()
@@ -948,11 +929,8 @@ async fn jobs_left_in_the_spool_at_a_stop_are_said_and_replayed_by_the_next_proc
     seed(&redis).await;
     let spool = tempfile::tempdir().unwrap();
     let dir = spool.path().display().to_string();
-    let env = vec![
-        ("TETHER_INGRESS_REDIS_URL", redis.url()),
-        ("TETHER_INGRESS_SPOOL_DIR", dir.clone()),
-        ("TETHER_INGRESS_LOG", "info".to_owned()),
-    ];
+    let mut env = spooling(&redis, &dir);
+    env.push(("TETHER_INGRESS_LOG", "info".to_owned()));
     let log = LogFile::new();
     let ingress = IngressProcess::spawn_logging(&env, log.writer());
     ingress.wait_ready().await;
