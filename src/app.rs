@@ -62,9 +62,6 @@ pub struct App {
     /// Set by a shutdown signal: the instance serves on through
     /// `server.shutdown_delay_ms` but tells balancers and clients to go.
     pub(crate) stopping: AtomicBool,
-    /// `/metrics` has a listener of its own (`server.metrics_listen`) and
-    /// is not answered on the webhook listener.
-    pub(crate) metrics_elsewhere: bool,
 }
 
 impl App {

@@ -129,7 +129,6 @@ pub fn build(config: &Config) -> Result<(Arc<App>, Background), StartError> {
         prometheus,
         listener_tls,
         stopping: Default::default(),
-        metrics_elsewhere: config.server.metrics_listen.is_some(),
         proxy: config.upstream.url.as_ref().and_then(|url| {
             proxy::Proxy::new(&proxy::ProxySettings {
                 url: url.clone(),

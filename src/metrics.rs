@@ -191,18 +191,17 @@ pub(crate) fn install() -> Option<PrometheusHandle> {
 /// `/metrics`: the recorder's text (if this process's recorder is ours),
 /// then the histograms every request records.
 pub(crate) fn render(recorder: Option<&PrometheusHandle>) -> String {
-    if recorder.is_some() {
-        PROCESS.collect();
-    }
-    let mut text = recorder.map(PrometheusHandle::render).unwrap_or_default();
-    if recorder.is_some() {
-        let help = |name: &str| {
-            ALL.iter()
-                .find(|(n, _, _)| *n == name)
-                .map_or("", |(_, _, help)| help)
-        };
-        hot::render(help, &mut text);
-    }
+    let Some(recorder) = recorder else {
+        return String::new();
+    };
+    PROCESS.collect();
+    let mut text = recorder.render();
+    let help = |name: &str| {
+        ALL.iter()
+            .find(|(n, _, _)| *n == name)
+            .map_or("", |(_, _, help)| help)
+    };
+    hot::render(help, &mut text);
     text
 }
 

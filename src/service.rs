@@ -158,7 +158,11 @@ impl App {
             (Route::Workflow | Route::Outreach, _) => Err(Reject::MethodNotAllowed),
             // Not shown on the port callers reach, nor forwarded: the
             // upstream's own metrics are not the callers' either.
-            (Route::Metrics, _) if self.metrics_elsewhere => Err(Reject::NotFound),
+            // (`metrics_listen` needs a restart: the value in force is the
+            // one the listener was bound with.)
+            (Route::Metrics, _) if self.settings.load().server.metrics_listen.is_some() => {
+                Err(Reject::NotFound)
+            }
             (Route::Health | Route::Ready | Route::Metrics, _) => Ok(self.own_answer(route)),
             // Answered by `proxied` above.
             (Route::Other, _) => Err(Reject::NotFound),

@@ -449,14 +449,14 @@ impl Sink {
         ))
     }
 
-    /// Closes the connections (after in-flight commands were answered).
-    /// Call it before the serving threads stop: their writers' connection
-    /// tasks run there.
     /// The spool, when one is configured.
     pub(crate) fn spool(&self) -> Option<&Spool> {
         self.spool.as_ref()
     }
 
+    /// Closes the connections (after in-flight commands were answered).
+    /// Call it before the serving threads stop: their writers' connection
+    /// tasks run there.
     pub(crate) async fn close(&self) {
         self.writers.close().await;
     }
